@@ -1,0 +1,263 @@
+// Package enginetest is the conformance suite every stagecast engine passes: the
+// in-memory engine and the Redis engine run the same tests.
+package enginetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// Engine is the surface the suite checks.
+type Engine interface {
+	SetStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error)
+	Recent(ctx context.Context, event string, n int) ([]wire.Stage, error)
+	Subscribe(ctx context.Context, event string, onStage func(wire.Stage), onSubscribed func()) error
+	PutDelivery(ctx context.Context, r engine.DeliveryReport) error
+	Delivery(ctx context.Context, event string, v uint64) ([]engine.ProxyDelivery, error)
+}
+
+// Run runs the suite. newEngine returns a fresh, empty engine with a log length
+// of logLen (the suite checks the bound).
+func Run(t *testing.T, newEngine func(t *testing.T, logLen int) Engine) {
+	t.Run("VersionsIncrease", func(t *testing.T) { testVersions(t, newEngine(t, 8)) })
+	t.Run("Idempotency", func(t *testing.T) { testIdempotency(t, newEngine(t, 8)) })
+	t.Run("Floor", func(t *testing.T) { testFloor(t, newEngine(t, 8)) })
+	t.Run("RecentBounded", func(t *testing.T) { testRecent(t, newEngine(t, 4)) })
+	t.Run("SubscribeOrder", func(t *testing.T) { testSubscribe(t, newEngine(t, 8)) })
+	t.Run("ConcurrentSets", func(t *testing.T) { testConcurrent(t, newEngine(t, 512)) })
+	t.Run("Delivery", func(t *testing.T) { testDelivery(t, newEngine(t, 8)) })
+	t.Run("Target", func(t *testing.T) { testTarget(t, newEngine(t, 8)) })
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func set(t *testing.T, e Engine, req engine.SetRequest) engine.SetResult {
+	t.Helper()
+	if req.TS == 0 {
+		req.TS = time.Now().UnixMilli()
+	}
+	r, err := e.SetStage(ctx(t), req)
+	if err != nil {
+		t.Fatalf("SetStage(%+v): %v", req, err)
+	}
+	return r
+}
+
+func testVersions(t *testing.T, e Engine) {
+	var last uint64
+	for i := 0; i < 5; i++ {
+		r := set(t, e, engine.SetRequest{Event: "ev-a", Key: fmt.Sprintf("round-%d", i), TS: 1000 + int64(i)})
+		if r.Stage.V <= last || r.Replayed {
+			t.Fatalf("version %d after %d (replayed=%v)", r.Stage.V, last, r.Replayed)
+		}
+		if r.Stage.Event != "ev-a" || r.Stage.Key != fmt.Sprintf("round-%d", i) || r.Stage.TS != 1000+int64(i) {
+			t.Fatalf("stage %+v", r.Stage)
+		}
+		last = r.Stage.V
+	}
+	// Versions are per event.
+	if r := set(t, e, engine.SetRequest{Event: "ev-b", Key: "x"}); r.Stage.V != 1 {
+		t.Fatalf("first version of a new event = %d, want 1", r.Stage.V)
+	}
+	rec, err := e.Recent(ctx(t), "ev-a", 1)
+	if err != nil || len(rec) != 1 || rec[0].V != last || rec[0].Key != "round-4" {
+		t.Fatalf("Recent(1) = %+v, %v", rec, err)
+	}
+	none, err := e.Recent(ctx(t), "ev-none", 5)
+	if err != nil || len(none) != 0 {
+		t.Fatalf("Recent of unknown event = %+v, %v", none, err)
+	}
+}
+
+func testIdempotency(t *testing.T, e Engine) {
+	a := set(t, e, engine.SetRequest{Event: "ev", Key: "round-1", IdempotencyKey: "k1"})
+	b := set(t, e, engine.SetRequest{Event: "ev", Key: "round-1", IdempotencyKey: "k1"})
+	if !b.Replayed || b.Stage != a.Stage {
+		t.Fatalf("retry: %+v, first: %+v", b, a)
+	}
+	rec, _ := e.Recent(ctx(t), "ev", 10)
+	if len(rec) != 1 {
+		t.Fatalf("retry made a new version: %+v", rec)
+	}
+	_, err := e.SetStage(ctx(t), engine.SetRequest{Event: "ev", Key: "round-2", IdempotencyKey: "k1", TS: 1})
+	if !errors.Is(err, engine.ErrIdempotencyConflict) {
+		t.Fatalf("reuse for another stage: err = %v", err)
+	}
+	c := set(t, e, engine.SetRequest{Event: "ev", Key: "round-2", IdempotencyKey: "k2"})
+	if c.Replayed || c.Stage.V != a.Stage.V+1 {
+		t.Fatalf("new key: %+v", c)
+	}
+	// Keys are per event.
+	d := set(t, e, engine.SetRequest{Event: "ev-other", Key: "round-1", IdempotencyKey: "k1"})
+	if d.Replayed {
+		t.Fatal("idempotency key leaked across events")
+	}
+}
+
+func testFloor(t *testing.T, e Engine) {
+	set(t, e, engine.SetRequest{Event: "ev", Key: "a"})
+	r := set(t, e, engine.SetRequest{Event: "ev", Key: "b", MinVersion: 100})
+	if r.Stage.V != 100 {
+		t.Fatalf("floor: v = %d, want 100", r.Stage.V)
+	}
+	r = set(t, e, engine.SetRequest{Event: "ev", Key: "c", MinVersion: 50})
+	if r.Stage.V != 101 {
+		t.Fatalf("after floor: v = %d, want 101", r.Stage.V)
+	}
+}
+
+func testRecent(t *testing.T, e Engine) {
+	for i := 1; i <= 10; i++ {
+		set(t, e, engine.SetRequest{Event: "ev", Key: fmt.Sprintf("s%d", i)})
+	}
+	rec, err := e.Recent(ctx(t), "ev", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rec) != 4 {
+		t.Fatalf("log holds %d entries, want the bound 4", len(rec))
+	}
+	for i, st := range rec {
+		if st.V != uint64(7+i) || st.Key != fmt.Sprintf("s%d", 7+i) {
+			t.Fatalf("rec[%d] = %+v", i, st)
+		}
+	}
+}
+
+func testSubscribe(t *testing.T, e Engine) {
+	c, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	subscribed := make(chan struct{}, 4)
+	got := make(chan wire.Stage, 100)
+	done := make(chan error, 1)
+	go func() {
+		done <- e.Subscribe(c, "ev-sub", func(s wire.Stage) { got <- s }, func() { subscribed <- struct{}{} })
+	}()
+	select {
+	case <-subscribed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("onSubscribed not called")
+	}
+	// Another event's changes are not delivered.
+	set(t, e, engine.SetRequest{Event: "ev-other", Key: "x"})
+	for i := 1; i <= 20; i++ {
+		set(t, e, engine.SetRequest{Event: "ev-sub", Key: fmt.Sprintf("s%d", i)})
+	}
+	for i := 1; i <= 20; i++ {
+		select {
+		case s := <-got:
+			if s.Event != "ev-sub" || s.V != uint64(i) || s.Key != fmt.Sprintf("s%d", i) {
+				t.Fatalf("message %d = %+v", i, s)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message %d not received", i)
+		}
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Subscribe did not return after cancel")
+	}
+}
+
+func testConcurrent(t *testing.T, e Engine) {
+	const n = 200
+	var wg sync.WaitGroup
+	vs := make(chan uint64, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			r, err := e.SetStage(ctx(t), engine.SetRequest{Event: "ev", Key: "k", TS: int64(i + 1)})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			vs <- r.Stage.V
+		}(i)
+	}
+	wg.Wait()
+	close(vs)
+	seen := map[uint64]bool{}
+	for v := range vs {
+		if seen[v] {
+			t.Fatalf("version %d assigned twice", v)
+		}
+		seen[v] = true
+	}
+	for v := uint64(1); v <= n; v++ {
+		if !seen[v] {
+			t.Fatalf("version %d missing: versions must be dense under concurrency", v)
+		}
+	}
+}
+
+func testDelivery(t *testing.T, e Engine) {
+	rep := func(proxy string, devices int64, sent, acked uint64) engine.DeliveryReport {
+		return engine.DeliveryReport{Proxy: proxy, AtMS: 5000, Events: []engine.EventDelivery{{
+			Event: "ev", Devices: devices,
+			Versions: []engine.VersionDelivery{{V: 3, Sent: sent, Acked: acked, Latency: []engine.Bucket{{UpperMS: 10, Count: sent}}}},
+		}}}
+	}
+	if err := e.PutDelivery(ctx(t), rep("p1", 10, 9, 4)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.PutDelivery(ctx(t), rep("p2", 5, 5, 5)); err != nil {
+		t.Fatal(err)
+	}
+	// A later report replaces the proxy's earlier counters.
+	if err := e.PutDelivery(ctx(t), rep("p1", 10, 10, 6)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.Delivery(ctx(t), "ev", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("Delivery = %+v", got)
+	}
+	var sent, acked uint64
+	var devices int64
+	for _, pd := range got {
+		sent += pd.Version.Sent
+		acked += pd.Version.Acked
+		devices += pd.Devices
+		if len(pd.Version.Latency) != 1 || pd.AtMS != 5000 {
+			t.Fatalf("proxy delivery %+v", pd)
+		}
+	}
+	if sent != 15 || acked != 11 || devices != 15 {
+		t.Fatalf("sent=%d acked=%d devices=%d", sent, acked, devices)
+	}
+	other, err := e.Delivery(ctx(t), "ev", 4)
+	if err != nil || len(other) != 2 || other[0].Version.V != 0 {
+		t.Fatalf("version without figures: %+v %v", other, err)
+	}
+}
+
+func testTarget(t *testing.T, e Engine) {
+	r := set(t, e, engine.SetRequest{Event: "ev", Key: "tv-only", Target: &wire.Target{Platforms: []string{"tv"}}})
+	if r.Stage.Target == nil || r.Stage.Target.Platforms[0] != "tv" {
+		t.Fatalf("target lost: %+v", r.Stage)
+	}
+	rec, _ := e.Recent(ctx(t), "ev", 1)
+	if len(rec) != 1 || rec[0].Target == nil || !rec[0].Target.Matches("tv", "") || rec[0].Target.Matches("mobile", "") {
+		t.Fatalf("stored target: %+v", rec)
+	}
+	r = set(t, e, engine.SetRequest{Event: "ev", Key: "all", Target: &wire.Target{}})
+	if r.Stage.Target != nil {
+		t.Fatalf("empty target kept: %+v", r.Stage.Target)
+	}
+}

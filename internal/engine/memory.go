@@ -1,0 +1,221 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// MemoryConfig configures the in-memory engine. Zero values mean the defaults.
+type MemoryConfig struct {
+	LogLen         int           // recent changes kept per event; default DefaultLogLen
+	IdempotencyTTL time.Duration // default DefaultIdempotencyTTL
+	Now            func() time.Time
+}
+
+// Memory is the embedded engine of the all-in-one dev server: one process, no
+// Redis, nothing survives a restart. It is safe for concurrent use.
+type Memory struct {
+	cfg MemoryConfig
+
+	mu     sync.Mutex // guards events; held while calling subscriber handlers (they never block)
+	events map[string]*memEvent
+	nextID int
+}
+
+type memEvent struct {
+	v        uint64
+	log      []wire.Stage // ascending by V, at most cfg.LogLen
+	subs     map[int]memSub
+	idem     map[string]idemEntry
+	delivery map[uint64]map[string]VersionDelivery // v -> proxy -> counters
+	devices  map[string]presence                   // proxy -> devices
+}
+
+type memSub struct {
+	onStage func(wire.Stage)
+}
+
+type idemEntry struct {
+	reqKey  string
+	stage   wire.Stage
+	expires time.Time
+}
+
+type presence struct {
+	devices int64
+	atMS    int64
+}
+
+// NewMemory returns an empty in-memory engine.
+func NewMemory(cfg MemoryConfig) *Memory {
+	if cfg.LogLen <= 0 {
+		cfg.LogLen = DefaultLogLen
+	}
+	if cfg.IdempotencyTTL <= 0 {
+		cfg.IdempotencyTTL = DefaultIdempotencyTTL
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Memory{cfg: cfg, events: make(map[string]*memEvent)}
+}
+
+func (m *Memory) event(name string) *memEvent {
+	e := m.events[name]
+	if e == nil {
+		e = &memEvent{
+			subs:     make(map[int]memSub),
+			idem:     make(map[string]idemEntry),
+			delivery: make(map[uint64]map[string]VersionDelivery),
+			devices:  make(map[string]presence),
+		}
+		m.events[name] = e
+	}
+	return e
+}
+
+// SetStage assigns the next version, stores the stage, appends it to the log and
+// publishes it, as one step.
+func (m *Memory) SetStage(ctx context.Context, req SetRequest) (SetResult, error) {
+	if err := ctx.Err(); err != nil {
+		return SetResult{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.event(req.Event)
+	now := m.cfg.Now()
+	if req.IdempotencyKey != "" {
+		if prev, ok := e.idem[req.IdempotencyKey]; ok && now.Before(prev.expires) {
+			if prev.reqKey != req.Key {
+				return SetResult{Stage: prev.stage}, ErrIdempotencyConflict
+			}
+			return SetResult{Stage: prev.stage, Replayed: true}, nil
+		}
+	}
+	v := max(e.v+1, req.MinVersion)
+	e.v = v
+	st := wire.Stage{Event: req.Event, Key: req.Key, V: v, TS: req.TS}
+	if !req.Target.IsZero() {
+		st.Target = req.Target
+	}
+	e.log = append(e.log, st)
+	if len(e.log) > m.cfg.LogLen {
+		e.log = append(e.log[:0], e.log[len(e.log)-m.cfg.LogLen:]...)
+	}
+	if req.IdempotencyKey != "" {
+		for k, ent := range e.idem { // lazy expiry keeps the map bounded by live keys
+			if !now.Before(ent.expires) {
+				delete(e.idem, k)
+			}
+		}
+		e.idem[req.IdempotencyKey] = idemEntry{reqKey: req.Key, stage: st, expires: now.Add(m.cfg.IdempotencyTTL)}
+	}
+	for _, s := range e.subs {
+		s.onStage(st)
+	}
+	return SetResult{Stage: st}, nil
+}
+
+// Recent returns up to n of the event's most recent stage changes, oldest first.
+// An event with no stage returns an empty slice and no error.
+func (m *Memory) Recent(ctx context.Context, event string, n int) ([]wire.Stage, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.events[event]
+	if e == nil || n <= 0 {
+		return nil, nil
+	}
+	l := e.log
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return append([]wire.Stage(nil), l...), nil
+}
+
+// Subscribe calls onSubscribed once the subscription is in place, then onStage
+// for every change of event, until ctx ends. It returns ctx's error.
+func (m *Memory) Subscribe(ctx context.Context, event string, onStage func(wire.Stage), onSubscribed func()) error {
+	m.mu.Lock()
+	e := m.event(event)
+	id := m.nextID
+	m.nextID++
+	e.subs[id] = memSub{onStage: onStage}
+	m.mu.Unlock()
+	if onSubscribed != nil {
+		onSubscribed()
+	}
+	<-ctx.Done()
+	m.mu.Lock()
+	delete(e.subs, id)
+	m.mu.Unlock()
+	return ctx.Err()
+}
+
+// PutDelivery stores a proxy's latest aggregates. Counters are replaced, not
+// added: each report carries the proxy's running totals.
+func (m *Memory) PutDelivery(ctx context.Context, r DeliveryReport) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if r.Proxy == "" {
+		return fmt.Errorf("put delivery: empty proxy id")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, ed := range r.Events {
+		e := m.event(ed.Event)
+		e.devices[r.Proxy] = presence{devices: ed.Devices, atMS: r.AtMS}
+		for _, vd := range ed.Versions {
+			byProxy := e.delivery[vd.V]
+			if byProxy == nil {
+				byProxy = make(map[string]VersionDelivery)
+				e.delivery[vd.V] = byProxy
+			}
+			byProxy[r.Proxy] = vd
+		}
+		// Bound memory: keep the newest LogLen versions.
+		for len(e.delivery) > m.cfg.LogLen {
+			var oldest uint64
+			for v := range e.delivery {
+				if oldest == 0 || v < oldest {
+					oldest = v
+				}
+			}
+			delete(e.delivery, oldest)
+		}
+	}
+	return nil
+}
+
+// Delivery returns every proxy's latest figures for event and version v.
+func (m *Memory) Delivery(ctx context.Context, event string, v uint64) ([]ProxyDelivery, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.events[event]
+	if e == nil {
+		return nil, nil
+	}
+	out := make([]ProxyDelivery, 0, len(e.devices))
+	for proxy, p := range e.devices {
+		pd := ProxyDelivery{Proxy: proxy, AtMS: p.atMS, Devices: p.devices}
+		if vd, ok := e.delivery[v][proxy]; ok {
+			pd.Version = vd
+		}
+		out = append(out, pd)
+	}
+	return out, nil
+}
+
+// Close releases nothing; it exists so Memory and the Redis engine are
+// interchangeable.
+func (m *Memory) Close() {}

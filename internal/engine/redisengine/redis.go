@@ -1,0 +1,364 @@
+// Package redisengine is stagecast's distributed engine on Redis (standalone or
+// Cluster), built on github.com/redis/rueidis.
+//
+// Layout per event E (every key and channel carries the {E} hash tag, so an
+// event's data and channel live on one Redis Cluster shard):
+//
+//	sc:{E}:cur           hash  v (version counter), stage (current stage JSON)
+//	sc:{E}:log           stream of recent stage changes, ID "<v>-0", exact MAXLEN
+//	sc:{E}:idem:<key>    string, "<stage key>\n<stage JSON>", expires
+//	sc:{E}:stage         sharded pub/sub channel (SPUBLISH/SSUBSCRIBE)
+//	sc:{E}:dlv:<v>       hash  proxy -> delivery counters JSON, expires
+//	sc:{E}:dev           hash  proxy -> {"devices":N,"at":ms}, expires
+//
+// A stage change is one Lua script: idempotency check, version increment (with a
+// floor), current stage, log entry, publish. Either all of it happens or none.
+//
+// Concurrency: an *Engine is safe for concurrent use. Subscribe handlers run on
+// rueidis' pipeline goroutine and must not block.
+package redisengine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// Config configures the Redis engine. Zero values are the defaults.
+type Config struct {
+	// Addrs are Redis addresses (host:port). Several, or one node of a cluster:
+	// rueidis discovers cluster topology by itself. Required.
+	Addrs []string
+	// Password for AUTH, if any.
+	Password string
+	// LogLen is how many recent changes each event keeps. Default engine.DefaultLogLen.
+	LogLen int
+	// IdempotencyTTL, default engine.DefaultIdempotencyTTL.
+	IdempotencyTTL time.Duration
+	// ReportTTL is how long delivery aggregates live, default engine.DefaultReportTTL.
+	ReportTTL time.Duration
+	// EventTTL is how long an idle event's state and log live after its last
+	// change. Default 7 days.
+	EventTTL time.Duration
+	// OpTimeout bounds each command when the caller's ctx has no deadline. Default 2s.
+	OpTimeout time.Duration
+	// ResubscribeMax caps the jittered backoff between subscription attempts. Default 5s.
+	ResubscribeMax time.Duration
+	Logger         *slog.Logger
+}
+
+// Validate fills defaults and checks the config.
+func (c *Config) Validate() error {
+	if len(c.Addrs) == 0 {
+		return errors.New("redis engine: no address (set --redis)")
+	}
+	for _, a := range c.Addrs {
+		if !strings.Contains(a, ":") {
+			return fmt.Errorf("redis engine: address %q is not host:port", a)
+		}
+	}
+	if c.LogLen <= 0 {
+		c.LogLen = engine.DefaultLogLen
+	}
+	if c.IdempotencyTTL <= 0 {
+		c.IdempotencyTTL = engine.DefaultIdempotencyTTL
+	}
+	if c.ReportTTL <= 0 {
+		c.ReportTTL = engine.DefaultReportTTL
+	}
+	if c.EventTTL <= 0 {
+		c.EventTTL = 7 * 24 * time.Hour
+	}
+	if c.OpTimeout <= 0 {
+		c.OpTimeout = 2 * time.Second
+	}
+	if c.ResubscribeMax <= 0 {
+		c.ResubscribeMax = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Engine is the Redis engine.
+type Engine struct {
+	cfg    Config
+	client rueidis.Client
+	set    *rueidis.Lua
+}
+
+// setScript: KEYS cur, log, idem, channel. ARGV stage-prefix, logLen, floor,
+// idemTTLsec, eventTTLms, useIdem, reqKey.
+const setScript = `
+local useIdem = ARGV[6] == '1'
+if useIdem then
+  local prev = redis.call('GET', KEYS[3])
+  if prev then return {1, prev} end
+end
+local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
+local floor = tonumber(ARGV[3])
+if v < floor then
+  v = floor
+  redis.call('HSET', KEYS[1], 'v', v)
+end
+local s = ARGV[1] .. ',"v":' .. v .. '}'
+redis.call('HSET', KEYS[1], 'stage', s)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], v .. '-0', 's', s)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+if useIdem then
+  redis.call('SET', KEYS[3], ARGV[7] .. '\n' .. s, 'EX', ARGV[4])
+end
+redis.call('SPUBLISH', KEYS[4], s)
+return {0, s}
+`
+
+// New connects to Redis. It fails fast when no node answers.
+func New(cfg Config) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	client, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress:  cfg.Addrs,
+		Password:     cfg.Password,
+		DisableCache: true,
+		// Sharded pub/sub works on standalone Redis 7 too, so one code path
+		// serves both; rueidis routes by slot on a cluster.
+	})
+	if err != nil {
+		return nil, fmt.Errorf("redis engine: connect %v: %w", cfg.Addrs, err)
+	}
+	return &Engine{cfg: cfg, client: client, set: rueidis.NewLuaScript(setScript)}, nil
+}
+
+// Close closes the Redis client.
+func (e *Engine) Close() { e.client.Close() }
+
+// Client exposes the underlying client (for prefetch's client-side cache).
+func (e *Engine) Client() rueidis.Client { return e.client }
+
+func key(event, suffix string) string { return "sc:{" + event + "}:" + suffix }
+
+func (e *Engine) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, e.cfg.OpTimeout)
+}
+
+// stagePrefix marshals a stage without its version and closing brace; the script
+// appends ,"v":N}.
+func stagePrefix(req engine.SetRequest) (string, error) {
+	type noV struct {
+		Event  string       `json:"event"`
+		Key    string       `json:"key"`
+		TS     int64        `json:"ts"`
+		Target *wire.Target `json:"target,omitempty"`
+	}
+	t := req.Target
+	if t.IsZero() {
+		t = nil
+	}
+	b, err := json.Marshal(noV{Event: req.Event, Key: req.Key, TS: req.TS, Target: t})
+	if err != nil {
+		return "", err
+	}
+	return string(b[:len(b)-1]), nil
+}
+
+// SetStage runs the stage-change script.
+func (e *Engine) SetStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error) {
+	prefix, err := stagePrefix(req)
+	if err != nil {
+		return engine.SetResult{}, fmt.Errorf("set stage: %w", err)
+	}
+	useIdem, idemKey := "0", key(req.Event, "idem:")
+	if req.IdempotencyKey != "" {
+		useIdem, idemKey = "1", key(req.Event, "idem:"+req.IdempotencyKey)
+	}
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	res, err := e.set.Exec(ctx, e.client,
+		[]string{key(req.Event, "cur"), key(req.Event, "log"), idemKey, key(req.Event, "stage")},
+		[]string{prefix, strconv.Itoa(e.cfg.LogLen), strconv.FormatUint(req.MinVersion, 10),
+			strconv.FormatInt(int64(e.cfg.IdempotencyTTL/time.Second), 10),
+			strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10), useIdem, req.Key}).ToArray()
+	if err != nil {
+		return engine.SetResult{}, fmt.Errorf("set stage %s: %w", req.Event, err)
+	}
+	if len(res) != 2 {
+		return engine.SetResult{}, fmt.Errorf("set stage %s: script returned %d values", req.Event, len(res))
+	}
+	replayed, _ := res[0].AsInt64()
+	raw, err := res[1].ToString()
+	if err != nil {
+		return engine.SetResult{}, fmt.Errorf("set stage %s: %w", req.Event, err)
+	}
+	if replayed == 1 {
+		reqKey, stored, _ := strings.Cut(raw, "\n")
+		st, err := wire.UnmarshalStage([]byte(stored))
+		if err != nil {
+			return engine.SetResult{}, fmt.Errorf("set stage %s: stored reply: %w", req.Event, err)
+		}
+		if reqKey != req.Key {
+			return engine.SetResult{Stage: st}, engine.ErrIdempotencyConflict
+		}
+		return engine.SetResult{Stage: st, Replayed: true}, nil
+	}
+	st, err := wire.UnmarshalStage([]byte(raw))
+	if err != nil {
+		return engine.SetResult{}, fmt.Errorf("set stage %s: %w", req.Event, err)
+	}
+	return engine.SetResult{Stage: st}, nil
+}
+
+// Recent returns up to n of the event's most recent changes, oldest first.
+func (e *Engine) Recent(ctx context.Context, event string, n int) ([]wire.Stage, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	entries, err := e.client.Do(ctx, e.client.B().Xrevrange().Key(key(event, "log")).End("+").Start("-").Count(int64(n)).Build()).AsXRange()
+	if err != nil {
+		return nil, fmt.Errorf("recent %s: %w", event, err)
+	}
+	out := make([]wire.Stage, 0, len(entries))
+	for i := len(entries) - 1; i >= 0; i-- {
+		st, err := wire.UnmarshalStage([]byte(entries[i].FieldValues["s"]))
+		if err != nil {
+			return nil, fmt.Errorf("recent %s: entry %s: %w", event, entries[i].ID, err)
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// Subscribe holds one sharded subscription to the event's channel until ctx
+// ends, re-subscribing with jittered backoff whenever Redis drops it. Each time
+// a (re)subscription lands it calls onSubscribed, so the caller re-reads what it
+// may have missed while disconnected (pub/sub does not buffer).
+func (e *Engine) Subscribe(ctx context.Context, event string, onStage func(wire.Stage), onSubscribed func()) error {
+	ch := key(event, "stage")
+	log := e.cfg.Logger.With("event", event, "channel", ch)
+	hookCtx := rueidis.WithOnSubscriptionHook(ctx, func(s rueidis.PubSubSubscription) {
+		if s.Kind == "ssubscribe" && onSubscribed != nil {
+			onSubscribed()
+		}
+	})
+	for attempt := 0; ; attempt++ {
+		start := time.Now()
+		err := e.client.Receive(hookCtx, e.client.B().Ssubscribe().Channel(ch).Build(), func(m rueidis.PubSubMessage) {
+			st, err := wire.UnmarshalStage([]byte(m.Message))
+			if err != nil {
+				log.Error("dropping malformed stage message", "err", err)
+				return
+			}
+			onStage(st)
+		})
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Since(start) > 10*time.Second {
+			attempt = 0 // it was up for a while: start backoff again from the base
+		}
+		// Full jitter: U(0, min(cap, 100ms*2^attempt)).
+		d := time.Duration(rand.Int64N(int64(min(e.cfg.ResubscribeMax, 100*time.Millisecond<<min(attempt, 10))) + 1))
+		log.Warn("subscription ended; resubscribing", "err", err, "attempt", attempt+1, "after", d)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+		}
+	}
+}
+
+type presenceJSON struct {
+	Devices int64 `json:"devices"`
+	AtMS    int64 `json:"at"`
+}
+
+// PutDelivery writes one proxy's aggregates in one pipeline.
+func (e *Engine) PutDelivery(ctx context.Context, r engine.DeliveryReport) error {
+	if r.Proxy == "" {
+		return errors.New("put delivery: empty proxy id")
+	}
+	ttl := e.cfg.ReportTTL.Milliseconds()
+	cmds := make(rueidis.Commands, 0, len(r.Events)*4)
+	for _, ed := range r.Events {
+		p, _ := json.Marshal(presenceJSON{Devices: ed.Devices, AtMS: r.AtMS})
+		dk := key(ed.Event, "dev")
+		cmds = append(cmds,
+			e.client.B().Hset().Key(dk).FieldValue().FieldValue(r.Proxy, string(p)).Build(),
+			e.client.B().Pexpire().Key(dk).Milliseconds(ttl).Build())
+		for _, vd := range ed.Versions {
+			b, err := json.Marshal(vd)
+			if err != nil {
+				return fmt.Errorf("put delivery: %w", err)
+			}
+			vk := key(ed.Event, "dlv:"+strconv.FormatUint(vd.V, 10))
+			cmds = append(cmds,
+				e.client.B().Hset().Key(vk).FieldValue().FieldValue(r.Proxy, string(b)).Build(),
+				e.client.B().Pexpire().Key(vk).Milliseconds(ttl).Build())
+		}
+	}
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	for _, res := range e.client.DoMulti(ctx, cmds...) {
+		if err := res.Error(); err != nil {
+			return fmt.Errorf("put delivery from %s: %w", r.Proxy, err)
+		}
+	}
+	return nil
+}
+
+// Delivery returns every proxy's latest figures for event and version v.
+func (e *Engine) Delivery(ctx context.Context, event string, v uint64) ([]engine.ProxyDelivery, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	res := e.client.DoMulti(ctx,
+		e.client.B().Hgetall().Key(key(event, "dev")).Build(),
+		e.client.B().Hgetall().Key(key(event, "dlv:"+strconv.FormatUint(v, 10))).Build())
+	devs, err := res[0].AsStrMap()
+	if err != nil {
+		return nil, fmt.Errorf("delivery %s: %w", event, err)
+	}
+	vers, err := res[1].AsStrMap()
+	if err != nil {
+		return nil, fmt.Errorf("delivery %s v%d: %w", event, v, err)
+	}
+	out := make([]engine.ProxyDelivery, 0, len(devs))
+	for proxy, raw := range devs {
+		var p presenceJSON
+		if err := json.Unmarshal([]byte(raw), &p); err != nil {
+			return nil, fmt.Errorf("delivery %s: proxy %s: %w", event, proxy, err)
+		}
+		pd := engine.ProxyDelivery{Proxy: proxy, AtMS: p.AtMS, Devices: p.Devices}
+		if rv, ok := vers[proxy]; ok {
+			if err := json.Unmarshal([]byte(rv), &pd.Version); err != nil {
+				return nil, fmt.Errorf("delivery %s v%d: proxy %s: %w", event, v, proxy, err)
+			}
+		}
+		out = append(out, pd)
+	}
+	return out, nil
+}
+
+// Ping checks that Redis answers (readiness).
+func (e *Engine) Ping(ctx context.Context) error {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	return e.client.Do(ctx, e.client.B().Ping().Build()).Error()
+}

@@ -1,0 +1,91 @@
+package engine
+
+import (
+	"errors"
+	"time"
+
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// SetRequest is one stage change as the broadcaster asks for it.
+type SetRequest struct {
+	Event  string
+	Key    string
+	Target *wire.Target
+	// TS is the broadcaster's wall clock, Unix milliseconds.
+	TS int64
+	// IdempotencyKey, when set, makes a retry with the same key return the first
+	// result and create no new version.
+	IdempotencyKey string
+	// MinVersion is a floor for the assigned version: the engine assigns
+	// max(current+1, MinVersion). The broadcaster passes its own high-water mark
+	// so versions keep increasing even if the store came back empty.
+	MinVersion uint64
+}
+
+// SetResult is what SetStage did.
+type SetResult struct {
+	Stage wire.Stage
+	// Replayed is true when an earlier request with the same idempotency key
+	// produced Stage; nothing new was written.
+	Replayed bool
+}
+
+// Errors shared by both engines.
+var (
+	// ErrIdempotencyConflict: the idempotency key was used for another stage.
+	ErrIdempotencyConflict = errors.New("idempotency key already used for a different stage")
+	// ErrNotFound: the event has no stage (or stage map) yet.
+	ErrNotFound = errors.New("not found")
+)
+
+// Defaults of both engines.
+const (
+	// DefaultLogLen is how many recent stage changes an event keeps.
+	DefaultLogLen = 64
+	// DefaultIdempotencyTTL is how long an idempotency key is remembered.
+	DefaultIdempotencyTTL = 24 * time.Hour
+	// DefaultReportTTL is how long delivery aggregates are kept.
+	DefaultReportTTL = 24 * time.Hour
+)
+
+// VersionDelivery is one proxy's counters for one version of one event.
+type VersionDelivery struct {
+	V     uint64 `json:"v"`
+	Sent  uint64 `json:"sent"`
+	Acked uint64 `json:"acked"`
+	// Latency is a sparse histogram of the time from the stage's ts to each send,
+	// in milliseconds (see package-level docs of proxy: internal/delivery).
+	Latency []Bucket `json:"lat,omitempty"`
+}
+
+// Bucket is one non-empty bucket of a latency histogram: values <= UpperMS fell in it.
+type Bucket struct {
+	UpperMS int64  `json:"le"`
+	Count   uint64 `json:"n"`
+}
+
+// EventDelivery is one proxy's report for one event.
+type EventDelivery struct {
+	Event string `json:"event"`
+	// Devices is how many devices are subscribed to the event on this proxy now.
+	Devices  int64             `json:"devices"`
+	Versions []VersionDelivery `json:"versions,omitempty"`
+}
+
+// DeliveryReport is what one proxy publishes periodically: aggregates, never
+// per-device data.
+type DeliveryReport struct {
+	Proxy  string          `json:"proxy"`
+	AtMS   int64           `json:"at"`
+	Events []EventDelivery `json:"events"`
+}
+
+// ProxyDelivery is one proxy's latest figures for one event and version, as the
+// broadcaster reads them back to merge.
+type ProxyDelivery struct {
+	Proxy   string
+	AtMS    int64 // when the proxy last reported on this event
+	Devices int64
+	Version VersionDelivery // zero V when the proxy has nothing for this version
+}

@@ -1,0 +1,178 @@
+package wire
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestValidID(t *testing.T) {
+	good := []string{"a", "fight-2026-11-15", "round-3", "x.y_z-1", "0", strings.Repeat("a", 128)}
+	bad := []string{"", "-a", ".a", "A", "a b", "a/b", "é", strings.Repeat("a", 129), "a\x00"}
+	for _, s := range good {
+		if !ValidID(s) {
+			t.Errorf("ValidID(%q) = false, want true", s)
+		}
+	}
+	for _, s := range bad {
+		if ValidID(s) {
+			t.Errorf("ValidID(%q) = true, want false", s)
+		}
+		if CheckID("event", s) == nil {
+			t.Errorf("CheckID(%q) = nil", s)
+		}
+	}
+}
+
+func TestParseDeviceFrame(t *testing.T) {
+	f, err := ParseDeviceFrame([]byte(`{"op":"sub","events":{"fight-2026-11-15":41,"b":0}}`))
+	if err != nil || f.Op != OpSub || f.Sub["fight-2026-11-15"] != 41 || len(f.Sub) != 2 {
+		t.Fatalf("sub: %+v %v", f, err)
+	}
+	f, err = ParseDeviceFrame([]byte(`{"op":"unsub","events":["a","b"]}`))
+	if err != nil || f.Op != OpUnsub || len(f.Unsub) != 2 {
+		t.Fatalf("unsub: %+v %v", f, err)
+	}
+	f, err = ParseDeviceFrame([]byte(` {"op":"ack","event":"e","v":42} `))
+	if err != nil || f.Event != "e" || f.V != 42 {
+		t.Fatalf("ack: %+v %v", f, err)
+	}
+
+	notJSON := []string{``, `nope`, `{"op":`, `[1]`, `"str"`, "{\"op\":\"sub\"}\xff"}
+	for _, s := range notJSON {
+		if _, err := ParseDeviceFrame([]byte(s)); !errors.Is(err, ErrNotJSON) {
+			t.Errorf("%q: err = %v, want ErrNotJSON", s, err)
+		}
+	}
+	bad := map[string]Code{
+		`{}`:                                               CodeBadRequest,
+		`{"op":3}`:                                         CodeBadRequest,
+		`{"op":"dance"}`:                                   CodeBadRequest,
+		`{"op":"sub"}`:                                     CodeBadRequest,
+		`{"op":"sub","events":{}}`:                         CodeBadRequest,
+		`{"op":"sub","events":["a"]}`:                      CodeBadRequest,
+		`{"op":"sub","events":{"A":1}}`:                    CodeBadRequest,
+		`{"op":"sub","events":{"a":-1}}`:                   CodeBadRequest,
+		`{"op":"sub","events":{"a":1.5}}`:                  CodeBadRequest,
+		`{"op":"sub","events":{"a":"1"}}`:                  CodeBadRequest,
+		`{"op":"unsub","events":{"a":1}}`:                  CodeBadRequest,
+		`{"op":"unsub","events":["bad id"]}`:               CodeBadRequest,
+		`{"op":"ack","event":"a"}`:                         CodeBadRequest,
+		`{"op":"ack","event":"a","v":0}`:                   CodeBadRequest,
+		`{"op":"ack","v":3}`:                               CodeBadRequest,
+		`{"op":"ack","event":"a","v":1e3}`:                 CodeBadRequest,
+		`{"op":"sub","events":{"a":99999999999999999999}}`: CodeBadRequest,
+	}
+	for s, code := range bad {
+		_, err := ParseDeviceFrame([]byte(s))
+		var fe *FrameError
+		if !errors.As(err, &fe) || fe.Code != code {
+			t.Errorf("%s: err = %v, want code %s", s, err, code)
+		}
+	}
+}
+
+func TestAppendStageRoundTrip(t *testing.T) {
+	s := Stage{Event: "fight-2026-11-15", Key: "round-3", V: 42, TS: 1763236800123}
+	b := AppendStage(nil, &s)
+	want := `{"op":"stage","event":"fight-2026-11-15","key":"round-3","v":42,"ts":1763236800123}`
+	if string(b) != want {
+		t.Fatalf("got %s\nwant %s", b, want)
+	}
+	f, err := ParseProxyFrame(b)
+	if err != nil || f.Op != OpStage || f.Event != s.Event || f.Key != s.Key || f.V != 42 || f.TS != s.TS {
+		t.Fatalf("round trip: %+v %v", f, err)
+	}
+	if !json.Valid(AppendError(nil, CodeBadRequest, "quote \" and \n newline")) {
+		t.Fatal("error frame is not valid JSON")
+	}
+	rf, err := ParseProxyFrame(AppendReconnect(nil, 1830))
+	if err != nil || rf.AfterMS != 1830 {
+		t.Fatalf("reconnect: %+v %v", rf, err)
+	}
+	sub := AppendSub(nil, map[string]uint64{"a": 1, "b": 0})
+	df, err := ParseDeviceFrame(sub)
+	if err != nil || df.Sub["a"] != 1 || len(df.Sub) != 2 {
+		t.Fatalf("sub round trip: %s %+v %v", sub, df, err)
+	}
+	df, err = ParseDeviceFrame(AppendAck(nil, "a", 7))
+	if err != nil || df.V != 7 {
+		t.Fatalf("ack round trip: %+v %v", df, err)
+	}
+}
+
+func TestTargetMatches(t *testing.T) {
+	var none *Target
+	if !none.Matches("tv", "") {
+		t.Fatal("nil target must match")
+	}
+	tg := &Target{Platforms: []string{"tv", "console"}, Segments: []string{"s1"}}
+	cases := []struct {
+		p, s string
+		want bool
+	}{{"tv", "s1", true}, {"console", "s1", true}, {"mobile", "s1", false}, {"tv", "s2", false}, {"tv", "", false}}
+	for _, c := range cases {
+		if got := tg.Matches(c.p, c.s); got != c.want {
+			t.Errorf("Matches(%q,%q) = %v", c.p, c.s, got)
+		}
+	}
+	if (&Target{Platforms: []string{"TV"}}).Validate() == nil {
+		t.Fatal("bad platform accepted")
+	}
+}
+
+func TestStageMarshalRoundTrip(t *testing.T) {
+	in := Stage{Event: "e", Key: "k", V: 3, TS: 9, Target: &Target{Platforms: []string{"tv"}}}
+	b, err := MarshalStage(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := UnmarshalStage(b)
+	if err != nil || out.V != 3 || out.Target == nil || out.Target.Platforms[0] != "tv" {
+		t.Fatalf("%+v %v", out, err)
+	}
+	if _, err := UnmarshalStage([]byte(`{"event":"e","key":"k","v":0}`)); err == nil {
+		t.Fatal("version 0 accepted")
+	}
+}
+
+// FuzzParseDeviceFrame: the decoder never panics, and what it accepts is valid.
+func FuzzParseDeviceFrame(f *testing.F) {
+	for _, s := range []string{
+		`{"op":"sub","events":{"a":1}}`, `{"op":"unsub","events":["a"]}`,
+		`{"op":"ack","event":"a","v":2}`, `{}`, `[`, `{"op":"sub","events":{"a":-0}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr, err := ParseDeviceFrame(b)
+		if err != nil {
+			var fe *FrameError
+			if !errors.Is(err, ErrNotJSON) && !errors.As(err, &fe) {
+				t.Fatalf("untyped error %v", err)
+			}
+			return
+		}
+		switch fr.Op {
+		case OpSub:
+			for ev := range fr.Sub {
+				if !ValidID(ev) {
+					t.Fatalf("accepted bad event %q", ev)
+				}
+			}
+		case OpUnsub:
+			for _, ev := range fr.Unsub {
+				if !ValidID(ev) {
+					t.Fatalf("accepted bad event %q", ev)
+				}
+			}
+		case OpAck:
+			if !ValidID(fr.Event) || fr.V == 0 {
+				t.Fatalf("accepted bad ack %+v", fr)
+			}
+		default:
+			t.Fatalf("accepted op %q", fr.Op)
+		}
+	})
+}

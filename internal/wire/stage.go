@@ -1,0 +1,103 @@
+package wire
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+)
+
+// Stage is one stage change of an event: what the broadcaster assigns, the engine
+// stores and publishes, and a proxy delivers.
+type Stage struct {
+	Event string `json:"event"`
+	Key   string `json:"key"`
+	// V is the event's version, strictly increasing, > 0.
+	V uint64 `json:"v"`
+	// TS is the broadcaster's wall clock at the change, Unix milliseconds.
+	TS int64 `json:"ts"`
+	// Target, when set, restricts delivery to matching devices (extension).
+	Target *Target `json:"target,omitempty"`
+}
+
+// Target selects devices by platform and segment (a contract extension). An empty
+// list matches every device; a device matches when its platform is in Platforms
+// (or Platforms is empty) and its segment is in Segments (or Segments is empty).
+type Target struct {
+	Platforms []string `json:"platforms,omitempty"`
+	Segments  []string `json:"segments,omitempty"`
+}
+
+// MaxTargetValues bounds each list of a Target.
+const MaxTargetValues = 32
+
+// Matches reports whether a device with this platform and segment is selected.
+// A nil Target matches every device.
+func (t *Target) Matches(platform, segment string) bool {
+	if t == nil {
+		return true
+	}
+	if len(t.Platforms) > 0 && !slices.Contains(t.Platforms, platform) {
+		return false
+	}
+	if len(t.Segments) > 0 && !slices.Contains(t.Segments, segment) {
+		return false
+	}
+	return true
+}
+
+// IsZero reports whether the target selects every device.
+func (t *Target) IsZero() bool {
+	return t == nil || (len(t.Platforms) == 0 && len(t.Segments) == 0)
+}
+
+// Validate checks every value of the target against the id grammar.
+func (t *Target) Validate() error {
+	if t == nil {
+		return nil
+	}
+	for name, list := range map[string][]string{"platform": t.Platforms, "segment": t.Segments} {
+		if len(list) > MaxTargetValues {
+			return fmt.Errorf("target has %d %ss, at most %d allowed", len(list), name, MaxTargetValues)
+		}
+		for _, v := range list {
+			if err := CheckID("target "+name, v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Validate checks a stage read from the engine or the network.
+func (s *Stage) Validate() error {
+	if err := CheckID("event", s.Event); err != nil {
+		return err
+	}
+	if err := CheckID("stage", s.Key); err != nil {
+		return err
+	}
+	if s.V == 0 {
+		return fmt.Errorf("stage %s/%s has version 0", s.Event, s.Key)
+	}
+	return s.Target.Validate()
+}
+
+// MarshalStage encodes a stage as the engine publishes and stores it.
+func MarshalStage(s Stage) ([]byte, error) {
+	if s.Target.IsZero() {
+		s.Target = nil
+	}
+	return json.Marshal(s)
+}
+
+// UnmarshalStage decodes and validates a stage published or stored by the engine.
+func UnmarshalStage(b []byte) (Stage, error) {
+	var s Stage
+	if err := json.Unmarshal(b, &s); err != nil {
+		return Stage{}, fmt.Errorf("decode stage: %w", err)
+	}
+	if err := s.Validate(); err != nil {
+		return Stage{}, fmt.Errorf("decode stage: %w", err)
+	}
+	return s, nil
+}
