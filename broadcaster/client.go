@@ -1,0 +1,115 @@
+package broadcaster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// Client calls a broadcaster's producer API (the `stagecast stage` CLI uses it).
+type Client struct {
+	BaseURL string // e.g. http://127.0.0.1:8081
+	Token   string
+	HTTP    *http.Client
+}
+
+// APIError is an error reply of the producer API.
+type APIError struct {
+	Status int
+	Code   string `json:"code"`
+	Msg    string `json:"msg"`
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%s (HTTP %d): %s", e.Code, e.Status, e.Msg)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body any, hdr http.Header, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+path, rd)
+	if err != nil {
+		return err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read reply: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error APIError `json:"error"`
+		}
+		if json.Unmarshal(b, &e) != nil || e.Error.Code == "" {
+			return &APIError{Status: resp.StatusCode, Code: "http_error", Msg: strings.TrimSpace(string(b))}
+		}
+		e.Error.Status = resp.StatusCode
+		return &e.Error
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s: decode reply: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// SetStage changes event's stage. idemKey may be empty.
+func (c *Client) SetStage(ctx context.Context, event, stage string, target *wire.Target, idemKey string) (StageReply, error) {
+	var out StageReply
+	hdr := http.Header{}
+	if idemKey != "" {
+		hdr.Set("Idempotency-Key", idemKey)
+	}
+	err := c.do(ctx, http.MethodPost, "/v1/events/"+url.PathEscape(event)+"/stage", StageRequest{Stage: stage, Target: target}, hdr, &out)
+	return out, err
+}
+
+// Get returns event's current stage.
+func (c *Client) Get(ctx context.Context, event string) (StageReply, error) {
+	var out StageReply
+	err := c.do(ctx, http.MethodGet, "/v1/events/"+url.PathEscape(event), nil, nil, &out)
+	return out, err
+}
+
+// Report returns the delivery report of version v (0: the current version).
+func (c *Client) Report(ctx context.Context, event string, v uint64) (Report, error) {
+	var out Report
+	path := "/v1/events/" + url.PathEscape(event) + "/report"
+	if v > 0 {
+		path += "?v=" + strconv.FormatUint(v, 10)
+	}
+	err := c.do(ctx, http.MethodGet, path, nil, nil, &out)
+	return out, err
+}

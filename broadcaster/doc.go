@@ -1,0 +1,11 @@
+// Package broadcaster is stagecast's producer API: it validates and authorizes
+// stage changes, de-duplicates retries by Idempotency-Key, has the engine assign
+// the version and publish atomically, and serves the current stage and the merged
+// delivery report. A circuit breaker guards the engine: when it is down producers
+// get a clear 503 at once and nothing is half written (a stage change is a single
+// atomic engine step).
+//
+// Concurrency: a Server is safe for concurrent use by many HTTP requests. The
+// high-water LRU and the breaker have their own locks; no lock is held across an
+// engine call.
+package broadcaster

@@ -1,0 +1,462 @@
+package broadcaster
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// Engine is what the broadcaster needs from the engine.
+type Engine interface {
+	SetStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error)
+	Recent(ctx context.Context, event string, n int) ([]wire.Stage, error)
+	Delivery(ctx context.Context, event string, v uint64) ([]engine.ProxyDelivery, error)
+}
+
+// Config configures the broadcaster. Zero values are the documented defaults.
+type Config struct {
+	// Token is the producer bearer token. Required.
+	Token string
+	// PublicReads lets GET /v1/events/{event} through without a token (the current
+	// stage is what every device receives anyway). The report always needs the token.
+	PublicReads bool
+	// EngineTimeout bounds each engine call. Default 2s.
+	EngineTimeout time.Duration
+	// BreakerFailures consecutive engine failures open the breaker; it stays open
+	// BreakerOpenFor before letting a probe through. Defaults 5, 5s.
+	BreakerFailures uint32
+	BreakerOpenFor  time.Duration
+	// ReportStaleAfter: a proxy that has not reported on an event for this long no
+	// longer counts toward "devices connected" (its sends still count). Default 30s.
+	ReportStaleAfter time.Duration
+	// HighWaterEvents bounds the per-event version high-water marks kept in memory. Default 100000.
+	HighWaterEvents int
+	Registerer      prometheus.Registerer
+	Logger          *slog.Logger
+	Now             func() time.Time
+}
+
+// Validate fills defaults and checks the config.
+func (c *Config) Validate() error {
+	if len(c.Token) < 16 {
+		return errors.New("broadcaster: producer token must be at least 16 characters (set STAGECAST_PRODUCER_TOKEN)")
+	}
+	if c.EngineTimeout <= 0 {
+		c.EngineTimeout = 2 * time.Second
+	}
+	if c.BreakerFailures == 0 {
+		c.BreakerFailures = 5
+	}
+	if c.BreakerOpenFor <= 0 {
+		c.BreakerOpenFor = 5 * time.Second
+	}
+	if c.ReportStaleAfter <= 0 {
+		c.ReportStaleAfter = 30 * time.Second
+	}
+	if c.HighWaterEvents <= 0 {
+		c.HighWaterEvents = 100000
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Server is the producer API.
+type Server struct {
+	cfg       Config
+	eng       Engine
+	log       *slog.Logger
+	tokenHash [32]byte
+	breaker   *gobreaker.CircuitBreaker[any]
+	highWater *lru.Cache[string, uint64]
+	hwMu      sync.Mutex // makes read-max-write of a high-water mark atomic
+	reg       *prometheus.Registry
+	m         metrics
+}
+
+type metrics struct {
+	changes  *prometheus.CounterVec
+	requests *prometheus.CounterVec
+	breaker  prometheus.Gauge
+	engErr   prometheus.Counter
+}
+
+// New validates cfg and returns a broadcaster.
+func New(cfg Config, eng Engine) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	hw, err := lru.New[string, uint64](cfg.HighWaterEvents)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, eng: eng, log: cfg.Logger.With("component", "broadcaster"),
+		tokenHash: sha256.Sum256([]byte(cfg.Token)), highWater: hw}
+	reg := cfg.Registerer
+	if reg == nil {
+		s.reg = prometheus.NewRegistry()
+		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		reg = s.reg
+	}
+	s.m = metrics{
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "broadcaster",
+			Name: "stage_changes_total", Help: "Stage change requests by result (created, replayed)."}, []string{"result"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "broadcaster",
+			Name: "requests_total", Help: "Producer API requests by route and status code."}, []string{"route", "code"}),
+		breaker: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "broadcaster",
+			Name: "engine_breaker_state", Help: "Engine circuit breaker: 0 closed, 1 half-open, 2 open."}),
+		engErr: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "broadcaster",
+			Name: "engine_errors_total", Help: "Failed engine calls."}),
+	}
+	reg.MustRegister(s.m.changes, s.m.requests, s.m.breaker, s.m.engErr)
+	s.breaker = gobreaker.NewCircuitBreaker[any](gobreaker.Settings{
+		Name:    "engine",
+		Timeout: cfg.BreakerOpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			return c.ConsecutiveFailures >= cfg.BreakerFailures
+		},
+		// Runs under the breaker's lock: only set a metric and log.
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			s.m.breaker.Set(float64(to))
+			s.log.Warn("engine breaker changed state", "from", from.String(), "to", to.String())
+		},
+		IsSuccessful: func(err error) bool {
+			// Caller errors are not engine failures.
+			return err == nil || errors.Is(err, engine.ErrIdempotencyConflict) || errors.Is(err, context.Canceled)
+		},
+	})
+	return s, nil
+}
+
+// Registry returns the broadcaster's own registry (nil if Config.Registerer was set).
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Handler serves the producer API, /healthz, /readyz and (own registry) /metrics.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/events/{event}/stage", s.route("set_stage", true, s.setStage))
+	mux.HandleFunc("GET /v1/events/{event}", s.route("get_event", !s.cfg.PublicReads, s.getEvent))
+	mux.HandleFunc("GET /v1/events/{event}/report", s.route("report", true, s.report))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if s.breaker.State() == gobreaker.StateOpen {
+			http.Error(w, "engine unavailable (breaker open)", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+	if s.reg != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no route "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+// apiError is an error with an HTTP status and a wire code.
+type apiError struct {
+	status int
+	code   string
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.msg }
+
+func errf(status int, code, format string, args ...any) *apiError {
+	return &apiError{status: status, code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) { w.code = code; w.ResponseWriter.WriteHeader(code) }
+
+func (s *Server) route(name string, auth bool, h func(*http.Request) (any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		defer func() { s.m.requests.WithLabelValues(name, strconv.Itoa(sw.code)).Inc() }()
+		if auth && !s.authorized(r) {
+			writeError(sw, http.StatusUnauthorized, "unauthorized", "missing or invalid producer token (Authorization: Bearer <token>)")
+			return
+		}
+		if err := wire.CheckID("event", r.PathValue("event")); err != nil {
+			writeError(sw, http.StatusBadRequest, "bad_request", err.Error())
+			return
+		}
+		out, err := h(r)
+		if err != nil {
+			var ae *apiError
+			if !errors.As(err, &ae) {
+				ae = s.engineError(err)
+			}
+			if ae.status == http.StatusServiceUnavailable {
+				sw.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(5)))
+			}
+			writeError(sw, ae.status, ae.code, ae.msg)
+			return
+		}
+		sw.Header().Set("Content-Type", "application/json")
+		sw.Header().Set("Cache-Control", "no-store")
+		_ = json.NewEncoder(sw).Encode(out)
+	}
+}
+
+func (s *Server) engineError(err error) *apiError {
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		return errf(http.StatusServiceUnavailable, "engine_unavailable", "the engine (Redis) is unavailable; nothing was changed; retry with the same Idempotency-Key")
+	}
+	s.log.Error("engine call failed", "err", err)
+	return errf(http.StatusServiceUnavailable, "engine_unavailable", "engine call failed; nothing was changed; retry with the same Idempotency-Key")
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "msg": msg}})
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	h := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok {
+		return false
+	}
+	got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	return subtle.ConstantTimeCompare(got[:], s.tokenHash[:]) == 1
+}
+
+// call runs an engine call through the breaker with the engine timeout.
+func call[T any](s *Server, r *http.Request, f func(ctx context.Context) (T, error)) (T, error) {
+	var zero T
+	out, err := s.breaker.Execute(func() (any, error) {
+		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.EngineTimeout)
+		defer cancel()
+		return f(ctx)
+	})
+	if err != nil {
+		if !errors.Is(err, engine.ErrIdempotencyConflict) {
+			s.m.engErr.Inc()
+		}
+		if out == nil {
+			return zero, err
+		}
+	}
+	return out.(T), err
+}
+
+// StageRequest is the body of POST /v1/events/{event}/stage.
+type StageRequest struct {
+	Stage  string       `json:"stage"`
+	Target *wire.Target `json:"target,omitempty"`
+}
+
+// StageReply is the reply of a stage change and of GET /v1/events/{event}.
+type StageReply struct {
+	Event  string       `json:"event"`
+	Stage  string       `json:"stage"`
+	V      uint64       `json:"v"`
+	TS     int64        `json:"ts"`
+	Target *wire.Target `json:"target,omitempty"`
+}
+
+const maxStageBody = 16 << 10
+
+func decodeJSON(r *http.Request, limit int64, dst any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return errf(http.StatusUnsupportedMediaType, "bad_request", "Content-Type must be application/json, not %q", ct)
+	}
+	body := http.MaxBytesReader(nil, r.Body, limit)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errf(http.StatusRequestEntityTooLarge, "too_large", "body larger than %d bytes", limit)
+		}
+		return errf(http.StatusBadRequest, "bad_request", "invalid JSON body: %v", err)
+	}
+	if dec.More() {
+		return errf(http.StatusBadRequest, "bad_request", "body has data after the JSON object")
+	}
+	return nil
+}
+
+func (s *Server) setStage(r *http.Request) (any, error) {
+	event := r.PathValue("event")
+	var req StageRequest
+	if err := decodeJSON(r, maxStageBody, &req); err != nil {
+		return nil, err
+	}
+	if err := wire.CheckID("stage", req.Stage); err != nil {
+		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
+	}
+	if err := req.Target.Validate(); err != nil {
+		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
+	}
+	idem := r.Header.Get("Idempotency-Key")
+	if len(idem) > 200 || strings.ContainsFunc(idem, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return nil, errf(http.StatusBadRequest, "bad_request", "Idempotency-Key must be 1-200 printable ASCII characters without spaces")
+	}
+	floor, _ := s.highWater.Get(event)
+	if floor > 0 {
+		floor++
+	}
+	res, err := call(s, r, func(ctx context.Context) (engine.SetResult, error) {
+		return s.eng.SetStage(ctx, engine.SetRequest{Event: event, Key: req.Stage, Target: req.Target,
+			TS: s.cfg.Now().UnixMilli(), IdempotencyKey: idem, MinVersion: floor})
+	})
+	if errors.Is(err, engine.ErrIdempotencyConflict) {
+		return nil, errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key %q was used for stage %q (v%d); use a new key", idem, res.Stage.Key, res.Stage.V)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.raiseHighWater(event, res.Stage.V)
+	if res.Replayed {
+		s.m.changes.WithLabelValues("replayed").Inc()
+	} else {
+		s.m.changes.WithLabelValues("created").Inc()
+		s.log.Info("stage changed", "event", event, "stage", res.Stage.Key, "v", res.Stage.V, "target", res.Stage.Target)
+	}
+	return replyOf(res.Stage), nil
+}
+
+func (s *Server) raiseHighWater(event string, v uint64) {
+	s.hwMu.Lock()
+	defer s.hwMu.Unlock()
+	if old, _ := s.highWater.Get(event); v > old {
+		s.highWater.Add(event, v)
+	}
+}
+
+func replyOf(st wire.Stage) StageReply {
+	return StageReply{Event: st.Event, Stage: st.Key, V: st.V, TS: st.TS, Target: st.Target}
+}
+
+func (s *Server) getEvent(r *http.Request) (any, error) {
+	event := r.PathValue("event")
+	recent, err := call(s, r, func(ctx context.Context) ([]wire.Stage, error) { return s.eng.Recent(ctx, event, 1) })
+	if err != nil {
+		return nil, err
+	}
+	if len(recent) == 0 {
+		return nil, errf(http.StatusNotFound, "not_found", "event %s has no stage yet", event)
+	}
+	s.raiseHighWater(event, recent[0].V)
+	return replyOf(recent[0]), nil
+}
+
+// Report is the merged delivery report of one version.
+type Report struct {
+	Event string `json:"event"`
+	V     uint64 `json:"v"`
+	Stage string `json:"stage,omitempty"`
+	TS    int64  `json:"ts,omitempty"`
+	// Devices subscribed to the event now (proxies that reported recently).
+	Devices int64  `json:"devices"`
+	Sent    uint64 `json:"sent"`
+	Acked   uint64 `json:"acked"`
+	// SentPct and AckedPct are of max(devices, sent).
+	SentPct  float64 `json:"sent_pct"`
+	AckedPct float64 `json:"acked_pct"`
+	// SentMS: time from ts until 50/90/99/100 % of the devices had been sent the
+	// version (upper bound of the histogram bucket); null while not reached.
+	SentMS       map[string]*int64 `json:"sent_ms"`
+	Proxies      int               `json:"proxies"`
+	StaleProxies int               `json:"stale_proxies"`
+}
+
+func (s *Server) report(r *http.Request) (any, error) {
+	event := r.PathValue("event")
+	recent, err := call(s, r, func(ctx context.Context) ([]wire.Stage, error) { return s.eng.Recent(ctx, event, engine.DefaultLogLen) })
+	if err != nil {
+		return nil, err
+	}
+	if len(recent) == 0 {
+		return nil, errf(http.StatusNotFound, "not_found", "event %s has no stage yet", event)
+	}
+	v := recent[len(recent)-1].V
+	if q := r.URL.Query().Get("v"); q != "" {
+		v, err = strconv.ParseUint(q, 10, 64)
+		if err != nil || v == 0 {
+			return nil, errf(http.StatusBadRequest, "bad_request", "v must be an integer > 0, not %q", q)
+		}
+	}
+	rep := Report{Event: event, V: v}
+	for _, st := range recent {
+		if st.V == v {
+			rep.Stage, rep.TS = st.Key, st.TS
+		}
+	}
+	pds, err := call(s, r, func(ctx context.Context) ([]engine.ProxyDelivery, error) { return s.eng.Delivery(ctx, event, v) })
+	if err != nil {
+		return nil, err
+	}
+	return mergeReport(rep, pds, s.cfg.Now().UnixMilli()-s.cfg.ReportStaleAfter.Milliseconds()), nil
+}
+
+// mergeReport sums the proxies' figures and computes the time-to-percent
+// thresholds from the merged latency buckets.
+func mergeReport(rep Report, pds []engine.ProxyDelivery, freshAfterMS int64) Report {
+	var buckets []engine.Bucket
+	for _, pd := range pds {
+		rep.Proxies++
+		if pd.AtMS >= freshAfterMS {
+			rep.Devices += pd.Devices
+		} else {
+			rep.StaleProxies++
+		}
+		rep.Sent += pd.Version.Sent
+		rep.Acked += pd.Version.Acked
+		buckets = append(buckets, pd.Version.Latency...)
+	}
+	sort.Slice(buckets, func(i, j int) bool { return buckets[i].UpperMS < buckets[j].UpperMS })
+	denom := max(uint64(rep.Devices), rep.Sent)
+	rep.SentMS = map[string]*int64{"p50": nil, "p90": nil, "p99": nil, "p100": nil}
+	if denom == 0 {
+		return rep
+	}
+	rep.SentPct = 100 * float64(rep.Sent) / float64(denom)
+	rep.AckedPct = 100 * float64(rep.Acked) / float64(denom)
+	for name, pct := range map[string]float64{"p50": 50, "p90": 90, "p99": 99, "p100": 100} {
+		need := uint64(float64(denom)*pct/100 + 0.999999)
+		var cum uint64
+		for _, b := range buckets {
+			cum += b.Count
+			if cum >= need {
+				ms := b.UpperMS
+				rep.SentMS[name] = &ms
+				break
+			}
+		}
+	}
+	return rep
+}

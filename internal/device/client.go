@@ -1,0 +1,270 @@
+package device
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// Config configures a device. Zero values are defaults.
+type Config struct {
+	// URLs of proxies' /v1/ws endpoints (ws://host:port/v1/ws). Reconnects rotate
+	// through them. Required.
+	URLs     []string
+	Device   string
+	Platform string
+	Segment  string
+	Token    string
+	// Events to subscribe to, with the version held (0 = none).
+	Events map[string]uint64
+	// Ack: send an ack for each stage applied.
+	Ack bool
+	// HTTPClient dials (set a Transport with a bound LocalAddr to spread source
+	// addresses). Default http.DefaultClient.
+	HTTPClient *http.Client
+	// BackoffBase and BackoffCap shape reconnect backoff. Defaults 500ms, 30s.
+	BackoffBase, BackoffCap time.Duration
+	// OnStage is called for each stage frame that raised the event's version.
+	OnStage func(f wire.ProxyFrame, received time.Time)
+	// OnFrame is called for every frame received (including duplicates).
+	OnFrame func(f wire.ProxyFrame)
+	// Rand draws the backoff jitter. Default: a private PCG.
+	Rand *rand.Rand
+	// Sleep waits (injected in tests). Default: a timer that honours ctx.
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+// Client is one device.
+type Client struct {
+	cfg Config
+
+	mu     sync.Mutex
+	state  map[string]wire.ProxyFrame // event -> highest stage held
+	ws     *websocket.Conn
+	urlIdx int
+
+	connected  atomic.Bool
+	Connects   atomic.Int64 // successful connections
+	Reconnects atomic.Int64 // reconnect frames honoured
+	Dups       atomic.Int64 // stage frames at or below the version held
+	Errors     atomic.Int64 // error frames received
+}
+
+// New validates cfg and returns a device; call Run to connect.
+func New(cfg Config) (*Client, error) {
+	if len(cfg.URLs) == 0 {
+		return nil, errors.New("device: no proxy URL")
+	}
+	for _, u := range cfg.URLs {
+		if _, err := url.Parse(u); err != nil {
+			return nil, fmt.Errorf("device: proxy URL %q: %w", u, err)
+		}
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = http.DefaultClient
+	}
+	if cfg.BackoffBase <= 0 {
+		cfg.BackoffBase = 500 * time.Millisecond
+	}
+	if cfg.BackoffCap <= 0 {
+		cfg.BackoffCap = 30 * time.Second
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	if cfg.Sleep == nil {
+		cfg.Sleep = sleep
+	}
+	c := &Client{cfg: cfg, state: make(map[string]wire.ProxyFrame)}
+	for ev, v := range cfg.Events {
+		if v > 0 {
+			c.state[ev] = wire.ProxyFrame{Op: wire.OpStage, Event: ev, V: v}
+		}
+	}
+	return c, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// State returns the highest stage held for event.
+func (c *Client) State(event string) (key string, v uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := c.state[event]
+	return f.Key, f.V
+}
+
+// Connected reports whether the device is connected now.
+func (c *Client) Connected() bool { return c.connected.Load() }
+
+// Run connects and keeps the device connected until ctx ends, reconnecting with
+// backoff (or after the proxy's hint). It returns ctx's error, or an error the
+// device cannot recover from (4500: credentials rejected).
+func (c *Client) Run(ctx context.Context) error {
+	attempt := 0
+	for {
+		hint, err := c.session(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var d time.Duration
+		switch {
+		case hint >= 0:
+			d, attempt = hint, 0
+			c.Reconnects.Add(1)
+		case errors.Is(err, errUnauthorized):
+			return err
+		default:
+			if err == nil {
+				attempt = 0 // a session that got going resets the backoff
+			}
+			d = Backoff(attempt, c.cfg.BackoffBase, c.cfg.BackoffCap, c.cfg.Rand.Float64())
+			attempt++
+		}
+		c.mu.Lock()
+		c.urlIdx = (c.urlIdx + 1) % len(c.cfg.URLs)
+		c.mu.Unlock()
+		if err := c.cfg.Sleep(ctx, d); err != nil {
+			return err
+		}
+	}
+}
+
+var errUnauthorized = errors.New("device: credentials rejected")
+
+func (c *Client) dialURL() string {
+	c.mu.Lock()
+	base := c.cfg.URLs[c.urlIdx]
+	c.mu.Unlock()
+	u, _ := url.Parse(base)
+	q := u.Query()
+	for k, v := range map[string]string{"device": c.cfg.Device, "platform": c.cfg.Platform, "segment": c.cfg.Segment, "token": c.cfg.Token} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// session runs one connection. It returns the proxy's reconnect hint (>= 0) if
+// the proxy asked the device to move, else -1 and why the connection ended.
+func (c *Client) session(ctx context.Context) (time.Duration, error) {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ws, resp, err := websocket.Dial(dctx, c.dialURL(), &websocket.DialOptions{HTTPClient: c.cfg.HTTPClient})
+	cancel()
+	if err != nil {
+		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
+			return -1, errUnauthorized
+		}
+		return -1, fmt.Errorf("device dial: %w", err)
+	}
+	defer ws.CloseNow()
+	c.mu.Lock()
+	c.ws = ws
+	subs := make(map[string]uint64, len(c.cfg.Events))
+	for ev := range c.cfg.Events {
+		subs[ev] = c.state[ev].V
+	}
+	c.mu.Unlock()
+	c.connected.Store(true)
+	defer c.connected.Store(false)
+	c.Connects.Add(1)
+	if len(subs) > 0 {
+		if err := ws.Write(ctx, websocket.MessageText, wire.AppendSub(nil, subs)); err != nil {
+			return -1, fmt.Errorf("device sub: %w", err)
+		}
+	}
+	// Close the socket when ctx ends so Read returns.
+	stop := context.AfterFunc(ctx, func() { ws.CloseNow() })
+	defer stop()
+	hint := time.Duration(-1)
+	for {
+		_, b, err := ws.Read(context.Background())
+		if err != nil {
+			if hint >= 0 {
+				return hint, nil
+			}
+			if websocket.CloseStatus(err) == websocket.StatusCode(wire.CloseUnauthorized) {
+				return -1, errUnauthorized
+			}
+			return -1, err
+		}
+		f, err := wire.ParseProxyFrame(b)
+		if err != nil {
+			return -1, err
+		}
+		if c.cfg.OnFrame != nil {
+			c.cfg.OnFrame(f)
+		}
+		switch f.Op {
+		case wire.OpStage:
+			now := time.Now()
+			c.mu.Lock()
+			held := c.state[f.Event]
+			newer := f.V > held.V
+			if newer {
+				c.state[f.Event] = f
+			}
+			c.mu.Unlock()
+			if !newer {
+				c.Dups.Add(1)
+				continue
+			}
+			if c.cfg.OnStage != nil {
+				c.cfg.OnStage(f, now)
+			}
+			if c.cfg.Ack {
+				if err := ws.Write(ctx, websocket.MessageText, wire.AppendAck(nil, f.Event, f.V)); err != nil {
+					return -1, err
+				}
+			}
+		case wire.OpReconnect:
+			hint = time.Duration(f.AfterMS) * time.Millisecond
+		case wire.OpError:
+			c.Errors.Add(1)
+		}
+	}
+}
+
+// Send writes a raw frame on the current connection (tests use it to send bad frames).
+func (c *Client) Send(ctx context.Context, frame []byte) error {
+	c.mu.Lock()
+	ws := c.ws
+	c.mu.Unlock()
+	if ws == nil {
+		return errors.New("device: not connected")
+	}
+	return ws.Write(ctx, websocket.MessageText, frame)
+}
+
+// NewHTTPClient returns an HTTP client whose connections leave from localIP
+// (e.g. "127.0.0.2"), to spread many devices over source addresses and pass the
+// ~28k ephemeral ports per (source, destination) pair.
+func NewHTTPClient(localIP string) *http.Client {
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	if localIP != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(localIP)}
+	}
+	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: -1}}
+}

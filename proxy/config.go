@@ -1,0 +1,163 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config configures a proxy. The zero value of every field is its documented
+// default; Validate fills them in and rejects nonsense.
+type Config struct {
+	// ID names this proxy in delivery reports. Default: hostname-pid.
+	ID string
+	// MaxConnections caps concurrent devices; upgrades past it get 503. Default 200000.
+	MaxConnections int
+	// MaxSubscriptions caps events per connection. Default 16.
+	MaxSubscriptions int
+	// ReadLimit is the largest device frame in bytes; larger closes with 1009. Default 4096.
+	ReadLimit int64
+	// MaxFramesPerSecond per connection; above it frames are answered with
+	// rate_limited, and a device at ten times the rate is closed (1008). Default 20.
+	MaxFramesPerSecond int
+	// WriteTimeout bounds one write to a device; a device that cannot take a frame in
+	// this time is closed as a slow consumer (4000). Default 5s.
+	WriteTimeout time.Duration
+	// PingInterval between WebSocket pings (the first is jittered). Default 25s.
+	PingInterval time.Duration
+	// PongTimeout: a device that does not answer a ping in this time is closed (4001). Default 10s.
+	PongTimeout time.Duration
+	// AdmitRate is the steady rate of new connections per second; AdmitBurst its
+	// burst. Above it upgrades get 503 with a jittered Retry-After. Defaults 2000, 2000.
+	AdmitRate  float64
+	AdmitBurst int
+	// RetryAfter is the base of the jittered Retry-After for rejected upgrades:
+	// U(RetryAfter, 2*RetryAfter) seconds. Default 5s.
+	RetryAfter time.Duration
+	// DrainWindow spreads the reconnect of all devices on drain: each device gets
+	// its reconnect frame at a uniformly random moment in the window. Default 30s.
+	DrainWindow time.Duration
+	// ReconnectJitter is the max after_ms of each reconnect frame: U(0, ReconnectJitter). Default 2s.
+	ReconnectJitter time.Duration
+	// Writers is the number of writer goroutines kept; MaxWriters the most the pool
+	// grows to when writers are stuck on slow devices. Defaults 4*GOMAXPROCS(min 8), 1024.
+	Writers    int
+	MaxWriters int
+	// HistoryLen is how many recent stage changes per event the proxy keeps for
+	// catch-up (also read from the engine on (re)subscribe). Default 64.
+	HistoryLen int
+	// StatsVersions is how many versions per event keep delivery counters. Default 16.
+	StatsVersions int
+	// ReportInterval between delivery reports to the engine. Default 1s.
+	ReportInterval time.Duration
+	// ReconcileInterval: every topic re-reads the event's recent stages this often
+	// (jittered), a safety net under pub/sub. Default 30s.
+	ReconcileInterval time.Duration
+	// TopicLinger keeps an event's subscription this long after its last device
+	// leaves, so flapping devices do not churn the engine. Default 60s.
+	TopicLinger time.Duration
+	// Authorize, if set, checks a device's token; false rejects the upgrade with 401.
+	Authorize func(device, token string) bool
+	// Registerer for Prometheus metrics. Default: a fresh registry (see Server.Registry).
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+	// Now and Rand are injected for tests. Defaults time.Now and math/rand/v2.
+	Now  func() time.Time
+	Rand *rand.Rand
+}
+
+// Validate fills defaults and checks ranges. Call it once at start.
+func (c *Config) Validate() error {
+	if c.ID == "" {
+		h, _ := os.Hostname()
+		c.ID = fmt.Sprintf("%s-%d", h, os.Getpid())
+	}
+	def := func(p *int, d int) {
+		if *p == 0 {
+			*p = d
+		}
+	}
+	defD := func(p *time.Duration, d time.Duration) {
+		if *p == 0 {
+			*p = d
+		}
+	}
+	def(&c.MaxConnections, 200000)
+	def(&c.MaxSubscriptions, 16)
+	def(&c.MaxFramesPerSecond, 20)
+	def(&c.AdmitBurst, 2000)
+	def(&c.Writers, max(8, 4*runtimeProcs()))
+	def(&c.MaxWriters, 1024)
+	def(&c.HistoryLen, 64)
+	def(&c.StatsVersions, 16)
+	if c.ReadLimit == 0 {
+		c.ReadLimit = 4096
+	}
+	if c.AdmitRate == 0 {
+		c.AdmitRate = 2000
+	}
+	defD(&c.WriteTimeout, 5*time.Second)
+	defD(&c.PingInterval, 25*time.Second)
+	defD(&c.PongTimeout, 10*time.Second)
+	defD(&c.RetryAfter, 5*time.Second)
+	defD(&c.DrainWindow, 30*time.Second)
+	defD(&c.ReconnectJitter, 2*time.Second)
+	defD(&c.ReportInterval, time.Second)
+	defD(&c.ReconcileInterval, 30*time.Second)
+	defD(&c.TopicLinger, 60*time.Second)
+	var errs []error
+	for name, v := range map[string]int{"MaxConnections": c.MaxConnections, "MaxSubscriptions": c.MaxSubscriptions,
+		"MaxFramesPerSecond": c.MaxFramesPerSecond, "AdmitBurst": c.AdmitBurst, "Writers": c.Writers,
+		"MaxWriters": c.MaxWriters, "HistoryLen": c.HistoryLen, "StatsVersions": c.StatsVersions} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("proxy config: %s = %d must be > 0", name, v))
+		}
+	}
+	for name, v := range map[string]time.Duration{"WriteTimeout": c.WriteTimeout, "PingInterval": c.PingInterval,
+		"PongTimeout": c.PongTimeout, "RetryAfter": c.RetryAfter, "DrainWindow": c.DrainWindow,
+		"ReconnectJitter": c.ReconnectJitter, "ReportInterval": c.ReportInterval,
+		"ReconcileInterval": c.ReconcileInterval, "TopicLinger": c.TopicLinger} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("proxy config: %s = %v must be > 0", name, v))
+		}
+	}
+	if c.ReadLimit < 64 {
+		errs = append(errs, fmt.Errorf("proxy config: ReadLimit = %d must be >= 64", c.ReadLimit))
+	}
+	if c.AdmitRate < 0 {
+		errs = append(errs, fmt.Errorf("proxy config: AdmitRate = %v must be > 0", c.AdmitRate))
+	}
+	if c.MaxWriters < c.Writers {
+		errs = append(errs, fmt.Errorf("proxy config: MaxWriters (%d) < Writers (%d)", c.MaxWriters, c.Writers))
+	}
+	if !validID(c.ID) {
+		errs = append(errs, fmt.Errorf("proxy config: ID %q must be 1-128 printable characters without spaces", c.ID))
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Rand == nil {
+		c.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	return errors.Join(errs...)
+}
+
+func validID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for _, r := range s {
+		if r <= ' ' || r > '~' {
+			return false
+		}
+	}
+	return true
+}

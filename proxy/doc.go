@@ -1,0 +1,28 @@
+// Package proxy is stagecast's WebSocket tier: it holds device connections,
+// keeps one engine subscription per event (never one per device), and fans each
+// stage change out to every matching device, encoded once.
+//
+// # Flow
+//
+// engine message -> topic inbox -> topic goroutine: insert into the event's
+// history, encode the frame once -> for each subscribed conn: put the frame in the
+// conn's mailbox (one slot per event: the latest version wins) -> if the conn was
+// idle, hand it to the shared writer pool -> a writer drains the mailbox with a
+// write deadline -> device.
+//
+// # Concurrency invariants
+//
+//   - Lock order: hub shard mu -> topic mu -> conn mu. Never take them the other way.
+//   - A conn's WebSocket writes have one owner at a time: the writer goroutine that
+//     took it off the pool queue (conn.queued is true from enqueue until that writer
+//     finds the mailbox empty). Nothing else writes data frames to it. Pings and the
+//     close handshake go through coder/websocket's own frame lock.
+//   - A conn is in the writer queue at most once, so the queue (a channel sized to
+//     MaxConnections) never blocks the fanout: the broadcaster never waits on a device.
+//   - Each conn has exactly one long-lived goroutine, its reader (it answers pongs
+//     and reads sub/unsub/ack). Pings run from a runtime timer in a short-lived
+//     goroutine; writes borrow a pool goroutine.
+//   - Each topic has two goroutines: run (owns history updates and fanout, fed by
+//     its inbox) and the engine subscription. They exit when the topic is removed.
+//   - The engine's subscription callbacks only push to the topic inbox; they never block.
+package proxy

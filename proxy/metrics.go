@@ -1,0 +1,71 @@
+package proxy
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	connections        *prometheus.GaugeVec
+	subscriptions      prometheus.Gauge
+	topics             prometheus.Gauge
+	broadcasts         prometheus.Counter
+	deliveries         prometheus.Counter
+	skipped            prometheus.Counter
+	acks               prometheus.Counter
+	sendLatency        prometheus.Histogram
+	slowConsumerCloses prometheus.Counter
+	pingTimeouts       prometheus.Counter
+	writeErrors        prometheus.Counter
+	rejected           *prometheus.CounterVec
+	badFrames          *prometheus.CounterVec
+	engineErrors       prometheus.Counter
+	inboxOverflow      prometheus.Counter
+	catchupRereads     prometheus.Counter
+	writersSpawned     prometheus.Counter
+	draining           prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	const ns, sub = "stagecast", "proxy"
+	m := &metrics{
+		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "connections",
+			Help: "Connected devices, by platform."}, []string{"platform"}),
+		subscriptions: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "subscriptions",
+			Help: "Device subscriptions (device x event)."}),
+		topics: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "events",
+			Help: "Events with an engine subscription on this proxy."}),
+		broadcasts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "broadcasts_total",
+			Help: "Stage changes received from the engine and fanned out."}),
+		deliveries: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "deliveries_total",
+			Help: "Stage frames written to devices."}),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "superseded_total",
+			Help: "Pending stage frames replaced by a newer version before a slow device took them."}),
+		acks: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "acks_total",
+			Help: "Acks received from devices."}),
+		sendLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "send_latency_seconds",
+			Help:    "Time from the stage change (ts) to the write to the device.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}),
+		slowConsumerCloses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "slow_consumer_closes_total",
+			Help: "Devices closed because a write exceeded the write timeout."}),
+		pingTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ping_timeouts_total",
+			Help: "Devices closed because they did not answer a ping."}),
+		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "write_errors_total",
+			Help: "Writes that failed for another reason than a timeout or a closed connection."}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "rejected_connections_total",
+			Help: "Upgrades refused, by reason (rate, capacity, draining, unauthorized, bad_request)."}, []string{"reason"}),
+		badFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "bad_frames_total",
+			Help: "Device frames rejected, by code."}, []string{"code"}),
+		engineErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "engine_errors_total",
+			Help: "Failed engine calls (history re-reads, delivery reports)."}),
+		inboxOverflow: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "inbox_overflow_total",
+			Help: "Engine messages dropped because an event's inbox was full (a history re-read follows)."}),
+		catchupRereads: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "history_rereads_total",
+			Help: "Engine history re-reads that found stages this proxy had not seen (missed messages repaired)."}),
+		writersSpawned: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "extra_writers_total",
+			Help: "Extra writer goroutines started because writers were stuck on slow devices."}),
+		draining: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "draining",
+			Help: "1 while the proxy drains."}),
+	}
+	reg.MustRegister(m.connections, m.subscriptions, m.topics, m.broadcasts, m.deliveries, m.skipped, m.acks,
+		m.sendLatency, m.slowConsumerCloses, m.pingTimeouts, m.writeErrors, m.rejected, m.badFrames,
+		m.engineErrors, m.inboxOverflow, m.catchupRereads, m.writersSpawned, m.draining)
+	return m
+}

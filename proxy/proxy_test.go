@@ -1,0 +1,349 @@
+package proxy_test
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
+	"github.com/stagecast/stagecast/proxy"
+)
+
+// startProxy runs a proxy on 127.0.0.1:0 and returns it with its ws URL.
+func startProxy(t *testing.T, eng proxy.Engine, cfg proxy.Config) (*proxy.Server, string) {
+	t.Helper()
+	if cfg.ReportInterval == 0 {
+		cfg.ReportInterval = 50 * time.Millisecond
+	}
+	p, err := proxy.New(cfg, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: p.Handler()}
+	go hs.Serve(l)
+	t.Cleanup(func() { p.Close(); hs.Close() })
+	return p, "ws://" + l.Addr().String() + "/v1/ws"
+}
+
+// eventually polls cond until it is true or the deadline passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %v waiting for %s", d, what)
+}
+
+type rawDevice struct {
+	t  *testing.T
+	ws *websocket.Conn
+}
+
+func dial(t *testing.T, url string) *rawDevice {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	t.Cleanup(func() { ws.CloseNow() })
+	return &rawDevice{t: t, ws: ws}
+}
+
+func (d *rawDevice) send(s string) {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := d.ws.Write(ctx, websocket.MessageText, []byte(s)); err != nil {
+		d.t.Fatalf("send: %v", err)
+	}
+}
+
+func (d *rawDevice) next() (wire.ProxyFrame, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, b, err := d.ws.Read(ctx)
+	if err != nil {
+		return wire.ProxyFrame{}, err
+	}
+	return wire.ParseProxyFrame(b)
+}
+
+func (d *rawDevice) expect(op string) wire.ProxyFrame {
+	d.t.Helper()
+	f, err := d.next()
+	if err != nil {
+		d.t.Fatalf("waiting for %s: %v", op, err)
+	}
+	if f.Op != op {
+		d.t.Fatalf("got %+v, want op %s", f, op)
+	}
+	return f
+}
+
+func set(t *testing.T, eng *engine.Memory, event, key string, target *wire.Target) wire.Stage {
+	t.Helper()
+	r, err := eng.SetStage(context.Background(), engine.SetRequest{Event: event, Key: key, Target: target, TS: time.Now().UnixMilli()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Stage
+}
+
+func TestStageFanoutAndCatchUp(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	_, url := startProxy(t, eng, proxy.Config{})
+	set(t, eng, "fight", "pre-show", nil)
+
+	d := dial(t, url)
+	d.send(`{"op":"sub","events":{"fight":0}}`)
+	f := d.expect(wire.OpStage) // catch-up: current is newer than 0
+	if f.Key != "pre-show" || f.V != 1 {
+		t.Fatalf("catch-up frame %+v", f)
+	}
+	s := set(t, eng, "fight", "round-1", nil)
+	f = d.expect(wire.OpStage)
+	if f.Key != "round-1" || f.V != s.V || f.TS != s.TS || f.Event != "fight" {
+		t.Fatalf("broadcast frame %+v want %+v", f, s)
+	}
+
+	// A device that already holds the current version gets nothing on sub.
+	d2 := dial(t, url)
+	d2.send(`{"op":"sub","events":{"fight":2}}`)
+	s3 := set(t, eng, "fight", "round-2", nil)
+	if f := d2.expect(wire.OpStage); f.V != s3.V {
+		t.Fatalf("d2 got %+v, want only v%d", f, s3.V)
+	}
+	d.expect(wire.OpStage)
+
+	// A device far behind gets only the latest (skips intermediate versions).
+	d3 := dial(t, url)
+	d3.send(`{"op":"sub","events":{"fight":1}}`)
+	if f := d3.expect(wire.OpStage); f.V != 3 || f.Key != "round-2" {
+		t.Fatalf("d3 catch-up %+v", f)
+	}
+
+	// Unsub stops delivery; unknown unsub is an error frame.
+	d.send(`{"op":"unsub","events":["fight"]}`)
+	d.send(`{"op":"unsub","events":["fight"]}`)
+	if f := d.expect(wire.OpError); f.Code != wire.CodeUnknownEvent {
+		t.Fatalf("%+v", f)
+	}
+	set(t, eng, "fight", "round-3", nil)
+	d2.expect(wire.OpStage)
+	d.send(`{"op":"ack","event":"fight","v":4}`)
+	if f := d.expect(wire.OpError); f.Code != wire.CodeUnknownEvent {
+		t.Fatalf("after unsub, got %+v (a stage leaked?)", f)
+	}
+}
+
+func TestTargetedDelivery(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	_, url := startProxy(t, eng, proxy.Config{})
+	tv := dial(t, url+"?platform=tv&segment=s1")
+	mobile := dial(t, url+"?platform=mobile")
+	tv.send(`{"op":"sub","events":{"ev":0}}`)
+	mobile.send(`{"op":"sub","events":{"ev":0}}`)
+	time.Sleep(50 * time.Millisecond) // let both subs land (nothing to catch up, no frame to wait for)
+	set(t, eng, "ev", "tv-promo", &wire.Target{Platforms: []string{"tv"}})
+	set(t, eng, "ev", "everyone", nil)
+	if f := tv.expect(wire.OpStage); f.Key != "tv-promo" {
+		// The tv device may get v1 then v2, or skip to v2; never miss v2.
+		if f.Key != "everyone" {
+			t.Fatalf("tv got %+v", f)
+		}
+	}
+	if f := mobile.expect(wire.OpStage); f.Key != "everyone" || f.V != 2 {
+		t.Fatalf("mobile got %+v: a targeted stage leaked to a non-matching device", f)
+	}
+	// Catch-up honours targets: a mobile device joining now must get its newest
+	// matching stage, not the tv-only one.
+	set(t, eng, "ev", "tv-only-2", &wire.Target{Platforms: []string{"tv"}, Segments: []string{"s1"}})
+	late := dial(t, url+"?platform=mobile")
+	late.send(`{"op":"sub","events":{"ev":0}}`)
+	if f := late.expect(wire.OpStage); f.Key != "everyone" || f.V != 2 {
+		t.Fatalf("late mobile catch-up got %+v", f)
+	}
+	for {
+		f := tv.expect(wire.OpStage)
+		if f.V == 3 {
+			break
+		}
+	}
+}
+
+func TestBadFrames(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	_, url := startProxy(t, eng, proxy.Config{ReadLimit: 256, MaxSubscriptions: 2})
+
+	d := dial(t, url)
+	for _, bad := range []string{`{"op":"dance"}`, `{"op":"sub","events":{"BAD":1}}`, `{"op":"ack","event":"x"}`} {
+		d.send(bad)
+		if f := d.expect(wire.OpError); f.Code != wire.CodeBadRequest || f.Msg == "" {
+			t.Fatalf("%s -> %+v", bad, f)
+		}
+	}
+	d.send(`{"op":"sub","events":{"a":0,"b":0,"c":0}}`)
+	if f := d.expect(wire.OpError); f.Code != wire.CodeTooManySubscriptions {
+		t.Fatalf("too many subs -> %+v", f)
+	}
+	// The connection survived all of that.
+	set(t, eng, "a", "k", nil)
+	if f := d.expect(wire.OpStage); f.Event != "a" {
+		t.Fatalf("%+v", f)
+	}
+
+	nj := dial(t, url)
+	nj.send(`this is not json`)
+	_, err := nj.next()
+	if s := websocket.CloseStatus(err); s != wire.CloseInvalidFrame {
+		t.Fatalf("invalid JSON: close status %d (%v), want 1007", s, err)
+	}
+	big := dial(t, url)
+	big.send(`{"op":"sub","events":{"` + strings.Repeat("a", 100) + `":0},"pad":"` + strings.Repeat("x", 400) + `"}`)
+	_, err = big.next()
+	if s := websocket.CloseStatus(err); s != wire.CloseTooBig {
+		t.Fatalf("oversize frame: close status %d (%v), want 1009", s, err)
+	}
+}
+
+func TestFrameRateLimit(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	_, url := startProxy(t, eng, proxy.Config{MaxFramesPerSecond: 3})
+	d := dial(t, url)
+	for i := 0; i < 4; i++ {
+		d.send(`{"op":"sub","events":{"a":0}}`)
+	}
+	if f := d.expect(wire.OpError); f.Code != wire.CodeRateLimited {
+		t.Fatalf("%+v", f)
+	}
+}
+
+func TestAdmission(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	_, url := startProxy(t, eng, proxy.Config{AdmitRate: 0.001, AdmitBurst: 2, RetryAfter: 2 * time.Second,
+		Authorize: func(_, token string) bool { return token != "bad" }})
+	dial(t, url)
+	dial(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, resp, err := websocket.Dial(ctx, url, nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("third connection: err=%v resp=%v, want 503", err, resp)
+	}
+	ra := resp.Header.Get("Retry-After")
+	if ra != "2" && ra != "3" && ra != "4" {
+		t.Fatalf("Retry-After %q, want jittered in [2,4]", ra)
+	}
+	_, resp, err = websocket.Dial(ctx, url+"?token=bad", nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("bad token: err=%v resp=%v, want 401", err, resp)
+	}
+	_, resp, err = websocket.Dial(ctx, url+"?platform=Not_Valid", nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("bad platform: %v %v", err, resp)
+	}
+}
+
+func TestDrain(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	p, url := startProxy(t, eng, proxy.Config{DrainWindow: 300 * time.Millisecond, ReconnectJitter: time.Second})
+	const n = 20
+	devs := make([]*rawDevice, n)
+	for i := range devs {
+		devs[i] = dial(t, url)
+		devs[i].send(`{"op":"sub","events":{"ev":0}}`)
+	}
+	eventually(t, 5*time.Second, "connections", func() bool { return p.Connections() == n })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- p.Drain(ctx) }()
+	var afters []int64
+	for _, d := range devs {
+		f := d.expect(wire.OpReconnect)
+		if f.AfterMS < 0 || f.AfterMS > 1000 {
+			t.Fatalf("after_ms %d outside [0, 1000]", f.AfterMS)
+		}
+		afters = append(afters, f.AfterMS)
+		_, err := d.next()
+		if s := websocket.CloseStatus(err); s != wire.CloseServiceRestart {
+			t.Fatalf("close status %d (%v), want 1012", s, err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatalf("drain took %v for a 300ms window", time.Since(start))
+	}
+	distinct := map[int64]bool{}
+	for _, a := range afters {
+		distinct[a] = true
+	}
+	if len(distinct) < n/2 {
+		t.Fatalf("after_ms not jittered: %v", afters)
+	}
+	// New devices are refused while draining.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	_, resp, err := websocket.Dial(ctx2, url, nil)
+	if err == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("dial while draining: %v", err)
+	}
+}
+
+func TestDeliveryReportPublished(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	_, url := startProxy(t, eng, proxy.Config{ID: "p-test"})
+	devs := []*rawDevice{dial(t, url), dial(t, url), dial(t, url)}
+	for _, d := range devs {
+		d.send(`{"op":"sub","events":{"ev":0}}`)
+	}
+	time.Sleep(50 * time.Millisecond)
+	s := set(t, eng, "ev", "k", nil)
+	for i, d := range devs {
+		d.expect(wire.OpStage)
+		if i < 2 {
+			d.send(`{"op":"ack","event":"ev","v":1}`)
+			d.send(`{"op":"ack","event":"ev","v":1}`) // duplicate: counted once
+		}
+	}
+	eventually(t, 5*time.Second, "report with 3 sent and 2 acked", func() bool {
+		pds, err := eng.Delivery(context.Background(), "ev", s.V)
+		if err != nil || len(pds) != 1 {
+			return false
+		}
+		pd := pds[0]
+		return pd.Proxy == "p-test" && pd.Devices == 3 && pd.Version.Sent == 3 && pd.Version.Acked == 2 && len(pd.Version.Latency) > 0
+	})
+}
+
+func TestConfigValidate(t *testing.T) {
+	bad := []proxy.Config{{MaxConnections: -1}, {ReadLimit: 10}, {Writers: 10, MaxWriters: 5}, {ID: "has space"}, {WriteTimeout: -time.Second}}
+	for _, c := range bad {
+		if err := c.Validate(); err == nil {
+			t.Errorf("Validate(%+v) = nil", c)
+		}
+	}
+	var c proxy.Config
+	if err := c.Validate(); err != nil || c.WriteTimeout != 5*time.Second || c.MaxSubscriptions != 16 {
+		t.Fatalf("defaults: %v %+v", err, c)
+	}
+}

@@ -1,0 +1,358 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
+
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// Engine is what the proxy needs from the engine.
+type Engine interface {
+	Recent(ctx context.Context, event string, n int) ([]wire.Stage, error)
+	Subscribe(ctx context.Context, event string, onStage func(wire.Stage), onSubscribed func()) error
+	PutDelivery(ctx context.Context, r engine.DeliveryReport) error
+}
+
+// Server is one WebSocket proxy. Create it with New, serve Handler, and end it
+// with Drain (graceful) and/or Close.
+type Server struct {
+	cfg     Config
+	eng     Engine
+	log     *slog.Logger
+	metrics *metrics
+	reg     *prometheus.Registry // nil when cfg.Registerer was given
+	hub     *hub
+	writers *writerPool
+	admit   *rate.Limiter
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // topic goroutines and the report loop
+
+	randMu sync.Mutex
+
+	connsMu  sync.Mutex
+	conns    map[*conn]struct{}
+	nconns   atomic.Int64
+	draining atomic.Bool
+	closed   atomic.Bool
+}
+
+// New validates cfg and starts a proxy's background work (writers, reports).
+func New(cfg Config, eng Engine) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if eng == nil {
+		return nil, errors.New("proxy: nil engine")
+	}
+	s := &Server{cfg: cfg, eng: eng, log: cfg.Logger.With("component", "proxy", "proxy", cfg.ID),
+		conns: make(map[*conn]struct{}), admit: rate.NewLimiter(rate.Limit(cfg.AdmitRate), cfg.AdmitBurst)}
+	reg := cfg.Registerer
+	if reg == nil {
+		s.reg = prometheus.NewRegistry()
+		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		reg = s.reg
+	}
+	s.metrics = newMetrics(reg)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.hub = newHub(s)
+	s.writers = newWriterPool(cfg.MaxConnections, cfg.Writers, cfg.MaxWriters, s.metrics.writersSpawned.Inc)
+	s.wg.Add(1)
+	go s.reportLoop()
+	return s, nil
+}
+
+// Registry returns the proxy's own registry (nil if Config.Registerer was set).
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Connections returns the number of connected devices.
+func (s *Server) Connections() int { return int(s.nconns.Load()) }
+
+// Handler serves /v1/ws, /healthz, /readyz and (with its own registry) /metrics.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/ws", s.serveWS)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if s.draining.Load() || s.closed.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+	if s.reg != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	}
+	return mux
+}
+
+func (s *Server) jitterBetween(lo, hi time.Duration) time.Duration {
+	if hi <= lo {
+		return lo
+	}
+	s.randMu.Lock()
+	defer s.randMu.Unlock()
+	return lo + time.Duration(s.cfg.Rand.Int64N(int64(hi-lo)))
+}
+
+func (s *Server) reject(w http.ResponseWriter, reason string, status int, msg string) {
+	s.metrics.rejected.WithLabelValues(reason).Inc()
+	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+		ra := s.jitterBetween(s.cfg.RetryAfter, 2*s.cfg.RetryAfter)
+		w.Header().Set("Retry-After", strconv.Itoa(int((ra+time.Second-1)/time.Second)))
+	}
+	http.Error(w, msg, status)
+}
+
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	device, platform, segment, token := q.Get("device"), q.Get("platform"), q.Get("segment"), q.Get("token")
+	switch {
+	case s.draining.Load() || s.closed.Load():
+		s.reject(w, "draining", http.StatusServiceUnavailable, "proxy is draining: connect to another proxy")
+		return
+	case len(device) > 128:
+		s.reject(w, "bad_request", http.StatusBadRequest, "device id longer than 128 bytes")
+		return
+	case platform != "" && !wire.ValidID(platform):
+		s.reject(w, "bad_request", http.StatusBadRequest, wire.CheckID("platform", platform).Error())
+		return
+	case segment != "" && !wire.ValidID(segment):
+		s.reject(w, "bad_request", http.StatusBadRequest, wire.CheckID("segment", segment).Error())
+		return
+	case s.cfg.Authorize != nil && !s.cfg.Authorize(device, token):
+		s.reject(w, "unauthorized", http.StatusUnauthorized, "unauthorized: missing or invalid device token")
+		return
+	case s.nconns.Load() >= int64(s.cfg.MaxConnections):
+		s.reject(w, "capacity", http.StatusServiceUnavailable, "proxy at capacity: retry later or connect to another proxy")
+		return
+	case !s.admit.Allow():
+		s.reject(w, "rate", http.StatusServiceUnavailable, "too many new connections: retry later")
+		return
+	}
+	ws, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{
+		InsecureSkipVerify: true, // devices are not browsers bound to an origin; auth is the token
+		CompressionMode:    websocket.CompressionDisabled,
+	})
+	if err != nil {
+		s.metrics.rejected.WithLabelValues("handshake").Inc()
+		return
+	}
+	ws.SetReadLimit(s.cfg.ReadLimit)
+	if platform == "" {
+		platform = "unknown"
+	}
+	c := &conn{s: s, ws: ws, device: device, platform: platform, segment: segment}
+	c.watchdog = time.AfterFunc(time.Hour, c.onWatchdog)
+	c.watchdog.Stop()
+	if !s.addConn(c) {
+		_ = ws.Close(websocket.StatusCode(wire.CloseServiceRestart), "proxy is draining")
+		return
+	}
+	c.pingTimer = time.AfterFunc(s.jitterBetween(s.cfg.PingInterval/2, s.cfg.PingInterval), c.ping)
+	// The request goroutine (and net/http's per-connection state) ends here; the
+	// conn's only long-lived goroutine is its reader.
+	go c.readLoop()
+}
+
+func (s *Server) addConn(c *conn) bool {
+	s.connsMu.Lock()
+	defer s.connsMu.Unlock()
+	if s.draining.Load() || s.closed.Load() {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.nconns.Add(1)
+	s.metrics.connections.WithLabelValues(c.platform).Inc()
+	return true
+}
+
+func (s *Server) removeConn(c *conn) {
+	s.connsMu.Lock()
+	defer s.connsMu.Unlock()
+	if _, ok := s.conns[c]; ok {
+		delete(s.conns, c)
+		s.nconns.Add(-1)
+		s.metrics.connections.WithLabelValues(c.platform).Dec()
+	}
+}
+
+func (s *Server) snapshotConns() []*conn {
+	s.connsMu.Lock()
+	defer s.connsMu.Unlock()
+	out := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+// readLoop reads device frames until the connection ends.
+func (c *conn) readLoop() {
+	defer c.unregister()
+	s := c.s
+	for {
+		typ, b, err := c.ws.Read(context.Background())
+		if err != nil {
+			return // closed, read limit (coder/websocket closes with 1009), or protocol error
+		}
+		switch c.allowFrame(s.cfg.Now()) {
+		case 1:
+			s.metrics.badFrames.WithLabelValues(string(wire.CodeRateLimited)).Inc()
+			c.sendError(wire.CodeRateLimited, fmt.Sprintf("more than %d frames per second", s.cfg.MaxFramesPerSecond))
+			continue
+		case 2:
+			s.metrics.badFrames.WithLabelValues("flood").Inc()
+			_ = c.ws.Close(websocket.StatusCode(wire.ClosePolicy), "frame rate far above the limit")
+			return
+		}
+		if typ != websocket.MessageText {
+			s.metrics.badFrames.WithLabelValues("binary").Inc()
+			_ = c.ws.Close(websocket.StatusUnsupportedData, "text frames only")
+			return
+		}
+		f, err := wire.ParseDeviceFrame(b)
+		if errors.Is(err, wire.ErrNotJSON) {
+			s.metrics.badFrames.WithLabelValues("invalid_json").Inc()
+			_ = c.ws.Close(websocket.StatusCode(wire.CloseInvalidFrame), "frame is not a JSON object")
+			return
+		}
+		var fe *wire.FrameError
+		if errors.As(err, &fe) {
+			s.metrics.badFrames.WithLabelValues(string(fe.Code)).Inc()
+			c.sendError(fe.Code, fe.Msg)
+			continue
+		}
+		c.handle(f)
+	}
+}
+
+func (c *conn) handle(f wire.DeviceFrame) {
+	s := c.s
+	switch f.Op {
+	case wire.OpSub:
+		for ev, have := range f.Sub {
+			if !s.hub.subscribe(c, ev, have) {
+				s.metrics.badFrames.WithLabelValues(string(wire.CodeTooManySubscriptions)).Inc()
+				c.sendError(wire.CodeTooManySubscriptions, fmt.Sprintf("at most %d events per connection; %s not subscribed", s.cfg.MaxSubscriptions, ev))
+			}
+		}
+	case wire.OpUnsub:
+		for _, ev := range f.Unsub {
+			if !s.hub.unsubscribe(c, ev) {
+				s.metrics.badFrames.WithLabelValues(string(wire.CodeUnknownEvent)).Inc()
+				c.sendError(wire.CodeUnknownEvent, "not subscribed to "+ev)
+			}
+		}
+	case wire.OpAck:
+		if !c.ack(f.Event, f.V) {
+			s.metrics.badFrames.WithLabelValues(string(wire.CodeUnknownEvent)).Inc()
+			c.sendError(wire.CodeUnknownEvent, "ack for an event not subscribed: "+f.Event)
+		}
+	}
+}
+
+// Drain stops admitting devices and, over DrainWindow, tells each connected
+// device to reconnect elsewhere (a reconnect frame with after_ms ~
+// U(0, ReconnectJitter), then close 1012), each at a uniformly random moment of the
+// window. It returns when every device is gone or ctx ends.
+func (s *Server) Drain(ctx context.Context) error {
+	if s.draining.Swap(true) {
+		return errors.New("proxy: already draining")
+	}
+	s.metrics.draining.Set(1)
+	conns := s.snapshotConns()
+	s.randMu.Lock()
+	s.cfg.Rand.Shuffle(len(conns), func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
+	// Uniform moments over the window, sorted: the i-th of n sorted uniforms.
+	at := make([]time.Duration, len(conns))
+	for i := range at {
+		at[i] = time.Duration(s.cfg.Rand.Int64N(int64(s.cfg.DrainWindow) + 1))
+	}
+	s.randMu.Unlock()
+	slices.Sort(at)
+	s.log.Info("draining", "devices", len(conns), "window", s.cfg.DrainWindow)
+	start := time.Now()
+	for i, c := range conns {
+		if d := at[i] - time.Since(start); d > 0 {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("proxy drain: %d of %d devices not yet told: %w", len(conns)-i, len(conns), ctx.Err())
+			case <-time.After(d):
+			}
+		}
+		after := s.jitterBetween(0, s.cfg.ReconnectJitter)
+		c.sendControl(wire.AppendReconnect(nil, after.Milliseconds()), wire.CloseServiceRestart, "proxy draining")
+	}
+	for s.nconns.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("proxy drain: %d devices still connected: %w", s.nconns.Load(), ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	s.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// Close ends every connection now and stops background work. Call Drain first for
+// a graceful stop.
+func (s *Server) Close() {
+	if s.closed.Swap(true) {
+		return
+	}
+	for _, c := range s.snapshotConns() {
+		c.abort()
+	}
+	s.flushReport(context.Background())
+	s.cancel()
+	s.hub.closeAll()
+	s.wg.Wait()
+	s.writers.close()
+}
+
+// smallBuffers hands coder/websocket smaller bufio buffers than net/http's 4 KiB
+// pair: device frames are tiny, and memory per idle device is what limits a proxy.
+// Frames larger than the buffers are still read and written whole.
+type smallBuffers struct{ http.ResponseWriter }
+
+const connBufSize = 512
+
+func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	var r io.Reader = nc
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		r = io.MultiReader(bytes.NewReader(bytes.Clone(b)), nc)
+	}
+	return nc, bufio.NewReadWriter(bufio.NewReaderSize(r, connBufSize), bufio.NewWriterSize(nc, connBufSize)), nil
+}
+
+func runtimeProcs() int { return runtime.GOMAXPROCS(0) }
