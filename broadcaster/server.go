@@ -290,9 +290,6 @@ type StageReply struct {
 const maxStageBody = 16 << 10
 
 func decodeJSON(r *http.Request, limit int64, dst any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return errf(http.StatusUnsupportedMediaType, "bad_request", "Content-Type must be application/json, not %q", ct)
-	}
 	body := http.MaxBytesReader(nil, r.Body, limit)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()

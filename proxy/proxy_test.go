@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
@@ -346,4 +347,26 @@ func TestConfigValidate(t *testing.T) {
 	if err := c.Validate(); err != nil || c.WriteTimeout != 5*time.Second || c.MaxSubscriptions != 16 {
 		t.Fatalf("defaults: %v %+v", err, c)
 	}
+}
+
+// metric returns a collector from the proxy's registry by name, for testutil.
+func metric(t *testing.T, p *proxy.Server, name string) prometheus.Collector {
+	t.Helper()
+	mfs, err := p.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.Metric) > 0 {
+			return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: name}, func() float64 {
+				m := mf.Metric[0]
+				if m.Counter != nil {
+					return m.Counter.GetValue()
+				}
+				return m.Gauge.GetValue()
+			})
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return nil
 }

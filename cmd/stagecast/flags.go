@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/stagecast/stagecast/internal/engine/redisengine"
+	"github.com/stagecast/stagecast/proxy"
+)
+
+// parse parses args (flags may come before, between or after positional
+// arguments), then fills every flag not given on the command line from
+// STAGECAST_<NAME> in the environment. Positional arguments are in positional(fs).
+func parse(fs *flag.FlagSet, args []string) error {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	positionals[fs] = pos
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := "STAGECAST_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok && !set[f.Name] && err == nil {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", env, v, e)
+			}
+		}
+	})
+	return err
+}
+
+var positionals = map[*flag.FlagSet][]string{}
+
+// positional returns the non-flag arguments parse found.
+func positional(fs *flag.FlagSet) []string { return positionals[fs] }
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+// signalContext ends on SIGINT or SIGTERM.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+func randomToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return "dev-" + hex.EncodeToString(b)
+}
+
+// proxyFlags registers the proxy's tunables on fs.
+func proxyFlags(fs *flag.FlagSet, c *proxy.Config) {
+	fs.StringVar(&c.ID, "proxy-id", "", "proxy id in delivery reports (default hostname-pid)")
+	fs.IntVar(&c.MaxConnections, "max-connections", 200000, "most devices this proxy holds")
+	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", 16, "most events per device connection")
+	fs.Float64Var(&c.AdmitRate, "admit-rate", 2000, "new connections per second admitted (503 + Retry-After above)")
+	fs.IntVar(&c.AdmitBurst, "admit-burst", 2000, "burst of new connections admitted")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", 5*time.Second, "a device that cannot take a frame this long is closed (4000)")
+	fs.DurationVar(&c.PingInterval, "ping-interval", 25*time.Second, "WebSocket ping interval")
+	fs.DurationVar(&c.PongTimeout, "pong-timeout", 10*time.Second, "close devices that do not answer a ping in this time (4001)")
+	fs.DurationVar(&c.DrainWindow, "drain-window", 30*time.Second, "on SIGTERM, spread devices' reconnects over this window")
+	fs.DurationVar(&c.ReconnectJitter, "reconnect-jitter", 2*time.Second, "max after_ms of reconnect frames")
+	fs.IntVar(&c.Writers, "writers", 0, "writer goroutines kept (default 4*GOMAXPROCS, min 8)")
+	fs.StringVar(&deviceToken, "device-token", "", "if set, devices must connect with ?token=<this>")
+}
+
+var deviceToken string
+
+func redisFlags(fs *flag.FlagSet, c *redisengine.Config) *string {
+	addrs := fs.String("redis", "127.0.0.1:6379", "Redis address(es), comma-separated (one node is enough for a cluster)")
+	fs.StringVar(&c.Password, "redis-password", "", "Redis password")
+	return addrs
+}
+
+func splitAddrs(s string) []string {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/redisengine"
+	"github.com/stagecast/stagecast/internal/serve"
+	"github.com/stagecast/stagecast/proxy"
+)
+
+func authorizer() func(string, string) bool {
+	if deviceToken == "" {
+		return nil
+	}
+	want := []byte(deviceToken)
+	return func(_, tok string) bool { return subtle.ConstantTimeCompare([]byte(tok), want) == 1 }
+}
+
+// drainProxy is the SIGTERM path of a proxy: spread reconnects, then close.
+func drainProxy(p *proxy.Server) func(context.Context) {
+	return func(ctx context.Context) {
+		if err := p.Drain(ctx); err != nil {
+			fmt.Fprintf(os.Stderr, "drain: %v\n", err)
+		}
+		p.Close()
+	}
+}
+
+func runDev(args []string) error {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	proxyAddr := fs.String("proxy-addr", "127.0.0.1:8080", "devices' WebSocket address")
+	bcAddr := fs.String("broadcaster-addr", "127.0.0.1:8081", "producers' HTTP address")
+	token := fs.String("producer-token", "", "producer bearer token (default: random, printed)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	var pc proxy.Config
+	proxyFlags(fs, &pc)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *token == "" {
+		*token = randomToken()
+	}
+	log, err := newLogger(*logLevel)
+	if err != nil {
+		return err
+	}
+	pc.Logger, pc.Authorize = log, authorizer()
+	pc.DrainWindow = min(pc.DrainWindow, 5*time.Second) // a dev server stops quickly
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	p, err := proxy.New(pc, eng)
+	if err != nil {
+		return err
+	}
+	bc, err := broadcaster.New(broadcaster.Config{Token: *token, PublicReads: true, Logger: log}, eng)
+	if err != nil {
+		return err
+	}
+	bound, err := serve.Listen([]serve.Server{
+		{Name: "proxy", Addr: *proxyAddr, Handler: p.Handler()},
+		{Name: "broadcaster", Addr: *bcAddr, Handler: bc.Handler()},
+	})
+	if err != nil {
+		return err
+	}
+	printDevBanner(bound[0].Listener.Addr().String(), bound[1].Listener.Addr().String(), *token)
+	ctx, stop := signalContext()
+	defer stop()
+	return serve.Run(ctx, log, bound, pc.DrainWindow+5*time.Second, drainProxy(p))
+}
+
+func printDevBanner(proxyAddr, bcAddr, token string) {
+	fmt.Printf(`
+stagecast dev server: in-memory engine, nothing persists.
+
+  devices (WebSocket)   ws://%[1]s/v1/ws
+  producers (HTTP)      http://%[2]s
+  producer token        %[3]s
+  metrics / health      http://%[1]s/metrics  http://%[2]s/metrics  /healthz  /readyz
+
+Watch an event as a device (in another terminal):
+  go run ./cmd/stagecast watch --proxy ws://%[1]s/v1/ws fight-2026-11-15
+
+Trigger a stage:
+  export STAGECAST_PRODUCER_TOKEN=%[3]s
+  go run ./cmd/stagecast stage --broadcaster http://%[2]s set fight-2026-11-15 round-3
+  curl -H "Authorization: Bearer %[3]s" -H 'Content-Type: application/json' \
+       -d '{"stage":"round-3"}' http://%[2]s/v1/events/fight-2026-11-15/stage
+
+Delivery report:
+  go run ./cmd/stagecast stage --broadcaster http://%[2]s report fight-2026-11-15
+
+`, proxyAddr, bcAddr, token)
+}
+
+func runProxy(args []string) error {
+	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
+	addr := fs.String("addr", "0.0.0.0:8080", "devices' WebSocket address (also /metrics, /healthz, /readyz)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	var pc proxy.Config
+	proxyFlags(fs, &pc)
+	var rc redisengine.Config
+	redisAddrs := redisFlags(fs, &rc)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(*logLevel)
+	if err != nil {
+		return err
+	}
+	rc.Addrs, rc.Logger = splitAddrs(*redisAddrs), log
+	eng, err := redisengine.New(rc)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	pc.Logger, pc.Authorize = log, authorizer()
+	p, err := proxy.New(pc, eng)
+	if err != nil {
+		return err
+	}
+	bound, err := serve.Listen([]serve.Server{{Name: "proxy", Addr: *addr, Handler: p.Handler()}})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	return serve.Run(ctx, log, bound, pc.DrainWindow+10*time.Second, drainProxy(p))
+}
+
+func runBroadcaster(args []string) error {
+	fs := flag.NewFlagSet("broadcaster", flag.ContinueOnError)
+	addr := fs.String("addr", "0.0.0.0:8081", "producers' HTTP address (also /metrics, /healthz, /readyz)")
+	token := fs.String("producer-token", "", "producer bearer token (required; at least 16 characters)")
+	publicReads := fs.Bool("public-reads", true, "serve GET /v1/events/{event} without a token")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	var rc redisengine.Config
+	redisAddrs := redisFlags(fs, &rc)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *token == "" {
+		return errors.New("--producer-token (or STAGECAST_PRODUCER_TOKEN) is required")
+	}
+	log, err := newLogger(*logLevel)
+	if err != nil {
+		return err
+	}
+	rc.Addrs, rc.Logger = splitAddrs(*redisAddrs), log
+	eng, err := redisengine.New(rc)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	bc, err := broadcaster.New(broadcaster.Config{Token: *token, PublicReads: *publicReads, Logger: log}, eng)
+	if err != nil {
+		return err
+	}
+	bound, err := serve.Listen([]serve.Server{{Name: "broadcaster", Addr: *addr, Handler: bc.Handler()}})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	return serve.Run(ctx, log, bound, 10*time.Second, nil)
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/internal/device"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+const stageUsage = `Usage:
+  stagecast stage [flags] set EVENT STAGE     change the stage (prints the new version)
+  stagecast stage [flags] get EVENT           current stage and version
+  stagecast stage [flags] report EVENT [V]    delivery report of version V (default: current)
+
+The token comes from --producer-token or STAGECAST_PRODUCER_TOKEN.
+`
+
+func runStage(args []string) error {
+	fs := flag.NewFlagSet("stage", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), stageUsage); fs.PrintDefaults() }
+	base := fs.String("broadcaster", "http://127.0.0.1:8081", "broadcaster URL")
+	token := fs.String("producer-token", "", "producer token")
+	idem := fs.String("idempotency-key", "", "Idempotency-Key for set (default: a fresh key, so a retried call is safe)")
+	platforms := fs.String("platforms", "", "set: deliver only to these platforms (comma-separated)")
+	segments := fs.String("segments", "", "set: deliver only to these segments (comma-separated)")
+	asJSON := fs.Bool("json", false, "print the raw JSON reply")
+	timeout := fs.Duration("timeout", 10*time.Second, "request timeout")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	rest := positional(fs)
+	if len(rest) < 2 {
+		fs.Usage()
+		return errors.New("missing command or event")
+	}
+	c := &broadcaster.Client{BaseURL: *base, Token: *token}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	out := func(v any, human func()) error {
+		if *asJSON {
+			e := json.NewEncoder(os.Stdout)
+			e.SetIndent("", "  ")
+			return e.Encode(v)
+		}
+		human()
+		return nil
+	}
+	switch cmd, event := rest[0], rest[1]; cmd {
+	case "set":
+		if len(rest) != 3 {
+			return errors.New("usage: stage set EVENT STAGE")
+		}
+		var target *wire.Target
+		if *platforms != "" || *segments != "" {
+			target = &wire.Target{Platforms: splitAddrs(*platforms), Segments: splitAddrs(*segments)}
+		}
+		key := *idem
+		if key == "" {
+			key = "cli-" + randomToken()[4:]
+		}
+		r, err := c.SetStage(ctx, event, rest[2], target, key)
+		if err != nil {
+			return err
+		}
+		return out(r, func() {
+			fmt.Printf("%s is now on %s (v%d at %s)\n", r.Event, r.Stage, r.V, time.UnixMilli(r.TS).UTC().Format(time.RFC3339Nano))
+		})
+	case "get":
+		r, err := c.Get(ctx, event)
+		if err != nil {
+			return err
+		}
+		return out(r, func() {
+			fmt.Printf("%s: %s (v%d, since %s)\n", r.Event, r.Stage, r.V, time.UnixMilli(r.TS).UTC().Format(time.RFC3339Nano))
+		})
+	case "report":
+		var v uint64
+		if len(rest) == 3 {
+			n, err := strconv.ParseUint(rest[2], 10, 64)
+			if err != nil {
+				return fmt.Errorf("version %q: %w", rest[2], err)
+			}
+			v = n
+		}
+		r, err := c.Report(ctx, event, v)
+		if err != nil {
+			return err
+		}
+		return out(r, func() { printReport(r) })
+	default:
+		fs.Usage()
+		return fmt.Errorf("unknown stage command %q", cmd)
+	}
+}
+
+func printReport(r broadcaster.Report) {
+	ms := func(p *int64) string {
+		if p == nil {
+			return "not reached"
+		}
+		return (time.Duration(*p) * time.Millisecond).String()
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "event\t%s\n", r.Event)
+	fmt.Fprintf(w, "version\tv%d %s\n", r.V, r.Stage)
+	fmt.Fprintf(w, "devices connected\t%d (%d proxies reporting, %d stale)\n", r.Devices, r.Proxies-r.StaleProxies, r.StaleProxies)
+	fmt.Fprintf(w, "sent\t%d (%.1f%%)\n", r.Sent, r.SentPct)
+	fmt.Fprintf(w, "acked\t%d (%.1f%%)\n", r.Acked, r.AckedPct)
+	fmt.Fprintf(w, "time to 50/90/99/100%% sent\t%s\n", strings.Join([]string{ms(r.SentMS["p50"]), ms(r.SentMS["p90"]), ms(r.SentMS["p99"]), ms(r.SentMS["p100"])}, " / "))
+	w.Flush()
+}
+
+func runWatch(args []string) error {
+	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
+	proxyURL := fs.String("proxy", "ws://127.0.0.1:8080/v1/ws", "proxy URL(s), comma-separated")
+	platform := fs.String("platform", "tv", "device platform")
+	segment := fs.String("segment", "", "device segment")
+	token := fs.String("device-token", "", "device token")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if len(positional(fs)) != 1 {
+		return errors.New("usage: stagecast watch [flags] EVENT")
+	}
+	event := positional(fs)[0]
+	if err := wire.CheckID("event", event); err != nil {
+		return err
+	}
+	d, err := device.New(device.Config{URLs: splitAddrs(*proxyURL), Device: "watch-" + randomToken()[4:12], Platform: *platform,
+		Segment: *segment, Token: *token, Events: map[string]uint64{event: 0}, Ack: true,
+		OnStage: func(f wire.ProxyFrame, at time.Time) {
+			fmt.Printf("%s  %s -> %s (v%d, %v after the change)\n", at.Format("15:04:05.000"), f.Event, f.Key, f.V, at.Sub(time.UnixMilli(f.TS)).Round(time.Millisecond))
+		},
+		OnFrame: func(f wire.ProxyFrame) {
+			switch f.Op {
+			case wire.OpReconnect:
+				fmt.Printf("proxy is draining: reconnecting in %dms\n", f.AfterMS)
+			case wire.OpError:
+				fmt.Printf("error from proxy: %s: %s\n", f.Code, f.Msg)
+			}
+		}})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("watching %s on %s as a %s device (Ctrl-C to stop)\n", event, *proxyURL, *platform)
+	ctx, stop := signalContext()
+	defer stop()
+	if err := d.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}

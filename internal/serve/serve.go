@@ -1,0 +1,80 @@
+// Package serve runs stagecast's HTTP servers: it listens on every address first
+// (so a port clash fails the start, not later), serves until the context ends,
+// then runs the caller's drain step and shuts the servers down gracefully.
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Server is one HTTP server to run.
+type Server struct {
+	Name    string // for logs: "proxy", "broadcaster", ...
+	Addr    string // host:port; port 0 picks a free one
+	Handler http.Handler
+}
+
+// Bound is a server that listens, with its actual address.
+type Bound struct {
+	Server
+	Listener net.Listener
+}
+
+// URL returns http://host:port of the bound server.
+func (b Bound) URL() string { return "http://" + b.Listener.Addr().String() }
+
+// Listen binds every server's address, closing all on the first failure.
+func Listen(servers []Server) ([]Bound, error) {
+	out := make([]Bound, 0, len(servers))
+	for _, s := range servers {
+		l, err := net.Listen("tcp", s.Addr)
+		if err != nil {
+			for _, b := range out {
+				b.Listener.Close()
+			}
+			return nil, fmt.Errorf("%s: listen on %s: %w", s.Name, s.Addr, err)
+		}
+		out = append(out, Bound{Server: s, Listener: l})
+	}
+	return out, nil
+}
+
+// Run serves the bound servers until ctx ends, then calls drain (if set) with a
+// context bounded by grace, then shuts the HTTP servers down. It returns the first
+// serve error, if any server failed.
+func Run(ctx context.Context, log *slog.Logger, bound []Bound, grace time.Duration, drain func(context.Context)) error {
+	errc := make(chan error, len(bound))
+	srvs := make([]*http.Server, len(bound))
+	for i, b := range bound {
+		srvs[i] = &http.Server{Handler: b.Handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		log.Info("listening", "server", b.Name, "addr", b.Listener.Addr().String())
+		go func(s *http.Server, l net.Listener, name string) {
+			if err := s.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}(srvs[i], b.Listener, b.Name)
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case runErr = <-errc:
+		log.Error("server failed; shutting down", "err", runErr)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if drain != nil {
+		drain(sctx)
+	}
+	for _, s := range srvs {
+		_ = s.Shutdown(sctx)
+	}
+	return runErr
+}

@@ -1,0 +1,152 @@
+package proxy_test
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/stagecast/stagecast/internal/device"
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
+	"github.com/stagecast/stagecast/proxy"
+)
+
+// smallSendBuf shrinks each accepted socket's send buffer so a device that stops
+// reading blocks the proxy's writes quickly (autotuning would otherwise absorb
+// megabytes).
+type smallSendBuf struct{ net.Listener }
+
+func (l smallSendBuf) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(4096)
+	}
+	return c, err
+}
+
+// stuckDevice opens a WebSocket by hand with a tiny receive buffer, subscribes,
+// and never reads again.
+func stuckDevice(t *testing.T, addr, event string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 1024) })
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	req := "GET /v1/ws?device=stuck HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	if _, err := c.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	status, err := br.ReadString('\n')
+	if err != nil || !strings.Contains(status, "101") {
+		t.Fatalf("handshake: %q %v", status, err)
+	}
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if line == "\r\n" {
+			break
+		}
+	}
+	payload := `{"op":"sub","events":{"` + event + `":0}}`
+	frame := append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...) // masked with key 0
+	if _, err := c.Write(frame); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestSlowDeviceDoesNotDelayOthers: one device never reads. Its writes block (it
+// is stuck on the only core writer), yet every other device receives every
+// broadcast, and the stuck one is closed as a slow consumer after WriteTimeout.
+func TestSlowDeviceDoesNotDelayOthers(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	p, err := proxy.New(proxy.Config{Writers: 1, MaxWriters: 8, WriteTimeout: 3 * time.Second, ReportInterval: time.Second}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: p.Handler()}
+	go hs.Serve(smallSendBuf{l})
+	t.Cleanup(func() { p.Close(); hs.Close() })
+	url := "ws://" + l.Addr().String() + "/v1/ws"
+
+	stuckDevice(t, l.Addr().String(), "ev")
+	const n = 50
+	var got [n]atomic.Uint64
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		dev, err := device.New(device.Config{URLs: []string{url}, Events: map[string]uint64{"ev": 0},
+			OnStage: func(f wire.ProxyFrame, _ time.Time) { got[i].Store(f.V) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = dev.Run(ctx) }()
+	}
+	defer wg.Wait()
+	defer cancel()
+	eventually(t, 10*time.Second, "devices connected", func() bool { return p.Connections() == n+1 })
+	time.Sleep(100 * time.Millisecond) // subs in flight
+
+	// ~100-byte frames: 400 broadcasts overflow the stuck device's few KiB of buffers.
+	start := time.Now()
+	var last uint64
+	for i := 0; i < 400; i++ {
+		r, err := eng.SetStage(ctx, engine.SetRequest{Event: "ev", Key: "stage-with-a-longer-name-to-fill-buffers-" + string(rune('a'+i%26)), TS: time.Now().UnixMilli()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = r.Stage.V
+		time.Sleep(time.Millisecond)
+	}
+	eventually(t, 10*time.Second, "every reading device on the last version", func() bool {
+		for i := range got {
+			if got[i].Load() != last {
+				return false
+			}
+		}
+		return true
+	})
+	othersDone := time.Since(start)
+	// The stuck device's write is still blocked (WriteTimeout has not fired): the
+	// others did not wait for it.
+	if c := p.Connections(); c != n+1 {
+		t.Fatalf("reading devices finished after %v, but the stuck device was already closed (%d connections): they waited for it", othersDone, c)
+	}
+	eventually(t, 15*time.Second, "stuck device closed as slow consumer", func() bool { return p.Connections() == n })
+	closedAt := time.Since(start)
+	if v := testutil.ToFloat64(metric(t, p, "stagecast_proxy_slow_consumer_closes_total")); v != 1 {
+		t.Fatalf("slow consumer closes = %v, want 1", v)
+	}
+	if v := testutil.ToFloat64(metric(t, p, "stagecast_proxy_extra_writers_total")); v < 1 {
+		t.Fatalf("no extra writer was started, yet the core writer was stuck")
+	}
+	t.Logf("reading devices on v%d after %v; stuck device closed after %v", last, othersDone, closedAt)
+}
