@@ -347,12 +347,30 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	var r io.Reader = nc
+	// Bytes the device sent right behind its upgrade request may already sit in
+	// net/http's reader. coder/websocket re-points the returned reader at the
+	// returned conn (Reset), so those bytes must travel with the conn itself.
+	var rc net.Conn = nc
 	if n := brw.Reader.Buffered(); n > 0 {
 		b, _ := brw.Reader.Peek(n)
-		r = io.MultiReader(bytes.NewReader(bytes.Clone(b)), nc)
+		rc = &prefixConn{Conn: nc, prefix: bytes.Clone(b)}
 	}
-	return nc, bufio.NewReadWriter(bufio.NewReaderSize(r, connBufSize), bufio.NewWriterSize(nc, connBufSize)), nil
+	return rc, bufio.NewReadWriter(bufio.NewReaderSize(rc, connBufSize), bufio.NewWriterSize(nc, connBufSize)), nil
+}
+
+// prefixConn returns prefix before reading from the connection.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
 }
 
 func runtimeProcs() int { return runtime.GOMAXPROCS(0) }

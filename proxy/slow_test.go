@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bufio"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -149,4 +150,52 @@ func TestSlowDeviceDoesNotDelayOthers(t *testing.T) {
 		t.Fatalf("no extra writer was started, yet the core writer was stuck")
 	}
 	t.Logf("reading devices on v%d after %v; stuck device closed after %v", last, othersDone, closedAt)
+}
+
+// TestFrameSentWithHandshake: a device that pipelines its sub frame right behind
+// the upgrade request (the bytes sit in net/http's buffer at hijack time) is
+// served correctly: it gets the catch-up stage, not a protocol error.
+func TestFrameSentWithHandshake(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	s := set(t, eng, "ev", "round-1", nil)
+	_, url := startProxy(t, eng, proxy.Config{})
+	addr := strings.TrimSuffix(strings.TrimPrefix(url, "ws://"), "/v1/ws")
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	payload := `{"op":"sub","events":{"ev":0}}`
+	req := "GET /v1/ws HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	msg := append([]byte(req), append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)...)
+	if _, err := c.Write(msg); err != nil { // one write: frame and request arrive together
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if line == "\r\n" {
+			break
+		}
+	}
+	hdr := make([]byte, 2)
+	if _, err := io.ReadFull(br, hdr); err != nil {
+		t.Fatal(err)
+	}
+	if hdr[0] != 0x81 {
+		t.Fatalf("first frame opcode byte %#x, want a text frame (0x81): the pipelined sub was lost", hdr[0])
+	}
+	body := make([]byte, hdr[1]&0x7f)
+	if _, err := io.ReadFull(br, body); err != nil {
+		t.Fatal(err)
+	}
+	f, err := wire.ParseProxyFrame(body)
+	if err != nil || f.Op != wire.OpStage || f.V != s.V {
+		t.Fatalf("got %s (%v), want the catch-up stage v%d", body, err, s.V)
+	}
 }

@@ -1,0 +1,46 @@
+# stagecast: `make help` lists the targets.
+GO        ?= go
+BIN       := bin/stagecast
+SUDO      := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+# Packages with concurrency run under the race detector; all run in `make test`.
+PKGS      := ./...
+
+.DEFAULT_GOAL := help
+.PHONY: help build run test test-short deps bench bench-micro bench-fanout fuzz vet clean
+
+help: ## list targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build bin/stagecast
+	$(GO) build -o $(BIN) ./cmd/stagecast
+
+run: build ## all-in-one dev server (in-memory engine, no Redis): proxy :8080, broadcaster :8081
+	./$(BIN) dev
+
+deps: ## install what the tests need (redis-server via apt-get when missing)
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package) for the Redis tests"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null; }
+	@redis-server --version
+
+vet: ## go vet and gofmt check
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
+
+test: deps vet ## everything the tests need, then every test, with -race
+	$(GO) test -race -count=1 -timeout 9m $(PKGS)
+
+fuzz: ## fuzz the device frame decoder for 30s
+	$(GO) test ./internal/wire -run XXX -fuzz FuzzParseDeviceFrame -fuzztime 30s
+
+bench: bench-micro bench-fanout ## all benchmarks (see docs/benchmarks.md)
+
+bench-micro: ## Go micro-benchmarks (encode, decode, in-process fanout)
+	$(GO) test -run XXX -bench . -benchmem -count 5 ./internal/wire ./proxy
+
+bench-fanout: build deps ## loopback fanout: 1 proxy x 10k and 19k, 3 proxies x 15k via Redis, plus the raw-TCP floor
+	$(GO) build -o bin/fanoutbench ./cmd/fanoutbench
+	./bin/fanoutbench --stagecast $(BIN) --out out/bench
+
+clean: ## remove build output
+	rm -rf bin out

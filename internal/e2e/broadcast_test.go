@@ -1,0 +1,173 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/internal/redistest"
+	"github.com/stagecast/stagecast/proxy"
+)
+
+// TestEveryDeviceEveryStage: 1 broadcaster, 3 proxies, 1 Redis, 2,000 devices,
+// 20 stage changes: every device receives every version, in order, once.
+func TestEveryDeviceEveryStage(t *testing.T) {
+	const n, changes, event = 2000, 20, "fight-2026-11-15"
+	f := startFleet(t, 3, redistest.Options{}, proxy.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	devs := f.startDevices(ctx, n, event, -1)
+	eventually(t, 60*time.Second, "2,000 devices connected", func() bool { return f.connections() == n })
+	// Subscriptions are in once each proxy reports the devices on the event.
+	eventually(t, 10*time.Second, "subscriptions", func() bool {
+		r, err := f.bc.Report(ctx, event, 0)
+		var ae *broadcaster.APIError
+		if errors.As(err, &ae) && ae.Code == "not_found" {
+			return true // no stage yet: nothing to check; subs were sent before any change
+		}
+		return err == nil && r.Devices == n
+	})
+	time.Sleep(200 * time.Millisecond)
+
+	var lat []time.Duration
+	var last uint64
+	for i := 1; i <= changes; i++ {
+		start := time.Now()
+		r := f.set(ctx, event, fmt.Sprintf("round-%d", i))
+		eventually(t, 30*time.Second, fmt.Sprintf("every device on v%d", r.V), func() bool { return allOn(devs, event, r.V) })
+		lat = append(lat, time.Since(start))
+		last = r.V
+	}
+	for i, d := range devs {
+		vs := d.versions()
+		if len(vs) != changes {
+			t.Fatalf("device %d received %d stage frames, want %d: %v", i, len(vs), changes, vs)
+		}
+		for j, v := range vs {
+			if v != uint64(j+1) {
+				t.Fatalf("device %d: frame %d has v%d: out of order or duplicated: %v", i, j, v, vs)
+			}
+		}
+	}
+	slices.Sort(lat)
+	t.Logf("%d devices x %d changes: set -> last device p50 %v, max %v (in-process, -race off or on)", n, changes, lat[len(lat)/2], lat[len(lat)-1])
+
+	// The merged delivery report sees every device on the last version.
+	eventually(t, 10*time.Second, "delivery report complete", func() bool {
+		r, err := f.bc.Report(ctx, event, last)
+		return err == nil && r.Sent == n && r.Acked == n && r.Devices == n && r.Proxies == 3 && r.SentMS["p100"] != nil
+	})
+	r, _ := f.bc.Report(ctx, event, last)
+	t.Logf("report v%d: devices %d sent %d acked %d, p50 %dms p100 %dms", r.V, r.Devices, r.Sent, r.Acked, *r.SentMS["p50"], *r.SentMS["p100"])
+}
+
+// TestRedisLoss: Redis killed mid-event. Devices stay connected, the producer
+// gets a clear 503 and nothing is half written; when Redis returns (with its
+// AOF, as in production) proxies resubscribe, re-read and every device ends on
+// the latest stage. Then the proxies' subscriptions are killed from outside and
+// a change published in the gap is still delivered (subscribe-then-read).
+func TestRedisLoss(t *testing.T) {
+	const n, event = 300, "nfl-xmas"
+	f := startFleet(t, 3, redistest.Options{AppendOnly: true}, proxy.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	devs := f.startDevices(ctx, n, event, -1)
+	eventually(t, 30*time.Second, "devices connected", func() bool { return f.connections() == n })
+	r := f.set(ctx, event, "kickoff")
+	eventually(t, 10*time.Second, "kickoff everywhere", func() bool { return allOn(devs, event, r.V) })
+
+	f.redis.Kill()
+	_, err := f.bc.SetStage(ctx, event, "touchdown", nil, "td-1")
+	var ae *broadcaster.APIError
+	if !errors.As(err, &ae) || ae.Status != 503 || ae.Code != "engine_unavailable" {
+		t.Fatalf("stage change with Redis down: %v, want 503 engine_unavailable", err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if c := f.connections(); c != n {
+		t.Fatalf("%d of %d devices still connected while Redis is down; want all", c, n)
+	}
+
+	f.redis.Restart()
+	td := f.setRetrying(ctx, event, "touchdown", "td-1", 20*time.Second)
+	if td.V != r.V+1 {
+		t.Fatalf("after restart v%d, want v%d: a failed attempt was half written", td.V, r.V+1)
+	}
+	eventually(t, 20*time.Second, "every device on touchdown after Redis returned", func() bool { return allOn(devs, event, td.V) })
+
+	// Kill only the proxies' pub/sub connections, then change the stage at once:
+	// the publish falls in the gap; the re-read on resubscribe repairs it.
+	if out, err := f.redis.Cli(ctx, "CLIENT", "KILL", "TYPE", "pubsub"); err != nil {
+		t.Fatalf("client kill: %v %s", err, out)
+	}
+	gap := f.set(ctx, event, "field-goal")
+	eventually(t, 20*time.Second, "every device on the change published while subscriptions were down", func() bool { return allOn(devs, event, gap.V) })
+	for i, d := range devs {
+		vs := d.versions()
+		if !slices.IsSorted(vs) || slices.Compact(slices.Clone(vs)) == nil || vs[len(vs)-1] != gap.V {
+			t.Fatalf("device %d versions %v", i, vs)
+		}
+	}
+}
+
+// TestRedisRestartEmpty: Redis comes back without its data. The broadcaster's
+// version floor keeps versions increasing, so devices (which hold the old, higher
+// version) accept the next change instead of ignoring it as stale.
+func TestRedisRestartEmpty(t *testing.T) {
+	const n, event = 50, "ev"
+	f := startFleet(t, 2, redistest.Options{}, proxy.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	devs := f.startDevices(ctx, n, event, -1)
+	eventually(t, 30*time.Second, "devices connected", func() bool { return f.connections() == n })
+	var last broadcaster.StageReply
+	for i := 0; i < 5; i++ {
+		last = f.set(ctx, event, fmt.Sprintf("s%d", i))
+	}
+	eventually(t, 10*time.Second, "devices on v5", func() bool { return allOn(devs, event, last.V) })
+	f.redis.Kill()
+	f.redis.Restart() // empty: nothing persisted
+	next := f.setRetrying(ctx, event, "after-restart", "ar-1", 20*time.Second)
+	if next.V <= last.V {
+		t.Fatalf("version went back from v%d to v%d after Redis lost its data", last.V, next.V)
+	}
+	eventually(t, 20*time.Second, "devices on the post-restart stage", func() bool { return allOn(devs, event, next.V) })
+}
+
+// TestDrainMovesDevices: a proxy drains; its devices get reconnect frames spread
+// over the window, reconnect to the other proxies, and end on the latest stage.
+func TestDrainMovesDevices(t *testing.T) {
+	const n, event = 300, "ev"
+	f := startFleet(t, 3, redistest.Options{}, proxy.Config{DrainWindow: time.Second, ReconnectJitter: 500 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	devs := f.startDevices(ctx, n, event, 0) // all start on proxy 0
+	eventually(t, 30*time.Second, "devices on proxy 0", func() bool { return f.proxies[0].Connections() == n })
+	r := f.set(ctx, event, "round-1")
+	eventually(t, 10*time.Second, "round-1", func() bool { return allOn(devs, event, r.V) })
+
+	dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer dcancel()
+	start := time.Now()
+	if err := f.proxies[0].Drain(dctx); err != nil {
+		t.Fatal(err)
+	}
+	drained := time.Since(start)
+	eventually(t, 20*time.Second, "devices reconnected elsewhere", func() bool {
+		return f.proxies[0].Connections() == 0 && f.proxies[1].Connections()+f.proxies[2].Connections() == n
+	})
+	r2 := f.set(ctx, event, "round-2")
+	eventually(t, 10*time.Second, "round-2 everywhere after the drain", func() bool { return allOn(devs, event, r2.V) })
+	for i, d := range devs {
+		if got := d.c.Reconnects.Load(); got != 1 {
+			t.Fatalf("device %d honoured %d reconnect frames, want 1", i, got)
+		}
+	}
+	if drained < 500*time.Millisecond {
+		t.Fatalf("drain of %d devices took %v: reconnects were not spread over the 1s window", n, drained)
+	}
+	t.Logf("drained %d devices in %v", n, drained)
+}

@@ -1,0 +1,190 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/internal/device"
+	"github.com/stagecast/stagecast/internal/engine/redisengine"
+	"github.com/stagecast/stagecast/internal/redistest"
+	"github.com/stagecast/stagecast/internal/wire"
+	"github.com/stagecast/stagecast/proxy"
+)
+
+const token = "e2e-producer-token-0123456789"
+
+type fleet struct {
+	t       *testing.T
+	redis   *redistest.Server
+	bc      *broadcaster.Client
+	proxies []*proxy.Server
+	urls    []string
+}
+
+func serveHTTP(t *testing.T, h http.Handler) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: h}
+	go hs.Serve(l)
+	t.Cleanup(func() { hs.Close() })
+	return l.Addr().String()
+}
+
+func newEngine(t *testing.T, addr string) *redisengine.Engine {
+	e, err := redisengine.New(redisengine.Config{Addrs: []string{addr}, ResubscribeMax: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return e
+}
+
+// startFleet starts Redis, one broadcaster and n proxies (each with its own
+// engine client, as separate processes would have).
+func startFleet(t *testing.T, n int, ropts redistest.Options, pcfg proxy.Config) *fleet {
+	f := &fleet{t: t, redis: redistest.Start(t, ropts)}
+	bs, err := broadcaster.New(broadcaster.Config{Token: token, BreakerFailures: 2, BreakerOpenFor: 300 * time.Millisecond,
+		EngineTimeout: 500 * time.Millisecond}, newEngine(t, f.redis.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.bc = &broadcaster.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}
+	for i := 0; i < n; i++ {
+		cfg := pcfg
+		cfg.ID = fmt.Sprintf("proxy-%d", i)
+		if cfg.ReportInterval == 0 {
+			cfg.ReportInterval = 100 * time.Millisecond
+		}
+		if cfg.ReconcileInterval == 0 {
+			cfg.ReconcileInterval = time.Hour // tests prove the resubscribe path, not the safety net
+		}
+		p, err := proxy.New(cfg, newEngine(t, f.redis.Addr()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.Close)
+		f.proxies = append(f.proxies, p)
+		f.urls = append(f.urls, "ws://"+serveHTTP(t, p.Handler())+"/v1/ws")
+	}
+	return f
+}
+
+// dev is one test device and every stage version it received, in order.
+type dev struct {
+	c  *device.Client
+	mu sync.Mutex
+	vs []uint64 // every stage frame's version, duplicates included
+}
+
+func (d *dev) versions() []uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]uint64(nil), d.vs...)
+}
+
+// startDevices connects n devices subscribed to event. Device i starts on
+// proxy i%len(urls) unless pin >= 0 (then all start on proxy pin).
+func (f *fleet) startDevices(ctx context.Context, n int, event string, pin int) []*dev {
+	devs := make([]*dev, n)
+	var wg sync.WaitGroup
+	f.t.Cleanup(wg.Wait)
+	for i := range devs {
+		start := i % len(f.urls)
+		if pin >= 0 {
+			start = pin
+		}
+		urls := append(append([]string(nil), f.urls[start:]...), f.urls[:start]...)
+		d := &dev{}
+		c, err := device.New(device.Config{URLs: urls, Device: fmt.Sprintf("d%d", i), Platform: "tv",
+			Events: map[string]uint64{event: 0}, Ack: true, BackoffBase: 50 * time.Millisecond, BackoffCap: time.Second,
+			OnFrame: func(fr wire.ProxyFrame) {
+				if fr.Op == wire.OpStage {
+					d.mu.Lock()
+					d.vs = append(d.vs, fr.V)
+					d.mu.Unlock()
+				}
+			}})
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		d.c = c
+		devs[i] = d
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = c.Run(ctx) }()
+	}
+	return devs
+}
+
+func (f *fleet) connections() int {
+	n := 0
+	for _, p := range f.proxies {
+		n += p.Connections()
+	}
+	return n
+}
+
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %v waiting for %s", d, what)
+}
+
+// allOn reports whether every device holds version v of event.
+func allOn(devs []*dev, event string, v uint64) bool {
+	for _, d := range devs {
+		if _, got := d.c.State(event); got != v {
+			return false
+		}
+	}
+	return true
+}
+
+func countOn(devs []*dev, event string, v uint64) int {
+	n := 0
+	for _, d := range devs {
+		if _, got := d.c.State(event); got == v {
+			n++
+		}
+	}
+	return n
+}
+
+func (f *fleet) set(ctx context.Context, event, stage string) broadcaster.StageReply {
+	f.t.Helper()
+	r, err := f.bc.SetStage(ctx, event, stage, nil, "")
+	if err != nil {
+		f.t.Fatalf("set %s %s: %v", event, stage, err)
+	}
+	return r
+}
+
+// setRetrying retries a stage change with one Idempotency-Key until it lands, as
+// a producer's tool would while the engine recovers.
+func (f *fleet) setRetrying(ctx context.Context, event, stage, key string, within time.Duration) broadcaster.StageReply {
+	f.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		r, err := f.bc.SetStage(ctx, event, stage, nil, key)
+		if err == nil {
+			return r
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("set %s %s never landed: %v", event, stage, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

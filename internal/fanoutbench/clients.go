@@ -1,0 +1,239 @@
+// Package fanoutbench measures stagecast's fanout on loopback with real
+// processes: Redis, the stagecast broadcaster and proxies, and client processes
+// holding the device connections. It also measures the floor: a plain program
+// writing the same bytes with one write per connection over raw TCP. See
+// docs/benchmarks.md for what it reports and how to read it.
+//
+// One binary plays every role (cmd/fanoutbench): the coordinator, client
+// processes (WebSocket or raw TCP), and the floor server. Processes talk over
+// stdin/stdout in JSON lines.
+package fanoutbench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// maxVersions bounds the versions a client process tracks.
+const maxVersions = 256
+
+// msg is one line between processes.
+type msg struct {
+	Type   string `json:"type"` // ready, done, cpu, error
+	V      uint64 `json:"v,omitempty"`
+	Count  int64  `json:"count,omitempty"`
+	LastNS int64  `json:"last_ns,omitempty"`
+	CPUNS  int64  `json:"cpu_ns,omitempty"`
+	Err    string `json:"err,omitempty"`
+}
+
+type tracker struct {
+	n     int64
+	count [maxVersions]atomic.Int64
+	last  [maxVersions]atomic.Int64
+	out   *json.Encoder
+	outMu sync.Mutex
+}
+
+func (t *tracker) emit(m msg) {
+	t.outMu.Lock()
+	defer t.outMu.Unlock()
+	_ = t.out.Encode(m)
+}
+
+// record notes that one connection received version v now.
+func (t *tracker) record(v uint64) {
+	if v >= maxVersions {
+		return
+	}
+	now := time.Now().UnixNano()
+	for {
+		old := t.last[v].Load()
+		if now <= old || t.last[v].CompareAndSwap(old, now) {
+			break
+		}
+	}
+	if t.count[v].Add(1) == t.n && v > 1 { // v1 is the catch-up: "ready" covers it
+		t.emit(msg{Type: "done", V: v, Count: t.n, LastNS: t.last[v].Load()})
+	}
+}
+
+// versionOf finds "v":N in a stage frame without decoding the JSON (clients must
+// cost as little CPU as possible: they share the machine with the proxy).
+func versionOf(b []byte) uint64 {
+	i := bytes.Index(b, []byte(`"v":`))
+	if i < 0 {
+		return 0
+	}
+	var v uint64
+	for _, c := range b[i+4:] {
+		if c < '0' || c > '9' {
+			break
+		}
+		v = v*10 + uint64(c-'0')
+	}
+	return v
+}
+
+// ClientConfig configures one client process.
+type ClientConfig struct {
+	URL   string // ws://.../v1/ws, or host:port with Raw
+	Raw   bool   // raw TCP (the floor) instead of WebSocket
+	N     int
+	Src   string // source IP, e.g. 127.0.0.2
+	Event string
+}
+
+// RunClients holds cfg.N connections and reports on stdout: "ready" once every
+// connection is established (and, for WebSocket, has caught up on version 1),
+// "done" per version when every connection has it, "cpu" when stdin closes.
+func RunClients(ctx context.Context, cfg ClientConfig) error {
+	t := &tracker{n: int64(cfg.N), out: json.NewEncoder(os.Stdout)}
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(cfg.Src)}, Timeout: 10 * time.Second}
+	var established atomic.Int64
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	hc := &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext}}
+	for i := 0; i < cfg.N; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			var err error
+			if cfg.Raw {
+				err = rawClient(ctx, dialer, cfg.URL, t, &established, sem)
+			} else {
+				err = wsClient(ctx, hc, cfg, i, t, &established, sem)
+			}
+			if err != nil && ctx.Err() == nil {
+				select {
+				case errc <- err:
+				default:
+				}
+			}
+		}(i)
+	}
+	// Ready: every connection up (raw) or every connection on v1 (WebSocket catch-up).
+	deadline := time.After(120 * time.Second)
+	for {
+		up := established.Load() == int64(cfg.N)
+		if up && (cfg.Raw || t.count[1].Load() == int64(cfg.N)) {
+			break
+		}
+		select {
+		case err := <-errc:
+			t.emit(msg{Type: "error", Err: err.Error()})
+			return err
+		case <-deadline:
+			err := fmt.Errorf("clients: %d of %d connected, %d caught up after 120s", established.Load(), cfg.N, t.count[1].Load())
+			t.emit(msg{Type: "error", Err: err.Error()})
+			return err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.emit(msg{Type: "ready", Count: int64(cfg.N)})
+	// Wait for the coordinator to close stdin, then report our CPU.
+	_, _ = bufio.NewReader(os.Stdin).ReadString(0)
+	t.emit(msg{Type: "cpu", CPUNS: selfCPU()})
+	return nil
+}
+
+func wsClient(ctx context.Context, hc *http.Client, cfg ClientConfig, i int, t *tracker, established *atomic.Int64, sem chan struct{}) error {
+	u := cfg.URL + "?device=b" + strconv.Itoa(i) + "&platform=tv"
+	ws, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: hc})
+	<-sem
+	if err != nil {
+		return fmt.Errorf("dial %s from %s: %w", cfg.URL, cfg.Src, err)
+	}
+	defer ws.CloseNow()
+	if err := ws.Write(ctx, websocket.MessageText, wire.AppendSub(nil, map[string]uint64{cfg.Event: 0})); err != nil {
+		return err
+	}
+	established.Add(1)
+	for {
+		_, b, err := ws.Read(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				fmt.Fprintf(os.Stderr, "connection %d ended: %v\n", i, err)
+			}
+			return nil
+		}
+		t.record(versionOf(b))
+	}
+}
+
+func rawClient(ctx context.Context, d *net.Dialer, addr string, t *tracker, established *atomic.Int64, sem chan struct{}) error {
+	c, err := d.DialContext(ctx, "tcp", addr)
+	<-sem
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	defer c.Close()
+	established.Add(1)
+	br := bufio.NewReaderSize(c, 512)
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return nil
+		}
+		t.record(versionOf(line))
+	}
+}
+
+// selfCPU is this process's user+system CPU time.
+func selfCPU() int64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// RunFloorServer accepts n raw TCP connections on addr, then for each line
+// "send V" on stdin writes the stage frame of version V (plus '\n') to every
+// connection, one write each, from one goroutine; "cpu" lines report its CPU.
+func RunFloorServer(addr string, n int, event string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	fmt.Println(l.Addr().String())
+	conns := make([]net.Conn, 0, n)
+	for len(conns) < n {
+		c, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		conns = append(conns, c)
+	}
+	out := json.NewEncoder(os.Stdout)
+	_ = out.Encode(msg{Type: "ready", Count: int64(n)})
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		var v uint64
+		if _, err := fmt.Sscanf(sc.Text(), "send %d", &v); err != nil {
+			_ = out.Encode(msg{Type: "cpu", CPUNS: selfCPU()})
+			continue
+		}
+		st := wire.Stage{Event: event, Key: "round-" + strconv.FormatUint(v, 10), V: v, TS: time.Now().UnixMilli()}
+		frame := append(wire.AppendStage(nil, &st), '\n')
+		for _, c := range conns {
+			_, _ = c.Write(frame)
+		}
+	}
+	return nil
+}

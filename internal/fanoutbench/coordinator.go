@@ -1,0 +1,444 @@
+package fanoutbench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/internal/redistest"
+)
+
+// Scenario is one fanout run.
+type Scenario struct {
+	Name    string
+	Proxies int
+	Devices int // in all, split evenly over proxies
+}
+
+// Config configures the coordinator.
+type Config struct {
+	Stagecast  string // path to the stagecast binary
+	Self       string // path to this binary (client processes)
+	OutDir     string
+	Broadcasts int // per scenario; default 20
+	PerClient  int // connections per client process; default 10000 (under the 20,000 open files limit)
+	Scenarios  []Scenario
+	Floor      bool // also measure the raw-TCP floor for each scenario's per-proxy count
+	Log        io.Writer
+}
+
+// Result is one scenario's figures.
+type Result struct {
+	Scenario      Scenario
+	Floor         bool
+	P50MS, P99MS  float64 // publish -> last device's receipt, over the broadcasts
+	MaxMS         float64
+	DeliveriesSec float64 // devices / p50 time to last device
+	ServerUSPer   float64 // server CPU microseconds per delivery
+	ClientUSPer   float64 // client CPU microseconds per delivery (connect phase excluded)
+	RSSKiBPer     float64 // server RSS growth per connected device
+	Missed        int64   // deliveries that never arrived
+}
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	out  *bufio.Scanner
+}
+
+func (c *Config) logf(format string, args ...any) {
+	if c.Log != nil {
+		fmt.Fprintf(c.Log, format+"\n", args...)
+	}
+}
+
+func start(name string, logDir string, argv []string, env []string) (*proc, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	lf, err := os.Create(filepath.Join(logDir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = lf
+	in, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	return &proc{name: name, cmd: cmd, in: in, out: sc}, nil
+}
+
+func (p *proc) stop() {
+	_ = p.in.Close()
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// next reads the next JSON message from p (with a timeout).
+func (p *proc) next(timeout time.Duration) (msg, error) {
+	type res struct {
+		m   msg
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		for p.out.Scan() {
+			var m msg
+			if json.Unmarshal(p.out.Bytes(), &m) == nil && m.Type != "" {
+				ch <- res{m: m}
+				return
+			}
+		}
+		ch <- res{err: fmt.Errorf("%s exited: %v", p.name, p.out.Err())}
+	}()
+	select {
+	case r := <-ch:
+		if r.err == nil && r.m.Type == "error" {
+			return r.m, fmt.Errorf("%s: %s", p.name, r.m.Err)
+		}
+		return r.m, r.err
+	case <-time.After(timeout):
+		return msg{}, fmt.Errorf("%s: no message within %v", p.name, timeout)
+	}
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// procCPU returns user+system CPU of pid from /proc (clock ticks of 10ms).
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// procRSS returns VmRSS of pid in KiB.
+func procRSS(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			n, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+const benchToken = "fanoutbench-token-0123456789"
+
+// Run runs every scenario (and its floor) and returns the results.
+func Run(ctx context.Context, cfg Config) ([]Result, error) {
+	if cfg.Broadcasts <= 0 {
+		cfg.Broadcasts = 20
+	}
+	if cfg.PerClient <= 0 {
+		cfg.PerClient = 10000
+	}
+	if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
+		return nil, err
+	}
+	var out []Result
+	for _, sc := range cfg.Scenarios {
+		r, err := runScenario(ctx, cfg, sc)
+		if err != nil {
+			return out, fmt.Errorf("%s: %w", sc.Name, err)
+		}
+		out = append(out, r)
+		cfg.logf("%s", r)
+		if cfg.Floor {
+			fr, err := runFloor(ctx, cfg, sc)
+			if err != nil {
+				return out, fmt.Errorf("%s floor: %w", sc.Name, err)
+			}
+			out = append(out, fr)
+			cfg.logf("%s", fr)
+		}
+	}
+	return out, nil
+}
+
+func (r Result) String() string {
+	kind := "stagecast"
+	if r.Floor {
+		kind = "raw-TCP floor"
+	}
+	return fmt.Sprintf("%-8s %-14s devices=%d proxies=%d  last-device p50=%.1fms p99=%.1fms  %.0f deliveries/s  server %.2fus/delivery  client %.2fus/delivery  RSS %.1f KiB/device  missed=%d",
+		r.Scenario.Name, kind, r.Scenario.Devices, r.Scenario.Proxies, r.P50MS, r.P99MS, r.DeliveriesSec, r.ServerUSPer, r.ClientUSPer, r.RSSKiBPer, r.Missed)
+}
+
+// clientsFor splits n connections to targets into client processes of at most
+// perClient, each from its own 127.0.0.x source.
+func startClients(cfg Config, logDir string, targets []string, perTarget int, raw bool, event string) ([]*proc, error) {
+	var procs []*proc
+	src := 2
+	for ti, target := range targets {
+		left := perTarget
+		for left > 0 {
+			k := min(left, cfg.PerClient)
+			left -= k
+			argv := []string{cfg.Self, "clients", "--url", target, "--n", strconv.Itoa(k), "--src", fmt.Sprintf("127.0.0.%d", src), "--event", event}
+			if raw {
+				argv = append(argv, "--raw")
+			}
+			p, err := start(fmt.Sprintf("clients-%d-%d", ti, src), logDir, argv, nil)
+			if err != nil {
+				return procs, err
+			}
+			procs = append(procs, p)
+			src++
+		}
+	}
+	return procs, nil
+}
+
+func waitAll(procs []*proc, typ string, timeout time.Duration) ([]msg, error) {
+	var ms []msg
+	for _, p := range procs {
+		m, err := p.next(timeout)
+		if err != nil {
+			return nil, err
+		}
+		if m.Type != typ {
+			return nil, fmt.Errorf("%s: got %q, want %q", p.name, m.Type, typ)
+		}
+		ms = append(ms, m)
+	}
+	return ms, nil
+}
+
+func percentile(xs []float64, p float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	i := int(float64(len(s)-1) * p)
+	return s[i]
+}
+
+func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
+	res := Result{Scenario: sc}
+	logDir := filepath.Join(cfg.OutDir, sc.Name)
+	_ = os.MkdirAll(logDir, 0o755)
+	var all []*proc
+	defer func() {
+		for i := len(all) - 1; i >= 0; i-- {
+			all[i].stop()
+		}
+	}()
+	raddr := freeAddr()
+	_, rport, _ := net.SplitHostPort(raddr)
+	redis, err := start("redis", logDir, []string{"redis-server", "--port", rport, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", logDir}, nil)
+	if err != nil {
+		return res, err
+	}
+	all = append(all, redis)
+	for i := 0; redistest.Ping(raddr) != nil; i++ {
+		if i > 200 {
+			return res, errors.New("redis did not start")
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	env := []string{"STAGECAST_PRODUCER_TOKEN=" + benchToken, "STAGECAST_REDIS=" + raddr, "STAGECAST_LOG_LEVEL=warn"}
+	baddr := freeAddr()
+	bc, err := start("broadcaster", logDir, []string{cfg.Stagecast, "broadcaster", "--addr", baddr}, env)
+	if err != nil {
+		return res, err
+	}
+	all = append(all, bc)
+	var proxies []*proc
+	var urls []string
+	for i := 0; i < sc.Proxies; i++ {
+		paddr := freeAddr()
+		p, err := start(fmt.Sprintf("proxy-%d", i), logDir, []string{cfg.Stagecast, "proxy", "--addr", paddr, "--proxy-id", fmt.Sprintf("bench-%d", i),
+			"--max-connections", "20000", "--admit-rate", "100000", "--admit-burst", "100000", "--ping-interval", "10m"}, env)
+		if err != nil {
+			return res, err
+		}
+		all = append(all, p)
+		proxies = append(proxies, p)
+		urls = append(urls, "ws://"+paddr+"/v1/ws")
+	}
+	client := &broadcaster.Client{BaseURL: "http://" + baddr, Token: benchToken}
+	const event = "bench"
+	var first broadcaster.StageReply
+	for i := 0; ; i++ {
+		if first, err = client.SetStage(ctx, event, "round-0", nil, "bench-first"); err == nil {
+			break
+		}
+		if i > 200 {
+			return res, fmt.Errorf("broadcaster not answering: %w", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if first.V != 1 {
+		return res, fmt.Errorf("fresh Redis gave v%d", first.V)
+	}
+	time.Sleep(300 * time.Millisecond) // proxies listening
+	rss0 := make([]int64, len(proxies))
+	for i, p := range proxies {
+		rss0[i] = procRSS(p.cmd.Process.Pid)
+	}
+	clients, err := startClients(cfg, logDir, urls, sc.Devices/sc.Proxies, false, event)
+	all = append(all, clients...)
+	if err != nil {
+		return res, err
+	}
+	if _, err := waitAll(clients, "ready", 180*time.Second); err != nil {
+		return res, err
+	}
+	time.Sleep(2 * time.Second) // let the connect burst's garbage be collected
+	var rss int64
+	for i, p := range proxies {
+		rss += procRSS(p.cmd.Process.Pid) - rss0[i]
+	}
+	res.RSSKiBPer = float64(rss) / float64(sc.Devices)
+
+	cpu0 := make([]time.Duration, len(proxies))
+	for i, p := range proxies {
+		cpu0[i] = procCPU(p.cmd.Process.Pid)
+	}
+	cl0 := make([]time.Duration, len(clients))
+	for i, c := range clients {
+		cl0[i] = procCPU(c.cmd.Process.Pid)
+	}
+	var lats []float64
+	for b := 0; b < cfg.Broadcasts; b++ {
+		t0 := time.Now()
+		r, err := client.SetStage(ctx, event, "round-"+strconv.Itoa(b+1), nil, "")
+		if err != nil {
+			return res, err
+		}
+		ms, err := waitAll(clients, "done", 30*time.Second)
+		if err != nil {
+			res.Missed += int64(sc.Devices)
+			return res, fmt.Errorf("broadcast v%d: %w", r.V, err)
+		}
+		var last int64
+		for _, m := range ms {
+			if m.V != r.V {
+				return res, fmt.Errorf("done for v%d, want v%d", m.V, r.V)
+			}
+			last = max(last, m.LastNS)
+		}
+		lats = append(lats, float64(last-t0.UnixNano())/1e6)
+		time.Sleep(100 * time.Millisecond)
+	}
+	var cpu, ccpu time.Duration
+	for i, p := range proxies {
+		cpu += procCPU(p.cmd.Process.Pid) - cpu0[i]
+	}
+	for i, c := range clients {
+		ccpu += procCPU(c.cmd.Process.Pid) - cl0[i]
+	}
+	deliveries := float64(sc.Devices * cfg.Broadcasts)
+	res.P50MS, res.P99MS, res.MaxMS = percentile(lats, 0.5), percentile(lats, 0.99), percentile(lats, 1)
+	res.DeliveriesSec = float64(sc.Devices) / (res.P50MS / 1000)
+	res.ServerUSPer = float64(cpu.Microseconds()) / deliveries
+	res.ClientUSPer = float64(ccpu.Microseconds()) / deliveries
+	return res, nil
+}
+
+// runFloor measures the raw-TCP floor for the largest per-proxy device count of sc
+// (one server process, as many connections as one proxy holds).
+func runFloor(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
+	n := sc.Devices / sc.Proxies
+	res := Result{Scenario: Scenario{Name: sc.Name, Proxies: 1, Devices: n}, Floor: true}
+	logDir := filepath.Join(cfg.OutDir, sc.Name+"-floor")
+	_ = os.MkdirAll(logDir, 0o755)
+	addr := freeAddr()
+	srv, err := start("floor-server", logDir, []string{cfg.Self, "floor-server", "--addr", addr, "--n", strconv.Itoa(n)}, nil)
+	if err != nil {
+		return res, err
+	}
+	defer srv.stop()
+	if !srv.out.Scan() { // its address line
+		return res, errors.New("floor server did not start")
+	}
+	rss0 := procRSS(srv.cmd.Process.Pid)
+	clients, err := startClients(cfg, logDir, []string{addr}, n, true, "bench")
+	defer func() {
+		for _, c := range clients {
+			c.stop()
+		}
+	}()
+	if err != nil {
+		return res, err
+	}
+	if _, err := waitAll(clients, "ready", 180*time.Second); err != nil {
+		return res, err
+	}
+	if _, err := srv.next(60 * time.Second); err != nil {
+		return res, err
+	}
+	time.Sleep(time.Second)
+	res.RSSKiBPer = float64(procRSS(srv.cmd.Process.Pid)-rss0) / float64(n)
+	cpu0 := procCPU(srv.cmd.Process.Pid)
+	cl0 := make([]time.Duration, len(clients))
+	for i, c := range clients {
+		cl0[i] = procCPU(c.cmd.Process.Pid)
+	}
+	var lats []float64
+	for b := 0; b < cfg.Broadcasts; b++ {
+		v := uint64(b + 2)
+		t0 := time.Now()
+		if _, err := fmt.Fprintf(srv.in, "send %d\n", v); err != nil {
+			return res, err
+		}
+		ms, err := waitAll(clients, "done", 30*time.Second)
+		if err != nil {
+			return res, err
+		}
+		var last int64
+		for _, m := range ms {
+			last = max(last, m.LastNS)
+		}
+		lats = append(lats, float64(last-t0.UnixNano())/1e6)
+		time.Sleep(100 * time.Millisecond)
+	}
+	cpu := procCPU(srv.cmd.Process.Pid) - cpu0
+	var ccpu time.Duration
+	for i, c := range clients {
+		ccpu += procCPU(c.cmd.Process.Pid) - cl0[i]
+	}
+	deliveries := float64(n * cfg.Broadcasts)
+	res.P50MS, res.P99MS, res.MaxMS = percentile(lats, 0.5), percentile(lats, 0.99), percentile(lats, 1)
+	res.DeliveriesSec = float64(n) / (res.P50MS / 1000)
+	res.ServerUSPer = float64(cpu.Microseconds()) / deliveries
+	res.ClientUSPer = float64(ccpu.Microseconds()) / deliveries
+	return res, nil
+}
