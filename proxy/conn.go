@@ -21,7 +21,6 @@ type conn struct {
 	segment  string
 
 	pingTimer *time.Timer // runtime timer; fires ping() in its own short goroutine
-	watchdog  *time.Timer // armed around each write; closes the conn when it fires
 
 	mu      sync.Mutex // guards the fields below
 	subs    []subEntry // one per subscribed event; small, scanned linearly
@@ -105,10 +104,12 @@ func (c *conn) sendControl(frame []byte, closeWith int, reason string) {
 
 // flush is run by a writer goroutine that owns c's writes: it drains the mailbox
 // until it finds it empty.
-func (c *conn) flush(batch []*prepared) {
+func (c *conn) flush(w *writer) {
 	var ctrl [][]byte
+	w.slot.cur.Store(c)
+	defer w.slot.cur.Store(nil)
 	for {
-		batch = batch[:0]
+		batch := w.batch[:0]
 		ctrl = ctrl[:0]
 		c.mu.Lock()
 		if c.closed {
@@ -134,17 +135,13 @@ func (c *conn) flush(batch []*prepared) {
 		c.mu.Unlock()
 
 		for _, p := range batch {
-			if !c.write(p.frame) {
+			if !c.write(w.slot, p.frame) {
 				return
 			}
-			now := c.s.cfg.Now()
-			lat := now.UnixMilli() - p.stage.TS
-			p.stats.recordSend(lat)
-			c.s.metrics.deliveries.Inc()
-			c.s.metrics.sendLatency.Observe(float64(max(lat, 0)) / 1000)
+			w.recordSend(p.stats, c.s.cfg.Now().UnixMilli()-p.stage.TS)
 		}
 		for _, f := range ctrl {
-			if !c.write(f) {
+			if !c.write(w.slot, f) {
 				return
 			}
 		}
@@ -159,28 +156,22 @@ func (c *conn) flush(batch []*prepared) {
 	}
 }
 
-// write sends one text frame with the write deadline enforced by the watchdog
-// (context.Background: no per-write context allocation).
-func (c *conn) write(frame []byte) bool {
-	c.watchdog.Reset(c.s.cfg.WriteTimeout)
+// write sends one text frame. The write deadline is enforced by the writer
+// pool's monitor (see writerPool): context.Background means no per-write context
+// or timer.
+func (c *conn) write(slot *writerSlot, frame []byte) bool {
+	slot.seq.Add(1)
 	err := c.ws.Write(context.Background(), websocket.MessageText, frame)
-	stopped := c.watchdog.Stop()
 	if err == nil {
 		return true
 	}
-	if !stopped {
-		c.s.metrics.slowConsumerCloses.Inc()
+	if slot.killed.Swap(false) {
 		c.s.log.Debug("slow consumer closed", "device", c.device, "write_timeout", c.s.cfg.WriteTimeout)
 	} else if !errors.Is(err, net.ErrClosed) {
 		c.s.metrics.writeErrors.Inc()
 	}
 	c.abort()
 	return false
-}
-
-// onWatchdog fires when a write exceeded WriteTimeout.
-func (c *conn) onWatchdog() {
-	_ = c.ws.CloseNow()
 }
 
 // ping runs from pingTimer in its own goroutine.
@@ -231,7 +222,6 @@ func (c *conn) unregister() {
 	}
 	c.mu.Unlock()
 	c.pingTimer.Stop()
-	c.watchdog.Stop()
 	for _, ev := range events {
 		c.s.hub.unsubscribe(c, ev)
 	}

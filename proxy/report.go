@@ -45,14 +45,6 @@ func (t *topic) statsFor(s wire.Stage) *versionStats {
 	return st
 }
 
-func (st *versionStats) recordSend(latMS int64) {
-	st.sent.Add(1)
-	st.mu.Lock()
-	_ = st.lat.RecordValue(min(max(latMS, 1), maxLatencyMS))
-	st.mu.Unlock()
-	st.markDirty()
-}
-
 func (st *versionStats) markDirty() {
 	if !st.dirty.Load() {
 		st.dirty.Store(true)

@@ -78,7 +78,7 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	s.metrics = newMetrics(reg)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.hub = newHub(s)
-	s.writers = newWriterPool(cfg.MaxConnections, cfg.Writers, cfg.MaxWriters, s.metrics.writersSpawned.Inc)
+	s.writers = newWriterPool(cfg.MaxConnections, cfg.Writers, cfg.MaxWriters, cfg.WriteTimeout, s.metrics)
 	s.wg.Add(1)
 	go s.reportLoop()
 	return s, nil
@@ -165,8 +165,6 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		platform = "unknown"
 	}
 	c := &conn{s: s, ws: ws, device: device, platform: platform, segment: segment}
-	c.watchdog = time.AfterFunc(time.Hour, c.onWatchdog)
-	c.watchdog.Stop()
 	if !s.addConn(c) {
 		_ = ws.Close(websocket.StatusCode(wire.CloseServiceRestart), "proxy is draining")
 		return

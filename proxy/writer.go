@@ -6,25 +6,50 @@ import (
 	"time"
 )
 
-// writerPool is the shared set of goroutines that write to devices. Conns with
-// something to send are queued (each at most once, so the channel, sized to
-// MaxConnections, never blocks the fanout). A fixed core of writers serves the
-// queue; when no write completes for a stall interval while work waits (writers
-// stuck on slow devices until their WriteTimeout), extra writers are started, up
-// to MaxWriters; they exit when the queue is empty.
+// writerPool is the shared set of goroutines that write to devices.
+//
+// Conns with something to send are queued (each at most once, so the channel,
+// sized to MaxConnections, never blocks the fanout). A fixed core of writers
+// serves the queue. The monitor, every tick:
+//   - enforces WriteTimeout: a writer whose current write has not finished for
+//     WriteTimeout has its connection closed (slow consumer). This keeps timers and
+//     clock reads off the per-write path: a writer only bumps a sequence number;
+//   - when no write completed during a tick while work waits (writers stuck on slow
+//     devices), starts extra writers, up to MaxWriters; they exit when the queue is
+//     empty.
 type writerPool struct {
-	q       chan *conn
-	core    int
-	max     int
-	alive   atomic.Int64
-	flushed atomic.Uint64 // completed flushes: progress marker for the stall monitor
-	stop    chan struct{}
-	wg      sync.WaitGroup
-	spawned func() // metrics hook
+	q            chan *conn
+	core         int
+	max          int
+	writeTimeout time.Duration
+	flushed      atomic.Uint64 // completed flushes: progress marker for the monitor
+	onSpawn      func()
+	onSlow       func()
+	m            *metrics
+
+	mu    sync.Mutex // guards slots
+	slots map[*writerSlot]struct{}
+
+	stop chan struct{}
+	wg   sync.WaitGroup
 }
 
-func newWriterPool(queueLen, core, maxWriters int, spawned func()) *writerPool {
-	p := &writerPool{q: make(chan *conn, queueLen+1), core: core, max: maxWriters, stop: make(chan struct{}), spawned: spawned}
+// writerSlot is one writer's current write, as the monitor sees it.
+type writerSlot struct {
+	seq    atomic.Uint64 // bumped at the start of each write
+	cur    atomic.Pointer[conn]
+	killed atomic.Bool // the monitor closed cur for exceeding WriteTimeout
+	_      [40]byte    // keep slots of different writers off one cache line
+
+	// monitor-only state
+	lastSeq   uint64
+	stuckFrom time.Time
+}
+
+func newWriterPool(queueLen, core, maxWriters int, writeTimeout time.Duration, m *metrics) *writerPool {
+	p := &writerPool{q: make(chan *conn, queueLen+1), core: core, max: maxWriters, writeTimeout: writeTimeout,
+		onSpawn: m.writersSpawned.Inc, onSlow: m.slowConsumerCloses.Inc, m: m,
+		slots: make(map[*writerSlot]struct{}), stop: make(chan struct{})}
 	for i := 0; i < core; i++ {
 		p.start(false)
 	}
@@ -35,18 +60,35 @@ func newWriterPool(queueLen, core, maxWriters int, spawned func()) *writerPool {
 
 func (p *writerPool) push(c *conn) { p.q <- c }
 
+func (p *writerPool) alive() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.slots)
+}
+
 func (p *writerPool) start(extra bool) {
-	p.alive.Add(1)
+	s := &writerSlot{}
+	p.mu.Lock()
+	p.slots[s] = struct{}{}
+	p.mu.Unlock()
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		defer p.alive.Add(-1)
-		batch := make([]*prepared, 0, 4)
+		defer func() {
+			p.mu.Lock()
+			delete(p.slots, s)
+			p.mu.Unlock()
+		}()
+		w := &writer{slot: s, batch: make([]*prepared, 0, 4), m: p.m}
+		defer w.commit()
 		for {
+			if len(p.q) == 0 {
+				w.commit() // going idle: publish what this writer counted
+			}
 			if extra {
 				select {
 				case c := <-p.q:
-					c.flush(batch)
+					c.flush(w)
 					p.flushed.Add(1)
 				default:
 					return
@@ -55,7 +97,7 @@ func (p *writerPool) start(extra bool) {
 			}
 			select {
 			case c := <-p.q:
-				c.flush(batch)
+				c.flush(w)
 				p.flushed.Add(1)
 			case <-p.stop:
 				return
@@ -64,26 +106,90 @@ func (p *writerPool) start(extra bool) {
 	}()
 }
 
+// writer is one pool goroutine's state, passed to conn.flush.
+type writer struct {
+	slot  *writerSlot
+	batch []*prepared
+	m     *metrics
+	// sends counted locally and committed in batches, so writers do not contend
+	// on one version's histogram lock and counters for every delivery.
+	sends []sendSample
+}
+
+type sendSample struct {
+	st    *versionStats
+	latMS int64
+}
+
+const commitEvery = 256
+
+func (w *writer) recordSend(st *versionStats, latMS int64) {
+	w.sends = append(w.sends, sendSample{st, latMS})
+	if len(w.sends) >= commitEvery {
+		w.commit()
+	}
+}
+
+// commit adds the local samples to their versions' stats and the metrics.
+func (w *writer) commit() {
+	if len(w.sends) == 0 {
+		return
+	}
+	for i := 0; i < len(w.sends); {
+		st := w.sends[i].st
+		j := i
+		st.mu.Lock()
+		for ; j < len(w.sends) && w.sends[j].st == st; j++ {
+			_ = st.lat.RecordValue(min(max(w.sends[j].latMS, 1), maxLatencyMS))
+		}
+		st.mu.Unlock()
+		st.sent.Add(uint64(j - i))
+		st.markDirty()
+		i = j
+	}
+	for _, s := range w.sends {
+		w.m.sendLatency.Observe(float64(max(s.latMS, 0)) / 1000)
+	}
+	w.m.deliveries.Add(float64(len(w.sends)))
+	clear(w.sends)
+	w.sends = w.sends[:0]
+}
+
 func (p *writerPool) monitor(every time.Duration) {
 	defer p.wg.Done()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	last := p.flushed.Load()
 	for {
+		var now time.Time
 		select {
 		case <-p.stop:
 			return
-		case <-t.C:
+		case now = <-t.C:
 		}
-		now := p.flushed.Load()
-		if waiting := len(p.q); waiting > 0 && now == last {
-			n := min(waiting, int(int64(p.max)-p.alive.Load()))
-			for i := 0; i < n; i++ {
-				p.start(true)
-				p.spawned()
+		p.mu.Lock()
+		for s := range p.slots {
+			c, seq := s.cur.Load(), s.seq.Load()
+			if c == nil || seq != s.lastSeq {
+				s.lastSeq, s.stuckFrom = seq, now
+				continue
+			}
+			if now.Sub(s.stuckFrom) >= p.writeTimeout && !s.killed.Load() {
+				s.killed.Store(true)
+				p.onSlow()
+				_ = c.ws.CloseNow() // the blocked Write returns an error; the writer moves on
 			}
 		}
-		last = now
+		alive := len(p.slots)
+		p.mu.Unlock()
+		done := p.flushed.Load()
+		if waiting := len(p.q); waiting > 0 && done == last {
+			for i := 0; i < min(waiting, p.max-alive); i++ {
+				p.start(true)
+				p.onSpawn()
+			}
+		}
+		last = done
 	}
 }
 

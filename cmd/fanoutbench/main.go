@@ -31,6 +31,7 @@ func run(args []string) error {
 		var c fanoutbench.ClientConfig
 		fs.StringVar(&c.URL, "url", "", "proxy ws URL or raw host:port")
 		fs.BoolVar(&c.Raw, "raw", false, "raw TCP")
+		fs.BoolVar(&c.Coder, "coder", false, "coder/websocket clients instead of the minimal reader")
 		fs.IntVar(&c.N, "n", 1000, "connections")
 		fs.StringVar(&c.Src, "src", "127.0.0.1", "source IP")
 		fs.StringVar(&c.Event, "event", "bench", "event")
@@ -51,12 +52,14 @@ func run(args []string) error {
 	perClient := fs.Int("per-client", 10000, "connections per client process")
 	scen := fs.String("scenarios", "1x10000,1x19000,3x45000", "PROXIESxDEVICES,...")
 	floor := fs.Bool("floor", true, "also measure the raw-TCP floor")
+	coder := fs.Bool("coder-clients", false, "clients use coder/websocket instead of the minimal WebSocket reader")
+	pprofAddr := fs.String("pprof", "", "profile proxy 0 during the broadcasts (its --debug-addr, e.g. 127.0.0.1:6060)")
 	_ = fs.Parse(args)
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	cfg := fanoutbench.Config{Stagecast: *stagecast, Self: self, OutDir: *out, Broadcasts: *broadcasts, PerClient: *perClient, Floor: *floor, Log: os.Stdout}
+	cfg := fanoutbench.Config{Stagecast: *stagecast, Self: self, OutDir: *out, Broadcasts: *broadcasts, PerClient: *perClient, Floor: *floor, PprofAddr: *pprofAddr, CoderClients: *coder, Log: os.Stdout}
 	for _, s := range strings.Split(*scen, ",") {
 		p, d, ok := strings.Cut(s, "x")
 		np, err1 := strconv.Atoi(p)

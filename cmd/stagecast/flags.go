@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
+	"github.com/stagecast/stagecast/internal/serve"
 	"github.com/stagecast/stagecast/proxy"
 )
 
@@ -88,6 +91,25 @@ func proxyFlags(fs *flag.FlagSet, c *proxy.Config) {
 }
 
 var deviceToken string
+
+// debugFlag registers --debug-addr: net/http/pprof on its own address (off by
+// default; bind it to loopback).
+func debugFlag(fs *flag.FlagSet) *string {
+	return fs.String("debug-addr", "", "serve /debug/pprof on this address (e.g. 127.0.0.1:6060); off when empty")
+}
+
+// debugServer returns the pprof server to run beside the main ones, if asked for.
+func debugServer(addr string) []serve.Server {
+	if addr == "" {
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return []serve.Server{{Name: "debug", Addr: addr, Handler: mux}}
+}
 
 func redisFlags(fs *flag.FlagSet, c *redisengine.Config) *string {
 	addrs := fs.String("redis", "127.0.0.1:6379", "Redis address(es), comma-separated (one node is enough for a cluster)")

@@ -104,6 +104,7 @@ func runProxy(args []string) error {
 	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
 	addr := fs.String("addr", "0.0.0.0:8080", "devices' WebSocket address (also /metrics, /healthz, /readyz)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	debugAddr := debugFlag(fs)
 	var pc proxy.Config
 	proxyFlags(fs, &pc)
 	var rc redisengine.Config
@@ -126,7 +127,7 @@ func runProxy(args []string) error {
 	if err != nil {
 		return err
 	}
-	bound, err := serve.Listen([]serve.Server{{Name: "proxy", Addr: *addr, Handler: p.Handler()}})
+	bound, err := serve.Listen(append([]serve.Server{{Name: "proxy", Addr: *addr, Handler: p.Handler()}}, debugServer(*debugAddr)...))
 	if err != nil {
 		return err
 	}
@@ -138,6 +139,7 @@ func runProxy(args []string) error {
 func runBroadcaster(args []string) error {
 	fs := flag.NewFlagSet("broadcaster", flag.ContinueOnError)
 	addr := fs.String("addr", "0.0.0.0:8081", "producers' HTTP address (also /metrics, /healthz, /readyz)")
+	debugAddr := debugFlag(fs)
 	token := fs.String("producer-token", "", "producer bearer token (required; at least 16 characters)")
 	publicReads := fs.Bool("public-reads", true, "serve GET /v1/events/{event} without a token")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -163,7 +165,7 @@ func runBroadcaster(args []string) error {
 	if err != nil {
 		return err
 	}
-	bound, err := serve.Listen([]serve.Server{{Name: "broadcaster", Addr: *addr, Handler: bc.Handler()}})
+	bound, err := serve.Listen(append([]serve.Server{{Name: "broadcaster", Addr: *addr, Handler: bc.Handler()}}, debugServer(*debugAddr)...))
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -262,9 +263,32 @@ func (c *Client) Send(ctx context.Context, frame []byte) error {
 // (e.g. "127.0.0.2"), to spread many devices over source addresses and pass the
 // ~28k ephemeral ports per (source, destination) pair.
 func NewHTTPClient(localIP string) *http.Client {
-	d := &net.Dialer{Timeout: 10 * time.Second}
-	if localIP != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(localIP)}
-	}
+	d := Dialer(localIP)
 	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: -1}}
+}
+
+// ipBindAddressNoPort is Linux's IP_BIND_ADDRESS_NO_PORT.
+const ipBindAddressNoPort = 24
+
+// Dialer returns a dialer bound to localIP (any when empty). It sets
+// IP_BIND_ADDRESS_NO_PORT so the kernel picks the source port at connect time,
+// per destination: without it, binding an address with port 0 draws from one
+// ephemeral range shared by every destination and fails with EADDRINUSE once
+// earlier runs' sockets sit in TIME_WAIT.
+func Dialer(localIP string) *net.Dialer {
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	if localIP == "" {
+		return d
+	}
+	d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(localIP)}
+	d.Control = func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}
+	return d
 }

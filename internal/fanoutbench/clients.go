@@ -13,12 +13,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,6 +31,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
@@ -97,6 +103,11 @@ type ClientConfig struct {
 	N     int
 	Src   string // source IP, e.g. 127.0.0.2
 	Event string
+	// Coder uses coder/websocket clients instead of the minimal reader. The
+	// minimal reader (handshake by hand, frames parsed in place) costs about what
+	// the floor's raw reader costs, so the clients steal less CPU from the proxy
+	// they share the machine with.
+	Coder bool
 }
 
 // RunClients holds cfg.N connections and reports on stdout: "ready" once every
@@ -104,7 +115,7 @@ type ClientConfig struct {
 // "done" per version when every connection has it, "cpu" when stdin closes.
 func RunClients(ctx context.Context, cfg ClientConfig) error {
 	t := &tracker{n: int64(cfg.N), out: json.NewEncoder(os.Stdout)}
-	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(cfg.Src)}, Timeout: 10 * time.Second}
+	dialer := device.Dialer(cfg.Src)
 	var established atomic.Int64
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
@@ -116,10 +127,13 @@ func RunClients(ctx context.Context, cfg ClientConfig) error {
 		go func(i int) {
 			defer wg.Done()
 			var err error
-			if cfg.Raw {
+			switch {
+			case cfg.Raw:
 				err = rawClient(ctx, dialer, cfg.URL, t, &established, sem)
-			} else {
+			case cfg.Coder:
 				err = wsClient(ctx, hc, cfg, i, t, &established, sem)
+			default:
+				err = minimalWSClient(ctx, dialer, cfg, i, t, &established, sem)
 			}
 			if err != nil && ctx.Err() == nil {
 				select {
@@ -176,6 +190,94 @@ func wsClient(ctx context.Context, hc *http.Client, cfg ClientConfig, i int, t *
 		}
 		t.record(versionOf(b))
 	}
+}
+
+// minimalWSClient speaks just enough WebSocket for the benchmark: the handshake,
+// one masked sub frame, then reading unmasked server frames (answering pings).
+func minimalWSClient(ctx context.Context, d *net.Dialer, cfg ClientConfig, i int, t *tracker, established *atomic.Int64, sem chan struct{}) error {
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		<-sem
+		return err
+	}
+	c, err := d.DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		<-sem
+		return fmt.Errorf("dial %s from %s: %w", u.Host, cfg.Src, err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	req := "GET " + u.Path + "?device=b" + strconv.Itoa(i) + "&platform=tv HTTP/1.1\r\nHost: " + u.Host +
+		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	br := bufio.NewReaderSize(c, 512)
+	_, err = c.Write([]byte(req))
+	if err == nil {
+		var status string
+		if status, err = br.ReadString('\n'); err == nil && !strings.Contains(status, " 101 ") {
+			err = fmt.Errorf("handshake: %s", strings.TrimSpace(status))
+		}
+		for err == nil {
+			var line string
+			if line, err = br.ReadString('\n'); line == "\r\n" {
+				break
+			}
+		}
+	}
+	<-sem
+	if err != nil {
+		return fmt.Errorf("handshake with %s: %w", u.Host, err)
+	}
+	if err := writeMasked(c, 0x1, wire.AppendSub(nil, map[string]uint64{cfg.Event: 0})); err != nil {
+		return err
+	}
+	established.Add(1)
+	var hdr [8]byte
+	buf := make([]byte, 256)
+	for {
+		if _, err := io.ReadFull(br, hdr[:2]); err != nil {
+			return nil
+		}
+		n := int(hdr[1] & 0x7f)
+		switch n {
+		case 126:
+			if _, err := io.ReadFull(br, hdr[:2]); err != nil {
+				return nil
+			}
+			n = int(binary.BigEndian.Uint16(hdr[:2]))
+		case 127:
+			if _, err := io.ReadFull(br, hdr[:8]); err != nil {
+				return nil
+			}
+			n = int(binary.BigEndian.Uint64(hdr[:8]))
+		}
+		if n > len(buf) {
+			buf = make([]byte, n)
+		}
+		op := hdr[0] & 0x0f
+		if _, err := io.ReadFull(br, buf[:n]); err != nil {
+			return nil
+		}
+		switch op {
+		case 0x1:
+			t.record(versionOf(buf[:n]))
+		case 0x8:
+			return nil
+		case 0x9:
+			if err := writeMasked(c, 0xA, buf[:n]); err != nil {
+				return nil
+			}
+		}
+	}
+}
+
+// writeMasked writes one client frame (mask key 0, so the payload goes as is).
+func writeMasked(w io.Writer, op byte, p []byte) error {
+	if len(p) > 125 {
+		return errors.New("frame too long for the minimal client")
+	}
+	_, err := w.Write(append([]byte{0x80 | op, 0x80 | byte(len(p)), 0, 0, 0, 0}, p...))
+	return err
 }
 
 func rawClient(ctx context.Context, d *net.Dialer, addr string, t *tracker, established *atomic.Int64, sem chan struct{}) error {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,7 +37,12 @@ type Config struct {
 	PerClient  int // connections per client process; default 10000 (under the 20,000 open files limit)
 	Scenarios  []Scenario
 	Floor      bool // also measure the raw-TCP floor for each scenario's per-proxy count
-	Log        io.Writer
+	// PprofAddr, if set, is given to proxy 0 as --debug-addr and a CPU profile of
+	// the broadcast phase is written to OutDir/<scenario>/proxy-0.cpu.pprof.
+	PprofAddr string
+	// CoderClients: client processes use coder/websocket instead of the minimal reader.
+	CoderClients bool
+	Log          io.Writer
 }
 
 // Result is one scenario's figures.
@@ -161,6 +167,8 @@ func procRSS(pid int) int64 {
 	return 0
 }
 
+var srcSeq int
+
 const benchToken = "fanoutbench-token-0123456789"
 
 // Run runs every scenario (and its floor) and returns the results.
@@ -207,7 +215,8 @@ func (r Result) String() string {
 // perClient, each from its own 127.0.0.x source.
 func startClients(cfg Config, logDir string, targets []string, perTarget int, raw bool, event string) ([]*proc, error) {
 	var procs []*proc
-	src := 2
+	srcSeq++
+	src := 2 + (srcSeq*8)%240 // fresh source addresses per run: earlier runs' ports sit in TIME_WAIT
 	for ti, target := range targets {
 		left := perTarget
 		for left > 0 {
@@ -216,6 +225,8 @@ func startClients(cfg Config, logDir string, targets []string, perTarget int, ra
 			argv := []string{cfg.Self, "clients", "--url", target, "--n", strconv.Itoa(k), "--src", fmt.Sprintf("127.0.0.%d", src), "--event", event}
 			if raw {
 				argv = append(argv, "--raw")
+			} else if cfg.CoderClients {
+				argv = append(argv, "--coder")
 			}
 			p, err := start(fmt.Sprintf("clients-%d-%d", ti, src), logDir, argv, nil)
 			if err != nil {
@@ -284,8 +295,12 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	var urls []string
 	for i := 0; i < sc.Proxies; i++ {
 		paddr := freeAddr()
-		p, err := start(fmt.Sprintf("proxy-%d", i), logDir, []string{cfg.Stagecast, "proxy", "--addr", paddr, "--proxy-id", fmt.Sprintf("bench-%d", i),
-			"--max-connections", "20000", "--admit-rate", "100000", "--admit-burst", "100000", "--ping-interval", "10m"}, env)
+		argv := []string{cfg.Stagecast, "proxy", "--addr", paddr, "--proxy-id", fmt.Sprintf("bench-%d", i),
+			"--max-connections", "20000", "--admit-rate", "100000", "--admit-burst", "100000", "--ping-interval", "10m"}
+		if i == 0 && cfg.PprofAddr != "" {
+			argv = append(argv, "--debug-addr", cfg.PprofAddr)
+		}
+		p, err := start(fmt.Sprintf("proxy-%d", i), logDir, argv, env)
 		if err != nil {
 			return res, err
 		}
@@ -336,6 +351,27 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	for i, c := range clients {
 		cl0[i] = procCPU(c.cmd.Process.Pid)
 	}
+	profDone := make(chan struct{})
+	if cfg.PprofAddr != "" {
+		go func() {
+			defer close(profDone)
+			secs := max(1, cfg.Broadcasts/10)
+			resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", cfg.PprofAddr, secs))
+			if err != nil {
+				cfg.logf("profile: %v", err)
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(filepath.Join(logDir, "proxy-0.cpu.pprof"))
+			if err == nil {
+				_, _ = io.Copy(f, resp.Body)
+				f.Close()
+			}
+		}()
+	} else {
+		close(profDone)
+	}
+	defer func() { <-profDone }()
 	var lats []float64
 	for b := 0; b < cfg.Broadcasts; b++ {
 		t0 := time.Now()
