@@ -199,3 +199,29 @@ func TestFrameSentWithHandshake(t *testing.T) {
 		t.Fatalf("got %s (%v), want the catch-up stage v%d", body, err, s.V)
 	}
 }
+
+// TestPingTimeout: a device that stops answering pings is closed after
+// PingInterval + PongTimeout; one that answers stays.
+func TestPingTimeout(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	p, url := startProxy(t, eng, proxy.Config{PingInterval: 100 * time.Millisecond, PongTimeout: 200 * time.Millisecond})
+	addr := strings.TrimSuffix(strings.TrimPrefix(url, "ws://"), "/v1/ws")
+	stuckDevice(t, addr, "ev") // never reads, so never answers a ping
+	alive := dial(t, url)      // a coder/websocket client answers pings while it reads
+	go func() {
+		for {
+			if _, err := alive.next(); err != nil {
+				return
+			}
+		}
+	}()
+	eventually(t, 5*time.Second, "both connected", func() bool { return p.Connections() == 2 })
+	eventually(t, 5*time.Second, "silent device closed", func() bool { return p.Connections() == 1 })
+	if v := testutil.ToFloat64(metric(t, p, "stagecast_proxy_ping_timeouts_total")); v != 1 {
+		t.Fatalf("ping timeouts = %v, want 1", v)
+	}
+	time.Sleep(600 * time.Millisecond) // several more ping rounds
+	if c := p.Connections(); c != 1 {
+		t.Fatalf("the answering device was closed too (%d connections)", c)
+	}
+}
