@@ -1,0 +1,163 @@
+package broadcaster_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/internal/engine"
+)
+
+const token = "test-producer-token-123456"
+
+func start(t *testing.T) (*broadcaster.Client, *engine.Memory, string) {
+	t.Helper()
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	s, err := broadcaster.New(broadcaster.Config{Token: token, PublicReads: true,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	t.Cleanup(ts.Close)
+	return &broadcaster.Client{BaseURL: ts.URL, Token: token}, eng, ts.URL
+}
+
+func apiErr(t *testing.T, err error, status int, code string) {
+	t.Helper()
+	var ae *broadcaster.APIError
+	if !errors.As(err, &ae) || ae.Status != status || ae.Code != code || ae.Msg == "" {
+		t.Fatalf("err = %v, want %d %s with a message", err, status, code)
+	}
+}
+
+func TestAuth(t *testing.T) {
+	c, eng, _ := start(t)
+	ctx := context.Background()
+	for _, tok := range []string{"", "wrong", token + "x"} {
+		bad := *c
+		bad.Token = tok
+		_, err := bad.SetStage(ctx, "ev", "round-1", nil, "")
+		apiErr(t, err, 401, "unauthorized")
+		_, err = bad.Report(ctx, "ev", 0)
+		apiErr(t, err, 401, "unauthorized")
+	}
+	if rec, _ := eng.Recent(ctx, "ev", 5); len(rec) != 0 {
+		t.Fatalf("an unauthorized call changed state: %+v", rec)
+	}
+	// Reads are public by default.
+	pub := *c
+	pub.Token = ""
+	_, err := pub.Get(ctx, "ev")
+	apiErr(t, err, 404, "not_found")
+}
+
+func TestSetGetAndIdempotency(t *testing.T) {
+	c, _, _ := start(t)
+	ctx := context.Background()
+	before := time.Now().UnixMilli()
+	r, err := c.SetStage(ctx, "fight-2026-11-15", "round-3", nil, "k1")
+	if err != nil || r.V != 1 || r.Stage != "round-3" || r.TS < before {
+		t.Fatalf("set: %+v %v", r, err)
+	}
+	again, err := c.SetStage(ctx, "fight-2026-11-15", "round-3", nil, "k1")
+	if err != nil || again != r {
+		t.Fatalf("retry: %+v %v, want %+v", again, err, r)
+	}
+	_, err = c.SetStage(ctx, "fight-2026-11-15", "knockout", nil, "k1")
+	apiErr(t, err, 409, "idempotency_conflict")
+	g, err := c.Get(ctx, "fight-2026-11-15")
+	if err != nil || g != r {
+		t.Fatalf("get: %+v %v", g, err)
+	}
+}
+
+func TestValidation(t *testing.T) {
+	_, _, url := start(t)
+	cases := []struct {
+		path, body, idem string
+		status           int
+		code             string
+	}{
+		{"/v1/events/BAD/stage", `{"stage":"a"}`, "", 400, "bad_request"},
+		{"/v1/events/ev/stage", `{"stage":"Round 3"}`, "", 400, "bad_request"},
+		{"/v1/events/ev/stage", `{"stage":""}`, "", 400, "bad_request"},
+		{"/v1/events/ev/stage", `{"stage":"a","extra":1}`, "", 400, "bad_request"},
+		{"/v1/events/ev/stage", `{"stage":"a"} {}`, "", 400, "bad_request"},
+		{"/v1/events/ev/stage", `not json`, "", 400, "bad_request"},
+		{"/v1/events/ev/stage", `{"stage":"a","target":{"platforms":["TV"]}}`, "", 400, "bad_request"},
+		{"/v1/events/ev/stage", `{"stage":"a"}`, "has space", 400, "bad_request"},
+		{"/v1/events/ev/stage", `{"stage":"` + strings.Repeat("a", 20000) + `"}`, "", 413, "too_large"},
+		{"/v1/nope", `{}`, "", 404, "not_found"},
+	}
+	for _, tc := range cases {
+		req, _ := http.NewRequest(http.MethodPost, url+tc.path, strings.NewReader(tc.body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		if tc.idem != "" {
+			req.Header.Set("Idempotency-Key", tc.idem)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || !strings.Contains(string(b), `"code":"`+tc.code+`"`) {
+			t.Errorf("%s %.40s: %d %s, want %d %s", tc.path, tc.body, resp.StatusCode, b, tc.status, tc.code)
+		}
+	}
+}
+
+func TestReportMerge(t *testing.T) {
+	c, eng, _ := start(t)
+	ctx := context.Background()
+	r, _ := c.SetStage(ctx, "ev", "round-1", nil, "")
+	now := time.Now().UnixMilli()
+	// p1: 60 devices, all sent (50 within 10 ms, 10 within 100 ms); p2: 40 devices,
+	// 30 sent within 20 ms; p3 reported long ago: its sends count, its devices not.
+	put := func(proxy string, at, devices int64, sent, acked uint64, lat []engine.Bucket) {
+		err := eng.PutDelivery(ctx, engine.DeliveryReport{Proxy: proxy, AtMS: at, Events: []engine.EventDelivery{{
+			Event: "ev", Devices: devices, Versions: []engine.VersionDelivery{{V: r.V, Sent: sent, Acked: acked, Latency: lat}}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("p1", now, 60, 60, 55, []engine.Bucket{{UpperMS: 10, Count: 50}, {UpperMS: 100, Count: 10}})
+	put("p2", now, 40, 30, 30, []engine.Bucket{{UpperMS: 20, Count: 30}})
+	put("p3", now-10*60*1000, 5, 5, 0, []engine.Bucket{{UpperMS: 500, Count: 5}})
+	rep, err := c.Report(ctx, "ev", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Devices != 100 || rep.Sent != 95 || rep.Acked != 85 || rep.Proxies != 3 || rep.StaleProxies != 1 || rep.Stage != "round-1" {
+		t.Fatalf("report %+v", rep)
+	}
+	// 50% of 100 = 50 sends: reached in the 10 ms bucket; 90% = 90: the 100 ms
+	// bucket (50+30+10); 99% and 100% are never reached (95 sent).
+	if rep.SentMS["p50"] == nil || *rep.SentMS["p50"] != 10 || rep.SentMS["p90"] == nil || *rep.SentMS["p90"] != 100 {
+		t.Fatalf("p50/p90 = %v / %v", rep.SentMS["p50"], rep.SentMS["p90"])
+	}
+	if rep.SentMS["p99"] != nil || rep.SentMS["p100"] != nil {
+		t.Fatalf("p99/p100 reported as reached with 95 of 100 sent: %v / %v", *rep.SentMS["p99"], rep.SentMS["p100"])
+	}
+	if rep.SentPct != 95 {
+		t.Fatalf("sent_pct %v", rep.SentPct)
+	}
+	_, err = c.Report(ctx, "ev", 7)
+	if err != nil {
+		t.Fatalf("report of a version with no figures: %v", err)
+	}
+}
+
+func TestConfig(t *testing.T) {
+	if _, err := broadcaster.New(broadcaster.Config{Token: "short"}, engine.NewMemory(engine.MemoryConfig{})); err == nil {
+		t.Fatal("short token accepted")
+	}
+}
