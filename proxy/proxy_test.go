@@ -12,12 +12,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/waitfor"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/proxy"
 )
 
 // startProxy runs a proxy on 127.0.0.1:0 and returns it with its ws URL.
 func startProxy(t *testing.T, eng proxy.Engine, cfg proxy.Config) (*proxy.Server, string) {
+	t.Helper()
+	return startProxyOn(t, eng, cfg, func(l net.Listener) net.Listener { return l })
+}
+
+// startProxyOn is startProxy with the listener wrapped (e.g. to shrink socket buffers).
+func startProxyOn(t *testing.T, eng proxy.Engine, cfg proxy.Config, wrap func(net.Listener) net.Listener) (*proxy.Server, string) {
 	t.Helper()
 	if cfg.ReportInterval == 0 {
 		cfg.ReportInterval = 50 * time.Millisecond
@@ -31,23 +38,12 @@ func startProxy(t *testing.T, eng proxy.Engine, cfg proxy.Config) (*proxy.Server
 		t.Fatal(err)
 	}
 	hs := &http.Server{Handler: p.Handler()}
-	go hs.Serve(l)
+	go hs.Serve(wrap(l))
 	t.Cleanup(func() { p.Close(); hs.Close() })
 	return p, "ws://" + l.Addr().String() + "/v1/ws"
 }
 
-// eventually polls cond until it is true or the deadline passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %v waiting for %s", d, what)
-}
+var eventually = waitfor.True
 
 type rawDevice struct {
 	t  *testing.T

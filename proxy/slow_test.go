@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -83,20 +82,9 @@ func stuckDevice(t *testing.T, addr, event string) net.Conn {
 // broadcast, and the stuck one is closed as a slow consumer after WriteTimeout.
 func TestSlowDeviceDoesNotDelayOthers(t *testing.T) {
 	eng := engine.NewMemory(engine.MemoryConfig{})
-	p, err := proxy.New(proxy.Config{Writers: 1, MaxWriters: 8, WriteTimeout: 3 * time.Second, ReportInterval: time.Second}, eng)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: p.Handler()}
-	go hs.Serve(smallSendBuf{l})
-	t.Cleanup(func() { p.Close(); hs.Close() })
-	url := "ws://" + l.Addr().String() + "/v1/ws"
-
-	stuckDevice(t, l.Addr().String(), "ev")
+	p, url := startProxyOn(t, eng, proxy.Config{Writers: 1, MaxWriters: 8, WriteTimeout: 3 * time.Second, ReportInterval: time.Second},
+		func(l net.Listener) net.Listener { return smallSendBuf{l} })
+	stuckDevice(t, strings.TrimSuffix(strings.TrimPrefix(url, "ws://"), "/v1/ws"), "ev")
 	const n = 50
 	var got [n]atomic.Uint64
 	ctx, cancel := context.WithCancel(context.Background())

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -112,12 +113,7 @@ func runProxy(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	log, err := newLogger(*logLevel)
-	if err != nil {
-		return err
-	}
-	rc.Addrs, rc.Logger = splitAddrs(*redisAddrs), log
-	eng, err := redisengine.New(rc)
+	log, eng, err := redisSetup(*logLevel, *redisAddrs, rc)
 	if err != nil {
 		return err
 	}
@@ -151,12 +147,7 @@ func runBroadcaster(args []string) error {
 	if *token == "" {
 		return errors.New("--producer-token (or STAGECAST_PRODUCER_TOKEN) is required")
 	}
-	log, err := newLogger(*logLevel)
-	if err != nil {
-		return err
-	}
-	rc.Addrs, rc.Logger = splitAddrs(*redisAddrs), log
-	eng, err := redisengine.New(rc)
+	log, eng, err := redisSetup(*logLevel, *redisAddrs, rc)
 	if err != nil {
 		return err
 	}
@@ -172,4 +163,15 @@ func runBroadcaster(args []string) error {
 	ctx, stop := signalContext()
 	defer stop()
 	return serve.Run(ctx, log, bound, 10*time.Second, nil)
+}
+
+// redisSetup builds the logger and the Redis engine of a server subcommand.
+func redisSetup(logLevel, addrs string, rc redisengine.Config) (*slog.Logger, *redisengine.Engine, error) {
+	log, err := newLogger(logLevel)
+	if err != nil {
+		return nil, nil, err
+	}
+	rc.Addrs, rc.Logger = splitAddrs(addrs), log
+	eng, err := redisengine.New(rc)
+	return log, eng, err
 }

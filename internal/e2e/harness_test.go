@@ -13,6 +13,7 @@ import (
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/redistest"
+	"github.com/stagecast/stagecast/internal/waitfor"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/proxy"
 )
@@ -131,17 +132,7 @@ func (f *fleet) connections() int {
 	return n
 }
 
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %v waiting for %s", d, what)
-}
+var eventually = waitfor.True
 
 // allOn reports whether every device holds version v of event.
 func allOn(devs []*dev, event string, v uint64) bool {
