@@ -166,7 +166,7 @@ func (c *conn) write(slot *writerSlot, frame []byte) bool {
 		return true
 	}
 	if slot.killed.Swap(false) {
-		c.s.log.Debug("slow consumer closed", "device", c.device, "write_timeout", c.s.cfg.WriteTimeout)
+		c.s.log.Debug("slow consumer closed", "device", c.device, "write_timeout", c.s.cfg.WriteTimeout.String())
 	} else if !errors.Is(err, net.ErrClosed) {
 		c.s.metrics.writeErrors.Inc()
 	}

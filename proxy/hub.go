@@ -274,7 +274,7 @@ func (t *topic) reread(ctx context.Context) {
 		}
 		t.s.metrics.engineErrors.Inc()
 		d := t.s.jitterBetween(0, min(5*time.Second, 100*time.Millisecond<<min(attempt, 6)))
-		t.s.log.Warn("re-reading event history failed; devices keep their stage", "event", t.event, "err", err, "retry_in", d)
+		t.s.log.Warn("re-reading event history failed; devices keep their stage", "event", t.event, "err", err, "retry_in", d.String())
 		select {
 		case <-ctx.Done():
 			return

@@ -291,7 +291,7 @@ func (s *Server) Drain(ctx context.Context) error {
 	}
 	s.randMu.Unlock()
 	slices.Sort(at)
-	s.log.Info("draining", "devices", len(conns), "window", s.cfg.DrainWindow)
+	s.log.Info("draining", "devices", len(conns), "window", s.cfg.DrainWindow.String())
 	start := time.Now()
 	for i, c := range conns {
 		if d := at[i] - time.Since(start); d > 0 {
@@ -311,7 +311,7 @@ func (s *Server) Drain(ctx context.Context) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	s.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+	s.log.Info("drained", "took", time.Since(start).Round(time.Millisecond).String())
 	return nil
 }
 

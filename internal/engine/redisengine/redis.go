@@ -276,7 +276,7 @@ func (e *Engine) Subscribe(ctx context.Context, event string, onStage func(wire.
 		}
 		// Full jitter: U(0, min(cap, 100ms*2^attempt)).
 		d := time.Duration(rand.Int64N(int64(min(e.cfg.ResubscribeMax, 100*time.Millisecond<<min(attempt, 10))) + 1))
-		log.Warn("subscription ended; resubscribing", "err", err, "attempt", attempt+1, "after", d)
+		log.Warn("subscription ended; resubscribing", "err", err, "attempt", attempt+1, "after", d.String())
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
