@@ -34,12 +34,16 @@ func (e *APIError) Error() string {
 
 func (c *Client) do(ctx context.Context, method, path string, body any, hdr http.Header, out any) error {
 	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
+	switch b := body.(type) {
+	case nil:
+	case []byte: // sent as is
+		rd = bytes.NewReader(b)
+	default:
+		enc, err := json.Marshal(b)
 		if err != nil {
 			return err
 		}
-		rd = bytes.NewReader(b)
+		rd = bytes.NewReader(enc)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+path, rd)
 	if err != nil {
@@ -112,4 +116,23 @@ func (c *Client) Report(ctx context.Context, event string, v uint64) (Report, er
 	}
 	err := c.do(ctx, http.MethodGet, path, nil, nil, &out)
 	return out, err
+}
+
+// PutStageMap stores raw (a stage map as JSON) for event.
+func (c *Client) PutStageMap(ctx context.Context, event string, raw []byte) (MapReply, error) {
+	var out MapReply
+	err := c.do(ctx, http.MethodPut, "/v1/events/"+url.PathEscape(event)+"/stages", raw, nil, &out)
+	return out, err
+}
+
+// GetStageMap returns event's stored stage map.
+func (c *Client) GetStageMap(ctx context.Context, event string) (StoredMap, error) {
+	var out StoredMap
+	err := c.do(ctx, http.MethodGet, "/v1/events/"+url.PathEscape(event)+"/stages", nil, nil, &out)
+	return out, err
+}
+
+// SetLive switches event's window on or off (prefetch for a live event is shed last).
+func (c *Client) SetLive(ctx context.Context, event string, live bool) error {
+	return c.do(ctx, http.MethodPut, "/v1/events/"+url.PathEscape(event)+"/window", WindowRequest{Live: &live}, nil, nil)
 }

@@ -32,6 +32,9 @@ type Engine interface {
 	SetStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error)
 	Recent(ctx context.Context, event string, n int) ([]wire.Stage, error)
 	Delivery(ctx context.Context, event string, v uint64) ([]engine.ProxyDelivery, error)
+	PutStageMap(ctx context.Context, event string, raw []byte, updatedMS int64) (uint64, error)
+	SetLive(ctx context.Context, event string, live bool) error
+	Snapshot(ctx context.Context, event string) (engine.Snapshot, error)
 }
 
 // Config configures the broadcaster. Zero values are the documented defaults.
@@ -52,9 +55,11 @@ type Config struct {
 	ReportStaleAfter time.Duration
 	// HighWaterEvents bounds the per-event version high-water marks kept in memory. Default 100000.
 	HighWaterEvents int
-	Registerer      prometheus.Registerer
-	Logger          *slog.Logger
-	Now             func() time.Time
+	// MaxMapBytes is the largest stage map accepted (413 above). Default 1 MiB.
+	MaxMapBytes int64
+	Registerer  prometheus.Registerer
+	Logger      *slog.Logger
+	Now         func() time.Time
 }
 
 // Validate fills defaults and checks the config.
@@ -76,6 +81,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HighWaterEvents <= 0 {
 		c.HighWaterEvents = 100000
+	}
+	if c.MaxMapBytes <= 0 {
+		c.MaxMapBytes = wire.DefaultMaxMapSize
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -162,6 +170,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/events/{event}/stage", s.route("set_stage", true, s.setStage))
 	mux.HandleFunc("GET /v1/events/{event}", s.route("get_event", !s.cfg.PublicReads, s.getEvent))
 	mux.HandleFunc("GET /v1/events/{event}/report", s.route("report", true, s.report))
+	mux.HandleFunc("PUT /v1/events/{event}/stages", s.route("put_stage_map", true, s.putStageMap))
+	mux.HandleFunc("GET /v1/events/{event}/stages", s.route("get_stage_map", !s.cfg.PublicReads, s.getStageMap))
+	mux.HandleFunc("PUT /v1/events/{event}/window", s.route("set_window", true, s.setWindow))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.breaker.State() == gobreaker.StateOpen {
@@ -456,4 +467,77 @@ func mergeReport(rep Report, pds []engine.ProxyDelivery, freshAfterMS int64) Rep
 		}
 	}
 	return rep
+}
+
+// MapReply is the reply of PUT /v1/events/{event}/stages.
+type MapReply struct {
+	Event     string `json:"event"`
+	Version   uint64 `json:"version"`
+	Stages    int    `json:"stages"`
+	Bytes     int    `json:"bytes"`
+	UpdatedMS int64  `json:"updated"`
+}
+
+func (s *Server) putStageMap(r *http.Request) (any, error) {
+	event := r.PathValue("event")
+	raw, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, s.cfg.MaxMapBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, errf(http.StatusRequestEntityTooLarge, "too_large", "stage map larger than %d bytes", s.cfg.MaxMapBytes)
+		}
+		return nil, errf(http.StatusBadRequest, "bad_request", "reading body: %v", err)
+	}
+	m, err := wire.ParseStageMap(raw)
+	if err != nil {
+		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
+	}
+	now := s.cfg.Now().UnixMilli()
+	v, err := call(s, r, func(ctx context.Context) (uint64, error) { return s.eng.PutStageMap(ctx, event, raw, now) })
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("stage map replaced", "event", event, "version", v, "stages", len(m.Stages), "bytes", len(raw))
+	return MapReply{Event: event, Version: v, Stages: len(m.Stages), Bytes: len(raw), UpdatedMS: now}, nil
+}
+
+// StoredMap is the reply of GET /v1/events/{event}/stages.
+type StoredMap struct {
+	Event     string          `json:"event"`
+	Version   uint64          `json:"version"`
+	UpdatedMS int64           `json:"updated"`
+	Map       json.RawMessage `json:"map"`
+}
+
+func (s *Server) getStageMap(r *http.Request) (any, error) {
+	event := r.PathValue("event")
+	snap, err := call(s, r, func(ctx context.Context) (engine.Snapshot, error) { return s.eng.Snapshot(ctx, event) })
+	if err != nil {
+		return nil, err
+	}
+	if snap.Map == nil {
+		return nil, errf(http.StatusNotFound, "not_found", "event %s has no stage map", event)
+	}
+	return StoredMap{Event: event, Version: snap.Map.Version, UpdatedMS: snap.Map.UpdatedMS, Map: snap.Map.Raw}, nil
+}
+
+// WindowRequest is the body of PUT /v1/events/{event}/window.
+type WindowRequest struct {
+	Live *bool `json:"live"`
+}
+
+func (s *Server) setWindow(r *http.Request) (any, error) {
+	event := r.PathValue("event")
+	var req WindowRequest
+	if err := decodeJSON(r, 1024, &req); err != nil {
+		return nil, err
+	}
+	if req.Live == nil {
+		return nil, errf(http.StatusBadRequest, "bad_request", `body needs "live": true or false`)
+	}
+	if _, err := call(s, r, func(ctx context.Context) (struct{}, error) { return struct{}{}, s.eng.SetLive(ctx, event, *req.Live) }); err != nil {
+		return nil, err
+	}
+	s.log.Info("event window changed", "event", event, "live", *req.Live)
+	return map[string]any{"event": event, "live": *req.Live}, nil
 }

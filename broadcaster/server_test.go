@@ -161,3 +161,43 @@ func TestConfig(t *testing.T) {
 		t.Fatal("short token accepted")
 	}
 }
+
+func TestStageMapAndWindow(t *testing.T) {
+	c, eng, url := start(t)
+	ctx := context.Background()
+	raw := []byte(`{"stages":{"round-3":{"default":{"rows":["a"]},"segments":{"s1":{"rows":["b"]}}}},"ttl_seconds":120}`)
+	r, err := c.PutStageMap(ctx, "ev", raw)
+	if err != nil || r.Version != 1 || r.Stages != 1 || r.Bytes != len(raw) {
+		t.Fatalf("put: %+v %v", r, err)
+	}
+	got, err := c.GetStageMap(ctx, "ev")
+	if err != nil || string(got.Map) != string(raw) || got.Version != 1 {
+		t.Fatalf("get: %+v %v", got, err)
+	}
+	_, err = c.PutStageMap(ctx, "ev", []byte(`{"stages":{"Bad Key":{"default":1}}}`))
+	apiErr(t, err, 400, "bad_request")
+	_, err = c.PutStageMap(ctx, "ev", []byte(`{"stages":`))
+	apiErr(t, err, 400, "bad_request")
+	big := []byte(`{"stages":{"a":{"default":"` + strings.Repeat("x", 2<<20) + `"}}}`)
+	_, err = c.PutStageMap(ctx, "ev", big)
+	apiErr(t, err, 413, "too_large")
+	if snap, _ := eng.Snapshot(ctx, "ev"); snap.Map.Version != 1 {
+		t.Fatalf("a rejected map changed the stored one: v%d", snap.Map.Version)
+	}
+	_, err = c.GetStageMap(ctx, "other")
+	apiErr(t, err, 404, "not_found")
+
+	if err := c.SetLive(ctx, "ev", true); err != nil {
+		t.Fatal(err)
+	}
+	if snap, _ := eng.Snapshot(ctx, "ev"); !snap.Live {
+		t.Fatal("window not on")
+	}
+	req, _ := http.NewRequest(http.MethodPut, url+"/v1/events/ev/window", strings.NewReader(`{}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 400 {
+		t.Fatalf("window without live: %v %v", resp.StatusCode, err)
+	}
+	resp.Body.Close()
+}

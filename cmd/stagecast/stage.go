@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -21,6 +22,9 @@ const stageUsage = `Usage:
   stagecast stage [flags] set EVENT STAGE     change the stage (prints the new version)
   stagecast stage [flags] get EVENT           current stage and version
   stagecast stage [flags] report EVENT [V]    delivery report of version V (default: current)
+  stagecast stage [flags] map put EVENT FILE  store the stage map in FILE (JSON; - for stdin)
+  stagecast stage [flags] map get EVENT       print the stored stage map
+  stagecast stage [flags] live EVENT on|off   the event window: its prefetch is shed last
 
 The token comes from --producer-token or STAGECAST_PRODUCER_TOKEN.
 `
@@ -97,10 +101,57 @@ func runStage(args []string) error {
 			return err
 		}
 		return out(r, func() { printReport(r) })
+	case "map":
+		return runMap(ctx, c, rest[1:], *asJSON)
+	case "live":
+		if len(rest) != 3 || (rest[2] != "on" && rest[2] != "off") {
+			return errors.New("usage: stage live EVENT on|off")
+		}
+		if err := c.SetLive(ctx, event, rest[2] == "on"); err != nil {
+			return err
+		}
+		fmt.Printf("%s event window is %s\n", event, rest[2])
+		return nil
 	default:
 		fs.Usage()
 		return fmt.Errorf("unknown stage command %q", cmd)
 	}
+}
+
+func runMap(ctx context.Context, c *broadcaster.Client, args []string, asJSON bool) error {
+	switch {
+	case len(args) == 3 && args[0] == "put":
+		var raw []byte
+		var err error
+		if args[2] == "-" {
+			raw, err = io.ReadAll(os.Stdin)
+		} else {
+			raw, err = os.ReadFile(args[2])
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := wire.ParseStageMap(raw); err != nil { // say what is wrong before the round trip
+			return fmt.Errorf("%s: %w", args[2], err)
+		}
+		r, err := c.PutStageMap(ctx, args[1], raw)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%s stage map v%d stored: %d stages, %d bytes\n", r.Event, r.Version, r.Stages, r.Bytes)
+		return nil
+	case len(args) == 2 && args[0] == "get":
+		m, err := c.GetStageMap(ctx, args[1])
+		if err != nil {
+			return err
+		}
+		if !asJSON {
+			fmt.Fprintf(os.Stderr, "%s stage map v%d, updated %s\n", m.Event, m.Version, time.UnixMilli(m.UpdatedMS).UTC().Format(time.RFC3339))
+		}
+		_, err = os.Stdout.Write(append(m.Map, '\n'))
+		return err
+	}
+	return errors.New("usage: stage map put EVENT FILE | stage map get EVENT")
 }
 
 func printReport(r broadcaster.Report) {

@@ -33,6 +33,9 @@ type memEvent struct {
 	idem     map[string]idemEntry
 	delivery map[uint64]map[string]VersionDelivery // v -> proxy -> counters
 	devices  map[string]presence                   // proxy -> devices
+	stageMap *StageMapRecord
+	mapV     uint64
+	live     bool
 }
 
 type memSub struct {
@@ -214,6 +217,50 @@ func (m *Memory) Delivery(ctx context.Context, event string, v uint64) ([]ProxyD
 		out = append(out, pd)
 	}
 	return out, nil
+}
+
+// PutStageMap replaces the event's stage map atomically and returns its version.
+// raw must already be validated (wire.ParseStageMap).
+func (m *Memory) PutStageMap(ctx context.Context, event string, raw []byte, updatedMS int64) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.event(event)
+	e.mapV++
+	e.stageMap = &StageMapRecord{Version: e.mapV, UpdatedMS: updatedMS, Raw: append([]byte(nil), raw...)}
+	return e.mapV, nil
+}
+
+// SetLive switches the event window on or off.
+func (m *Memory) SetLive(ctx context.Context, event string, live bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.event(event).live = live
+	return nil
+}
+
+// Snapshot returns the event's stage map, current stage and window.
+func (m *Memory) Snapshot(ctx context.Context, event string) (Snapshot, error) {
+	if err := ctx.Err(); err != nil {
+		return Snapshot{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.events[event]
+	if e == nil {
+		return Snapshot{}, nil
+	}
+	snap := Snapshot{Map: e.stageMap, Live: e.live}
+	if n := len(e.log); n > 0 {
+		cur := e.log[n-1]
+		snap.Current = &cur
+	}
+	return snap, nil
 }
 
 // Close releases nothing; it exists so Memory and the Redis engine are

@@ -89,3 +89,20 @@ type ProxyDelivery struct {
 	Devices int64
 	Version VersionDelivery // zero V when the proxy has nothing for this version
 }
+
+// StageMapRecord is a stored stage map: the producer's JSON (validated by
+// wire.ParseStageMap before it was stored) and the version the engine gave it.
+type StageMapRecord struct {
+	Version   uint64
+	UpdatedMS int64
+	Raw       []byte
+}
+
+// Snapshot is what the prefetch path reads for an event, in one round trip.
+type Snapshot struct {
+	Map     *StageMapRecord // nil: no stage map
+	Current *wire.Stage     // nil: no stage yet
+	// Live is the producer's "event window" signal: prefetch for this event is
+	// critical and shed last.
+	Live bool
+}

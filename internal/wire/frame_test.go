@@ -176,3 +176,46 @@ func FuzzParseDeviceFrame(f *testing.F) {
 		}
 	})
 }
+
+func TestParseStageMap(t *testing.T) {
+	m, err := ParseStageMap([]byte(`{"stages":{"round-3":{"default":{"rows":[1]},"segments":{"s1":{"rows":[2]}}}},"ttl_seconds":300}`))
+	if err != nil || m.TTLSeconds != 300 {
+		t.Fatalf("%+v %v", m, err)
+	}
+	if p, ok := m.Payload("round-3", "s1"); !ok || string(p) != `{"rows":[2]}` {
+		t.Fatalf("segment payload %s", p)
+	}
+	if p, ok := m.Payload("round-3", "s9"); !ok || string(p) != `{"rows":[1]}` {
+		t.Fatalf("default payload %s", p)
+	}
+	if _, ok := m.Payload("nope", ""); ok {
+		t.Fatal("missing stage found")
+	}
+	bad := []string{
+		``, `[]`, `{}`, `{"stages":{}}`, `{"stages":{"BAD":{"default":1}}}`,
+		`{"stages":{"a":{}}}`, `{"stages":{"a":{"default":null}}}`,
+		`{"stages":{"a":{"default":1,"segments":{"S 1":2}}}}`,
+		`{"stages":{"a":{"default":1}},"ttl_seconds":-1}`, `{"stages":{"a":{"default":1}},"ttl_seconds":999999}`,
+		`{"stages":{"a":{"default":1}},"typo":1}`, `{"stages":{"a":{"default":1}}} {}`,
+	}
+	for _, b := range bad {
+		if _, err := ParseStageMap([]byte(b)); err == nil {
+			t.Errorf("accepted %s", b)
+		}
+	}
+}
+
+func FuzzParseStageMap(f *testing.F) {
+	f.Add([]byte(`{"stages":{"a":{"default":{"x":1},"segments":{"s":2}}},"ttl_seconds":60}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseStageMap(b)
+		if err != nil {
+			return
+		}
+		for k, p := range m.Stages {
+			if !ValidID(k) || len(p.Default) == 0 {
+				t.Fatalf("accepted stage %q %+v", k, p)
+			}
+		}
+	})
+}

@@ -21,6 +21,9 @@ type Engine interface {
 	Subscribe(ctx context.Context, event string, onStage func(wire.Stage), onSubscribed func()) error
 	PutDelivery(ctx context.Context, r engine.DeliveryReport) error
 	Delivery(ctx context.Context, event string, v uint64) ([]engine.ProxyDelivery, error)
+	PutStageMap(ctx context.Context, event string, raw []byte, updatedMS int64) (uint64, error)
+	SetLive(ctx context.Context, event string, live bool) error
+	Snapshot(ctx context.Context, event string) (engine.Snapshot, error)
 }
 
 // Run runs the suite. newEngine returns a fresh, empty engine with a log length
@@ -34,6 +37,7 @@ func Run(t *testing.T, newEngine func(t *testing.T, logLen int) Engine) {
 	t.Run("ConcurrentSets", func(t *testing.T) { testConcurrent(t, newEngine(t, 512)) })
 	t.Run("Delivery", func(t *testing.T) { testDelivery(t, newEngine(t, 8)) })
 	t.Run("Target", func(t *testing.T) { testTarget(t, newEngine(t, 8)) })
+	t.Run("StageMapSnapshot", func(t *testing.T) { testSnapshot(t, newEngine(t, 8)) })
 }
 
 func ctx(t *testing.T) context.Context {
@@ -259,5 +263,40 @@ func testTarget(t *testing.T, e Engine) {
 	r = set(t, e, engine.SetRequest{Event: "ev", Key: "all", Target: &wire.Target{}})
 	if r.Stage.Target != nil {
 		t.Fatalf("empty target kept: %+v", r.Stage.Target)
+	}
+}
+
+func testSnapshot(t *testing.T, e Engine) {
+	snap, err := e.Snapshot(ctx(t), "ev")
+	if err != nil || snap.Map != nil || snap.Current != nil || snap.Live {
+		t.Fatalf("empty event snapshot = %+v, %v", snap, err)
+	}
+	m1 := []byte(`{"stages":{"a":{"default":{"n":1}}}}`)
+	v1, err := e.PutStageMap(ctx(t), "ev", m1, 111)
+	if err != nil || v1 == 0 {
+		t.Fatalf("put: %d %v", v1, err)
+	}
+	st := set(t, e, engine.SetRequest{Event: "ev", Key: "a"})
+	if err := e.SetLive(ctx(t), "ev", true); err != nil {
+		t.Fatal(err)
+	}
+	snap, err = e.Snapshot(ctx(t), "ev")
+	if err != nil || snap.Map == nil || string(snap.Map.Raw) != string(m1) || snap.Map.Version != v1 || snap.Map.UpdatedMS != 111 {
+		t.Fatalf("snapshot map = %+v, %v", snap.Map, err)
+	}
+	if snap.Current == nil || snap.Current.V != st.Stage.V || snap.Current.Key != "a" || !snap.Live {
+		t.Fatalf("snapshot current/live = %+v %v", snap.Current, snap.Live)
+	}
+	m2 := []byte(`{"stages":{"b":{"default":[2]}},"ttl_seconds":60}`)
+	v2, err := e.PutStageMap(ctx(t), "ev", m2, 222)
+	if err != nil || v2 <= v1 {
+		t.Fatalf("replace: v%d after v%d, %v", v2, v1, err)
+	}
+	if err := e.SetLive(ctx(t), "ev", false); err != nil {
+		t.Fatal(err)
+	}
+	snap, err = e.Snapshot(ctx(t), "ev")
+	if err != nil || string(snap.Map.Raw) != string(m2) || snap.Map.Version != v2 || snap.Live {
+		t.Fatalf("after replace: %+v live=%v %v", snap.Map, snap.Live, err)
 	}
 }

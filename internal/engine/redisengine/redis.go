@@ -55,7 +55,12 @@ type Config struct {
 	OpTimeout time.Duration
 	// ResubscribeMax caps the jittered backoff between subscription attempts. Default 5s.
 	ResubscribeMax time.Duration
-	Logger         *slog.Logger
+	// ClientCache turns on Redis client-side caching (RESP3 tracking) for stage
+	// maps and event windows: reads come from local memory until Redis says the
+	// key changed. CacheTTL bounds how long a cached value is trusted. Default off; 1m.
+	ClientCache bool
+	CacheTTL    time.Duration
+	Logger      *slog.Logger
 }
 
 // Validate fills defaults and checks the config.
@@ -86,6 +91,9 @@ func (c *Config) Validate() error {
 	if c.ResubscribeMax <= 0 {
 		c.ResubscribeMax = 5 * time.Second
 	}
+	if c.CacheTTL <= 0 {
+		c.CacheTTL = time.Minute
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -97,7 +105,18 @@ type Engine struct {
 	cfg    Config
 	client rueidis.Client
 	set    *rueidis.Lua
+	putMap *rueidis.Lua
 }
+
+// putMapScript: KEYS map, mapv. ARGV raw JSON, updatedMS, eventTTLms.
+// The map is one string value, so a replace is atomic: readers get the old map
+// or the new one, never a mix.
+const putMapScript = `
+local v = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], v .. '\n' .. ARGV[2] .. '\n' .. ARGV[1], 'PX', ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return v
+`
 
 // setScript: KEYS cur, log, idem, channel. ARGV stage-prefix, logLen, floor,
 // idemTTLsec, eventTTLms, useIdem, reqKey.
@@ -133,14 +152,14 @@ func New(cfg Config) (*Engine, error) {
 	client, err := rueidis.NewClient(rueidis.ClientOption{
 		InitAddress:  cfg.Addrs,
 		Password:     cfg.Password,
-		DisableCache: true,
+		DisableCache: !cfg.ClientCache,
 		// Sharded pub/sub works on standalone Redis 7 too, so one code path
 		// serves both; rueidis routes by slot on a cluster.
 	})
 	if err != nil {
 		return nil, fmt.Errorf("redis engine: connect %v: %w", cfg.Addrs, err)
 	}
-	return &Engine{cfg: cfg, client: client, set: rueidis.NewLuaScript(setScript)}, nil
+	return &Engine{cfg: cfg, client: client, set: rueidis.NewLuaScript(setScript), putMap: rueidis.NewLuaScript(putMapScript)}, nil
 }
 
 // Close closes the Redis client.
@@ -361,4 +380,83 @@ func (e *Engine) Ping(ctx context.Context) error {
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
 	return e.client.Do(ctx, e.client.B().Ping().Build()).Error()
+}
+
+// PutStageMap replaces the event's stage map atomically and returns its version.
+// raw must already be validated (wire.ParseStageMap).
+func (e *Engine) PutStageMap(ctx context.Context, event string, raw []byte, updatedMS int64) (uint64, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	v, err := e.putMap.Exec(ctx, e.client, []string{key(event, "map"), key(event, "mapv")},
+		[]string{string(raw), strconv.FormatInt(updatedMS, 10), strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10)}).AsInt64()
+	if err != nil {
+		return 0, fmt.Errorf("put stage map %s: %w", event, err)
+	}
+	return uint64(v), nil
+}
+
+// SetLive switches the event window on or off.
+func (e *Engine) SetLive(ctx context.Context, event string, live bool) error {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	cmd := e.client.B().Del().Key(key(event, "live")).Build()
+	if live {
+		cmd = e.client.B().Set().Key(key(event, "live")).Value("1").PxMilliseconds(e.cfg.EventTTL.Milliseconds()).Build()
+	}
+	if err := e.client.Do(ctx, cmd).Error(); err != nil {
+		return fmt.Errorf("set live %s: %w", event, err)
+	}
+	return nil
+}
+
+// Snapshot reads the event's stage map, current stage and window in one round
+// trip (map and window through the client-side cache when it is on).
+func (e *Engine) Snapshot(ctx context.Context, event string) (engine.Snapshot, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	var mapRes, liveRes rueidis.RedisResult
+	logCmd := e.client.B().Xrevrange().Key(key(event, "log")).End("+").Start("-").Count(1).Build()
+	if e.cfg.ClientCache {
+		res := e.client.DoMultiCache(ctx,
+			rueidis.CT(e.client.B().Get().Key(key(event, "map")).Cache(), e.cfg.CacheTTL),
+			rueidis.CT(e.client.B().Get().Key(key(event, "live")).Cache(), e.cfg.CacheTTL))
+		mapRes, liveRes = res[0], res[1]
+	} else {
+		res := e.client.DoMulti(ctx, e.client.B().Get().Key(key(event, "map")).Build(), e.client.B().Get().Key(key(event, "live")).Build())
+		mapRes, liveRes = res[0], res[1]
+	}
+	logRes := e.client.Do(ctx, logCmd)
+	var snap engine.Snapshot
+	raw, err := mapRes.ToString()
+	switch {
+	case rueidis.IsRedisNil(err):
+	case err != nil:
+		return snap, fmt.Errorf("snapshot %s: map: %w", event, err)
+	default:
+		vs, rest, ok1 := strings.Cut(raw, "\n")
+		us, body, ok2 := strings.Cut(rest, "\n")
+		v, err1 := strconv.ParseUint(vs, 10, 64)
+		u, err2 := strconv.ParseInt(us, 10, 64)
+		if !ok1 || !ok2 || err1 != nil || err2 != nil {
+			return snap, fmt.Errorf("snapshot %s: malformed stored map", event)
+		}
+		snap.Map = &engine.StageMapRecord{Version: v, UpdatedMS: u, Raw: []byte(body)}
+	}
+	if err := liveRes.Error(); err != nil && !rueidis.IsRedisNil(err) {
+		return snap, fmt.Errorf("snapshot %s: live: %w", event, err)
+	} else if err == nil {
+		snap.Live = true
+	}
+	entries, err := logRes.AsXRange()
+	if err != nil {
+		return snap, fmt.Errorf("snapshot %s: log: %w", event, err)
+	}
+	if len(entries) == 1 {
+		st, err := wire.UnmarshalStage([]byte(entries[0].FieldValues["s"]))
+		if err != nil {
+			return snap, fmt.Errorf("snapshot %s: %w", event, err)
+		}
+		snap.Current = &st
+	}
+	return snap, nil
 }
