@@ -1,0 +1,261 @@
+package graph_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stagecast/stagecast/graph"
+	"github.com/stagecast/stagecast/internal/engine"
+)
+
+const prefetchQuery = `query Prefetch($event: ID!, $segment: String) {
+  liveEvent(id: $event) {
+    id
+    current { key v ts }
+    stages(segment: $segment) { key payload }
+    ttlSeconds
+    refreshAfterSeconds
+  }
+}`
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func startServer(t *testing.T, store interface {
+	Snapshot(context.Context, string) (engine.Snapshot, error)
+}, cfg graph.ServerConfig) (*graph.Server, string) {
+	t.Helper()
+	cfg.Cache.Logger = quiet()
+	s, err := graph.NewServer(cfg, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	t.Cleanup(ts.Close)
+	return s, ts.URL
+}
+
+type gqlResp struct {
+	Data struct {
+		LiveEvent *struct {
+			ID      string `json:"id"`
+			Current *struct {
+				Key string `json:"key"`
+				V   uint64 `json:"v"`
+				TS  int64  `json:"ts"`
+			} `json:"current"`
+			Stages []struct {
+				Key     string          `json:"key"`
+				Payload json.RawMessage `json:"payload"`
+			} `json:"stages"`
+			TTLSeconds          int `json:"ttlSeconds"`
+			RefreshAfterSeconds int `json:"refreshAfterSeconds"`
+		} `json:"liveEvent"`
+	} `json:"data"`
+	Errors []struct {
+		Message    string         `json:"message"`
+		Extensions map[string]any `json:"extensions"`
+	} `json:"errors"`
+	Extensions map[string]any `json:"extensions"`
+}
+
+func post(t *testing.T, base, query string, vars map[string]any) (*http.Response, gqlResp, []byte) {
+	t.Helper()
+	b, _ := json.Marshal(map[string]any{"query": query, "variables": vars})
+	resp, err := http.Post(base+"/graphql", "application/json", strings.NewReader(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var out gqlResp
+	_ = json.Unmarshal(body, &out)
+	return resp, out, body
+}
+
+func seed(t *testing.T, eng *engine.Memory, event string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := eng.PutStageMap(ctx, event, []byte(`{"stages":{"round-3":{"default":{"rows":["r3"]},"segments":{"s1":{"rows":["r3-s1"]}}},"knockout":{"default":{"rows":["ko"]}}},"ttl_seconds":100}`), 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eng.SetStage(ctx, engine.SetRequest{Event: event, Key: "round-3", TS: 1763236800123}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPrefetchQuery(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	seed(t, eng, "fight")
+	srv, base := startServer(t, eng, graph.ServerConfig{})
+	for i := 0; i < 3; i++ { // miss, then cache hits: same answer, fresh hints
+		resp, out, body := post(t, base, prefetchQuery, map[string]any{"event": "fight", "segment": "s1"})
+		le := out.Data.LiveEvent
+		if resp.StatusCode != 200 || le == nil || len(out.Errors) > 0 {
+			t.Fatalf("status %d body %s", resp.StatusCode, body)
+		}
+		if le.ID != "fight" || le.Current == nil || le.Current.Key != "round-3" || le.Current.V != 1 || le.Current.TS != 1763236800123 {
+			t.Fatalf("current: %s", body)
+		}
+		if len(le.Stages) != 2 || le.Stages[0].Key != "knockout" || le.Stages[1].Key != "round-3" || string(le.Stages[1].Payload) != `{"rows":["r3-s1"]}` {
+			t.Fatalf("stages: %s", body)
+		}
+		// T = 100s, jitter 0.5: ttl in [50, 150]; refresh in [0.5, 0.9] x ttl.
+		if le.TTLSeconds < 50 || le.TTLSeconds > 150 || le.RefreshAfterSeconds < le.TTLSeconds/2-1 || le.RefreshAfterSeconds > le.TTLSeconds {
+			t.Fatalf("hints ttl=%d refresh=%d", le.TTLSeconds, le.RefreshAfterSeconds)
+		}
+		if cc := resp.Header.Get("Cache-Control"); cc != "max-age="+strconv.Itoa(le.TTLSeconds) {
+			t.Fatalf("Cache-Control %q, ttlSeconds %d", cc, le.TTLSeconds)
+		}
+	}
+	if hits := counter(t, srv, "stagecast_graph_query_cache_total", "hit"); hits < 2 {
+		t.Fatalf("query cache hits = %v after 3 identical requests, want >= 2", hits)
+	}
+	// GET for cacheable reads, default segment.
+	q := url.Values{"query": {prefetchQuery}, "variables": {`{"event":"fight"}`}}
+	resp, err := http.Get(base + "/graphql?" + q.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out gqlResp
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || out.Data.LiveEvent == nil || string(out.Data.LiveEvent.Stages[1].Payload) != `{"rows":["r3"]}` || !strings.HasPrefix(resp.Header.Get("Cache-Control"), "max-age=") {
+		t.Fatalf("GET: %d %+v", resp.StatusCode, out)
+	}
+}
+
+func TestHintsAreJitteredPerResponse(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	seed(t, eng, "fight")
+	_, base := startServer(t, eng, graph.ServerConfig{})
+	seen := map[int]bool{}
+	for i := 0; i < 40; i++ {
+		_, out, _ := post(t, base, prefetchQuery, map[string]any{"event": "fight"})
+		seen[out.Data.LiveEvent.TTLSeconds] = true
+	}
+	if len(seen) < 15 {
+		t.Fatalf("40 responses carried only %d distinct ttlSeconds: not jittered per response", len(seen))
+	}
+}
+
+func TestNotFoundAndBadInput(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	seed(t, eng, "fight")
+	_, base := startServer(t, eng, graph.ServerConfig{})
+	resp, out, body := post(t, base, prefetchQuery, map[string]any{"event": "nope"})
+	if resp.StatusCode != 200 || out.Data.LiveEvent != nil || len(out.Errors) != 1 || out.Errors[0].Extensions["code"] != "NOT_FOUND" {
+		t.Fatalf("unknown event: %d %s", resp.StatusCode, body)
+	}
+	hostile := map[string]string{
+		"legal":     `{ liveEvent(id:"fight") { current { key } stages { key payload } id } }`,
+		"long":      `{ liveEvent(id:"fight") { id } }` + strings.Repeat(" ", 5000),
+		"aliases":   "{" + aliasFlood(300) + "}",
+		"syntax":    `{ liveEvent(id:"fight") { id `,
+		"bad field": `{ liveEvent(id:"fight") { secret } }`,
+		"bad id":    `{ liveEvent(id:"BAD ID") { id } }`,
+	}
+	for name, q := range hostile {
+		resp, out, body := post(t, base, q, nil)
+		if name == "legal" { // the control: within every limit
+			if len(out.Errors) != 0 {
+				t.Fatalf("legal query rejected: %s", body)
+			}
+			continue
+		}
+		if len(out.Errors) == 0 || out.Errors[0].Message == "" {
+			t.Fatalf("%s: status %d body %.300s: want a GraphQL error", name, resp.StatusCode, body)
+		}
+	}
+	for _, tc := range []struct {
+		body   string
+		status int
+	}{{`not json`, 400}, {`{"query":""}`, 400}, {`{"query":"{ liveEvent(id:\"fight\") { id } }","variables":` + strings.Repeat(`[`, 1) + `}`, 400}, {`{"query":"` + strings.Repeat("x", 20000) + `"}`, 413}} {
+		resp, err := http.Post(base+"/graphql", "application/json", strings.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.status {
+			t.Fatalf("body %.40q: status %d, want %d", tc.body, resp.StatusCode, tc.status)
+		}
+	}
+	// The server is still healthy and serving.
+	if resp, out, _ := post(t, base, prefetchQuery, map[string]any{"event": "fight"}); resp.StatusCode != 200 || out.Data.LiveEvent == nil {
+		t.Fatal("server unhealthy after hostile input")
+	}
+}
+
+func aliasFlood(n int) string {
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		b.WriteString("a" + strconv.Itoa(i) + `: liveEvent(id:"fight") { id } `)
+	}
+	return b.String()
+}
+
+func TestDepthLimit(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	seed(t, eng, "fight")
+	_, base := startServer(t, eng, graph.ServerConfig{GraphQL: graph.Config{MaxDepth: 2}})
+	_, out, body := post(t, base, `{ liveEvent(id:"fight") { current { key } } }`, nil)
+	if len(out.Errors) == 0 || !strings.Contains(strings.ToLower(out.Errors[0].Message), "depth") {
+		t.Fatalf("depth 3 with MaxDepth 2: %s", body)
+	}
+}
+
+func TestQueryCacheFollowsChanges(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	seed(t, eng, "fight")
+	_, base := startServer(t, eng, graph.ServerConfig{})
+	_, out, _ := post(t, base, prefetchQuery, map[string]any{"event": "fight"})
+	if out.Data.LiveEvent.Current.Key != "round-3" {
+		t.Fatal("setup")
+	}
+	if _, err := eng.SetStage(context.Background(), engine.SetRequest{Event: "fight", Key: "knockout", TS: 2}); err != nil {
+		t.Fatal(err)
+	}
+	// Within FreshFor (2s base, jittered) the old snapshot may be served; after it,
+	// the cached response must not outlive the snapshot it was rendered from.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, out, _ = post(t, base, prefetchQuery, map[string]any{"event": "fight"})
+		if out.Data.LiveEvent.Current.Key == "knockout" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the query cache kept serving the old current stage")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// counter reads a counter with one label value from the server's registry.
+func counter(t *testing.T, s *graph.Server, name, label string) float64 {
+	t.Helper()
+	mfs, err := s.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.Metric {
+			for _, l := range m.Label {
+				if l.GetValue() == label {
+					return m.Counter.GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}

@@ -1,0 +1,304 @@
+package graph
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	graphql "github.com/graph-gophers/graphql-go"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stagecast/stagecast/internal/wire"
+	"github.com/stagecast/stagecast/prefetch"
+)
+
+// Config configures the GraphQL handler. Zero values are defaults.
+type Config struct {
+	// MaxQueryLength in bytes. Default 4096.
+	MaxQueryLength int
+	// MaxDepth of a query. Default 6.
+	MaxDepth int
+	// MaxSelections after fragment expansion (aliases count). Default 200.
+	MaxSelections int
+	// MaxParallelism of resolvers per query. Default 4.
+	MaxParallelism int
+	// MaxBody of a POST, bytes. Default 16 KiB.
+	MaxBody int64
+	// QueryCacheSize: executed (query, operation, variables) kept. Default 1024.
+	QueryCacheSize int
+	// MaxCachedResponse: larger responses are not cached. Default 1 MiB.
+	MaxCachedResponse int
+	Registerer        prometheus.Registerer
+}
+
+func (c *Config) defaults() {
+	set := func(p *int, v int) {
+		if *p <= 0 {
+			*p = v
+		}
+	}
+	set(&c.MaxQueryLength, 4096)
+	set(&c.MaxDepth, 6)
+	set(&c.MaxSelections, 200)
+	set(&c.MaxParallelism, 4)
+	set(&c.QueryCacheSize, 1024)
+	set(&c.MaxCachedResponse, 1<<20)
+	if c.MaxBody <= 0 {
+		c.MaxBody = 16 << 10
+	}
+}
+
+// Handler serves POST and GET /graphql.
+type Handler struct {
+	cfg    Config
+	schema *graphql.Schema
+	cache  *prefetch.Cache
+	shed   *prefetch.Shedder
+	tmpl   *lru.Cache[string, *template]
+	randMu sync.Mutex
+	rnd    *rand.Rand
+	qc     *prometheus.CounterVec
+}
+
+// template is one executed query: the response with sentinels, and what it read.
+type template struct {
+	body []byte
+	deps []*dep // sorted by event
+}
+
+// New builds the schema (it panics only on a schema bug, caught by tests).
+func New(cfg Config, cache *prefetch.Cache, shed *prefetch.Shedder) (*Handler, error) {
+	cfg.defaults()
+	schema, err := graphql.ParseSchema(schemaSDL, &resolver{cache: cache},
+		graphql.MaxQueryLength(cfg.MaxQueryLength), graphql.MaxDepth(cfg.MaxDepth),
+		graphql.MaxSelections(cfg.MaxSelections), graphql.MaxParallelism(cfg.MaxParallelism),
+		graphql.UseFieldResolvers())
+	if err != nil {
+		return nil, fmt.Errorf("graph: schema: %w", err)
+	}
+	t, err := lru.New[string, *template](cfg.QueryCacheSize)
+	if err != nil {
+		return nil, err
+	}
+	h := &Handler{cfg: cfg, schema: schema, cache: cache, shed: shed, tmpl: t,
+		rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		qc: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "graph", Name: "query_cache_total",
+			Help: "GraphQL requests by query-cache result: hit (no parse, no execution), miss, changed (an event's snapshot moved), uncacheable."}, []string{"result"})}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(h.qc)
+	}
+	return h, nil
+}
+
+type request struct {
+	Query         string         `json:"query"`
+	OperationName string         `json:"operationName"`
+	Variables     map[string]any `json:"variables"`
+}
+
+func gqlError(w http.ResponseWriter, status int, msg, code string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{{"message": msg, "extensions": map[string]string{"code": code}}}})
+}
+
+func (h *Handler) parse(w http.ResponseWriter, r *http.Request) (request, bool) {
+	var req request
+	switch r.Method {
+	case http.MethodPost:
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, h.cfg.MaxBody))
+		if err := dec.Decode(&req); err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				gqlError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", h.cfg.MaxBody), "BAD_REQUEST")
+			} else {
+				gqlError(w, http.StatusBadRequest, "request body is not a GraphQL JSON request: "+err.Error(), "BAD_REQUEST")
+			}
+			return req, false
+		}
+	case http.MethodGet:
+		q := r.URL.Query()
+		req.Query, req.OperationName = q.Get("query"), q.Get("operationName")
+		if v := q.Get("variables"); v != "" {
+			if err := json.Unmarshal([]byte(v), &req.Variables); err != nil {
+				gqlError(w, http.StatusBadRequest, "variables is not a JSON object: "+err.Error(), "BAD_REQUEST")
+				return req, false
+			}
+		}
+	default:
+		w.Header().Set("Allow", "GET, POST")
+		gqlError(w, http.StatusMethodNotAllowed, "use GET or POST", "BAD_REQUEST")
+		return req, false
+	}
+	if strings.TrimSpace(req.Query) == "" {
+		gqlError(w, http.StatusBadRequest, "no query", "BAD_REQUEST")
+		return req, false
+	}
+	return req, true
+}
+
+// ServeHTTP answers one GraphQL request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	req, ok := h.parse(w, r)
+	if !ok {
+		return
+	}
+	vars, err := json.Marshal(req.Variables) // maps marshal with sorted keys: a canonical form
+	if err != nil {
+		gqlError(w, http.StatusBadRequest, "variables: "+err.Error(), "BAD_REQUEST")
+		return
+	}
+	key := req.OperationName + "\x00" + string(vars) + "\x00" + req.Query
+	t, cached := h.tmpl.Get(key)
+
+	// Priority: any event the request names (variables, or what the cached
+	// execution read) in its live window, or the device's own word.
+	var peek []*prefetch.Entry
+	for _, v := range req.Variables {
+		if s, ok := v.(string); ok && wire.ValidID(s) {
+			peek = append(peek, h.cache.Peek(s))
+		}
+	}
+	if cached {
+		for _, d := range t.deps {
+			peek = append(peek, h.cache.Peek(d.event))
+		}
+	}
+	done, ok, reason := h.shed.Admit(prefetch.RequestPriority(r, peek...))
+	if !ok {
+		prefetch.Shed(w, h.cache, h.shed, reason)
+		return
+	}
+	defer done()
+
+	if cached {
+		if current, ok := h.check(r.Context(), t); ok {
+			h.qc.WithLabelValues("hit").Inc()
+			h.write(w, t, current)
+			return
+		}
+		h.qc.WithLabelValues("changed").Inc()
+	} else {
+		h.qc.WithLabelValues("miss").Inc()
+	}
+	h.execute(w, r.Context(), key, req)
+}
+
+// check re-reads every event t depends on (a local cache hit while fresh) and
+// reports whether all are still the snapshots t was rendered from.
+func (h *Handler) check(ctx context.Context, t *template) ([]prefetch.Result, bool) {
+	out := make([]prefetch.Result, len(t.deps))
+	for i, d := range t.deps {
+		res, err := h.cache.Get(ctx, d.event)
+		if res.Entry == nil || res.Gen != d.gen || (err != nil && !errors.Is(err, prefetch.ErrNotFound)) {
+			return nil, false
+		}
+		out[i] = res
+	}
+	return out, true
+}
+
+func (h *Handler) execute(w http.ResponseWriter, ctx context.Context, key string, req request) {
+	h.randMu.Lock()
+	rd := &render{deps: map[string]*dep{}, rnd: rand.New(rand.NewPCG(h.rnd.Uint64(), h.rnd.Uint64()))}
+	h.randMu.Unlock()
+	resp := h.schema.Exec(context.WithValue(ctx, renderKey{}, rd), req.Query, req.OperationName, req.Variables)
+	body, err := json.Marshal(resp)
+	if err != nil {
+		gqlError(w, http.StatusInternalServerError, "encoding the response: "+err.Error(), "INTERNAL")
+		return
+	}
+	t := &template{body: body}
+	for _, d := range rd.deps {
+		t.deps = append(t.deps, d)
+	}
+	slices.SortFunc(t.deps, func(a, b *dep) int { return strings.Compare(a.event, b.event) })
+	current := make([]prefetch.Result, len(t.deps))
+	for i, d := range t.deps {
+		current[i] = prefetch.Result{Entry: d.entry, Stale: d.stale}
+	}
+	if rd.unavailable {
+		// Nothing to serve, not even a stale copy: a clear 503, never cached.
+		h.qc.WithLabelValues("uncacheable").Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(h.cache.RetryAfterSeconds(h.shed.RetryAfter())))
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write(h.substitute(t, current))
+		return
+	}
+	if h.sentinelsSound(t) && len(body) <= h.cfg.MaxCachedResponse {
+		h.tmpl.Add(key, t)
+	} else {
+		h.qc.WithLabelValues("uncacheable").Inc()
+	}
+	h.write(w, t, current)
+}
+
+// sentinelsSound checks each sentinel appears exactly as often as its field was
+// resolved, so substituting it cannot touch payload bytes.
+func (h *Handler) sentinelsSound(t *template) bool {
+	for _, d := range t.deps {
+		if bytes.Count(t.body, []byte(strconv.Itoa(int(d.ttlSent)))) != d.ttlCalls ||
+			bytes.Count(t.body, []byte(strconv.Itoa(int(d.refSent)))) != d.refCalls {
+			return false
+		}
+	}
+	return true
+}
+
+// substitute returns t's body with fresh jittered hints, and the smallest TTL.
+func (h *Handler) substituteTTL(t *template, current []prefetch.Result) ([]byte, int) {
+	body, minTTL := t.body, 0
+	for i, d := range t.deps {
+		if current[i].Entry == nil || current[i].NotFound {
+			continue
+		}
+		ttl, refresh := h.cache.HintSeconds(current[i].Entry)
+		if minTTL == 0 || ttl < minTTL {
+			minTTL = ttl
+		}
+		if d.ttlCalls > 0 {
+			body = bytes.ReplaceAll(body, []byte(strconv.Itoa(int(d.ttlSent))), []byte(strconv.Itoa(ttl)))
+		}
+		if d.refCalls > 0 {
+			body = bytes.ReplaceAll(body, []byte(strconv.Itoa(int(d.refSent))), []byte(strconv.Itoa(refresh)))
+		}
+	}
+	return body, minTTL
+}
+
+func (h *Handler) substitute(t *template, current []prefetch.Result) []byte {
+	b, _ := h.substituteTTL(t, current)
+	return b
+}
+
+func (h *Handler) write(w http.ResponseWriter, t *template, current []prefetch.Result) {
+	body, ttl := h.substituteTTL(t, current)
+	stale := false
+	for _, res := range current {
+		stale = stale || res.Stale
+	}
+	if stale {
+		// Served from the last good copy while the store is unreachable.
+		body = append([]byte(`{"extensions":{"stale":true},`), body[1:]...)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if ttl > 0 {
+		w.Header().Set("Cache-Control", "max-age="+strconv.Itoa(ttl))
+	} else {
+		w.Header().Set("Cache-Control", "no-store")
+	}
+	_, _ = io.Copy(w, bytes.NewReader(body))
+}

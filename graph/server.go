@@ -1,0 +1,63 @@
+package graph
+
+import (
+	"io"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/stagecast/stagecast/prefetch"
+)
+
+// ServerConfig configures a prefetch server: cache, shedding and GraphQL limits.
+type ServerConfig struct {
+	Cache   prefetch.Config
+	Shed    prefetch.ShedConfig
+	GraphQL Config
+}
+
+// Server is the prefetch API: POST/GET /graphql, GET /v1/prefetch/{event} (plain
+// JSON), /healthz, /readyz, /metrics.
+type Server struct {
+	Cache   *prefetch.Cache
+	Shedder *prefetch.Shedder
+	GraphQL *Handler
+	reg     *prometheus.Registry
+}
+
+// NewServer builds a prefetch server over store with its own metrics registry.
+func NewServer(cfg ServerConfig, store prefetch.Store) (*Server, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg.Cache.Registerer, cfg.GraphQL.Registerer = reg, reg
+	cache, err := prefetch.NewCache(cfg.Cache, store)
+	if err != nil {
+		return nil, err
+	}
+	shed, err := prefetch.NewShedder(cfg.Shed, reg)
+	if err != nil {
+		return nil, err
+	}
+	h, err := New(cfg.GraphQL, cache, shed)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{Cache: cache, Shedder: shed, GraphQL: h, reg: reg}, nil
+}
+
+// Registry is the server's metrics registry.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Handler mounts every route.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/graphql", s.GraphQL)
+	mux.HandleFunc("GET /v1/prefetch/{event}", prefetch.PlainHandler(s.Cache, s.Shedder))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	// Ready even when the store is down: the cache serves stale maps then.
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ready\n") })
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	return mux
+}
