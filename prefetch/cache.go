@@ -259,7 +259,12 @@ func (c *Cache) result(e *Entry, stale bool) (Result, error) {
 }
 
 // load reads the store once (through the breaker) and publishes a new entry.
+// It first looks again: a caller that missed the cache just before another
+// flight for the same event finished must not start a second read.
 func (c *Cache) load(event string) (*Entry, error) {
+	if e, ok := c.lru.Peek(event); ok && c.cfg.Now().Before(e.freshUntil) {
+		return e, nil
+	}
 	snap, err := c.breaker.Execute(func() (engine.Snapshot, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.StoreTimeout)
 		defer cancel()

@@ -13,12 +13,14 @@ const usage = `stagecast keeps millions of devices in sync during live events.
 Usage: stagecast <command> [flags]
 
 Servers:
-  dev          all-in-one dev server: in-memory engine, proxy :8080, broadcaster :8081
-  proxy        WebSocket proxy (devices), on Redis
-  broadcaster  producer API, on Redis
+  dev           all-in-one dev server: in-memory engine, proxy :8080, broadcaster :8081, prefetch :8082
+  proxy         WebSocket proxy (devices), on Redis
+  broadcaster   producer API, on Redis
+  prefetch      prefetch API (GraphQL), on Redis
 Tools:
-  stage        producer CLI: stage set|get|report
-  watch        connect as a device and print every stage of an event
+  stage         producer CLI: stage set|get|report|map|live
+  watch         connect as a device and print every stage of an event
+  prefetch-get  prefetch an event's stage map as a device would and print it
 
 Every flag can also be set as STAGECAST_<FLAG> (upper case, - as _).
 Run 'stagecast <command> -h' for a command's flags.
@@ -30,11 +32,13 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"dev":         runDev,
-		"proxy":       runProxy,
-		"broadcaster": runBroadcaster,
-		"stage":       runStage,
-		"watch":       runWatch,
+		"dev":          runDev,
+		"proxy":        runProxy,
+		"broadcaster":  runBroadcaster,
+		"stage":        runStage,
+		"watch":        runWatch,
+		"prefetch":     runPrefetch,
+		"prefetch-get": runPrefetchGet,
 	}
 	name, args := os.Args[1], os.Args[2:]
 	if name == "-h" || name == "--help" || name == "help" {

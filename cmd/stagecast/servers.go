@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/graph"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/serve"
+	"github.com/stagecast/stagecast/prefetch"
 	"github.com/stagecast/stagecast/proxy"
 )
 
@@ -39,6 +41,7 @@ func runDev(args []string) error {
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	proxyAddr := fs.String("proxy-addr", "127.0.0.1:8080", "devices' WebSocket address")
 	bcAddr := fs.String("broadcaster-addr", "127.0.0.1:8081", "producers' HTTP address")
+	pfAddr := fs.String("prefetch-addr", "127.0.0.1:8082", "devices' prefetch (GraphQL) address")
 	token := fs.String("producer-token", "", "producer bearer token (default: random, printed)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	var pc proxy.Config
@@ -64,27 +67,37 @@ func runDev(args []string) error {
 	if err != nil {
 		return err
 	}
+	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: log}}, eng)
+	if err != nil {
+		return err
+	}
 	bound, err := serve.Listen([]serve.Server{
 		{Name: "proxy", Addr: *proxyAddr, Handler: p.Handler()},
 		{Name: "broadcaster", Addr: *bcAddr, Handler: bc.Handler()},
+		{Name: "prefetch", Addr: *pfAddr, Handler: pf.Handler()},
 	})
 	if err != nil {
 		return err
 	}
-	printDevBanner(bound[0].Listener.Addr().String(), bound[1].Listener.Addr().String(), *token)
+	printDevBanner(bound[0].Listener.Addr().String(), bound[1].Listener.Addr().String(), bound[2].Listener.Addr().String(), *token)
 	ctx, stop := signalContext()
 	defer stop()
 	return serve.Run(ctx, log, bound, pc.DrainWindow+5*time.Second, drainProxy(p))
 }
 
-func printDevBanner(proxyAddr, bcAddr, token string) {
+func printDevBanner(proxyAddr, bcAddr, pfAddr, token string) {
 	fmt.Printf(`
 stagecast dev server: in-memory engine, nothing persists.
 
   devices (WebSocket)   ws://%[1]s/v1/ws
   producers (HTTP)      http://%[2]s
+  prefetch (GraphQL)    http://%[4]s/graphql   (plain JSON: http://%[4]s/v1/prefetch/EVENT)
   producer token        %[3]s
-  metrics / health      http://%[1]s/metrics  http://%[2]s/metrics  /healthz  /readyz
+  metrics / health      http://%[1]s/metrics  http://%[2]s/metrics  http://%[4]s/metrics  /healthz  /readyz
+
+Store a stage map, then prefetch it as a device would:
+  go run ./cmd/stagecast stage --broadcaster http://%[2]s map put fight-2026-11-15 docs/examples/fight-map.json
+  go run ./cmd/stagecast prefetch-get --graphql http://%[4]s/graphql fight-2026-11-15
 
 Watch an event as a device (in another terminal):
   go run ./cmd/stagecast watch --proxy ws://%[1]s/v1/ws fight-2026-11-15
@@ -98,7 +111,7 @@ Trigger a stage:
 Delivery report:
   go run ./cmd/stagecast stage --broadcaster http://%[2]s report fight-2026-11-15
 
-`, proxyAddr, bcAddr, token)
+`, proxyAddr, bcAddr, token, pfAddr)
 }
 
 func runProxy(args []string) error {
@@ -174,4 +187,43 @@ func redisSetup(logLevel, addrs string, rc redisengine.Config) (*slog.Logger, *r
 	rc.Addrs, rc.Logger = splitAddrs(addrs), log
 	eng, err := redisengine.New(rc)
 	return log, eng, err
+}
+
+func runPrefetch(args []string) error {
+	fs := flag.NewFlagSet("prefetch", flag.ContinueOnError)
+	addr := fs.String("addr", "0.0.0.0:8082", "devices' prefetch address: /graphql, /v1/prefetch/{event}, /metrics")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	debugAddr := debugFlag(fs)
+	var cfg graph.ServerConfig
+	fs.IntVar(&cfg.Cache.CacheSize, "cache-size", 10000, "events in the local cache")
+	fs.DurationVar(&cfg.Cache.FreshFor, "fresh-for", 2*time.Second, "local cache entry lifetime (jittered x U(0.5, 1.5))")
+	fs.DurationVar(&cfg.Cache.MaxStale, "max-stale", time.Hour, "serve a stale map this long when Redis fails")
+	fs.DurationVar(&cfg.Cache.DefaultTTL, "default-ttl", 300*time.Second, "device TTL when the stage map sets none")
+	fs.Float64Var(&cfg.Cache.TTLJitter, "ttl-jitter", 0.5, "device TTL ~ T x U(1-j, 1+j)")
+	fs.IntVar(&cfg.Shed.MaxInFlight, "max-in-flight", 2048, "requests in flight above which even critical prefetch is shed")
+	fs.IntVar(&cfg.Shed.NormalInFlight, "normal-in-flight", 512, "requests in flight above which normal prefetch is shed")
+	fs.DurationVar(&cfg.Shed.LatencyBudget, "latency-budget", 200*time.Millisecond, "shed normal prefetch while average latency is above this")
+	var rc redisengine.Config
+	redisAddrs := redisFlags(fs, &rc)
+	fs.BoolVar(&rc.ClientCache, "client-cache", true, "Redis client-side caching of stage maps (server-assisted invalidation)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, eng, err := redisSetup(*logLevel, *redisAddrs, rc)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	cfg.Cache.Logger = log
+	pf, err := graph.NewServer(cfg, eng)
+	if err != nil {
+		return err
+	}
+	bound, err := serve.Listen(append([]serve.Server{{Name: "prefetch", Addr: *addr, Handler: pf.Handler()}}, debugServer(*debugAddr)...))
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	return serve.Run(ctx, log, bound, 10*time.Second, nil)
 }

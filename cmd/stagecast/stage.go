@@ -177,6 +177,7 @@ func runWatch(args []string) error {
 	platform := fs.String("platform", "tv", "device platform")
 	segment := fs.String("segment", "", "device segment")
 	token := fs.String("device-token", "", "device token")
+	gqlURL := fs.String("graphql", "", "prefetch API URL (e.g. http://127.0.0.1:8082/graphql): prefetch the stage map and show each stage's payload")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -187,10 +188,28 @@ func runWatch(args []string) error {
 	if err := wire.CheckID("event", event); err != nil {
 		return err
 	}
+	ctx, stop := signalContext()
+	defer stop()
+	var pf *device.Prefetcher
+	if *gqlURL != "" {
+		var err error
+		pf, err = device.NewPrefetcher(device.PrefetchConfig{URL: *gqlURL, Event: event, Segment: *segment, Critical: true})
+		if err != nil {
+			return err
+		}
+		go func() { _ = pf.Run(ctx) }()
+	}
 	d, err := device.New(device.Config{URLs: splitAddrs(*proxyURL), Device: "watch-" + randomToken()[4:12], Platform: *platform,
 		Segment: *segment, Token: *token, Events: map[string]uint64{event: 0}, Ack: true,
 		OnStage: func(f wire.ProxyFrame, at time.Time) {
 			fmt.Printf("%s  %s -> %s (v%d, %v after the change)\n", at.Format("15:04:05.000"), f.Event, f.Key, f.V, at.Sub(time.UnixMilli(f.TS)).Round(time.Millisecond))
+			if pf != nil {
+				if payload, ok := pf.OnStage(ctx, f.Key); ok {
+					fmt.Printf("              showing (prefetched): %s\n", payload)
+				} else {
+					fmt.Printf("              %s is not in the prefetched map: fetching it once, after a jittered delay\n", f.Key)
+				}
+			}
 		},
 		OnFrame: func(f wire.ProxyFrame) {
 			switch f.Op {
@@ -204,8 +223,6 @@ func runWatch(args []string) error {
 		return err
 	}
 	fmt.Printf("watching %s on %s as a %s device (Ctrl-C to stop)\n", event, *proxyURL, *platform)
-	ctx, stop := signalContext()
-	defer stop()
 	if err := d.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
