@@ -15,6 +15,10 @@ import (
 
 	"github.com/stagecast/stagecast/graph"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/redisengine"
+	"github.com/stagecast/stagecast/internal/redistest"
+	"github.com/stagecast/stagecast/internal/waitfor"
+	"github.com/stagecast/stagecast/prefetch"
 )
 
 const prefetchQuery = `query Prefetch($event: ID!, $segment: String) {
@@ -255,6 +259,59 @@ func counter(t *testing.T, s *graph.Server, name, label string) float64 {
 					return m.Counter.GetValue()
 				}
 			}
+		}
+	}
+	return 0
+}
+
+// TestStaleWhileRedisDown: with Redis stopped, devices keep getting the last
+// good map over GraphQL, HTTP 200, marked stale in extensions; never a 5xx.
+func TestStaleWhileRedisDown(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{AppendOnly: true})
+	eng, err := redisengine.New(redisengine.Config{Addrs: []string{srv.Addr()}, OpTimeout: 200 * time.Millisecond, ClientCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	if _, err := eng.PutStageMap(context.Background(), "fight", []byte(`{"stages":{"round-3":{"default":{"ok":1}}}}`), 1); err != nil {
+		t.Fatal(err)
+	}
+	s, base := startServer(t, eng, graph.ServerConfig{Cache: prefetch.Config{FreshFor: 20 * time.Millisecond, StoreTimeout: 200 * time.Millisecond, BreakerOpenFor: 200 * time.Millisecond}})
+	if _, out, body := post(t, base, prefetchQuery, map[string]any{"event": "fight"}); out.Data.LiveEvent == nil || out.Extensions["stale"] != nil {
+		t.Fatalf("warm: %s", body)
+	}
+	srv.Kill()
+	time.Sleep(50 * time.Millisecond)
+	for i := 0; i < 10; i++ {
+		resp, out, body := post(t, base, prefetchQuery, map[string]any{"event": "fight"})
+		if resp.StatusCode != 200 || out.Data.LiveEvent == nil || len(out.Data.LiveEvent.Stages) != 1 || out.Extensions["stale"] != true {
+			t.Fatalf("request %d with Redis down: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	if st := gauge(t, s, "stagecast_prefetch_store_breaker_state"); st != 2 {
+		t.Fatalf("breaker state %v with Redis down, want 2 (open)", st)
+	}
+	// An event never cached: nothing to serve. A clear 503 with Retry-After.
+	resp, out, body := post(t, base, prefetchQuery, map[string]any{"event": "never-seen"})
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || len(out.Errors) == 0 || out.Errors[0].Extensions["code"] != "UNAVAILABLE" {
+		t.Fatalf("uncached event with Redis down: %d %s", resp.StatusCode, body)
+	}
+	srv.Restart()
+	waitfor.True(t, 10*time.Second, "fresh answers and a closed breaker after Redis returned", func() bool {
+		_, out, _ := post(t, base, prefetchQuery, map[string]any{"event": "fight"})
+		return out.Data.LiveEvent != nil && out.Extensions["stale"] == nil && gauge(t, s, "stagecast_prefetch_store_breaker_state") == 0
+	})
+}
+
+func gauge(t *testing.T, s *graph.Server, name string) float64 {
+	t.Helper()
+	mfs, err := s.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.Metric) > 0 {
+			return mf.Metric[0].Gauge.GetValue()
 		}
 	}
 	return 0

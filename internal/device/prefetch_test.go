@@ -1,0 +1,154 @@
+package device_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stagecast/stagecast/graph"
+	"github.com/stagecast/stagecast/internal/device"
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/waitfor"
+	"github.com/stagecast/stagecast/prefetch"
+)
+
+// fakeClock is the prefetch server's injected clock.
+type fakeClock struct{ ns atomic.Int64 }
+
+func (c *fakeClock) now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+func prefetchServer(t *testing.T) (*engine.Memory, string, *fakeClock) {
+	clock := &fakeClock{}
+	clock.ns.Store(time.Unix(1000, 0).UnixNano())
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	if _, err := eng.PutStageMap(context.Background(), "ev", []byte(`{"stages":{"a":{"default":"A","segments":{"s1":"A1"}},"b":{"default":"B"}},"ttl_seconds":100}`), 1); err != nil {
+		t.Fatal(err)
+	}
+	s, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Now: clock.now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	t.Cleanup(ts.Close)
+	return eng, ts.URL + "/graphql", clock
+}
+
+func TestPrefetcherHonoursRefreshHint(t *testing.T) {
+	_, url, _ := prefetchServer(t)
+	var mu sync.Mutex
+	var sleeps []time.Duration
+	stop := errStopPrefetch{}
+	p, err := device.NewPrefetcher(device.PrefetchConfig{URL: url, Event: "ev", Segment: "s1",
+		Sleep: func(_ context.Context, d time.Duration) error {
+			mu.Lock()
+			defer mu.Unlock()
+			sleeps = append(sleeps, d)
+			if len(sleeps) == 3 {
+				return stop
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Run(context.Background()); err != stop {
+		t.Fatalf("Run = %v", err)
+	}
+	if p.Fetches.Load() != 3 {
+		t.Fatalf("%d fetches", p.Fetches.Load())
+	}
+	for _, d := range sleeps {
+		// ttl in [50s, 150s], refresh in [0.5, 0.9] x ttl.
+		if d < 24*time.Second || d > 136*time.Second {
+			t.Fatalf("slept %v: not the server's refresh hint", d)
+		}
+	}
+	if v, ok := p.Lookup("a"); !ok || string(v) != `"A1"` {
+		t.Fatalf("segment payload: %s %v", v, ok)
+	}
+}
+
+func TestPrefetcherMissFetchesOnceAfterJitter(t *testing.T) {
+	eng, url, clock := prefetchServer(t)
+	var delays []time.Duration
+	var mu sync.Mutex
+	release := make(chan struct{})
+	p, err := device.NewPrefetcher(device.PrefetchConfig{URL: url, Event: "ev", MissDelayMax: 5 * time.Second,
+		Rand: rand.New(rand.NewPCG(1, 1)),
+		Sleep: func(ctx context.Context, d time.Duration) error {
+			mu.Lock()
+			delays = append(delays, d)
+			mu.Unlock()
+			<-release
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Fetch(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := p.OnStage(context.Background(), "b"); !ok || string(v) != `"B"` {
+		t.Fatal("a held key was not served locally")
+	}
+	// The producer adds a stage after devices prefetched; a broadcast names it.
+	if _, err := eng.PutStageMap(context.Background(), "ev", []byte(`{"stages":{"a":{"default":"A"},"c":{"default":"C"}}}`), 2); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(time.Minute) // the server's cached snapshot is no longer fresh
+	for i := 0; i < 5; i++ {
+		if _, ok := p.OnStage(context.Background(), "c"); ok {
+			t.Fatal("missing key reported as held")
+		}
+	}
+	close(release)
+	waitfor.True(t, 5*time.Second, "the missing key fetched", func() bool { _, ok := p.Lookup("c"); return ok })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(delays) != 1 || delays[0] < 0 || delays[0] >= 5*time.Second {
+		t.Fatalf("miss fetch delays %v: want exactly one, in [0, 5s)", delays)
+	}
+	if n := p.Fetches.Load(); n != 2 {
+		t.Fatalf("%d fetches: five misses must make one", n)
+	}
+}
+
+func TestPrefetcherBacksOffOnShed(t *testing.T) {
+	var calls atomic.Int64
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.Header().Set("Retry-After", "7")
+		w.WriteHeader(503)
+	}))
+	defer ts.Close()
+	var sleeps []time.Duration
+	stop := errStopPrefetch{}
+	p, _ := device.NewPrefetcher(device.PrefetchConfig{URL: ts.URL, Event: "ev", BackoffBase: time.Second, BackoffCap: 4 * time.Second,
+		Sleep: func(_ context.Context, d time.Duration) error {
+			sleeps = append(sleeps, d)
+			if len(sleeps) == 4 {
+				return stop
+			}
+			return nil
+		}})
+	if err := p.Run(context.Background()); err != stop {
+		t.Fatal(err)
+	}
+	for _, d := range sleeps {
+		if d < 7*time.Second {
+			t.Fatalf("slept %v, less than the server's Retry-After of 7s", d)
+		}
+	}
+}
+
+type errStopPrefetch struct{}
+
+func (errStopPrefetch) Error() string { return "stop" }
