@@ -6,7 +6,7 @@ SUDO      := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PKGS      := ./...
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test test-short deps bench bench-micro bench-fanout fuzz vet clean
+.PHONY: help build run test deps bench bench-micro bench-fanout bench-prefetch fuzz vet clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,14 +33,18 @@ test: deps vet ## everything the tests need, then every test, with -race
 fuzz: ## fuzz the device frame decoder for 30s
 	$(GO) test ./internal/wire -run XXX -fuzz FuzzParseDeviceFrame -fuzztime 30s
 
-bench: bench-micro bench-fanout ## all benchmarks (see docs/benchmarks.md)
+bench: bench-micro bench-fanout bench-prefetch ## all benchmarks (see docs/benchmarks.md)
 
 bench-micro: ## Go micro-benchmarks (encode, decode, in-process fanout)
-	$(GO) test -run XXX -bench . -benchmem -count 5 ./internal/wire ./proxy
+	$(GO) test -run XXX -bench . -benchmem -count 5 ./internal/wire
 
 bench-fanout: build deps ## loopback fanout: 1 proxy x 10k and 19k, 3 proxies x 15k via Redis, plus the raw-TCP floor
 	$(GO) build -o bin/fanoutbench ./cmd/fanoutbench
 	./bin/fanoutbench --stagecast $(BIN) --out out/bench
+
+bench-prefetch: build ## prefetch on cache hits: plain JSON vs GraphQL POST and GET, side by side
+	$(GO) build -o bin/prefetchbench ./cmd/prefetchbench
+	./bin/prefetchbench --stagecast $(BIN) --out out/bench
 
 clean: ## remove build output
 	rm -rf bin out

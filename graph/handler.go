@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -258,9 +257,15 @@ func (h *Handler) sentinelsSound(t *template) bool {
 	return true
 }
 
-// substitute returns t's body with fresh jittered hints, and the smallest TTL.
-func (h *Handler) substituteTTL(t *template, current []prefetch.Result) ([]byte, int) {
-	body, minTTL := t.body, 0
+// bufPool holds response buffers: a hot response is assembled without garbage.
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// render writes t's body into buf with fresh jittered hints in place of the
+// sentinels, in one pass, and returns the smallest TTL.
+func (h *Handler) render(buf *bytes.Buffer, t *template, current []prefetch.Result) int {
+	type sub struct{ from, to []byte }
+	subs := make([]sub, 0, 2*len(t.deps))
+	minTTL := 0
 	for i, d := range t.deps {
 		if current[i].Entry == nil || current[i].NotFound {
 			continue
@@ -270,35 +275,68 @@ func (h *Handler) substituteTTL(t *template, current []prefetch.Result) ([]byte,
 			minTTL = ttl
 		}
 		if d.ttlCalls > 0 {
-			body = bytes.ReplaceAll(body, []byte(strconv.Itoa(int(d.ttlSent))), []byte(strconv.Itoa(ttl)))
+			subs = append(subs, sub{strconv.AppendInt(nil, int64(d.ttlSent), 10), strconv.AppendInt(nil, int64(ttl), 10)})
 		}
 		if d.refCalls > 0 {
-			body = bytes.ReplaceAll(body, []byte(strconv.Itoa(int(d.refSent))), []byte(strconv.Itoa(refresh)))
+			subs = append(subs, sub{strconv.AppendInt(nil, int64(d.refSent), 10), strconv.AppendInt(nil, int64(refresh), 10)})
 		}
 	}
-	return body, minTTL
+	body := t.body
+	for len(body) > 0 {
+		// Every sentinel starts with "-1": find the next one, then which.
+		i := bytes.Index(body, []byte("-1"))
+		if i < 0 {
+			break
+		}
+		matched := false
+		for _, s := range subs {
+			if bytes.HasPrefix(body[i:], s.from) {
+				buf.Write(body[:i])
+				buf.Write(s.to)
+				body = body[i+len(s.from):]
+				matched = true
+				break
+			}
+		}
+		if !matched {
+			buf.Write(body[:i+2])
+			body = body[i+2:]
+		}
+	}
+	buf.Write(body)
+	return minTTL
 }
 
 func (h *Handler) substitute(t *template, current []prefetch.Result) []byte {
-	b, _ := h.substituteTTL(t, current)
-	return b
+	var buf bytes.Buffer
+	h.render(&buf, t, current)
+	return buf.Bytes()
 }
 
 func (h *Handler) write(w http.ResponseWriter, t *template, current []prefetch.Result) {
-	body, ttl := h.substituteTTL(t, current)
+	buf := bufPool.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 4<<20 {
+			buf.Reset()
+			bufPool.Put(buf)
+		}
+	}()
 	stale := false
 	for _, res := range current {
 		stale = stale || res.Stale
 	}
 	if stale {
 		// Served from the last good copy while the store is unreachable.
-		body = append([]byte(`{"extensions":{"stale":true},`), body[1:]...)
+		buf.WriteString(`{"extensions":{"stale":true},`)
+		t = &template{body: t.body[1:], deps: t.deps}
 	}
+	ttl := h.render(buf, t, current)
 	w.Header().Set("Content-Type", "application/json")
 	if ttl > 0 {
 		w.Header().Set("Cache-Control", "max-age="+strconv.Itoa(ttl))
 	} else {
 		w.Header().Set("Cache-Control", "no-store")
 	}
-	_, _ = io.Copy(w, bytes.NewReader(body))
+	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
+	_, _ = w.Write(buf.Bytes())
 }

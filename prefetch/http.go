@@ -125,6 +125,7 @@ func PlainHandler(c *Cache, s *Shedder) http.HandlerFunc {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "max-age="+strconv.Itoa(ttl))
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 		_, _ = w.Write(b)
 	}
 }

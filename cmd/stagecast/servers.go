@@ -42,6 +42,7 @@ func runDev(args []string) error {
 	proxyAddr := fs.String("proxy-addr", "127.0.0.1:8080", "devices' WebSocket address")
 	bcAddr := fs.String("broadcaster-addr", "127.0.0.1:8081", "producers' HTTP address")
 	pfAddr := fs.String("prefetch-addr", "127.0.0.1:8082", "devices' prefetch (GraphQL) address")
+	debugAddr := debugFlag(fs)
 	token := fs.String("producer-token", "", "producer bearer token (default: random, printed)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	var pc proxy.Config
@@ -71,11 +72,11 @@ func runDev(args []string) error {
 	if err != nil {
 		return err
 	}
-	bound, err := serve.Listen([]serve.Server{
+	bound, err := serve.Listen(append(append([]serve.Server{}, []serve.Server{
 		{Name: "proxy", Addr: *proxyAddr, Handler: p.Handler()},
 		{Name: "broadcaster", Addr: *bcAddr, Handler: bc.Handler()},
 		{Name: "prefetch", Addr: *pfAddr, Handler: pf.Handler()},
-	})
+	}...), debugServer(*debugAddr)...))
 	if err != nil {
 		return err
 	}
