@@ -316,3 +316,83 @@ func gauge(t *testing.T, s *graph.Server, name string) float64 {
 	}
 	return 0
 }
+
+// gatedStore blocks Snapshot until the gate opens, to hold requests in flight.
+type gatedStore struct {
+	*engine.Memory
+	gate chan struct{}
+}
+
+func (g *gatedStore) Snapshot(ctx context.Context, event string) (engine.Snapshot, error) {
+	if event != "warm" {
+		select {
+		case <-g.gate:
+		case <-ctx.Done():
+			return engine.Snapshot{}, ctx.Err()
+		}
+	}
+	return g.Memory.Snapshot(ctx, event)
+}
+
+func TestShedNormalFirst(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	seed(t, eng, "cold")
+	seed(t, eng, "warm")
+	if err := eng.SetLive(context.Background(), "warm", true); err != nil {
+		t.Fatal(err)
+	}
+	store := &gatedStore{Memory: eng, gate: make(chan struct{})}
+	srv, base := startServer(t, store, graph.ServerConfig{Shed: prefetch.ShedConfig{MaxInFlight: 2, NormalInFlight: 1, RetryAfter: 2 * time.Second}})
+	inFlight := func(n float64) func() bool {
+		return func() bool { return gauge(t, srv, "stagecast_prefetch_in_flight") == n }
+	}
+	// Warm the live event's entry (the window is known from the cache).
+	if _, out, body := post(t, base, prefetchQuery, map[string]any{"event": "warm"}); out.Data.LiveEvent == nil {
+		t.Fatalf("warm: %s", body)
+	}
+	send := func(vars map[string]any, critical bool) chan *http.Response {
+		ch := make(chan *http.Response, 1)
+		go func() {
+			b, _ := json.Marshal(map[string]any{"query": prefetchQuery, "variables": vars})
+			req, _ := http.NewRequest(http.MethodPost, base+"/graphql", strings.NewReader(string(b)))
+			if critical {
+				req.Header.Set("X-Stagecast-Priority", "critical")
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				close(ch)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			ch <- resp
+		}()
+		return ch
+	}
+	first := send(map[string]any{"event": "cold"}, false) // in flight: blocked on the store
+	waitfor.True(t, 5*time.Second, "one request in flight", inFlight(1))
+	shed := <-send(map[string]any{"event": "cold"}, false)
+	if shed.StatusCode != 503 {
+		t.Fatalf("second normal request: %d, want 503", shed.StatusCode)
+	}
+	if ra, _ := strconv.Atoi(shed.Header.Get("Retry-After")); ra < 2 || ra > 4 {
+		t.Fatalf("Retry-After %q, want jittered in [2, 4]", shed.Header.Get("Retry-After"))
+	}
+	// The live event's prefetch is critical (producer's window): still admitted.
+	if live := <-send(map[string]any{"event": "warm"}, false); live.StatusCode != 200 {
+		t.Fatalf("live-window request while normal work is shed: %d", live.StatusCode)
+	}
+	critical := send(map[string]any{"event": "cold"}, true) // admitted: 2nd in flight
+	waitfor.True(t, 5*time.Second, "two requests in flight", inFlight(2))
+	if over := <-send(map[string]any{"event": "cold"}, true); over.StatusCode != 503 {
+		t.Fatalf("critical request above MaxInFlight: %d, want 503", over.StatusCode)
+	}
+	close(store.gate)
+	if r := <-first; r.StatusCode != 200 {
+		t.Fatalf("first: %d", r.StatusCode)
+	}
+	if r := <-critical; r.StatusCode != 200 {
+		t.Fatalf("critical: %d", r.StatusCode)
+	}
+}
