@@ -266,6 +266,10 @@ func testTarget(t *testing.T, e Engine) {
 	}
 }
 
+// testSnapshot: a stored map, the current stage and the window come back in one
+// Snapshot. With client-side caching reads are eventually consistent (a change
+// is seen once Redis's invalidation arrives), so each state is awaited with a
+// deadline rather than read once.
 func testSnapshot(t *testing.T, e Engine) {
 	snap, err := e.Snapshot(ctx(t), "ev")
 	if err != nil || snap.Map != nil || snap.Current != nil || snap.Live {
@@ -280,13 +284,10 @@ func testSnapshot(t *testing.T, e Engine) {
 	if err := e.SetLive(ctx(t), "ev", true); err != nil {
 		t.Fatal(err)
 	}
-	snap, err = e.Snapshot(ctx(t), "ev")
-	if err != nil || snap.Map == nil || string(snap.Map.Raw) != string(m1) || snap.Map.Version != v1 || snap.Map.UpdatedMS != 111 {
-		t.Fatalf("snapshot map = %+v, %v", snap.Map, err)
-	}
-	if snap.Current == nil || snap.Current.V != st.Stage.V || snap.Current.Key != "a" || !snap.Live {
-		t.Fatalf("snapshot current/live = %+v %v", snap.Current, snap.Live)
-	}
+	awaitSnapshot(t, e, "map v1, current, live", func(s engine.Snapshot) bool {
+		return s.Map != nil && string(s.Map.Raw) == string(m1) && s.Map.Version == v1 && s.Map.UpdatedMS == 111 &&
+			s.Current != nil && s.Current.V == st.Stage.V && s.Current.Key == "a" && s.Live
+	})
 	m2 := []byte(`{"stages":{"b":{"default":[2]}},"ttl_seconds":60}`)
 	v2, err := e.PutStageMap(ctx(t), "ev", m2, 222)
 	if err != nil || v2 <= v1 {
@@ -295,8 +296,25 @@ func testSnapshot(t *testing.T, e Engine) {
 	if err := e.SetLive(ctx(t), "ev", false); err != nil {
 		t.Fatal(err)
 	}
-	snap, err = e.Snapshot(ctx(t), "ev")
-	if err != nil || string(snap.Map.Raw) != string(m2) || snap.Map.Version != v2 || snap.Live {
-		t.Fatalf("after replace: %+v live=%v %v", snap.Map, snap.Live, err)
+	awaitSnapshot(t, e, "map v2, window off", func(s engine.Snapshot) bool {
+		return s.Map != nil && string(s.Map.Raw) == string(m2) && s.Map.Version == v2 && !s.Live
+	})
+}
+
+func awaitSnapshot(t *testing.T, e Engine, what string, ok func(engine.Snapshot) bool) {
+	t.Helper()
+	var last engine.Snapshot
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		s, err := e.Snapshot(ctx(t), "ev")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok(s) {
+			return
+		}
+		last = s
+		time.Sleep(2 * time.Millisecond)
 	}
+	t.Fatalf("snapshot never showed %s; last: map=%+v current=%+v live=%v", what, last.Map, last.Current, last.Live)
 }

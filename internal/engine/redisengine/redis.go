@@ -410,7 +410,10 @@ func (e *Engine) SetLive(ctx context.Context, event string, live bool) error {
 }
 
 // Snapshot reads the event's stage map, current stage and window in one round
-// trip (map and window through the client-side cache when it is on).
+// trip (map and window through the client-side cache when it is on). With the
+// client-side cache, reads are eventually consistent: a change, even one made
+// through this client, is seen once Redis's invalidation push arrives
+// (typically well under a millisecond; CacheTTL bounds it if a push is lost).
 func (e *Engine) Snapshot(ctx context.Context, event string) (engine.Snapshot, error) {
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
