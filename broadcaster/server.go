@@ -337,10 +337,27 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 	if floor > 0 {
 		floor++
 	}
-	res, err := call(s, r, func(ctx context.Context) (engine.SetResult, error) {
-		return s.eng.SetStage(ctx, engine.SetRequest{Event: event, Key: req.Stage, Target: req.Target,
-			TS: s.cfg.Now().UnixMilli(), IdempotencyKey: idem, MinVersion: floor})
-	})
+	// A keyless request gets an internal key, so the one retry below (a pooled
+	// Redis connection found dead only on use fails with EOF) can never make a
+	// second version.
+	key := idem
+	if key == "" {
+		key = "auto-" + strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
+	}
+	ts := s.cfg.Now().UnixMilli()
+	var res engine.SetResult
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		res, err = call(s, r, func(ctx context.Context) (engine.SetResult, error) {
+			return s.eng.SetStage(ctx, engine.SetRequest{Event: event, Key: req.Stage, Target: req.Target,
+				TS: ts, IdempotencyKey: key, MinVersion: floor})
+		})
+		if err == nil || errors.Is(err, engine.ErrIdempotencyConflict) || errors.Is(err, gobreaker.ErrOpenState) ||
+			errors.Is(err, gobreaker.ErrTooManyRequests) || r.Context().Err() != nil {
+			break
+		}
+		s.log.Warn("stage change failed; retrying once with the same idempotency key", "event", event, "err", err)
+	}
 	if errors.Is(err, engine.ErrIdempotencyConflict) {
 		return nil, errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key %q was used for stage %q (v%d); use a new key", idem, res.Stage.Key, res.Stage.V)
 	}

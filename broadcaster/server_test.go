@@ -201,3 +201,37 @@ func TestStageMapAndWindow(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// failOnce fails the first SetStage after applying it, as a connection that
+// dies before the reply would; the retry must not make a second version.
+type failOnce struct {
+	*engine.Memory
+	failed bool
+}
+
+func (f *failOnce) SetStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error) {
+	res, err := f.Memory.SetStage(ctx, req)
+	if !f.failed {
+		f.failed = true
+		return engine.SetResult{}, errors.New("EOF")
+	}
+	return res, err
+}
+
+func TestTransientEngineErrorRetriedOnce(t *testing.T) {
+	eng := &failOnce{Memory: engine.NewMemory(engine.MemoryConfig{})}
+	s, err := broadcaster.New(broadcaster.Config{Token: token, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	c := &broadcaster.Client{BaseURL: ts.URL, Token: token}
+	r, err := c.SetStage(context.Background(), "ev", "round-1", nil, "") // no key: the server makes one
+	if err != nil || r.V != 1 {
+		t.Fatalf("after a transient failure: %+v %v", r, err)
+	}
+	if rec, _ := eng.Recent(context.Background(), "ev", 10); len(rec) != 1 {
+		t.Fatalf("the retry made %d versions, want 1", len(rec))
+	}
+}

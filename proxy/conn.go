@@ -21,6 +21,7 @@ type conn struct {
 	segment  string
 
 	pingTimer *time.Timer // runtime timer; fires ping() in its own short goroutine
+	handled   chan bool   // a frame handler's answer to this conn's reader
 
 	mu      sync.Mutex // guards the fields below
 	subs    []subEntry // one per subscribed event; small, scanned linearly

@@ -20,8 +20,10 @@
 //   - A conn is in the writer queue at most once, so the queue (a channel sized to
 //     MaxConnections) never blocks the fanout: the broadcaster never waits on a device.
 //   - Each conn has exactly one long-lived goroutine, its reader (it answers pongs
-//     and reads sub/unsub/ack). Pings run from a runtime timer in a short-lived
-//     goroutine; writes borrow a pool goroutine.
+//     and reads sub/unsub/ack). It hands each frame to a frame-handler goroutine
+//     (2 x GOMAXPROCS of them) and waits for the answer, so frames apply in order
+//     and the reader's stack never grows past its initial size. Pings run from a
+//     runtime timer in a short-lived goroutine; writes borrow a pool goroutine.
 //   - Each topic has two goroutines: run (owns history updates and fanout, fed by
 //     its inbox) and the engine subscription. They exit when the topic is removed.
 //   - The engine's subscription callbacks only push to the topic inbox; they never block.

@@ -44,6 +44,7 @@ type Server struct {
 	reg     *prometheus.Registry // nil when cfg.Registerer was given
 	hub     *hub
 	writers *writerPool
+	frames  chan frameJob // device frames to the frame handlers (see readLoop)
 	admit   *rate.Limiter
 
 	ctx    context.Context // cancelled by Close
@@ -79,6 +80,11 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.hub = newHub(s)
 	s.writers = newWriterPool(cfg.MaxConnections, cfg.Writers, cfg.MaxWriters, cfg.WriteTimeout, s.metrics)
+	s.frames = make(chan frameJob)
+	for i := 0; i < 2*runtimeProcs(); i++ {
+		s.wg.Add(1)
+		go s.frameHandler()
+	}
 	s.wg.Add(1)
 	go s.reportLoop()
 	return s, nil
@@ -207,10 +213,34 @@ func (s *Server) snapshotConns() []*conn {
 	return out
 }
 
-// readLoop reads device frames until the connection ends.
+// frameJob is one device frame handed from a reader to a frame handler.
+type frameJob struct {
+	c *conn
+	b []byte
+}
+
+// frameHandler parses and applies device frames. Parsing (encoding/json) and
+// subscribing run deep call chains; doing them here, not on the readers, keeps
+// every reader's stack at its initial 4 KiB instead of growing it to 8 KiB for
+// good: half the stack memory per idle device.
+func (s *Server) frameHandler() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case j := <-s.frames:
+			j.c.handled <- j.c.handleFrame(j.b)
+		}
+	}
+}
+
+// readLoop reads device frames until the connection ends. It hands each frame
+// to a frame handler and waits for it, so a connection's frames apply in order.
 func (c *conn) readLoop() {
 	defer c.unregister()
 	s := c.s
+	c.handled = make(chan bool, 1)
 	for {
 		typ, b, err := c.ws.Read(context.Background())
 		if err != nil {
@@ -231,20 +261,35 @@ func (c *conn) readLoop() {
 			_ = c.ws.Close(websocket.StatusUnsupportedData, "text frames only")
 			return
 		}
-		f, err := wire.ParseDeviceFrame(b)
-		if errors.Is(err, wire.ErrNotJSON) {
-			s.metrics.badFrames.WithLabelValues("invalid_json").Inc()
+		select {
+		case s.frames <- frameJob{c: c, b: b}:
+		case <-s.ctx.Done():
+			return
+		}
+		if keep := <-c.handled; !keep {
 			_ = c.ws.Close(websocket.StatusCode(wire.CloseInvalidFrame), "frame is not a JSON object")
 			return
 		}
-		var fe *wire.FrameError
-		if errors.As(err, &fe) {
-			s.metrics.badFrames.WithLabelValues(string(fe.Code)).Inc()
-			c.sendError(fe.Code, fe.Msg)
-			continue
-		}
-		c.handle(f)
 	}
+}
+
+// handleFrame parses and applies one device frame; false means the frame was
+// not JSON and the connection must be closed (1007).
+func (c *conn) handleFrame(b []byte) bool {
+	s := c.s
+	f, err := wire.ParseDeviceFrame(b)
+	if errors.Is(err, wire.ErrNotJSON) {
+		s.metrics.badFrames.WithLabelValues("invalid_json").Inc()
+		return false
+	}
+	var fe *wire.FrameError
+	if errors.As(err, &fe) {
+		s.metrics.badFrames.WithLabelValues(string(fe.Code)).Inc()
+		c.sendError(fe.Code, fe.Msg)
+		return true
+	}
+	c.handle(f)
+	return true
 }
 
 func (c *conn) handle(f wire.DeviceFrame) {
