@@ -6,7 +6,7 @@ SUDO      := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PKGS      := ./...
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test deps bench bench-micro bench-fanout bench-prefetch fuzz vet clean
+.PHONY: help build run cluster test deps bench bench-micro bench-fanout bench-prefetch fuzz vet clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -16,6 +16,11 @@ build: ## build bin/stagecast
 
 run: build ## all-in-one dev server (in-memory engine, no Redis): proxy :8080, broadcaster :8081
 	./$(BIN) dev
+
+cluster: build deps ## local fleet: Redis Cluster 7001-7006, broadcaster :9100, proxies :9101-9103, prefetch :9111-9112 (Ctrl-C stops all)
+	@[ -n "$$STAGECAST_PRODUCER_TOKEN" ] || { echo "set STAGECAST_PRODUCER_TOKEN (16+ characters) first"; exit 1; }
+	$(GO) build -o bin/localcluster ./cmd/localcluster
+	./bin/localcluster --stagecast $(BIN)
 
 deps: ## install what the tests need (redis-server via apt-get when missing)
 	@command -v redis-server >/dev/null 2>&1 || { \

@@ -1,0 +1,251 @@
+// Package localcluster runs a whole stagecast fleet on one machine, each part a
+// separate OS process of the real binaries: a Redis Cluster (3 masters, 3
+// replicas), one broadcaster, three proxies, two prefetch servers. It stays in
+// the foreground until its context ends, then stops everything it started
+// (proxies drain first). `make cluster` runs it.
+package localcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/stagecast/stagecast/internal/redistest"
+)
+
+// Config says where everything listens. Zero ports take the documented defaults.
+type Config struct {
+	Stagecast       string // path to the stagecast binary
+	Dir             string // logs and Redis data; default a new temp dir
+	Token           string // producer token; required (STAGECAST_PRODUCER_TOKEN)
+	RedisPorts      []int  // 6: masters then replicas; default 7001-7006
+	BroadcasterPort int    // default 9100
+	ProxyPorts      []int  // default 9101-9103
+	PrefetchPorts   []int  // default 9111-9112
+	Out             io.Writer
+	// Ready, if set, is called once everything answers.
+	Ready func(Info)
+}
+
+// Info is what is running.
+type Info struct {
+	Dir         string
+	Redis       []string
+	Broadcaster string   // http://...
+	Proxies     []string // ws://.../v1/ws
+	Prefetch    []string // http://.../graphql
+}
+
+func (c *Config) defaults() error {
+	if c.Token == "" {
+		return errors.New("localcluster: set STAGECAST_PRODUCER_TOKEN (at least 16 characters)")
+	}
+	if len(c.RedisPorts) == 0 {
+		c.RedisPorts = []int{7001, 7002, 7003, 7004, 7005, 7006}
+	}
+	if len(c.RedisPorts) != 6 {
+		return errors.New("localcluster: need 6 Redis ports (3 masters, 3 replicas)")
+	}
+	if c.BroadcasterPort == 0 {
+		c.BroadcasterPort = 9100
+	}
+	if len(c.ProxyPorts) == 0 {
+		c.ProxyPorts = []int{9101, 9102, 9103}
+	}
+	if len(c.PrefetchPorts) == 0 {
+		c.PrefetchPorts = []int{9111, 9112}
+	}
+	if c.Dir == "" {
+		d, err := os.MkdirTemp("", "stagecast-cluster-")
+		if err != nil {
+			return err
+		}
+		c.Dir = d
+	}
+	if c.Out == nil {
+		c.Out = io.Discard
+	}
+	return nil
+}
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// Run starts the fleet, waits for ctx to end, and stops it.
+func Run(ctx context.Context, cfg Config) (err error) {
+	if err := cfg.defaults(); err != nil {
+		return err
+	}
+	var procs []*proc
+	var mu sync.Mutex
+	exited := make(chan string, 32)
+	start := func(name string, env []string, argv ...string) error {
+		logf, err := os.Create(filepath.Join(cfg.Dir, name+".log"))
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.Env = append(os.Environ(), env...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			logf.Close()
+			return fmt.Errorf("start %s: %w", name, err)
+		}
+		p := &proc{name: name, cmd: cmd, done: make(chan error, 1)}
+		go func() { e := cmd.Wait(); logf.Close(); p.done <- e; exited <- name }()
+		mu.Lock()
+		procs = append(procs, p)
+		mu.Unlock()
+		return nil
+	}
+	defer func() {
+		// Stop in reverse order: servers (proxies drain) before Redis.
+		mu.Lock()
+		defer mu.Unlock()
+		for i := len(procs) - 1; i >= 0; i-- {
+			p := procs[i]
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-p.done:
+			case <-time.After(15 * time.Second):
+				_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+				<-p.done
+			}
+		}
+		fmt.Fprintf(cfg.Out, "stopped everything; logs are in %s\n", cfg.Dir)
+	}()
+
+	info := Info{Dir: cfg.Dir}
+	for _, port := range cfg.RedisPorts {
+		dir := filepath.Join(cfg.Dir, "redis-"+strconv.Itoa(port))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		if err := start("redis-"+strconv.Itoa(port), nil, "redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+			"--dir", dir, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+			"--appendonly", "yes", "--save", "", "--protected-mode", "no"); err != nil {
+			return err
+		}
+		info.Redis = append(info.Redis, addr)
+	}
+	for _, a := range info.Redis {
+		if err := waitFor(ctx, 15*time.Second, func() bool { return redistest.Ping(a) == nil }); err != nil {
+			return fmt.Errorf("redis %s did not start (see %s): %w", a, cfg.Dir, err)
+		}
+	}
+	create := append([]string{"--cluster", "create"}, info.Redis...)
+	create = append(create, "--cluster-replicas", "1", "--cluster-yes")
+	if out, err := exec.CommandContext(ctx, "redis-cli", create...).CombinedOutput(); err != nil {
+		return fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
+	}
+	if err := waitFor(ctx, 30*time.Second, func() bool { return clusterOK(info.Redis) }); err != nil {
+		return fmt.Errorf("redis cluster not ok: %w", err)
+	}
+	env := []string{"STAGECAST_REDIS=" + strings.Join(info.Redis[:3], ","), "STAGECAST_PRODUCER_TOKEN=" + cfg.Token}
+	bc := "127.0.0.1:" + strconv.Itoa(cfg.BroadcasterPort)
+	if err := start("broadcaster", env, cfg.Stagecast, "broadcaster", "--addr", bc); err != nil {
+		return err
+	}
+	info.Broadcaster = "http://" + bc
+	ready := []string{info.Broadcaster + "/readyz"}
+	for i, port := range cfg.ProxyPorts {
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		if err := start(fmt.Sprintf("proxy-%d", i+1), env, cfg.Stagecast, "proxy", "--addr", addr, "--proxy-id", fmt.Sprintf("proxy-%d", i+1), "--drain-window", "3s"); err != nil {
+			return err
+		}
+		info.Proxies = append(info.Proxies, "ws://"+addr+"/v1/ws")
+		ready = append(ready, "http://"+addr+"/readyz")
+	}
+	for i, port := range cfg.PrefetchPorts {
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		if err := start(fmt.Sprintf("prefetch-%d", i+1), env, cfg.Stagecast, "prefetch", "--addr", addr); err != nil {
+			return err
+		}
+		info.Prefetch = append(info.Prefetch, "http://"+addr+"/graphql")
+		ready = append(ready, "http://"+addr+"/readyz")
+	}
+	for _, u := range ready {
+		if err := waitFor(ctx, 20*time.Second, func() bool { return httpOK(u) }); err != nil {
+			return fmt.Errorf("%s not ready (logs in %s): %w", u, cfg.Dir, err)
+		}
+	}
+	printInfo(cfg.Out, info)
+	if cfg.Ready != nil {
+		cfg.Ready(info)
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case name := <-exited:
+		return fmt.Errorf("%s exited unexpectedly; see %s", name, filepath.Join(cfg.Dir, name+".log"))
+	}
+}
+
+func printInfo(w io.Writer, i Info) {
+	fmt.Fprintf(w, `
+stagecast local cluster is up (Ctrl-C stops everything).
+
+  Redis Cluster   %s (masters), %s (replicas)
+  broadcaster     %s
+  proxies         %s
+  prefetch        %s
+  logs            %s
+
+Try:
+  go run ./cmd/stagecast watch --proxy %s fight-2026-11-15
+  go run ./cmd/stagecast stage --broadcaster %s set fight-2026-11-15 round-3
+
+`, strings.Join(i.Redis[:3], " "), strings.Join(i.Redis[3:], " "), i.Broadcaster, strings.Join(i.Proxies, " "),
+		strings.Join(i.Prefetch, " "), i.Dir, strings.Join(i.Proxies, ","), i.Broadcaster)
+}
+
+func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %v", d)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func clusterOK(addrs []string) bool {
+	for _, a := range addrs {
+		_, port, _ := strings.Cut(a, ":")
+		out, err := exec.Command("redis-cli", "-p", port, "CLUSTER", "INFO").Output()
+		if err != nil || !strings.Contains(string(out), "cluster_state:ok") {
+			return false
+		}
+	}
+	return true
+}
+
+func httpOK(u string) bool {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get(u)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
