@@ -1,0 +1,257 @@
+package deploy_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
+)
+
+// build runs kustomize on dir and strictly decodes every object against the
+// Kubernetes API types: unknown or misplaced fields fail.
+func build(t *testing.T, dir string) []runtime.Object {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{appsv1.AddToScheme, corev1.AddToScheme, policyv1.AddToScheme, autoscalingv2.AddToScheme, batchv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dec := serializer.NewCodecFactory(scheme, serializer.EnableStrict).UniversalDeserializer()
+	res, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	var out []runtime.Object
+	for _, r := range res.Resources() {
+		y, err := r.AsYAML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		obj, _, err := dec.Decode(y, nil, nil)
+		if err != nil {
+			t.Fatalf("%s %s: %v", r.GetKind(), r.GetName(), err)
+		}
+		out = append(out, obj)
+	}
+	return out
+}
+
+func TestManifests(t *testing.T) {
+	for _, dir := range []string{"k8s/base", "k8s/overlays/production"} {
+		t.Run(dir, func(t *testing.T) { checkManifests(t, build(t, dir)) })
+	}
+}
+
+func checkManifests(t *testing.T, objs []runtime.Object) {
+	deps := map[string]*appsv1.Deployment{}
+	var cfg *corev1.ConfigMap
+	var pdb *policyv1.PodDisruptionBudget
+	hpas := map[string]*autoscalingv2.HorizontalPodAutoscaler{}
+	var pods []corev1.PodSpec
+	for _, o := range objs {
+		switch v := o.(type) {
+		case *appsv1.Deployment:
+			deps[v.Name] = v
+			pods = append(pods, v.Spec.Template.Spec)
+		case *appsv1.StatefulSet:
+			pods = append(pods, v.Spec.Template.Spec)
+		case *batchv1.Job:
+			pods = append(pods, v.Spec.Template.Spec)
+		case *corev1.ConfigMap:
+			if v.Name == "stagecast" {
+				cfg = v
+			}
+		case *policyv1.PodDisruptionBudget:
+			pdb = v
+		case *autoscalingv2.HorizontalPodAutoscaler:
+			hpas[v.Name] = v
+		}
+	}
+	for _, name := range []string{"broadcaster", "proxy", "prefetch"} {
+		if deps[name] == nil {
+			t.Fatalf("no %s Deployment", name)
+		}
+	}
+	for _, p := range pods {
+		if p.SecurityContext == nil || p.SecurityContext.RunAsNonRoot == nil || !*p.SecurityContext.RunAsNonRoot {
+			t.Errorf("a pod (%s) may run as root", p.Containers[0].Name)
+		}
+		for _, c := range p.Containers {
+			if c.Image == "" || c.Image == "stagecast" {
+				t.Errorf("container %s has no registry image (%q): the kustomize images transformer did not apply", c.Name, c.Image)
+			}
+		}
+	}
+	proxy := deps["proxy"].Spec.Template.Spec
+	drain, err := time.ParseDuration(cfg.Data["STAGECAST_DRAIN_WINDOW"])
+	if err != nil {
+		t.Fatalf("STAGECAST_DRAIN_WINDOW: %v", err)
+	}
+	if g := proxy.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= drain+10*time.Second {
+		t.Errorf("proxy terminationGracePeriodSeconds must exceed the drain window %v + 10s (have %v)", drain, fmtSeconds(g))
+	}
+	c := proxy.Containers[0]
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+		t.Error("proxy readiness must use /readyz (it fails while draining)")
+	}
+	if proxy.Affinity == nil || proxy.Affinity.PodAntiAffinity == nil {
+		t.Error("proxies need pod anti-affinity")
+	}
+	if pdb == nil || pdb.Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "proxy" || pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 {
+		t.Error("proxies need a PodDisruptionBudget of maxUnavailable 1")
+	}
+	h := hpas["proxy"]
+	if h == nil || h.Spec.ScaleTargetRef.Name != "proxy" || len(h.Spec.Metrics) == 0 || h.Spec.Metrics[0].Pods == nil ||
+		h.Spec.Metrics[0].Pods.Metric.Name != "stagecast_proxy_connections" {
+		t.Error("the proxy HPA must scale on stagecast_proxy_connections")
+	}
+	checkSettingsAreFlags(t, cfg)
+}
+
+var flagLine = regexp.MustCompile(`(?m)^\s+-([a-z0-9-]+)`)
+
+// checkSettingsAreFlags: every STAGECAST_* setting names a real flag of some
+// server subcommand; a typo would otherwise be silently ignored.
+func checkSettingsAreFlags(t *testing.T, cfg *corev1.ConfigMap) {
+	bin := stagecastBinary(t)
+	flags := map[string]bool{}
+	for _, cmd := range []string{"proxy", "broadcaster", "prefetch"} {
+		out, _ := exec.Command(bin, cmd, "-h").CombinedOutput()
+		for _, m := range flagLine.FindAllStringSubmatch(string(out), -1) {
+			flags["STAGECAST_"+strings.ToUpper(strings.ReplaceAll(m[1], "-", "_"))] = true
+		}
+	}
+	if len(flags) < 10 {
+		t.Fatalf("could not read the flags of stagecast (%d found)", len(flags))
+	}
+	for k := range cfg.Data {
+		if !flags[k] {
+			t.Errorf("ConfigMap setting %s is not a flag of stagecast proxy/broadcaster/prefetch", k)
+		}
+	}
+}
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	d, err := os.MkdirTemp("", "deploy-test-")
+	if err != nil {
+		panic(err)
+	}
+	binDir = d
+	code := m.Run()
+	os.RemoveAll(d)
+	os.Exit(code)
+}
+
+// stagecastBinary builds cmd/stagecast once for the package's tests.
+func stagecastBinary(t *testing.T) string {
+	bin := filepath.Join(binDir, "stagecast")
+	if _, err := os.Stat(bin); err == nil {
+		return bin
+	}
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/stagecast/stagecast/cmd/stagecast").CombinedOutput(); err != nil {
+		t.Fatalf("build stagecast: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func TestCompose(t *testing.T) {
+	b, err := os.ReadFile("docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Services map[string]struct {
+			Image           string            `json:"image"`
+			Build           map[string]string `json:"build"`
+			Command         []string          `json:"command"`
+			Environment     map[string]string `json:"environment"`
+			Ports           []string          `json:"ports"`
+			DependsOn       []string          `json:"depends_on"`
+			Volumes         []string          `json:"volumes"`
+			StopGracePeriod string            `json:"stop_grace_period"`
+		} `json:"services"`
+		Volumes map[string]any `json:"volumes"`
+	}
+	if err := yaml.UnmarshalStrict(b, &doc); err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	port := regexp.MustCompile(`^\d+:\d+$`)
+	for name, s := range doc.Services {
+		if s.Image == "" && s.Build["dockerfile"] == "" {
+			t.Errorf("service %s has neither image nor build", name)
+		}
+		if s.Build["dockerfile"] != "" {
+			if _, err := os.Stat(filepath.Join(s.Build["context"], s.Build["dockerfile"])); err != nil {
+				t.Errorf("service %s: dockerfile %s/%s: %v", name, s.Build["context"], s.Build["dockerfile"], err)
+			}
+		}
+		for _, d := range s.DependsOn {
+			if _, ok := doc.Services[d]; !ok {
+				t.Errorf("service %s depends on unknown service %s", name, d)
+			}
+		}
+		for _, p := range s.Ports {
+			if !port.MatchString(p) {
+				t.Errorf("service %s: port %q is not HOST:CONTAINER", name, p)
+			}
+		}
+		if strings.HasPrefix(name, "proxy") {
+			if g, err := time.ParseDuration(s.StopGracePeriod); err != nil || g <= 40*time.Second {
+				t.Errorf("service %s: stop_grace_period %q must exceed the 30s drain window + 10s", name, s.StopGracePeriod)
+			}
+		}
+		if len(s.Command) > 0 && s.Build["dockerfile"] != "" && !map[string]bool{"proxy": true, "broadcaster": true, "prefetch": true}[s.Command[0]] {
+			t.Errorf("service %s runs unknown subcommand %q", name, s.Command[0])
+		}
+	}
+	for _, want := range []string{"redis", "broadcaster", "prefetch"} {
+		if _, ok := doc.Services[want]; !ok {
+			t.Errorf("no %s service", want)
+		}
+	}
+}
+
+func TestDockerfile(t *testing.T) {
+	b, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	froms := regexp.MustCompile(`(?m)^FROM `).FindAllStringIndex(s, -1)
+	if len(froms) < 2 {
+		t.Errorf("want a multi-stage build, found %d FROM", len(froms))
+	}
+	final := s[froms[len(froms)-1][0]:]
+	for _, want := range []string{"USER nonroot", "ENTRYPOINT"} {
+		if !strings.Contains(final, want) {
+			t.Errorf("final stage lacks %q", want)
+		}
+	}
+	if !strings.Contains(s, "CGO_ENABLED=0") {
+		t.Error("the binary must be static (CGO_ENABLED=0)")
+	}
+}
+
+func fmtSeconds(g *int64) string {
+	if g == nil {
+		return "none"
+	}
+	return (time.Duration(*g) * time.Second).String()
+}
