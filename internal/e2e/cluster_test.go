@@ -17,28 +17,7 @@ import (
 // killed, its replica is promoted, and every device ends on the latest stage.
 func TestRedisCluster(t *testing.T) {
 	cl := redistest.StartCluster(t, 3, 1)
-	clusterEngine := func() *redisengine.Engine {
-		e, err := redisengine.New(redisengine.Config{Addrs: cl.Addrs(), ResubscribeMax: 500 * time.Millisecond, OpTimeout: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(e.Close)
-		return e
-	}
-	bs, err := broadcaster.New(broadcaster.Config{Token: token, BreakerFailures: 3, BreakerOpenFor: 300 * time.Millisecond}, clusterEngine())
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fleet{t: t, bc: &broadcaster.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}}
-	for i := 0; i < 3; i++ {
-		p, err := proxy.New(proxy.Config{ID: fmt.Sprintf("proxy-%d", i), ReportInterval: 100 * time.Millisecond, ReconcileInterval: time.Hour}, clusterEngine())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(p.Close)
-		f.proxies = append(f.proxies, p)
-		f.urls = append(f.urls, "ws://"+serveHTTP(t, p.Handler())+"/v1/ws")
-	}
+	f := startClusterFleet(t, cl)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -73,6 +52,70 @@ func TestRedisCluster(t *testing.T) {
 	// Late joiners catch up from the promoted replica's state.
 	late := f.startDevices(ctx, 30, victim, -1)
 	eventually(t, 20*time.Second, "late joiners caught up after failover", func() bool { return allOn(late, victim, last[victim].V) })
+}
+
+// TestRedisClusterSlotMove: an event's slot migrates to another master (as a
+// resharding does); Redis unsubscribes the proxies from its shard channel, they
+// resubscribe on the new owner, and every device keeps receiving changes.
+func TestRedisClusterSlotMove(t *testing.T) {
+	cl := redistest.StartCluster(t, 3, 0)
+	f := startClusterFleet(t, cl)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const ev = "moving-event"
+	devs := f.startDevices(ctx, 150, ev, -1)
+	eventually(t, 30*time.Second, "devices connected", func() bool { return f.connections() == 150 })
+	r := f.setRetrying(ctx, ev, "before-move", "bm", 10*time.Second)
+	eventually(t, 10*time.Second, "devices on the first stage", func() bool { return allOn(devs, ev, r.V) })
+
+	from := cl.MasterFor("sc:{" + ev + "}:cur")
+	var to *redistest.Server
+	for _, n := range cl.Nodes {
+		if n != from {
+			to = n
+			break
+		}
+	}
+	cl.MoveSlot("sc:{"+ev+"}:cur", to)
+	if got := cl.MasterFor("sc:{" + ev + "}:cur"); got != to {
+		t.Fatalf("slot still served by %s", got.Addr())
+	}
+	for i := 1; i <= 3; i++ {
+		r = f.setRetrying(ctx, ev, fmt.Sprintf("after-move-%d", i), fmt.Sprintf("am-%d", i), 10*time.Second)
+	}
+	eventually(t, 20*time.Second, "every device on the stage set after the slot moved", func() bool { return allOn(devs, ev, r.V) })
+	if r.V != 4 {
+		t.Fatalf("version after the move v%d, want v4: state did not move with the slot", r.V)
+	}
+	late := f.startDevices(ctx, 20, ev, -1)
+	eventually(t, 20*time.Second, "late joiners caught up from the new owner", func() bool { return allOn(late, ev, r.V) })
+}
+
+// startClusterFleet starts a broadcaster and three proxies on the cluster.
+func startClusterFleet(t *testing.T, cl *redistest.Cluster) *fleet {
+	clusterEngine := func() *redisengine.Engine {
+		e, err := redisengine.New(redisengine.Config{Addrs: cl.Addrs(), ResubscribeMax: 500 * time.Millisecond, OpTimeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.Close)
+		return e
+	}
+	bs, err := broadcaster.New(broadcaster.Config{Token: token, BreakerFailures: 3, BreakerOpenFor: 300 * time.Millisecond}, clusterEngine())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fleet{t: t, bc: &broadcaster.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}}
+	for i := 0; i < 3; i++ {
+		p, err := proxy.New(proxy.Config{ID: fmt.Sprintf("proxy-%d", i), ReportInterval: 100 * time.Millisecond, ReconcileInterval: time.Hour}, clusterEngine())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.Close)
+		f.proxies = append(f.proxies, p)
+		f.urls = append(f.urls, "ws://"+serveHTTP(t, p.Handler())+"/v1/ws")
+	}
+	return f
 }
 
 // pickEventsOnDistinctMasters finds n event ids whose keys live on n different masters.

@@ -134,3 +134,40 @@ func (c *Cluster) MasterFor(key string) *Server {
 
 // String lists the nodes (for failure messages).
 func (c *Cluster) String() string { return fmt.Sprint(c.Addrs()) }
+
+func (s *Server) cli(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := s.Cli(context.Background(), args...)
+	if err != nil {
+		t.Fatalf("redis-cli -p %d %v: %v %s", s.Port, args, err, out)
+	}
+	return strings.TrimSpace(out)
+}
+
+// MoveSlot migrates the slot of key, with its keys, from its master to master
+// `to`, the way a resharding does: IMPORTING/MIGRATING, MIGRATE every key, then
+// SETSLOT NODE on every master.
+func (c *Cluster) MoveSlot(key string, to *Server) {
+	c.t.Helper()
+	from := c.MasterFor(key)
+	if from == to {
+		c.t.Fatalf("MoveSlot: %s already serves %q", to.Addr(), key)
+	}
+	slot := from.cli(c.t, "CLUSTER", "KEYSLOT", key)
+	fromID, toID := from.cli(c.t, "CLUSTER", "MYID"), to.cli(c.t, "CLUSTER", "MYID")
+	to.cli(c.t, "CLUSTER", "SETSLOT", slot, "IMPORTING", fromID)
+	from.cli(c.t, "CLUSTER", "SETSLOT", slot, "MIGRATING", toID)
+	for {
+		keys := strings.Fields(from.cli(c.t, "CLUSTER", "GETKEYSINSLOT", slot, "100"))
+		if len(keys) == 0 {
+			break
+		}
+		args := append([]string{"MIGRATE", "127.0.0.1", strconv.Itoa(to.Port), "", "0", "5000", "KEYS"}, keys...)
+		from.cli(c.t, args...)
+	}
+	for _, n := range c.Nodes {
+		if n.alive() {
+			n.cli(c.t, "CLUSTER", "SETSLOT", slot, "NODE", toID)
+		}
+	}
+}
