@@ -21,6 +21,7 @@ Tools:
   stage         producer CLI: stage set|get|report|map|live
   watch         connect as a device and print every stage of an event
   prefetch-get  prefetch an event's stage map as a device would and print it
+  loadgen       game-day rehearsal: loadgen simulate (full scale, no sockets)
 
 Every flag can also be set as STAGECAST_<FLAG> (upper case, - as _).
 Run 'stagecast <command> -h' for a command's flags.
@@ -39,6 +40,7 @@ func main() {
 		"watch":        runWatch,
 		"prefetch":     runPrefetch,
 		"prefetch-get": runPrefetchGet,
+		"loadgen":      runLoadgen,
 	}
 	name, args := os.Args[1], os.Args[2:]
 	if name == "-h" || name == "--help" || name == "help" {

@@ -1,0 +1,309 @@
+package loadgen
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// Duration is a time.Duration written as "90s", "30m", "2h30m".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration like \"90s\" or \"2h30m\"", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (use 90s, 30m, 2h30m)", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Scenario is a game day's timeline.
+type Scenario struct {
+	Name     string   `yaml:"name"`
+	Event    string   `yaml:"event"`
+	Duration Duration `yaml:"duration"`
+	// Devices is the population (override with --devices).
+	Devices   int64              `yaml:"devices"`
+	Platforms map[string]float64 `yaml:"platforms"`
+	Segments  map[string]float64 `yaml:"segments"`
+	Connect   Connect            `yaml:"connect"`
+	Prefetch  Prefetch           `yaml:"prefetch"`
+	Stages    []StageAt          `yaml:"stages"`
+	Drops     []Drop             `yaml:"drops"`
+	Faults    []Fault            `yaml:"faults"`
+	Fleet     Fleet              `yaml:"fleet"`
+	Network   Network            `yaml:"network"`
+
+	lines map[string]int // field path -> line, for errors
+}
+
+// Connect is the arrival model: devices arrive at a rate ramping linearly from
+// 0 at Start to its peak over Ramp (open model: a rate, not a pool).
+type Connect struct {
+	Start Duration `yaml:"start"`
+	Ramp  Duration `yaml:"ramp"`
+}
+
+// Prefetch is the prefetch timing: TTL ~ TTL x U(1-Jitter, 1+Jitter), refresh
+// after ttl x U(RefreshLo, RefreshHi). NoJitter (or --no-jitter) makes both exact.
+type Prefetch struct {
+	TTL       Duration `yaml:"ttl"`
+	Jitter    float64  `yaml:"jitter"`
+	RefreshLo float64  `yaml:"refresh_lo"`
+	RefreshHi float64  `yaml:"refresh_hi"`
+	NoJitter  bool     `yaml:"no_jitter"`
+}
+
+// StageAt is a stage change at an offset.
+type StageAt struct {
+	At    Duration `yaml:"at"`
+	Stage string   `yaml:"stage"`
+}
+
+// Drop disconnects a fraction of the connected devices at an offset; they
+// reconnect with full-jitter backoff (attempt k waits U(0, min(cap, base*2^k))).
+type Drop struct {
+	At          Duration `yaml:"at"`
+	Fraction    float64  `yaml:"fraction"`
+	BackoffBase Duration `yaml:"backoff_base"`
+	BackoffCap  Duration `yaml:"backoff_cap"`
+}
+
+// Fault is an injected failure. DrainProxy drains one proxy at At over Window.
+type Fault struct {
+	At         Duration `yaml:"at"`
+	DrainProxy bool     `yaml:"drain_proxy"`
+	Window     Duration `yaml:"window"`
+}
+
+// Fleet is the serving side the simulation models.
+type Fleet struct {
+	Proxies int `yaml:"proxies"`
+	// Capacity: devices per proxy. FanoutRate: deliveries per second per proxy.
+	Capacity   int64   `yaml:"capacity"`
+	FanoutRate float64 `yaml:"fanout_rate"`
+}
+
+// Network is the delay model: publish hop, and the device's last-mile delay,
+// log-normal with this median and 99th percentile.
+type Network struct {
+	PubSub      Duration `yaml:"pubsub"`
+	DeviceP50   Duration `yaml:"device_p50"`
+	DeviceP99   Duration `yaml:"device_p99"`
+	LossPercent float64  `yaml:"loss_percent"`
+}
+
+// LoadScenario reads and validates a scenario file.
+func LoadScenario(path string) (*Scenario, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	sc, err := ParseScenario(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return sc, nil
+}
+
+// ParseScenario decodes YAML or JSON; errors name the line and the field.
+func ParseScenario(b []byte) (*Scenario, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		return nil, fmt.Errorf("not YAML or JSON: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	sc := &Scenario{}
+	if err := dec.Decode(sc); err != nil {
+		return nil, fmt.Errorf("%s", strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n  "))
+	}
+	sc.lines = map[string]int{}
+	if len(root.Content) > 0 {
+		indexLines(root.Content[0], "", sc.lines)
+	}
+	sc.defaults()
+	if err := sc.validate(); err != nil {
+		return nil, err
+	}
+	return sc, nil
+}
+
+func indexLines(n *yaml.Node, path string, out map[string]int) {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			p := n.Content[i].Value
+			if path != "" {
+				p = path + "." + p
+			}
+			out[p] = n.Content[i].Line
+			indexLines(n.Content[i+1], p, out)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			out[p] = c.Line
+			indexLines(c, p, out)
+		}
+	}
+}
+
+// fieldErr names the line of field (or of the closest enclosing one).
+func (sc *Scenario) fieldErr(field, format string, args ...any) error {
+	p := field
+	for {
+		if line, ok := sc.lines[p]; ok {
+			return fmt.Errorf("line %d: %s: %s", line, field, fmt.Sprintf(format, args...))
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			return fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...))
+		}
+		p = p[:i]
+	}
+}
+
+func (sc *Scenario) defaults() {
+	if sc.Event == "" {
+		sc.Event = "rehearsal"
+	}
+	if sc.Prefetch.TTL == 0 {
+		sc.Prefetch.TTL = Duration(300 * time.Second)
+	}
+	if sc.Prefetch.Jitter == 0 && !sc.Prefetch.NoJitter {
+		sc.Prefetch.Jitter = 0.5
+	}
+	if sc.Prefetch.RefreshLo == 0 && sc.Prefetch.RefreshHi == 0 {
+		sc.Prefetch.RefreshLo, sc.Prefetch.RefreshHi = 0.5, 0.9
+	}
+	if sc.Fleet.Capacity == 0 {
+		sc.Fleet.Capacity = 200000
+	}
+	if sc.Fleet.FanoutRate == 0 {
+		sc.Fleet.FanoutRate = 87000
+	}
+	if sc.Network.PubSub == 0 {
+		sc.Network.PubSub = Duration(time.Millisecond)
+	}
+	if sc.Network.DeviceP50 == 0 {
+		sc.Network.DeviceP50 = Duration(40 * time.Millisecond)
+	}
+	if sc.Network.DeviceP99 == 0 {
+		sc.Network.DeviceP99 = Duration(200 * time.Millisecond)
+	}
+	for i := range sc.Drops {
+		if sc.Drops[i].BackoffBase == 0 {
+			sc.Drops[i].BackoffBase = Duration(500 * time.Millisecond)
+		}
+		if sc.Drops[i].BackoffCap == 0 {
+			sc.Drops[i].BackoffCap = Duration(30 * time.Second)
+		}
+	}
+	for i := range sc.Faults {
+		if sc.Faults[i].Window == 0 {
+			sc.Faults[i].Window = Duration(30 * time.Second)
+		}
+	}
+	sort.SliceStable(sc.Stages, func(i, j int) bool { return sc.Stages[i].At < sc.Stages[j].At })
+}
+
+func (sc *Scenario) validate() error {
+	var errs []error
+	if sc.Duration <= 0 {
+		errs = append(errs, sc.fieldErr("duration", "must be > 0"))
+	}
+	if sc.Devices <= 0 {
+		errs = append(errs, sc.fieldErr("devices", "must be > 0"))
+	}
+	if !wire.ValidID(sc.Event) {
+		errs = append(errs, sc.fieldErr("event", "%v", wire.CheckID("event", sc.Event)))
+	}
+	for name, mix := range map[string]map[string]float64{"platforms": sc.Platforms, "segments": sc.Segments} {
+		sum := 0.0
+		for k, v := range mix {
+			if !wire.ValidID(k) {
+				errs = append(errs, sc.fieldErr(name+"."+k, "not a valid id"))
+			}
+			if v < 0 {
+				errs = append(errs, sc.fieldErr(name+"."+k, "share %v < 0", v))
+			}
+			sum += v
+		}
+		if len(mix) > 0 && (sum < 0.999 || sum > 1.001) {
+			errs = append(errs, sc.fieldErr(name, "shares add up to %.3f, want 1", sum))
+		}
+	}
+	if sc.Connect.Start+sc.Connect.Ramp > sc.Duration {
+		errs = append(errs, sc.fieldErr("connect.ramp", "connect start + ramp (%v) runs past the duration (%v)", (sc.Connect.Start+sc.Connect.Ramp).D(), sc.Duration.D()))
+	}
+	if p := sc.Prefetch; p.Jitter < 0 || p.Jitter >= 1 {
+		errs = append(errs, sc.fieldErr("prefetch.jitter", "%v outside [0, 1)", p.Jitter))
+	}
+	if p := sc.Prefetch; p.RefreshLo <= 0 || p.RefreshHi > 1 || p.RefreshLo > p.RefreshHi {
+		errs = append(errs, sc.fieldErr("prefetch.refresh_lo", "refresh range [%v, %v] must lie in (0, 1]", p.RefreshLo, p.RefreshHi))
+	}
+	if sc.Prefetch.TTL < Duration(time.Second) {
+		errs = append(errs, sc.fieldErr("prefetch.ttl", "at least 1s"))
+	}
+	if len(sc.Stages) == 0 {
+		errs = append(errs, sc.fieldErr("stages", "at least one stage change"))
+	}
+	for i, s := range sc.Stages {
+		f := fmt.Sprintf("stages[%d]", i)
+		if !wire.ValidID(s.Stage) {
+			errs = append(errs, sc.fieldErr(f+".stage", "%q is not a valid stage id", s.Stage))
+		}
+		if s.At < 0 || s.At > sc.Duration {
+			errs = append(errs, sc.fieldErr(f+".at", "%v outside the scenario (0..%v)", s.At.D(), sc.Duration.D()))
+		}
+	}
+	for i, d := range sc.Drops {
+		f := fmt.Sprintf("drops[%d]", i)
+		if d.Fraction <= 0 || d.Fraction > 1 {
+			errs = append(errs, sc.fieldErr(f+".fraction", "%v outside (0, 1]", d.Fraction))
+		}
+		if d.At < 0 || d.At > sc.Duration {
+			errs = append(errs, sc.fieldErr(f+".at", "outside the scenario"))
+		}
+		if d.BackoffBase <= 0 || d.BackoffCap < d.BackoffBase {
+			errs = append(errs, sc.fieldErr(f+".backoff_cap", "need 0 < backoff_base <= backoff_cap"))
+		}
+	}
+	for i, ft := range sc.Faults {
+		f := fmt.Sprintf("faults[%d]", i)
+		if !ft.DrainProxy {
+			errs = append(errs, sc.fieldErr(f, "names no fault (drain_proxy: true)"))
+		}
+		if ft.At < 0 || ft.At > sc.Duration {
+			errs = append(errs, sc.fieldErr(f+".at", "outside the scenario"))
+		}
+	}
+	if sc.Fleet.Proxies < 0 || sc.Fleet.Capacity <= 0 || sc.Fleet.FanoutRate <= 0 {
+		errs = append(errs, sc.fieldErr("fleet", "proxies >= 0, capacity > 0 and fanout_rate > 0"))
+	}
+	if sc.Network.DeviceP99 < sc.Network.DeviceP50 {
+		errs = append(errs, sc.fieldErr("network.device_p99", "below device_p50"))
+	}
+	if sc.Network.LossPercent < 0 || sc.Network.LossPercent >= 100 {
+		errs = append(errs, sc.fieldErr("network.loss_percent", "outside [0, 100)"))
+	}
+	return errors.Join(errs...)
+}
