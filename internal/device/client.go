@@ -292,3 +292,17 @@ func Dialer(localIP string) *net.Dialer {
 	}
 	return d
 }
+
+// Drop closes the current connection abruptly, as a network loss would; Run
+// then reconnects with backoff and catches up. It reports whether a connection
+// was open.
+func (c *Client) Drop() bool {
+	c.mu.Lock()
+	ws := c.ws
+	c.mu.Unlock()
+	if ws == nil || !c.connected.Load() {
+		return false
+	}
+	_ = ws.CloseNow()
+	return true
+}

@@ -1,0 +1,92 @@
+package e2e
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/graph"
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/loadgen"
+	"github.com/stagecast/stagecast/prefetch"
+	"github.com/stagecast/stagecast/proxy"
+)
+
+// TestLoadgenLive runs a compressed scenario live against in-process servers:
+// real WebSocket devices that prefetch, ack, drop and reconnect; every device
+// ends on the last stage, and the report says so.
+func TestLoadgenLive(t *testing.T) {
+	sc, err := loadgen.ParseScenario([]byte(`
+name: e2e
+event: e2e-live
+duration: 1h
+devices: 200
+connect: {start: 0s, ramp: 10m}
+prefetch: {ttl: 600s}
+stages:
+  - {at: 15m, stage: kickoff}
+  - {at: 30m, stage: halftime}
+  - {at: 50m, stage: final}
+drops:
+  - {at: 40m, fraction: 0.25, backoff_base: 5s, backoff_cap: 30s}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	p, err := proxy.New(proxy.Config{Logger: quiet}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	bs, err := broadcaster.New(broadcaster.Config{Token: token, Logger: quiet}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: quiet}}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, bsrv, gsrv := httptest.NewServer(p.Handler()), httptest.NewServer(bs.Handler()), httptest.NewServer(pf.Handler())
+	defer ps.Close()
+	defer bsrv.Close()
+	defer gsrv.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r, err := loadgen.Live(ctx, sc, loadgen.LiveConfig{
+		ProxyURLs: []string{"ws" + ps.URL[len("http"):] + "/v1/ws"}, GraphQLURL: gsrv.URL + "/graphql", Broadcaster: bsrv.URL,
+		Token: token, TimeScale: 360, Settle: 3 * time.Second}) // 1 h in 10 s
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Devices != 200 || r.Connected != 200 || r.Errors != 0 {
+		t.Fatalf("devices %d connected %d errors %d", r.Devices, r.Connected, r.Errors)
+	}
+	if len(r.Broadcasts) != 3 {
+		t.Fatalf("broadcasts %+v", r.Broadcasts)
+	}
+	for _, b := range r.Broadcasts {
+		if b.V == 0 || b.T100MS <= 0 {
+			t.Fatalf("broadcast %+v has no figures", b)
+		}
+	}
+	if last := r.Broadcasts[2]; last.Missed != 0 {
+		t.Fatalf("%d devices missed the last stage (the dropped ones must reconnect and catch up)", last.Missed)
+	}
+	// Every device prefetched at least once; refreshes add more (TTL 600 s
+	// jittered, refresh at 0.5-0.9 of it, compressed 360x: about every 1.2 s).
+	if r.Prefetch.Requests < 400 || r.Prefetch.Errors != 0 {
+		t.Fatalf("prefetch %+v", r.Prefetch)
+	}
+	dir := t.TempDir()
+	if err := r.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s; prefetch %d requests, peak %.0f/s", r.Headline, r.Prefetch.Requests, r.Prefetch.PeakRPS)
+}

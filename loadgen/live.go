@@ -1,0 +1,414 @@
+package loadgen
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/stagecast/stagecast/internal/device"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// LiveConfig configures a live run against a deployment.
+type LiveConfig struct {
+	ProxyURLs   []string // ws://host:port/v1/ws
+	GraphQLURL  string   // http://host:port/graphql
+	Broadcaster string   // http://host:port; stage changes go there (segment 0 only)
+	Token       string   // producer token
+	Devices     int64    // > 0 overrides the scenario
+	// TimeScale compresses the timeline: 180 plays a 3-hour scenario in a minute.
+	// Refresh hints from the server are compressed the same way.
+	TimeScale float64
+	// Segment i of n: this process runs devices with index = i (mod n) and, if
+	// i is 0, makes the stage changes. Default 0/1.
+	Segment, Segments int
+	// SourceIPs spread connections over loopback addresses (127.0.0.x) to pass
+	// the ephemeral-port limit per (source, destination).
+	SourceIPs []string
+	// Settle is how long to wait after the last stage change before the final
+	// count. Default 5s.
+	Settle time.Duration
+	Log    io.Writer
+}
+
+// liveDevice is one simulated device.
+type liveDevice struct {
+	c  *device.Client
+	pf *device.Prefetcher
+}
+
+type versionLatency struct {
+	mu   sync.Mutex
+	hist *hdrhistogram.Histogram // ms from publish to receipt
+	n    int64
+}
+
+// Live runs sc against a deployment and returns the report. Every loop is
+// bounded by the scenario's scaled duration plus Settle.
+func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Report, error) {
+	if len(cfg.ProxyURLs) == 0 || cfg.GraphQLURL == "" {
+		return nil, errors.New("loadgen live: need proxy URLs and the GraphQL URL")
+	}
+	if cfg.TimeScale <= 0 {
+		cfg.TimeScale = 1
+	}
+	if cfg.Segments <= 0 {
+		cfg.Segments = 1
+	}
+	if cfg.Segment < 0 || cfg.Segment >= cfg.Segments {
+		return nil, fmt.Errorf("loadgen live: segment %d/%d", cfg.Segment, cfg.Segments)
+	}
+	if cfg.Settle <= 0 {
+		cfg.Settle = 5 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = io.Discard
+	}
+	n := sc.Devices
+	if cfg.Devices > 0 {
+		n = cfg.Devices
+	}
+	scale := func(d Duration) time.Duration { return time.Duration(float64(d) / cfg.TimeScale) }
+	total := scale(sc.Duration)
+	wallStart := time.Now()
+	bc := &producer{base: cfg.Broadcaster, token: cfg.Token}
+	leader := cfg.Segment == 0
+
+	if leader {
+		// The stage map every device prefetches, and the live window.
+		if err := putMap(ctx, bc, sc); err != nil {
+			return nil, err
+		}
+		if err := bc.setLive(ctx, sc.Event, true); err != nil {
+			return nil, fmt.Errorf("loadgen live: event window: %w", err)
+		}
+	}
+
+	secs := int(math.Ceil(total.Seconds())) + int(cfg.Settle.Seconds()) + 2
+	var connectsPerSec = make([]atomic.Int64, secs)
+	var prefetchPerSec = make([]atomic.Int64, secs)
+	var prefetchErrs, errs atomic.Int64
+	lat := make([]*versionLatency, len(sc.Stages)+64)
+	for i := range lat {
+		lat[i] = &versionLatency{hist: hdrhistogram.New(1, 3_600_000, 3)}
+	}
+	versionOf := make([]atomic.Uint64, len(sc.Stages))
+	bin := func(t time.Time) int { return min(secs-1, max(0, int(t.Sub(wallStart).Seconds()))) }
+
+	httpClients := map[string]*http.Client{}
+	for _, ip := range append([]string{""}, cfg.SourceIPs...) {
+		httpClients[ip] = device.NewHTTPClient(ip)
+	}
+	pick := func(i int64) *http.Client {
+		if len(cfg.SourceIPs) == 0 {
+			return httpClients[""]
+		}
+		return httpClients[cfg.SourceIPs[int(i)%len(cfg.SourceIPs)]]
+	}
+
+	runCtx, stopDevices := context.WithTimeout(ctx, total+cfg.Settle+30*time.Second)
+	defer stopDevices()
+	var mu sync.Mutex
+	var devices []*liveDevice
+	var wg sync.WaitGroup
+	rampStart, ramp := scale(sc.Connect.Start), scale(sc.Connect.Ramp)
+	for i := int64(cfg.Segment); i < n; i += int64(cfg.Segments) {
+		// Open model: device i is due at start + ramp*sqrt(i/n) (a rate rising
+		// linearly from 0), whatever happened to the others.
+		due := rampStart + time.Duration(float64(ramp)*math.Sqrt(float64(i)/float64(n)))
+		idx := i
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case <-runCtx.Done():
+				return
+			case <-time.After(time.Until(wallStart.Add(due))):
+			}
+			platform, segment := mixPick(sc.Platforms, idx, "tv"), mixPick(sc.Segments, idx+7, "")
+			hc := pick(idx)
+			urls := append(append([]string(nil), cfg.ProxyURLs[int(idx)%len(cfg.ProxyURLs):]...), cfg.ProxyURLs[:int(idx)%len(cfg.ProxyURLs)]...)
+			pf, err := device.NewPrefetcher(device.PrefetchConfig{URL: cfg.GraphQLURL, Event: sc.Event, Segment: segment, Critical: true,
+				HTTPClient: hc, MissDelayMax: time.Duration(float64(5*time.Second) / cfg.TimeScale),
+				Sleep: func(ctx context.Context, d time.Duration) error {
+					return sleepCtx(ctx, time.Duration(float64(d)/cfg.TimeScale))
+				},
+				OnFetch: func(err error, _ time.Duration) {
+					if runCtx.Err() != nil {
+						return // cut off by the end of the run: neither a request served nor an error
+					}
+					prefetchPerSec[bin(time.Now())].Add(1)
+					if err != nil {
+						prefetchErrs.Add(1)
+						fmt.Fprintf(cfg.Log, "prefetch error: %v\n", err)
+					}
+				}})
+			if err != nil {
+				errs.Add(1)
+				return
+			}
+			base, capB := 500*time.Millisecond, 30*time.Second
+			if len(sc.Drops) > 0 {
+				base, capB = sc.Drops[0].BackoffBase.D(), sc.Drops[0].BackoffCap.D()
+			}
+			var dev *liveDevice
+			c, err := device.New(device.Config{URLs: urls, Device: fmt.Sprintf("lg-%d", idx), Platform: platform, Segment: segment,
+				Events: map[string]uint64{sc.Event: 0}, Ack: true, HTTPClient: hc,
+				BackoffBase: time.Duration(float64(base) / cfg.TimeScale), BackoffCap: time.Duration(float64(capB) / cfg.TimeScale),
+				OnStage: func(f wire.ProxyFrame, at time.Time) {
+					if f.V < uint64(len(lat)) {
+						l := lat[f.V]
+						l.mu.Lock()
+						_ = l.hist.RecordValue(max(1, at.UnixMilli()-f.TS))
+						l.n++
+						l.mu.Unlock()
+					}
+					if dev != nil && dev.pf != nil {
+						dev.pf.OnStage(runCtx, f.Key)
+					}
+				}})
+			if err != nil {
+				errs.Add(1)
+				return
+			}
+			dev = &liveDevice{c: c, pf: pf}
+			mu.Lock()
+			devices = append(devices, dev)
+			mu.Unlock()
+			connectsPerSec[bin(time.Now())].Add(1)
+			go func() { _ = pf.Run(runCtx) }()
+			_ = c.Run(runCtx)
+		}()
+	}
+
+	// The producer's timeline (segment 0) and the drop waves (every segment).
+	type tick struct {
+		at   time.Duration
+		what func()
+	}
+	var ticks []tick
+	if leader {
+		for i, st := range sc.Stages {
+			i, st := i, st
+			ticks = append(ticks, tick{scale(st.At), func() {
+				r, err := bc.setStage(ctx, sc.Event, st.Stage, fmt.Sprintf("loadgen-%d-%d", wallStart.UnixNano(), i))
+				if err != nil {
+					errs.Add(1)
+					fmt.Fprintf(cfg.Log, "stage %s: %v\n", st.Stage, err)
+					return
+				}
+				versionOf[i].Store(r.V)
+				fmt.Fprintf(cfg.Log, "%6.1fs  stage %-16s v%d\n", time.Since(wallStart).Seconds(), st.Stage, r.V)
+			}})
+		}
+	}
+	for _, d := range sc.Drops {
+		d := d
+		ticks = append(ticks, tick{scale(d.At), func() {
+			mu.Lock()
+			ds := append([]*liveDevice(nil), devices...)
+			mu.Unlock()
+			every := max(1, int(math.Round(1/d.Fraction)))
+			dropped := 0
+			for k, dv := range ds {
+				if k%every == 0 && dv.c.Drop() {
+					dropped++
+				}
+			}
+			fmt.Fprintf(cfg.Log, "%6.1fs  dropped %d connections\n", time.Since(wallStart).Seconds(), dropped)
+		}})
+	}
+	for _, f := range sc.Faults {
+		if f.DrainProxy {
+			fmt.Fprintf(cfg.Log, "note: the drain fault is simulated only (a live run cannot signal a proxy it did not start)\n")
+		}
+	}
+	sort.Slice(ticks, func(i, j int) bool { return ticks[i].at < ticks[j].at })
+	progress := time.NewTicker(time.Second)
+	defer progress.Stop()
+	for _, tk := range ticks {
+		for time.Until(wallStart.Add(tk.at)) > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-progress.C:
+				printProgress(cfg.Log, wallStart, total, &mu, &devices, prefetchPerSec, bin)
+			case <-time.After(time.Until(wallStart.Add(tk.at))):
+			}
+		}
+		tk.what()
+	}
+	end := wallStart.Add(total + cfg.Settle)
+	for time.Until(end) > 0 {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-progress.C:
+			printProgress(cfg.Log, wallStart, total, &mu, &devices, prefetchPerSec, bin)
+		case <-time.After(time.Until(end)):
+		}
+	}
+
+	// Count at the end, then stop every device.
+	mu.Lock()
+	ds := append([]*liveDevice(nil), devices...)
+	mu.Unlock()
+	connected := 0
+	held := make([]uint64, len(ds))
+	for k, dv := range ds {
+		if dv.c.Connected() {
+			connected++
+		}
+		_, held[k] = dv.c.State(sc.Event)
+	}
+	stopDevices()
+	wg.Wait()
+
+	rep := &Report{Mode: "live", Scenario: sc.Name, Devices: int64(len(ds)), Connected: int64(connected), Proxies: len(cfg.ProxyURLs),
+		Errors: errs.Load()}
+	var reqs int64
+	peak := 0.0
+	prefetchSeries := make([]float64, secs)
+	connectSeries := make([]float64, secs)
+	var cum float64
+	for s := 0; s < secs; s++ {
+		v := float64(prefetchPerSec[s].Load())
+		reqs += int64(v)
+		peak = max(peak, v)
+		prefetchSeries[s] = v
+		cum += float64(connectsPerSec[s].Load())
+		connectSeries[s] = cum
+	}
+	rep.Prefetch = PrefetchStats{Requests: reqs, PeakRPS: peak, MeanRPS: float64(reqs) / math.Max(1, total.Seconds()), Errors: prefetchErrs.Load()}
+	rep.Series = Series{Connected: downsample(connectSeries, 1000), PrefetchRPS: downsample(prefetchSeries, 1000)}
+	for i, st := range sc.Stages {
+		v := versionOf[i].Load()
+		b := BroadcastStats{Stage: st.Stage, V: v, AtS: st.At.D().Seconds(), Devices: int64(len(ds))}
+		if !leader || v == 0 || v >= uint64(len(lat)) {
+			rep.Broadcasts = append(rep.Broadcasts, b)
+			continue
+		}
+		for _, h := range held {
+			if h < v {
+				b.Missed++
+			}
+		}
+		l := lat[v]
+		l.mu.Lock()
+		if l.n > 0 {
+			b.T50MS, b.T99MS, b.T100MS = float64(l.hist.ValueAtQuantile(50)), float64(l.hist.ValueAtQuantile(99)), float64(l.hist.Max())
+			for _, bar := range l.hist.CumulativeDistribution() {
+				b.Curve = append(b.Curve, Point{T: float64(bar.ValueAt) / 1000, V: bar.Quantile / 100 * float64(l.n) / float64(max(1, len(ds)))})
+			}
+		}
+		l.mu.Unlock()
+		rep.Broadcasts = append(rep.Broadcasts, b)
+	}
+	last := rep.Broadcasts[len(rep.Broadcasts)-1]
+	rep.Headline = fmt.Sprintf("%d devices, %d connected at the end; the last stage reached 50%% in %.0f ms, 99%% in %.0f ms, all who got it in %.0f ms; %d missed it",
+		rep.Devices, rep.Connected, last.T50MS, last.T99MS, last.T100MS, last.Missed)
+	rep.WallSeconds = time.Since(wallStart).Seconds()
+	return rep, nil
+}
+
+func printProgress(w io.Writer, start time.Time, total time.Duration, mu *sync.Mutex, devices *[]*liveDevice, pps []atomic.Int64, bin func(time.Time) int) {
+	mu.Lock()
+	ds := *devices
+	up := 0
+	for _, d := range ds {
+		if d.c.Connected() {
+			up++
+		}
+	}
+	mu.Unlock()
+	el := time.Since(start)
+	frac := math.Min(1, el.Seconds()/math.Max(total.Seconds(), 0.001))
+	bar := strings.Repeat("#", int(frac*30)) + strings.Repeat(".", 30-int(frac*30))
+	fmt.Fprintf(w, "[%s] %5.1fs  %d devices connected  %d prefetch/s\n", bar, el.Seconds(), up, pps[max(0, bin(time.Now())-1)].Load())
+}
+
+// putMap stores a stage map with one payload per scenario stage.
+func putMap(ctx context.Context, bc *producer, sc *Scenario) error {
+	stages := map[string]any{}
+	for _, st := range sc.Stages {
+		stages[st.Stage] = map[string]any{"default": map[string]any{"rows": []string{st.Stage + "-rows"}}}
+	}
+	b, _ := json.Marshal(map[string]any{"stages": stages, "ttl_seconds": int(sc.Prefetch.TTL.D().Seconds())})
+	if err := bc.putStageMap(ctx, sc.Event, b); err != nil {
+		return fmt.Errorf("loadgen live: stage map: %w", err)
+	}
+	return nil
+}
+
+// mixPick deterministically assigns device i a key of mix by its shares.
+func mixPick(mix map[string]float64, i int64, def string) string {
+	if len(mix) == 0 {
+		return def
+	}
+	keys := make([]string, 0, len(mix))
+	for k := range mix {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	h := fnv.New64a()
+	fmt.Fprint(h, i)
+	u := rand.New(rand.NewPCG(h.Sum64(), 1)).Float64()
+	for _, k := range keys {
+		if u < mix[k] {
+			return k
+		}
+		u -= mix[k]
+	}
+	return keys[len(keys)-1]
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// ParseIPRange parses "127.0.0.2-127.0.0.9" (or a single address, or "") into
+// the addresses of the range (last octet only).
+func ParseIPRange(s string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	lo, hi, ok := strings.Cut(s, "-")
+	if !ok {
+		hi = lo
+	}
+	var a, b [4]int
+	if _, err := fmt.Sscanf(lo, "%d.%d.%d.%d", &a[0], &a[1], &a[2], &a[3]); err != nil {
+		return nil, fmt.Errorf("source IPs %q: %w", s, err)
+	}
+	if _, err := fmt.Sscanf(hi, "%d.%d.%d.%d", &b[0], &b[1], &b[2], &b[3]); err != nil {
+		return nil, fmt.Errorf("source IPs %q: %w", s, err)
+	}
+	if a[0] != 127 || a[0] != b[0] || a[1] != b[1] || a[2] != b[2] || b[3] < a[3] || b[3] > 254 {
+		return nil, fmt.Errorf("source IPs %q: want a range of 127.x.y.a-127.x.y.b (loopback only)", s)
+	}
+	var out []string
+	for i := a[3]; i <= b[3]; i++ {
+		out = append(out, fmt.Sprintf("%d.%d.%d.%d", a[0], a[1], a[2], i))
+	}
+	return out, nil
+}

@@ -1,0 +1,70 @@
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// producer is the loadgen's own minimal client of the producer API: loadgen
+// imports only the device client, the wire format and its own code, so it runs
+// against any deployment.
+type producer struct {
+	base, token string
+	hc          *http.Client
+}
+
+type stageReply struct {
+	V  uint64 `json:"v"`
+	TS int64  `json:"ts"`
+}
+
+func (p *producer) do(ctx context.Context, method, path string, body []byte, idem string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(p.base, "/")+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+p.token)
+	req.Header.Set("Content-Type", "application/json")
+	if idem != "" {
+		req.Header.Set("Idempotency-Key", idem)
+	}
+	hc := p.hc
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, bytes.TrimSpace(b))
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+func (p *producer) putStageMap(ctx context.Context, event string, raw []byte) error {
+	return p.do(ctx, http.MethodPut, "/v1/events/"+url.PathEscape(event)+"/stages", raw, "", nil)
+}
+
+func (p *producer) setLive(ctx context.Context, event string, live bool) error {
+	b, _ := json.Marshal(map[string]bool{"live": live})
+	return p.do(ctx, http.MethodPut, "/v1/events/"+url.PathEscape(event)+"/window", b, "", nil)
+}
+
+func (p *producer) setStage(ctx context.Context, event, stage, idem string) (stageReply, error) {
+	b, _ := json.Marshal(map[string]string{"stage": stage})
+	var r stageReply
+	err := p.do(ctx, http.MethodPost, "/v1/events/"+url.PathEscape(event)+"/stage", b, idem, &r)
+	return r, err
+}
