@@ -32,8 +32,9 @@ vet: ## go vet and gofmt check
 	$(GO) vet $(PKGS)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
 
-test: deps vet ## everything the tests need, then every test, with -race
-	$(GO) test -race -count=1 -timeout 9m $(PKGS)
+test: deps vet ## everything the tests need, then every test, with -race (timing tests without it)
+	$(GO) test -race -count=1 -timeout 8m $(PKGS)
+	$(GO) test -count=1 -timeout 3m -run 'TestSimulatorCalibration' ./internal/e2e
 
 fuzz: ## fuzz the device frame decoder for 30s
 	$(GO) test ./internal/wire -run XXX -fuzz FuzzParseDeviceFrame -fuzztime 30s

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/schollz/progressbar/v3"
 
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/wire"
@@ -41,7 +42,10 @@ type LiveConfig struct {
 	// Settle is how long to wait after the last stage change before the final
 	// count. Default 5s.
 	Settle time.Duration
-	Log    io.Writer
+	// StartAt aligns the shares of one run started in several processes
+	// (default: now).
+	StartAt time.Time
+	Log     io.Writer
 }
 
 // liveDevice is one simulated device.
@@ -56,9 +60,18 @@ type versionLatency struct {
 	n    int64
 }
 
-// Live runs sc against a deployment and returns the report. Every loop is
-// bounded by the scenario's scaled duration plus Settle.
-func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Report, error) {
+// LiveReport runs one share of sc (usually all of it) and returns its report.
+func LiveReport(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Report, error) {
+	p, err := Live(ctx, sc, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return Merge(sc, []*Partial{p})
+}
+
+// Live runs this process's share of sc against a deployment and returns what
+// it measured. Every loop is bounded by the scenario's scaled duration plus Settle.
+func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 	if len(cfg.ProxyURLs) == 0 || cfg.GraphQLURL == "" {
 		return nil, errors.New("loadgen live: need proxy URLs and the GraphQL URL")
 	}
@@ -83,7 +96,10 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Report, error) {
 	}
 	scale := func(d Duration) time.Duration { return time.Duration(float64(d) / cfg.TimeScale) }
 	total := scale(sc.Duration)
-	wallStart := time.Now()
+	wallStart := cfg.StartAt
+	if wallStart.IsZero() {
+		wallStart = time.Now()
+	}
 	bc := &producer{base: cfg.Broadcaster, token: cfg.Token}
 	leader := cfg.Segment == 0
 
@@ -128,7 +144,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Report, error) {
 	for i := int64(cfg.Segment); i < n; i += int64(cfg.Segments) {
 		// Open model: device i is due at start + ramp*sqrt(i/n) (a rate rising
 		// linearly from 0), whatever happened to the others.
-		due := rampStart + time.Duration(float64(ramp)*math.Sqrt(float64(i)/float64(n)))
+		due := DueAt(i, n, rampStart, ramp)
 		idx := i
 		wg.Add(1)
 		go func() {
@@ -211,7 +227,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Report, error) {
 					return
 				}
 				versionOf[i].Store(r.V)
-				fmt.Fprintf(cfg.Log, "%6.1fs  stage %-16s v%d\n", time.Since(wallStart).Seconds(), st.Stage, r.V)
+				fmt.Fprintf(cfg.Log, "\n%6.1fs  stage %-16s v%d\n", time.Since(wallStart).Seconds(), st.Stage, r.V)
 			}})
 		}
 	}
@@ -228,7 +244,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Report, error) {
 					dropped++
 				}
 			}
-			fmt.Fprintf(cfg.Log, "%6.1fs  dropped %d connections\n", time.Since(wallStart).Seconds(), dropped)
+			fmt.Fprintf(cfg.Log, "\n%6.1fs  dropped %d connections\n", time.Since(wallStart).Seconds(), dropped)
 		}})
 	}
 	for _, f := range sc.Faults {
@@ -237,15 +253,16 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Report, error) {
 		}
 	}
 	sort.Slice(ticks, func(i, j int) bool { return ticks[i].at < ticks[j].at })
-	progress := time.NewTicker(time.Second)
-	defer progress.Stop()
+	ticker := time.NewTicker(time.Second)
+	defer ticker.Stop()
+	bar := newProgress(cfg.Log, wallStart, total)
 	for _, tk := range ticks {
 		for time.Until(wallStart.Add(tk.at)) > 0 {
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
-			case <-progress.C:
-				printProgress(cfg.Log, wallStart, total, &mu, &devices, prefetchPerSec, bin)
+			case <-ticker.C:
+				bar.update(&mu, &devices, prefetchPerSec, bin)
 			case <-time.After(time.Until(wallStart.Add(tk.at))):
 			}
 		}
@@ -256,12 +273,14 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Report, error) {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-progress.C:
-			printProgress(cfg.Log, wallStart, total, &mu, &devices, prefetchPerSec, bin)
+		case <-ticker.C:
+			bar.update(&mu, &devices, prefetchPerSec, bin)
 		case <-time.After(time.Until(end)):
 		}
 	}
 
+	_ = bar.bar.Finish()
+	fmt.Fprintln(cfg.Log)
 	// Count at the end, then stop every device.
 	mu.Lock()
 	ds := append([]*liveDevice(nil), devices...)
@@ -277,67 +296,55 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Report, error) {
 	stopDevices()
 	wg.Wait()
 
-	rep := &Report{Mode: "live", Scenario: sc.Name, Devices: int64(len(ds)), Connected: int64(connected), Proxies: len(cfg.ProxyURLs),
-		Errors: errs.Load()}
-	var reqs int64
-	peak := 0.0
-	prefetchSeries := make([]float64, secs)
-	connectSeries := make([]float64, secs)
-	var cum float64
-	for s := 0; s < secs; s++ {
-		v := float64(prefetchPerSec[s].Load())
-		reqs += int64(v)
-		peak = max(peak, v)
-		prefetchSeries[s] = v
-		cum += float64(connectsPerSec[s].Load())
-		connectSeries[s] = cum
+	part := &Partial{Segment: cfg.Segment, Segments: cfg.Segments, StartUnixMS: wallStart.UnixMilli(), Devices: int64(len(ds)),
+		Connected: int64(connected), Held: map[uint64]int64{}, Latency: map[uint64]*hdrhistogram.Snapshot{},
+		PrefetchErrors: prefetchErrs.Load(), Errors: errs.Load(), Proxies: len(cfg.ProxyURLs)}
+	for _, h := range held {
+		part.Held[h]++
 	}
-	rep.Prefetch = PrefetchStats{Requests: reqs, PeakRPS: peak, MeanRPS: float64(reqs) / math.Max(1, total.Seconds()), Errors: prefetchErrs.Load()}
-	rep.Series = Series{Connected: downsample(connectSeries, 1000), PrefetchRPS: downsample(prefetchSeries, 1000)}
-	for i, st := range sc.Stages {
-		v := versionOf[i].Load()
-		b := BroadcastStats{Stage: st.Stage, V: v, AtS: st.At.D().Seconds(), Devices: int64(len(ds))}
-		if !leader || v == 0 || v >= uint64(len(lat)) {
-			rep.Broadcasts = append(rep.Broadcasts, b)
-			continue
-		}
-		for _, h := range held {
-			if h < v {
-				b.Missed++
-			}
-		}
-		l := lat[v]
+	for s := 0; s < secs; s++ {
+		part.ConnectsPerSec = append(part.ConnectsPerSec, connectsPerSec[s].Load())
+		part.PrefetchPerSec = append(part.PrefetchPerSec, prefetchPerSec[s].Load())
+	}
+	for v, l := range lat {
 		l.mu.Lock()
 		if l.n > 0 {
-			b.T50MS, b.T99MS, b.T100MS = float64(l.hist.ValueAtQuantile(50)), float64(l.hist.ValueAtQuantile(99)), float64(l.hist.Max())
-			for _, bar := range l.hist.CumulativeDistribution() {
-				b.Curve = append(b.Curve, Point{T: float64(bar.ValueAt) / 1000, V: bar.Quantile / 100 * float64(l.n) / float64(max(1, len(ds)))})
-			}
+			part.Latency[uint64(v)] = l.hist.Export()
 		}
 		l.mu.Unlock()
-		rep.Broadcasts = append(rep.Broadcasts, b)
 	}
-	last := rep.Broadcasts[len(rep.Broadcasts)-1]
-	rep.Headline = fmt.Sprintf("%d devices, %d connected at the end; the last stage reached 50%% in %.0f ms, 99%% in %.0f ms, all who got it in %.0f ms; %d missed it",
-		rep.Devices, rep.Connected, last.T50MS, last.T99MS, last.T100MS, last.Missed)
-	rep.WallSeconds = time.Since(wallStart).Seconds()
-	return rep, nil
+	if leader {
+		for i := range sc.Stages {
+			part.Versions = append(part.Versions, versionOf[i].Load())
+		}
+	}
+	part.WallSeconds = time.Since(wallStart).Seconds()
+	return part, nil
 }
 
-func printProgress(w io.Writer, start time.Time, total time.Duration, mu *sync.Mutex, devices *[]*liveDevice, pps []atomic.Int64, bin func(time.Time) int) {
+// progress shows a bar of the run's timeline with the current rates.
+type progress struct {
+	bar   *progressbar.ProgressBar
+	start time.Time
+}
+
+func newProgress(w io.Writer, start time.Time, total time.Duration) *progress {
+	return &progress{start: start, bar: progressbar.NewOptions64(max(1, total.Milliseconds()/100),
+		progressbar.OptionSetWriter(w), progressbar.OptionSetWidth(30), progressbar.OptionThrottle(500*time.Millisecond),
+		progressbar.OptionShowElapsedTimeOnFinish(), progressbar.OptionSetPredictTime(false))}
+}
+
+func (p *progress) update(mu *sync.Mutex, devices *[]*liveDevice, pps []atomic.Int64, bin func(time.Time) int) {
 	mu.Lock()
-	ds := *devices
 	up := 0
-	for _, d := range ds {
+	for _, d := range *devices {
 		if d.c.Connected() {
 			up++
 		}
 	}
 	mu.Unlock()
-	el := time.Since(start)
-	frac := math.Min(1, el.Seconds()/math.Max(total.Seconds(), 0.001))
-	bar := strings.Repeat("#", int(frac*30)) + strings.Repeat(".", 30-int(frac*30))
-	fmt.Fprintf(w, "[%s] %5.1fs  %d devices connected  %d prefetch/s\n", bar, el.Seconds(), up, pps[max(0, bin(time.Now())-1)].Load())
+	p.bar.Describe(fmt.Sprintf("%6d connected %6d prefetch/s", up, pps[max(0, bin(time.Now())-1)].Load()))
+	_ = p.bar.Set64(min(p.bar.GetMax64(), time.Since(p.start).Milliseconds()/100))
 }
 
 // putMap stores a stage map with one payload per scenario stage.
@@ -384,6 +391,13 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// DueAt is when device i of n connects in the open arrival model: the rate
+// rises linearly from 0 at start to its peak at start+ramp, so by start+x the
+// share (x/ramp)^2 has arrived, and device i is due at start + ramp*sqrt(i/n).
+func DueAt(i, n int64, start, ramp time.Duration) time.Duration {
+	return start + time.Duration(float64(ramp)*math.Sqrt(float64(i)/float64(n)))
 }
 
 // ParseIPRange parses "127.0.0.2-127.0.0.9" (or a single address, or "") into

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestExampleScenariosParse(t *testing.T) {
@@ -182,5 +183,38 @@ func TestReportFiles(t *testing.T) {
 	html, _ := os.ReadFile(filepath.Join(dir, "report.html"))
 	if strings.Count(string(html), "<svg") != 3 || strings.Contains(string(html), "http://") && !strings.Contains(string(html), "xmlns=\"http://www.w3.org/2000/svg\"") {
 		t.Fatalf("report.html: want 3 inline SVG plots and no external assets")
+	}
+}
+
+// The live schedule (DueAt) and the simulator's buckets (rampArrivals) are the
+// same arrival model: a linear ramp of the rate, N in all.
+func TestArrivalModel(t *testing.T) {
+	const n, start, ramp = 100000, 60, 600
+	a := rampArrivals(n, start, ramp, 1000)
+	var total float64
+	for _, v := range a {
+		total += v
+	}
+	if math.Abs(total-n) > 1e-6 {
+		t.Fatalf("arrivals total %.3f, want %d", total, n)
+	}
+	if a[start-1] != 0 || a[start+ramp] != 0 {
+		t.Fatal("arrivals outside the ramp")
+	}
+	// The rate rises linearly: second k of the ramp has (2k+1)/ramp^2 of N.
+	for _, k := range []int{0, 100, 599} {
+		if want := n * float64(2*k+1) / (ramp * ramp); math.Abs(a[start+k]-want) > 1e-6 {
+			t.Fatalf("second %d: %.3f, want %.3f", k, a[start+k], want)
+		}
+	}
+	// Count the live schedule's devices per second: the same curve.
+	live := make([]float64, 1000)
+	for i := int64(0); i < n; i++ {
+		live[int(DueAt(i, n, start*time.Second, ramp*time.Second).Seconds())]++
+	}
+	for s := start; s < start+ramp; s += 37 {
+		if math.Abs(live[s]-a[s]) > 1.5 {
+			t.Fatalf("second %d: live schedule %.0f devices, simulator %.1f", s, live[s], a[s])
+		}
 	}
 }

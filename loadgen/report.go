@@ -23,7 +23,26 @@ type Report struct {
 	WallSeconds   float64          `json:"wall_seconds"`
 	Headline      string           `json:"headline"`
 	NoJitter      *HerdComparison  `json:"no_jitter,omitempty"`
-	Series        Series           `json:"series"`
+	// Calibration (live runs): the fleet and delay figures the simulator can take
+	// (simulate --calibrate report.json).
+	Calibration *Calibration `json:"calibration,omitempty"`
+	Series      Series       `json:"series"`
+}
+
+// ReadCalibration reads the calibration of a live run's report.json.
+func ReadCalibration(path string) (*Calibration, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if r.Calibration == nil || r.Calibration.FanoutRate <= 0 {
+		return nil, fmt.Errorf("%s: no calibration (it comes from a live run with broadcasts after every device connected)", path)
+	}
+	return r.Calibration, nil
 }
 
 // BroadcastStats is one stage change: when each share of devices held it.

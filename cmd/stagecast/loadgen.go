@@ -1,10 +1,16 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
 
 	"github.com/stagecast/stagecast/loadgen"
 )
@@ -12,8 +18,13 @@ import (
 const loadgenUsage = `Usage:
   stagecast loadgen simulate --scenario FILE [--devices N] [--proxies P] [--no-jitter] [--out DIR]
       the scenario at full scale without sockets; writes DIR/report.json and DIR/report.html
-  stagecast loadgen live --scenario FILE [--devices N] [--time-scale X] [--token T] [--out DIR]
+  stagecast loadgen simulate --scenario FILE --calibrate live/report.json
+      the same, with the fanout rate and delays a live run measured
+  stagecast loadgen live --scenario FILE [--devices N] [--time-scale X] [--procs N] [--token T] [--out DIR]
       real devices (WebSocket + GraphQL prefetch) against a deployment; defaults point at make run
+  stagecast loadgen live ... --segment i/n --partial-out FILE
+      one share of a run spread over machines; then:
+  stagecast loadgen merge --scenario FILE --out DIR share-0.json share-1.json ...
 `
 
 func runLoadgen(args []string) error {
@@ -26,6 +37,8 @@ func runLoadgen(args []string) error {
 		return runSimulate(args[1:])
 	case "live":
 		return runLive(args[1:])
+	case "merge":
+		return runMerge(args[1:])
 	default:
 		fmt.Fprint(os.Stderr, loadgenUsage)
 		return fmt.Errorf("unknown loadgen mode %q", args[0])
@@ -39,6 +52,7 @@ func runSimulate(args []string) error {
 	fs.Int64Var(&o.Devices, "devices", 0, "override the scenario's device population")
 	fs.IntVar(&o.Proxies, "proxies", 0, "override the fleet size (default: the scenario's, else what the peak needs)")
 	fs.BoolVar(&o.NoJitter, "no-jitter", false, "exact TTLs and refreshes: shows the herd")
+	calib := fs.String("calibrate", "", "a live run's report.json: use the fanout rate and delays it measured")
 	out := fs.String("out", "", "write report.json and report.html here")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -49,6 +63,12 @@ func runSimulate(args []string) error {
 	sc, err := loadgen.LoadScenario(*scenario)
 	if err != nil {
 		return err
+	}
+	if *calib != "" {
+		if o.Calibration, err = loadgen.ReadCalibration(*calib); err != nil {
+			return err
+		}
+		fmt.Printf("calibrated from %s: %.0f deliveries/s per proxy, %.1f ms publish hop\n", *calib, o.Calibration.FanoutRate, o.Calibration.PubSubMS)
 	}
 	r := loadgen.Simulate(sc, o)
 	fmt.Println(r.Headline)
@@ -83,6 +103,10 @@ func runLive(args []string) error {
 	segment := fs.String("segment", "0/1", "run share i of n of the devices (i/n); share 0 also makes the stage changes")
 	srcIPs := fs.String("source-ips", "", "spread connections over these loopback addresses, e.g. 127.0.0.2-127.0.0.9")
 	out := fs.String("out", "", "write report.json and report.html here")
+	procs := fs.Int("procs", 1, "fork this many worker processes on this machine (each holds at most ~19,000 connections here)")
+	partialOut := fs.String("partial-out", "", "write this share's raw results here (for loadgen merge) instead of a report")
+	startAt := fs.Int64("start-at", 0, "Unix ms at which the run starts (aligns shares; default now)")
+	quiet := fs.Bool("quiet", false, "no progress output (workers of --procs)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -106,24 +130,149 @@ func runLive(args []string) error {
 	if cfg.TimeScale == 0 {
 		cfg.TimeScale = max(1, sc.Duration.D().Seconds()/60)
 	}
-	cfg.Log = os.Stdout
+	if *startAt > 0 {
+		cfg.StartAt = time.UnixMilli(*startAt)
+	}
 	ctx, stop := signalContext()
 	defer stop()
-	fmt.Printf("%s: %d devices, %v of scenario in %.0f s (time scale %.0fx)\n", sc.Name, max(cfg.Devices, sc.Devices), sc.Duration.D(), sc.Duration.D().Seconds()/cfg.TimeScale, cfg.TimeScale)
-	r, err := loadgen.Live(ctx, sc, cfg)
+	if *partialOut != "" { // a worker or one machine's share: raw results only
+		cfg.Log = os.Stderr
+		if *quiet {
+			cfg.Log = io.Discard
+		}
+		p, err := loadgen.Live(ctx, sc, cfg)
+		if err != nil {
+			return err
+		}
+		return p.WriteFile(*partialOut)
+	}
+	cfg.Log = os.Stdout
+	fmt.Printf("%s: %d devices in %d process(es), %v of scenario in %.0f s (time scale %.0fx)\n", sc.Name, max(cfg.Devices, sc.Devices), *procs, sc.Duration.D(), sc.Duration.D().Seconds()/cfg.TimeScale, cfg.TimeScale)
+	var parts []*loadgen.Partial
+	if *procs > 1 {
+		if cfg.Segments != 1 {
+			return errors.New("--procs splits this machine's run; do not combine it with --segment")
+		}
+		parts, err = runWorkers(ctx, sc, args, *procs, cfg)
+	} else {
+		var p *loadgen.Partial
+		p, err = loadgen.Live(ctx, sc, cfg)
+		parts = []*loadgen.Partial{p}
+	}
 	if err != nil {
 		return err
 	}
+	r, err := loadgen.Merge(sc, parts)
+	if err != nil {
+		return err
+	}
+	return printLiveReport(r, *out)
+}
+
+// runWorkers forks procs-1 copies of this command for shares 1..procs-1 (each
+// with its own block of the source addresses), runs share 0 here, and collects
+// every share's results. All start at the same instant.
+func runWorkers(ctx context.Context, sc *loadgen.Scenario, args []string, procs int, cfg loadgen.LiveConfig) ([]*loadgen.Partial, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "stagecast-loadgen-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	start := time.Now().Add(2 * time.Second)
+	block := func(i int) []string {
+		n := len(cfg.SourceIPs)
+		return cfg.SourceIPs[i*n/procs : (i+1)*n/procs]
+	}
+	type worker struct {
+		cmd  *exec.Cmd
+		path string
+	}
+	var ws []worker
+	for i := 1; i < procs; i++ {
+		path := filepath.Join(dir, fmt.Sprintf("part-%d.json", i))
+		wargs := append([]string{"loadgen", "live"}, args...) // later flags win
+		wargs = append(wargs, "--quiet", "--procs", "1", "--segment", fmt.Sprintf("%d/%d", i, procs), "--partial-out", path,
+			"--start-at", strconv.FormatInt(start.UnixMilli(), 10), "--time-scale", strconv.FormatFloat(cfg.TimeScale, 'f', -1, 64))
+		if b := block(i); len(b) > 0 {
+			wargs = append(wargs, "--source-ips", b[0]+"-"+b[len(b)-1])
+		}
+		cmd := exec.CommandContext(ctx, self, wargs...)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			return nil, fmt.Errorf("worker %d: %w", i, err)
+		}
+		ws = append(ws, worker{cmd, path})
+	}
+	cfg.Segment, cfg.Segments, cfg.StartAt = 0, procs, start
+	if b := block(0); len(b) > 0 || len(cfg.SourceIPs) > 0 {
+		cfg.SourceIPs = b
+	}
+	p0, err := loadgen.Live(ctx, sc, cfg)
+	if err != nil {
+		return nil, err
+	}
+	parts := []*loadgen.Partial{p0}
+	for i, w := range ws {
+		if err := w.cmd.Wait(); err != nil {
+			return nil, fmt.Errorf("worker %d: %w", i+1, err)
+		}
+		p, err := loadgen.ReadPartial(w.path)
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, p)
+	}
+	return parts, nil
+}
+
+func runMerge(args []string) error {
+	fs := flag.NewFlagSet("loadgen merge", flag.ContinueOnError)
+	scenario := fs.String("scenario", "", "the scenario the shares ran")
+	out := fs.String("out", "", "write report.json and report.html here")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	files := positional(fs)
+	if *scenario == "" || len(files) == 0 {
+		return errors.New("usage: stagecast loadgen merge --scenario FILE [--out DIR] share.json ...")
+	}
+	sc, err := loadgen.LoadScenario(*scenario)
+	if err != nil {
+		return err
+	}
+	var parts []*loadgen.Partial
+	for _, f := range files {
+		p, err := loadgen.ReadPartial(f)
+		if err != nil {
+			return err
+		}
+		parts = append(parts, p)
+	}
+	r, err := loadgen.Merge(sc, parts)
+	if err != nil {
+		return err
+	}
+	return printLiveReport(r, *out)
+}
+
+func printLiveReport(r *loadgen.Report, out string) error {
 	fmt.Println(r.Headline)
 	for _, b := range r.Broadcasts {
 		fmt.Printf("  v%-3d %-16s 50%% %6.0f ms  99%% %6.0f ms  100%% %6.0f ms  missed %d\n", b.V, b.Stage, b.T50MS, b.T99MS, b.T100MS, b.Missed)
 	}
 	fmt.Printf("prefetch: %d requests, peak %.0f/s, %d errors; %d errors in all\n", r.Prefetch.Requests, r.Prefetch.PeakRPS, r.Prefetch.Errors, r.Errors)
-	if *out != "" {
-		if err := r.Write(*out); err != nil {
+	if c := r.Calibration; c != nil {
+		fmt.Printf("calibration: %.0f deliveries/s per proxy, %.1f ms publish hop (simulate --calibrate report.json)\n", c.FanoutRate, c.PubSubMS)
+	}
+	if out != "" {
+		if err := r.Write(out); err != nil {
 			return err
 		}
-		fmt.Printf("report: %s/report.json, %s/report.html\n", *out, *out)
+		fmt.Printf("report: %s/report.json, %s/report.html\n", out, out)
 	}
 	return nil
 }

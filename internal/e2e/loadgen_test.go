@@ -59,7 +59,7 @@ drops:
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	r, err := loadgen.Live(ctx, sc, loadgen.LiveConfig{
+	r, err := loadgen.LiveReport(ctx, sc, loadgen.LiveConfig{
 		ProxyURLs: []string{"ws" + ps.URL[len("http"):] + "/v1/ws"}, GraphQLURL: gsrv.URL + "/graphql", Broadcaster: bsrv.URL,
 		Token: token, TimeScale: 360, Settle: 3 * time.Second}) // 1 h in 10 s
 	if err != nil {
