@@ -181,8 +181,8 @@ func TestReportFiles(t *testing.T) {
 		}
 	}
 	html, _ := os.ReadFile(filepath.Join(dir, "report.html"))
-	if strings.Count(string(html), "<svg") != 3 || strings.Contains(string(html), "http://") && !strings.Contains(string(html), "xmlns=\"http://www.w3.org/2000/svg\"") {
-		t.Fatalf("report.html: want 3 inline SVG plots and no external assets")
+	if strings.Count(string(html), "<svg") != 4 || strings.Contains(string(html), "http://") && !strings.Contains(string(html), "xmlns=\"http://www.w3.org/2000/svg\"") {
+		t.Fatalf("report.html: want 4 inline SVG plots and no external assets")
 	}
 }
 

@@ -164,7 +164,13 @@ func sortedKeys(m map[string][]Point) []string {
 
 var reportTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 	"connectPlot": func(r *Report) template.HTML {
-		return svgPlot("Connected devices", "seconds", "devices", map[string][]Point{"connected": r.Series.Connected, "reconnects/s": r.Series.Reconnects})
+		return svgPlot("Connected devices", "seconds", "devices", map[string][]Point{"connected": r.Series.Connected})
+	},
+	"reconnectPlot": func(r *Report) template.HTML {
+		if len(r.Series.Reconnects) == 0 {
+			return ""
+		}
+		return svgPlot("Reconnects per second (drops, drains)", "seconds", "reconnects/s", map[string][]Point{"reconnects/s": r.Series.Reconnects})
 	},
 	"prefetchPlot": func(r *Report) template.HTML {
 		c := map[string][]Point{"with jitter": r.Series.PrefetchRPS}
@@ -186,6 +192,7 @@ var reportTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 <p><b>{{.Headline}}</b></p>
 <p>{{.Devices}} devices, {{.Connected}} connected at the end, {{.Proxies}} proxies ({{.ProxiesNeeded}} needed at peak); {{printf "%.2f" .WallSeconds}} s of wall time; {{.Errors}} errors.</p>
 {{connectPlot .}}
+{{reconnectPlot .}}
 <h2>Prefetch</h2>
 <p>{{.Prefetch.Requests}} requests, peak {{printf "%.0f" .Prefetch.PeakRPS}}/s, mean {{printf "%.0f" .Prefetch.MeanRPS}}/s, {{.Prefetch.Errors}} errors.{{if .NoJitter}} Refreshes (every prefetch after a device's first) peak at {{printf "%.0f" .Prefetch.RefreshPeakRPS}}/s; without jitter they would peak at {{printf "%.0f" .NoJitter.RefreshPeakRPS}}/s: <b>{{printf "%.1f" .NoJitter.Ratio}}x</b> the herd.{{end}}</p>
 {{prefetchPlot .}}
