@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/graph"
+	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/redistest"
@@ -21,15 +22,8 @@ import (
 	"github.com/stagecast/stagecast/prefetch"
 )
 
-const prefetchQuery = `query Prefetch($event: ID!, $segment: String) {
-  liveEvent(id: $event) {
-    id
-    current { key v ts }
-    stages(segment: $segment) { key payload }
-    ttlSeconds
-    refreshAfterSeconds
-  }
-}`
+// prefetchQuery is the contract's query, as devices send it.
+const prefetchQuery = device.PrefetchQuery
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 

@@ -160,7 +160,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 			pf, err := device.NewPrefetcher(device.PrefetchConfig{URL: cfg.GraphQLURL, Event: sc.Event, Segment: segment, Critical: true,
 				HTTPClient: hc, MissDelayMax: time.Duration(float64(5*time.Second) / cfg.TimeScale),
 				Sleep: func(ctx context.Context, d time.Duration) error {
-					return sleepCtx(ctx, time.Duration(float64(d)/cfg.TimeScale))
+					return device.Sleep(ctx, time.Duration(float64(d)/cfg.TimeScale))
 				},
 				OnFetch: func(err error, _ time.Duration) {
 					if runCtx.Err() != nil {
@@ -380,17 +380,6 @@ func mixPick(mix map[string]float64, i int64, def string) string {
 		u -= mix[k]
 	}
 	return keys[len(keys)-1]
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // DueAt is when device i of n connects in the open arrival model: the rate

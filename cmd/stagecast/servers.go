@@ -137,13 +137,7 @@ func runProxy(args []string) error {
 	if err != nil {
 		return err
 	}
-	bound, err := serve.Listen(append([]serve.Server{{Name: "proxy", Addr: *addr, Handler: p.Handler()}}, debugServer(*debugAddr)...))
-	if err != nil {
-		return err
-	}
-	ctx, stop := signalContext()
-	defer stop()
-	return serve.Run(ctx, log, bound, pc.DrainWindow+10*time.Second, drainProxy(p))
+	return serveUntilSignal(log, serve.Server{Name: "proxy", Addr: *addr, Handler: p.Handler()}, *debugAddr, pc.DrainWindow+10*time.Second, drainProxy(p))
 }
 
 func runBroadcaster(args []string) error {
@@ -170,13 +164,7 @@ func runBroadcaster(args []string) error {
 	if err != nil {
 		return err
 	}
-	bound, err := serve.Listen(append([]serve.Server{{Name: "broadcaster", Addr: *addr, Handler: bc.Handler()}}, debugServer(*debugAddr)...))
-	if err != nil {
-		return err
-	}
-	ctx, stop := signalContext()
-	defer stop()
-	return serve.Run(ctx, log, bound, 10*time.Second, nil)
+	return serveUntilSignal(log, serve.Server{Name: "broadcaster", Addr: *addr, Handler: bc.Handler()}, *debugAddr, 10*time.Second, nil)
 }
 
 // redisSetup builds the logger and the Redis engine of a server subcommand.
@@ -220,11 +208,17 @@ func runPrefetch(args []string) error {
 	if err != nil {
 		return err
 	}
-	bound, err := serve.Listen(append([]serve.Server{{Name: "prefetch", Addr: *addr, Handler: pf.Handler()}}, debugServer(*debugAddr)...))
+	return serveUntilSignal(log, serve.Server{Name: "prefetch", Addr: *addr, Handler: pf.Handler()}, *debugAddr, 10*time.Second, nil)
+}
+
+// serveUntilSignal serves srv (and pprof on debugAddr, if set) until SIGINT or
+// SIGTERM, then runs drain and shuts down within grace.
+func serveUntilSignal(log *slog.Logger, srv serve.Server, debugAddr string, grace time.Duration, drain func(context.Context)) error {
+	bound, err := serve.Listen(append([]serve.Server{srv}, debugServer(debugAddr)...))
 	if err != nil {
 		return err
 	}
 	ctx, stop := signalContext()
 	defer stop()
-	return serve.Run(ctx, log, bound, 10*time.Second, nil)
+	return serve.Run(ctx, log, bound, grace, drain)
 }

@@ -85,7 +85,7 @@ func New(cfg Config) (*Client, error) {
 		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	}
 	if cfg.Sleep == nil {
-		cfg.Sleep = sleep
+		cfg.Sleep = Sleep
 	}
 	c := &Client{cfg: cfg, state: make(map[string]wire.ProxyFrame)}
 	for ev, v := range cfg.Events {
@@ -96,7 +96,8 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
+// Sleep waits d or until ctx ends (then it returns ctx's error).
+func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -92,7 +92,7 @@ func NewPrefetcher(cfg PrefetchConfig) (*Prefetcher, error) {
 		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	}
 	if cfg.Sleep == nil {
-		cfg.Sleep = sleep
+		cfg.Sleep = Sleep
 	}
 	return &Prefetcher{cfg: cfg, payloads: map[string]json.RawMessage{}}, nil
 }
