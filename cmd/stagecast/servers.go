@@ -100,8 +100,8 @@ Store a stage map, then prefetch it as a device would:
   go run ./cmd/stagecast stage --broadcaster http://%[2]s map put fight-2026-11-15 docs/examples/fight-map.json
   go run ./cmd/stagecast prefetch-get --graphql http://%[4]s/graphql fight-2026-11-15
 
-Watch an event as a device (in another terminal):
-  go run ./cmd/stagecast watch --proxy ws://%[1]s/v1/ws fight-2026-11-15
+Watch an event as a device (in another terminal; it prefetches the map first):
+  go run ./cmd/stagecast watch --proxy ws://%[1]s/v1/ws --graphql http://%[4]s/graphql fight-2026-11-15
 
 Trigger a stage:
   export STAGECAST_PRODUCER_TOKEN=%[3]s
