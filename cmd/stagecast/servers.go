@@ -96,6 +96,9 @@ stagecast dev server: in-memory engine, nothing persists.
   producer token        %[3]s
   metrics / health      http://%[1]s/metrics  http://%[2]s/metrics  http://%[4]s/metrics  /healthz  /readyz
 
+In each terminal you use:
+  export STAGECAST_PRODUCER_TOKEN=%[3]s
+
 Store a stage map, then prefetch it as a device would:
   go run ./cmd/stagecast stage --broadcaster http://%[2]s map put fight-2026-11-15 docs/examples/fight-map.json
   go run ./cmd/stagecast prefetch-get --graphql http://%[4]s/graphql fight-2026-11-15
@@ -104,7 +107,6 @@ Watch an event as a device (in another terminal; it prefetches the map first):
   go run ./cmd/stagecast watch --proxy ws://%[1]s/v1/ws --graphql http://%[4]s/graphql fight-2026-11-15
 
 Trigger a stage:
-  export STAGECAST_PRODUCER_TOKEN=%[3]s
   go run ./cmd/stagecast stage --broadcaster http://%[2]s set fight-2026-11-15 round-3
   curl -H "Authorization: Bearer %[3]s" -H 'Content-Type: application/json' \
        -d '{"stage":"round-3"}' http://%[2]s/v1/events/fight-2026-11-15/stage
