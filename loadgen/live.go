@@ -296,7 +296,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 	stopDevices()
 	wg.Wait()
 
-	part := &Partial{Segment: cfg.Segment, Segments: cfg.Segments, StartUnixMS: wallStart.UnixMilli(), Devices: int64(len(ds)),
+	part := &Partial{Segment: cfg.Segment, Segments: cfg.Segments, Devices: int64(len(ds)),
 		Connected: int64(connected), Held: map[uint64]int64{}, Latency: map[uint64]*hdrhistogram.Snapshot{},
 		PrefetchErrors: prefetchErrs.Load(), Errors: errs.Load(), Proxies: len(cfg.ProxyURLs)}
 	for _, h := range held {

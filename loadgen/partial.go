@@ -13,11 +13,10 @@ import (
 // Partial is what one share (segment i of n) of a live run measured. Shares run
 // in several processes, or on several machines, merge into one Report.
 type Partial struct {
-	Segment     int   `json:"segment"`
-	Segments    int   `json:"segments"`
-	StartUnixMS int64 `json:"start_unix_ms"`
-	Devices     int64 `json:"devices"`
-	Connected   int64 `json:"connected"`
+	Segment   int   `json:"segment"`
+	Segments  int   `json:"segments"`
+	Devices   int64 `json:"devices"`
+	Connected int64 `json:"connected"`
 	// Held: devices by the version they held at the end.
 	Held map[uint64]int64 `json:"held"`
 	// Latency: per version, ms from the change's ts to each device's receipt.

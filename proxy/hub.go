@@ -59,7 +59,6 @@ type topic struct {
 	hist       []*prepared // ascending by version, at most HistoryLen
 	stats      map[uint64]*versionStats
 	emptySince time.Time // zero while it has conns
-	removed    bool
 }
 
 // subscribe adds c to event's topic, creating the topic (and its engine
@@ -140,7 +139,6 @@ func (h *hub) sweep(now time.Time) {
 		for ev, t := range sh.topics {
 			t.mu.Lock()
 			if len(t.conns) == 0 && !t.emptySince.IsZero() && now.Sub(t.emptySince) >= h.s.cfg.TopicLinger {
-				t.removed = true
 				t.cancel()
 				delete(sh.topics, ev)
 				h.s.metrics.topics.Dec()

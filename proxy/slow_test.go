@@ -50,14 +50,33 @@ func stuckDevice(t *testing.T, addr, event string) net.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	req := "GET /v1/ws?device=stuck HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-	if _, err := c.Write([]byte(req)); err != nil {
+	if _, err := c.Write(rawUpgrade(addr)); err != nil {
 		t.Fatal(err)
 	}
-	br := bufio.NewReader(c)
+	readUpgradeReply(t, bufio.NewReader(c))
+	if _, err := c.Write(maskedSub(event)); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// rawUpgrade is a WebSocket upgrade request for /v1/ws, written by hand.
+func rawUpgrade(addr string) []byte {
+	return []byte("GET /v1/ws HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+}
+
+// maskedSub is a client sub frame for event (masked with key 0: the payload as is).
+func maskedSub(event string) []byte {
+	payload := `{"op":"sub","events":{"` + event + `":0}}`
+	return append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
+}
+
+// readUpgradeReply reads the proxy's reply to rawUpgrade through its headers.
+func readUpgradeReply(t *testing.T, br *bufio.Reader) {
+	t.Helper()
 	status, err := br.ReadString('\n')
-	if err != nil || !strings.Contains(status, "101") {
+	if err != nil || !strings.Contains(status, " 101 ") {
 		t.Fatalf("handshake: %q %v", status, err)
 	}
 	for {
@@ -66,15 +85,14 @@ func stuckDevice(t *testing.T, addr, event string) net.Conn {
 			t.Fatal(err)
 		}
 		if line == "\r\n" {
-			break
+			return
 		}
 	}
-	payload := `{"op":"sub","events":{"` + event + `":0}}`
-	frame := append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...) // masked with key 0
-	if _, err := c.Write(frame); err != nil {
-		t.Fatal(err)
-	}
-	return c
+}
+
+// hostOf returns host:port of a ws:// proxy URL.
+func hostOf(wsURL string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(wsURL, "ws://"), "/v1/ws")
 }
 
 // TestSlowDeviceDoesNotDelayOthers: one device never reads. Its writes block (it
@@ -84,7 +102,7 @@ func TestSlowDeviceDoesNotDelayOthers(t *testing.T) {
 	eng := engine.NewMemory(engine.MemoryConfig{})
 	p, url := startProxyOn(t, eng, proxy.Config{Writers: 1, MaxWriters: 8, WriteTimeout: 3 * time.Second, ReportInterval: time.Second},
 		func(l net.Listener) net.Listener { return smallSendBuf{l} })
-	stuckDevice(t, strings.TrimSuffix(strings.TrimPrefix(url, "ws://"), "/v1/ws"), "ev")
+	stuckDevice(t, hostOf(url), "ev")
 	const n = 50
 	var got [n]atomic.Uint64
 	ctx, cancel := context.WithCancel(context.Background())
@@ -147,30 +165,18 @@ func TestFrameSentWithHandshake(t *testing.T) {
 	eng := engine.NewMemory(engine.MemoryConfig{})
 	s := set(t, eng, "ev", "round-1", nil)
 	_, url := startProxy(t, eng, proxy.Config{})
-	addr := strings.TrimSuffix(strings.TrimPrefix(url, "ws://"), "/v1/ws")
+	addr := hostOf(url)
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	payload := `{"op":"sub","events":{"ev":0}}`
-	req := "GET /v1/ws HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-	msg := append([]byte(req), append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)...)
-	if _, err := c.Write(msg); err != nil { // one write: frame and request arrive together
+	if _, err := c.Write(append(rawUpgrade(addr), maskedSub("ev")...)); err != nil { // one write: frame and request arrive together
 		t.Fatal(err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	br := bufio.NewReader(c)
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		if line == "\r\n" {
-			break
-		}
-	}
+	readUpgradeReply(t, br)
 	hdr := make([]byte, 2)
 	if _, err := io.ReadFull(br, hdr); err != nil {
 		t.Fatal(err)
@@ -193,7 +199,7 @@ func TestFrameSentWithHandshake(t *testing.T) {
 func TestPingTimeout(t *testing.T) {
 	eng := engine.NewMemory(engine.MemoryConfig{})
 	p, url := startProxy(t, eng, proxy.Config{PingInterval: 100 * time.Millisecond, PongTimeout: 200 * time.Millisecond})
-	addr := strings.TrimSuffix(strings.TrimPrefix(url, "ws://"), "/v1/ws")
+	addr := hostOf(url)
 	stuckDevice(t, addr, "ev") // never reads, so never answers a ping
 	alive := dial(t, url)      // a coder/websocket client answers pings while it reads
 	go func() {

@@ -60,12 +60,6 @@ func newWriterPool(queueLen, core, maxWriters int, writeTimeout time.Duration, m
 
 func (p *writerPool) push(c *conn) { p.q <- c }
 
-func (p *writerPool) alive() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.slots)
-}
-
 func (p *writerPool) start(extra bool) {
 	s := &writerSlot{}
 	p.mu.Lock()

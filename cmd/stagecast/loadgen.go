@@ -57,10 +57,7 @@ func runSimulate(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *scenario == "" {
-		return errors.New("--scenario is required")
-	}
-	sc, err := loadgen.LoadScenario(*scenario)
+	sc, err := scenarioFlag(*scenario)
 	if err != nil {
 		return err
 	}
@@ -110,10 +107,7 @@ func runLive(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *scenario == "" {
-		return errors.New("--scenario is required")
-	}
-	sc, err := loadgen.LoadScenario(*scenario)
+	sc, err := scenarioFlag(*scenario)
 	if err != nil {
 		return err
 	}
@@ -237,10 +231,10 @@ func runMerge(args []string) error {
 		return err
 	}
 	files := positional(fs)
-	if *scenario == "" || len(files) == 0 {
-		return errors.New("usage: stagecast loadgen merge --scenario FILE [--out DIR] share.json ...")
+	if len(files) == 0 {
+		return errors.New("usage: stagecast loadgen merge --scenario FILE [--out DIR] share.json [share.json ...]")
 	}
-	sc, err := loadgen.LoadScenario(*scenario)
+	sc, err := scenarioFlag(*scenario)
 	if err != nil {
 		return err
 	}
@@ -275,4 +269,12 @@ func printLiveReport(r *loadgen.Report, out string) error {
 		fmt.Printf("report: %s/report.json, %s/report.html\n", out, out)
 	}
 	return nil
+}
+
+// scenarioFlag loads the --scenario file every loadgen mode needs.
+func scenarioFlag(path string) (*loadgen.Scenario, error) {
+	if path == "" {
+		return nil, errors.New("--scenario is required")
+	}
+	return loadgen.LoadScenario(path)
 }

@@ -56,10 +56,7 @@ type Client struct {
 	urlIdx int
 
 	connected  atomic.Bool
-	Connects   atomic.Int64 // successful connections
 	Reconnects atomic.Int64 // reconnect frames honoured
-	Dups       atomic.Int64 // stage frames at or below the version held
-	Errors     atomic.Int64 // error frames received
 }
 
 // New validates cfg and returns a device; call Run to connect.
@@ -191,7 +188,6 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 	c.mu.Unlock()
 	c.connected.Store(true)
 	defer c.connected.Store(false)
-	c.Connects.Add(1)
 	if len(subs) > 0 {
 		if err := ws.Write(ctx, websocket.MessageText, wire.AppendSub(nil, subs)); err != nil {
 			return -1, fmt.Errorf("device sub: %w", err)
@@ -230,8 +226,7 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 			}
 			c.mu.Unlock()
 			if !newer {
-				c.Dups.Add(1)
-				continue
+				continue // at-least-once: a version already held
 			}
 			if c.cfg.OnStage != nil {
 				c.cfg.OnStage(f, now)
@@ -243,21 +238,8 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 			}
 		case wire.OpReconnect:
 			hint = time.Duration(f.AfterMS) * time.Millisecond
-		case wire.OpError:
-			c.Errors.Add(1)
 		}
 	}
-}
-
-// Send writes a raw frame on the current connection (tests use it to send bad frames).
-func (c *Client) Send(ctx context.Context, frame []byte) error {
-	c.mu.Lock()
-	ws := c.ws
-	c.mu.Unlock()
-	if ws == nil {
-		return errors.New("device: not connected")
-	}
-	return ws.Write(ctx, websocket.MessageText, frame)
 }
 
 // NewHTTPClient returns an HTTP client whose connections leave from localIP

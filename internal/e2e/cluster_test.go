@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
-	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/redistest"
 	"github.com/stagecast/stagecast/proxy"
 )
@@ -17,7 +16,7 @@ import (
 // killed, its replica is promoted, and every device ends on the latest stage.
 func TestRedisCluster(t *testing.T) {
 	cl := redistest.StartCluster(t, 3, 1)
-	f := startClusterFleet(t, cl)
+	f := startFleetOn(t, 3, cl.Addrs(), proxy.Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -59,7 +58,7 @@ func TestRedisCluster(t *testing.T) {
 // resubscribe on the new owner, and every device keeps receiving changes.
 func TestRedisClusterSlotMove(t *testing.T) {
 	cl := redistest.StartCluster(t, 3, 0)
-	f := startClusterFleet(t, cl)
+	f := startFleetOn(t, 3, cl.Addrs(), proxy.Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	const ev = "moving-event"
@@ -89,33 +88,6 @@ func TestRedisClusterSlotMove(t *testing.T) {
 	}
 	late := f.startDevices(ctx, 20, ev, -1)
 	eventually(t, 20*time.Second, "late joiners caught up from the new owner", func() bool { return allOn(late, ev, r.V) })
-}
-
-// startClusterFleet starts a broadcaster and three proxies on the cluster.
-func startClusterFleet(t *testing.T, cl *redistest.Cluster) *fleet {
-	clusterEngine := func() *redisengine.Engine {
-		e, err := redisengine.New(redisengine.Config{Addrs: cl.Addrs(), ResubscribeMax: 500 * time.Millisecond, OpTimeout: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(e.Close)
-		return e
-	}
-	bs, err := broadcaster.New(broadcaster.Config{Token: token, BreakerFailures: 3, BreakerOpenFor: 300 * time.Millisecond}, clusterEngine())
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fleet{t: t, bc: &broadcaster.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}}
-	for i := 0; i < 3; i++ {
-		p, err := proxy.New(proxy.Config{ID: fmt.Sprintf("proxy-%d", i), ReportInterval: 100 * time.Millisecond, ReconcileInterval: time.Hour}, clusterEngine())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(p.Close)
-		f.proxies = append(f.proxies, p)
-		f.urls = append(f.urls, "ws://"+serveHTTP(t, p.Handler())+"/v1/ws")
-	}
-	return f
 }
 
 // pickEventsOnDistinctMasters finds n event ids whose keys live on n different masters.

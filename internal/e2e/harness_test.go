@@ -39,8 +39,10 @@ func serveHTTP(t *testing.T, h http.Handler) string {
 	return l.Addr().String()
 }
 
-func newEngine(t *testing.T, addr string) *redisengine.Engine {
-	e, err := redisengine.New(redisengine.Config{Addrs: []string{addr}, ResubscribeMax: 500 * time.Millisecond})
+// newEngine is one process's engine client on Redis (one node, or any nodes of
+// a cluster).
+func newEngine(t *testing.T, addrs ...string) *redisengine.Engine {
+	e, err := redisengine.New(redisengine.Config{Addrs: addrs, ResubscribeMax: 500 * time.Millisecond, OpTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,12 +50,20 @@ func newEngine(t *testing.T, addr string) *redisengine.Engine {
 	return e
 }
 
-// startFleet starts Redis, one broadcaster and n proxies (each with its own
-// engine client, as separate processes would have).
+// startFleet starts Redis, then a fleet on it.
 func startFleet(t *testing.T, n int, ropts redistest.Options, pcfg proxy.Config) *fleet {
-	f := &fleet{t: t, redis: redistest.Start(t, ropts)}
+	r := redistest.Start(t, ropts)
+	f := startFleetOn(t, n, []string{r.Addr()}, pcfg)
+	f.redis = r
+	return f
+}
+
+// startFleetOn starts one broadcaster and n proxies on Redis at addrs, each
+// with its own engine client, as separate processes would have.
+func startFleetOn(t *testing.T, n int, addrs []string, pcfg proxy.Config) *fleet {
+	f := &fleet{t: t}
 	bs, err := broadcaster.New(broadcaster.Config{Token: token, BreakerFailures: 2, BreakerOpenFor: 300 * time.Millisecond,
-		EngineTimeout: 500 * time.Millisecond}, newEngine(t, f.redis.Addr()))
+		EngineTimeout: time.Second}, newEngine(t, addrs...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +77,7 @@ func startFleet(t *testing.T, n int, ropts redistest.Options, pcfg proxy.Config)
 		if cfg.ReconcileInterval == 0 {
 			cfg.ReconcileInterval = time.Hour // tests prove the resubscribe path, not the safety net
 		}
-		p, err := proxy.New(cfg, newEngine(t, f.redis.Addr()))
+		p, err := proxy.New(cfg, newEngine(t, addrs...))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,16 +152,6 @@ func allOn(devs []*dev, event string, v uint64) bool {
 		}
 	}
 	return true
-}
-
-func countOn(devs []*dev, event string, v uint64) int {
-	n := 0
-	for _, d := range devs {
-		if _, got := d.c.State(event); got == v {
-			n++
-		}
-	}
-	return n
 }
 
 func (f *fleet) set(ctx context.Context, event, stage string) broadcaster.StageReply {

@@ -35,8 +35,6 @@ type SetResult struct {
 var (
 	// ErrIdempotencyConflict: the idempotency key was used for another stage.
 	ErrIdempotencyConflict = errors.New("idempotency key already used for a different stage")
-	// ErrNotFound: the event has no stage (or stage map) yet.
-	ErrNotFound = errors.New("not found")
 )
 
 // Defaults of both engines.

@@ -2,7 +2,6 @@ package redistest
 
 import (
 	"context"
-	"fmt"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -131,9 +130,6 @@ func (c *Cluster) MasterFor(key string) *Server {
 	c.t.Fatalf("no master found for %q", key)
 	return nil
 }
-
-// String lists the nodes (for failure messages).
-func (c *Cluster) String() string { return fmt.Sprint(c.Addrs()) }
 
 func (s *Server) cli(t testing.TB, args ...string) string {
 	t.Helper()

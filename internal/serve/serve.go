@@ -26,9 +26,6 @@ type Bound struct {
 	Listener net.Listener
 }
 
-// URL returns http://host:port of the bound server.
-func (b Bound) URL() string { return "http://" + b.Listener.Addr().String() }
-
 // Listen binds every server's address, closing all on the first failure.
 func Listen(servers []Server) ([]Bound, error) {
 	out := make([]Bound, 0, len(servers))
