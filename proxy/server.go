@@ -55,7 +55,6 @@ type Server struct {
 
 	connsMu  sync.Mutex
 	conns    map[*conn]struct{}
-	nconns   atomic.Int64
 	draining atomic.Bool
 	closed   atomic.Bool
 }
@@ -94,7 +93,11 @@ func New(cfg Config, eng Engine) (*Server, error) {
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 
 // Connections returns the number of connected devices.
-func (s *Server) Connections() int { return int(s.nconns.Load()) }
+func (s *Server) Connections() int {
+	s.connsMu.Lock()
+	defer s.connsMu.Unlock()
+	return len(s.conns)
+}
 
 // Handler serves /v1/ws, /healthz, /readyz and (with its own registry) /metrics.
 func (s *Server) Handler() http.Handler {
@@ -151,7 +154,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	case s.cfg.Authorize != nil && !s.cfg.Authorize(device, token):
 		s.reject(w, "unauthorized", http.StatusUnauthorized, "unauthorized: missing or invalid device token")
 		return
-	case s.nconns.Load() >= int64(s.cfg.MaxConnections):
+	case s.Connections() >= s.cfg.MaxConnections:
 		s.reject(w, "capacity", http.StatusServiceUnavailable, "proxy at capacity: retry later or connect to another proxy")
 		return
 	case !s.admit.Allow():
@@ -188,7 +191,6 @@ func (s *Server) addConn(c *conn) bool {
 		return false
 	}
 	s.conns[c] = struct{}{}
-	s.nconns.Add(1)
 	s.metrics.connections.WithLabelValues(c.platform).Inc()
 	return true
 }
@@ -198,7 +200,6 @@ func (s *Server) removeConn(c *conn) {
 	defer s.connsMu.Unlock()
 	if _, ok := s.conns[c]; ok {
 		delete(s.conns, c)
-		s.nconns.Add(-1)
 		s.metrics.connections.WithLabelValues(c.platform).Dec()
 	}
 }
@@ -349,10 +350,10 @@ func (s *Server) Drain(ctx context.Context) error {
 		after := s.jitterBetween(0, s.cfg.ReconnectJitter)
 		c.sendControl(wire.AppendReconnect(nil, after.Milliseconds()), wire.CloseServiceRestart, "proxy draining")
 	}
-	for s.nconns.Load() > 0 {
+	for s.Connections() > 0 {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("proxy drain: %d devices still connected: %w", s.nconns.Load(), ctx.Err())
+			return fmt.Errorf("proxy drain: %d devices still connected: %w", s.Connections(), ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

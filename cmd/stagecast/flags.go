@@ -87,6 +87,8 @@ func proxyFlags(fs *flag.FlagSet, c *proxy.Config) {
 	fs.DurationVar(&c.DrainWindow, "drain-window", 30*time.Second, "on SIGTERM, spread devices' reconnects over this window")
 	fs.DurationVar(&c.ReconnectJitter, "reconnect-jitter", 2*time.Second, "max after_ms of reconnect frames")
 	fs.IntVar(&c.Writers, "writers", 0, "writer goroutines kept (default 4*GOMAXPROCS, min 8)")
+	fs.IntVar(&c.MaxFramesPerSecond, "max-frames-per-second", 20, "device frames per second per connection; above it rate_limited, at 10x closed (1008)")
+	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", 30*time.Second, "each event re-reads its recent stages this often (jittered): a safety net under pub/sub")
 	fs.StringVar(&deviceToken, "device-token", "", "if set, devices must connect with ?token=<this>")
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/serve"
+	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/prefetch"
 	"github.com/stagecast/stagecast/proxy"
 )
@@ -148,6 +149,7 @@ func runBroadcaster(args []string) error {
 	debugAddr := debugFlag(fs)
 	token := fs.String("producer-token", "", "producer bearer token (required; at least 16 characters)")
 	publicReads := fs.Bool("public-reads", true, "serve GET /v1/events/{event} without a token")
+	maxMap := fs.Int64("max-map-bytes", wire.DefaultMaxMapSize, "largest stage map accepted (413 above)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	var rc redisengine.Config
 	redisAddrs := redisFlags(fs, &rc)
@@ -162,7 +164,7 @@ func runBroadcaster(args []string) error {
 		return err
 	}
 	defer eng.Close()
-	bc, err := broadcaster.New(broadcaster.Config{Token: *token, PublicReads: *publicReads, Logger: log}, eng)
+	bc, err := broadcaster.New(broadcaster.Config{Token: *token, PublicReads: *publicReads, MaxMapBytes: *maxMap, Logger: log}, eng)
 	if err != nil {
 		return err
 	}
