@@ -92,7 +92,7 @@ func New(cfg Config, cache *prefetch.Cache, shed *prefetch.Shedder) (*Handler, e
 	h := &Handler{cfg: cfg, schema: schema, cache: cache, shed: shed, tmpl: t,
 		rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		qc: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "graph", Name: "query_cache_total",
-			Help: "GraphQL requests by query-cache result: hit (no parse, no execution), miss, changed (an event's snapshot moved), uncacheable."}, []string{"result"})}
+			Help: "GraphQL requests by query-cache result: hit (no parse, no execution), miss, changed (an event's snapshot moved), uncacheable; sentinel_collision counts re-renders."}, []string{"result"})}
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(h.qc)
 	}
@@ -208,21 +208,28 @@ func (h *Handler) check(ctx context.Context, t *template) ([]prefetch.Result, bo
 	return out, true
 }
 
+// maxRenders bounds the re-renders when a sentinel collides with payload bytes
+// (each render draws fresh random sentinels; a repeat is practically impossible).
+const maxRenders = 4
+
 func (h *Handler) execute(w http.ResponseWriter, ctx context.Context, key string, req request) {
-	h.randMu.Lock()
-	rd := &render{deps: map[string]*dep{}, rnd: rand.New(rand.NewPCG(h.rnd.Uint64(), h.rnd.Uint64()))}
-	h.randMu.Unlock()
-	resp := h.schema.Exec(context.WithValue(ctx, renderKey{}, rd), req.Query, req.OperationName, req.Variables)
-	body, err := json.Marshal(resp)
-	if err != nil {
-		gqlError(w, http.StatusInternalServerError, "encoding the response: "+err.Error(), "INTERNAL")
-		return
+	var t *template
+	var rd *render
+	for attempt := 1; ; attempt++ {
+		var err error
+		if t, rd, err = h.render1(ctx, req); err != nil {
+			gqlError(w, http.StatusInternalServerError, "encoding the response: "+err.Error(), "INTERNAL")
+			return
+		}
+		if rd.unavailable || h.sentinelsSound(t) {
+			break
+		}
+		h.qc.WithLabelValues("sentinel_collision").Inc()
+		if attempt == maxRenders {
+			gqlError(w, http.StatusInternalServerError, "the stage map's payloads collide with the response's hint placeholders", "INTERNAL")
+			return
+		}
 	}
-	t := &template{body: body}
-	for _, d := range rd.deps {
-		t.deps = append(t.deps, d)
-	}
-	slices.SortFunc(t.deps, func(a, b *dep) int { return strings.Compare(a.event, b.event) })
 	current := make([]prefetch.Result, len(t.deps))
 	for i, d := range t.deps {
 		current[i] = prefetch.Result{Entry: d.entry, Stale: d.stale}
@@ -237,12 +244,30 @@ func (h *Handler) execute(w http.ResponseWriter, ctx context.Context, key string
 		_, _ = w.Write(h.substitute(t, current))
 		return
 	}
-	if h.sentinelsSound(t) && len(body) <= h.cfg.MaxCachedResponse {
+	if len(t.body) <= h.cfg.MaxCachedResponse {
 		h.tmpl.Add(key, t)
 	} else {
 		h.qc.WithLabelValues("uncacheable").Inc()
 	}
 	h.write(w, t, current)
+}
+
+// render1 executes the query once, with fresh sentinels in place of the hints.
+func (h *Handler) render1(ctx context.Context, req request) (*template, *render, error) {
+	h.randMu.Lock()
+	rd := &render{deps: map[string]*dep{}, rnd: rand.New(rand.NewPCG(h.rnd.Uint64(), h.rnd.Uint64()))}
+	h.randMu.Unlock()
+	resp := h.schema.Exec(context.WithValue(ctx, renderKey{}, rd), req.Query, req.OperationName, req.Variables)
+	body, err := json.Marshal(resp)
+	if err != nil {
+		return nil, nil, err
+	}
+	t := &template{body: body}
+	for _, d := range rd.deps {
+		t.deps = append(t.deps, d)
+	}
+	slices.SortFunc(t.deps, func(a, b *dep) int { return strings.Compare(a.event, b.event) })
+	return t, rd, nil
 }
 
 // sentinelsSound checks each sentinel appears exactly as often as its field was
