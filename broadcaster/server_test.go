@@ -235,3 +235,25 @@ func TestTransientEngineErrorRetriedOnce(t *testing.T) {
 		t.Fatalf("the retry made %d versions, want 1", len(rec))
 	}
 }
+
+func TestPrivateReads(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	s, err := broadcaster.New(broadcaster.Config{Token: token, PublicReads: false, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	c := &broadcaster.Client{BaseURL: ts.URL, Token: token}
+	if _, err := c.SetStage(context.Background(), "ev", "a", nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	anon := &broadcaster.Client{BaseURL: ts.URL}
+	_, err = anon.Get(context.Background(), "ev")
+	apiErr(t, err, 401, "unauthorized")
+	_, err = anon.GetStageMap(context.Background(), "ev")
+	apiErr(t, err, 401, "unauthorized")
+	if r, err := c.Get(context.Background(), "ev"); err != nil || r.Stage != "a" {
+		t.Fatalf("with the token: %+v %v", r, err)
+	}
+}

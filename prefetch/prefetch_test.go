@@ -296,3 +296,21 @@ func TestRequestPriority(t *testing.T) {
 		t.Fatal("header not honoured")
 	}
 }
+
+// Unknown events are cached too (briefly), so a device fleet asking for a
+// wrong id does not reach the store on every request.
+func TestNotFoundIsCached(t *testing.T) {
+	store := &countingStore{Store: engine.NewMemory(engine.MemoryConfig{})}
+	c, err := prefetch.NewCache(prefetch.Config{Logger: quiet(), NotFoundFor: time.Minute}, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 100; i++ {
+		if _, err := c.Get(context.Background(), "no-such-event"); !errors.Is(err, prefetch.ErrNotFound) {
+			t.Fatalf("err = %v", err)
+		}
+	}
+	if n := store.reads.Load(); n != 1 {
+		t.Fatalf("100 lookups of an unknown event made %d store reads, want 1", n)
+	}
+}

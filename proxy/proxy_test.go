@@ -10,6 +10,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/waitfor"
@@ -366,4 +367,35 @@ func metric(t *testing.T, p *proxy.Server, name string) prometheus.Collector {
 	}
 	t.Fatalf("metric %s not found", name)
 	return nil
+}
+
+func TestCapacity(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	p, url := startProxy(t, eng, proxy.Config{MaxConnections: 2})
+	dial(t, url)
+	dial(t, url)
+	eventually(t, 5*time.Second, "two devices", func() bool { return p.Connections() == 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, resp, err := websocket.Dial(ctx, url, nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("third device on a proxy of 2: %v %v, want 503 with Retry-After", err, resp)
+	}
+}
+
+// TestTopicLinger: when an event's last device leaves, its engine subscription
+// stays for TopicLinger, then goes.
+func TestTopicLinger(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	p, url := startProxy(t, eng, proxy.Config{TopicLinger: 300 * time.Millisecond, ReportInterval: 50 * time.Millisecond})
+	d := dial(t, url)
+	d.send(`{"op":"sub","events":{"ev":0}}`)
+	events := func() float64 { return testutil.ToFloat64(metric(t, p, "stagecast_proxy_events")) }
+	eventually(t, 5*time.Second, "the event subscribed", func() bool { return events() == 1 })
+	d.send(`{"op":"unsub","events":["ev"]}`)
+	left := time.Now()
+	eventually(t, 5*time.Second, "the event's subscription removed", func() bool { return events() == 0 })
+	if time.Since(left) < 250*time.Millisecond {
+		t.Fatalf("removed after %v, before the 300ms linger", time.Since(left))
+	}
 }

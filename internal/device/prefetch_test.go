@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/waitfor"
 	"github.com/stagecast/stagecast/prefetch"
+	"github.com/stagecast/stagecast/proxy"
 )
 
 // fakeClock is the prefetch server's injected clock.
@@ -152,3 +154,22 @@ func TestPrefetcherBacksOffOnShed(t *testing.T) {
 type errStopPrefetch struct{}
 
 func (errStopPrefetch) Error() string { return "stop" }
+
+// A device whose token is refused stops instead of retrying for ever.
+func TestRunStopsWhenUnauthorized(t *testing.T) {
+	p, err := proxy.New(proxy.Config{Authorize: func(_, tok string) bool { return tok == "good" },
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, engine.NewMemory(engine.MemoryConfig{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ts := httptest.NewServer(p.Handler())
+	defer ts.Close()
+	c, _ := device.New(device.Config{URLs: []string{"ws" + ts.URL[len("http"):] + "/v1/ws"}, Token: "bad",
+		Sleep: func(context.Context, time.Duration) error { t.Error("retried after 401"); return context.Canceled }})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Run(ctx); err == nil || !strings.Contains(err.Error(), "credentials rejected") {
+		t.Fatalf("Run = %v, want credentials rejected", err)
+	}
+}

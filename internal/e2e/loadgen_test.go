@@ -2,9 +2,13 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -89,4 +93,72 @@ drops:
 		t.Fatal(err)
 	}
 	t.Logf("%s; prefetch %d requests, peak %.0f/s", r.Headline, r.Prefetch.Requests, r.Prefetch.PeakRPS)
+}
+
+// TestLoadgenProcs runs the stagecast binary with --procs 2: a forked worker
+// runs half the devices, the parent the other half and the stage changes, and
+// their results merge into one report.
+func TestLoadgenProcs(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "stagecast")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/stagecast/stagecast/cmd/stagecast").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	scenario := filepath.Join(dir, "scenario.yaml")
+	if err := os.WriteFile(scenario, []byte(`
+name: procs
+event: procs-live
+duration: 1h
+devices: 100
+connect: {start: 0s, ramp: 10m}
+prefetch: {ttl: 600s}
+stages: [{at: 20m, stage: first}, {at: 45m, stage: last}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	p, err := proxy.New(proxy.Config{Logger: quiet}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	bs, err := broadcaster.New(broadcaster.Config{Token: token, Logger: quiet}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: quiet}}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, bsrv, gsrv := httptest.NewServer(p.Handler()), httptest.NewServer(bs.Handler()), httptest.NewServer(pf.Handler())
+	defer ps.Close()
+	defer bsrv.Close()
+	defer gsrv.Close()
+	out := filepath.Join(dir, "out")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "loadgen", "live", "--scenario", scenario, "--procs", "2", "--time-scale", "360",
+		"--proxy", "ws"+ps.URL[len("http"):]+"/v1/ws", "--graphql", gsrv.URL+"/graphql", "--broadcaster", bsrv.URL,
+		"--token", token, "--out", out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("loadgen live --procs 2: %v\n%s", err, b)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r loadgen.Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Devices != 100 || r.Connected != 100 || len(r.Broadcasts) != 2 {
+		t.Fatalf("merged report: devices %d connected %d broadcasts %d, want 100, 100, 2", r.Devices, r.Connected, len(r.Broadcasts))
+	}
+	if last := r.Broadcasts[1]; last.V == 0 || last.Missed != 0 || last.T100MS <= 0 {
+		t.Fatalf("last broadcast %+v", last)
+	}
+	if p.Connections() != 0 {
+		t.Fatalf("%d devices still connected after the run", p.Connections())
+	}
 }

@@ -2,8 +2,12 @@ package redisengine_test
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/engine/enginetest"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/redistest"
@@ -52,4 +56,24 @@ func TestRedisClusterConformance(t *testing.T) {
 		t.Cleanup(e.Close)
 		return e
 	})
+}
+
+// An event's state expires EventTTL after its last change; nothing is kept for ever.
+func TestEventKeysExpire(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	e, err := redisengine.New(redisengine.Config{Addrs: []string{srv.Addr()}, EventTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.SetStage(context.Background(), engine.SetRequest{Event: "ev", Key: "a", TS: 1, IdempotencyKey: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"sc:{ev}:cur", "sc:{ev}:log", "sc:{ev}:idem:k"} {
+		out, err := srv.Cli(context.Background(), "PTTL", k)
+		ms, _ := strconv.Atoi(strings.TrimSpace(out))
+		if err != nil || ms <= 0 || ms > int(25*time.Hour/time.Millisecond) {
+			t.Errorf("%s PTTL = %q (%v): want a bounded lifetime", k, out, err)
+		}
+	}
 }
