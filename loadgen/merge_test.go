@@ -1,6 +1,7 @@
 package loadgen
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -52,6 +53,14 @@ func TestMerge(t *testing.T) {
 	}
 	if _, err := Merge(sc, []*Partial{other}); err == nil {
 		t.Fatal("merge without segment 0 accepted")
+	}
+	if _, err := Merge(sc, []*Partial{lead}); err == nil || !strings.Contains(err.Error(), "1 of 2 shares") {
+		t.Fatalf("merge of 1 of 2 shares: %v", err)
+	}
+	three := *other
+	three.Segments = 3
+	if _, err := Merge(sc, []*Partial{lead, &three}); err == nil {
+		t.Fatal("merge of shares from different splits accepted")
 	}
 	if _, err := Merge(sc, []*Partial{lead, lead}); err == nil {
 		t.Fatal("merge with two segment-0 shares accepted")

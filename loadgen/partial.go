@@ -57,16 +57,24 @@ func ReadPartial(path string) (*Partial, error) {
 // must be segment 0 (it made the stage changes and knows their versions).
 func Merge(sc *Scenario, parts []*Partial) (*Report, error) {
 	var lead *Partial
+	seen := map[int]bool{}
 	for _, p := range parts {
+		if p.Segments != parts[0].Segments {
+			return nil, fmt.Errorf("merge: shares of different splits (%d and %d)", parts[0].Segments, p.Segments)
+		}
+		if seen[p.Segment] {
+			return nil, fmt.Errorf("merge: two shares claim segment %d", p.Segment)
+		}
+		seen[p.Segment] = true
 		if p.Segment == 0 {
-			if lead != nil {
-				return nil, errors.New("merge: two shares claim segment 0")
-			}
 			lead = p
 		}
 	}
 	if lead == nil {
 		return nil, errors.New("merge: no segment 0 share (it holds the stage versions)")
+	}
+	if len(parts) != lead.Segments {
+		return nil, fmt.Errorf("merge: %d of %d shares: a missing share would undercount devices", len(parts), lead.Segments)
 	}
 	rep := &Report{Mode: "live", Scenario: sc.Name, Proxies: lead.Proxies}
 	held := map[uint64]int64{}
