@@ -22,6 +22,7 @@ Tools:
   watch         connect as a device and print every stage of an event
   prefetch-get  prefetch an event's stage map as a device would and print it
   loadgen       game-day rehearsal: loadgen simulate (full scale, no sockets)
+  token         device identity: token keygen (Ed25519 key pair), token mint (a device JWT)
 
 Every flag can also be set as STAGECAST_<FLAG> (upper case, - as _).
 Run 'stagecast <command> -h' for a command's flags.
@@ -41,6 +42,7 @@ func main() {
 		"prefetch":     runPrefetch,
 		"prefetch-get": runPrefetchGet,
 		"loadgen":      runLoadgen,
+		"token":        runToken,
 	}
 	name, args := os.Args[1], os.Args[2:]
 	if name == "-h" || name == "--help" || name == "help" {
