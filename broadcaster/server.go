@@ -3,7 +3,6 @@ package broadcaster
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -39,8 +39,12 @@ type Engine interface {
 
 // Config configures the broadcaster. Zero values are the documented defaults.
 type Config struct {
-	// Token is the producer bearer token. Required.
+	// Token is a single producer bearer token, named "default", allowed every
+	// event. Token and Producers may be combined; at least one token is required.
+	// Every token must pass CheckTokenStrength.
 	Token string
+	// Producers are named tokens, each limited to its event patterns.
+	Producers []Producer
 	// PublicReads lets GET /v1/events/{event} through without a token (the current
 	// stage is what every device receives anyway). The report always needs the token.
 	PublicReads bool
@@ -64,8 +68,12 @@ type Config struct {
 
 // Validate fills defaults and checks the config.
 func (c *Config) Validate() error {
-	if len(c.Token) < 16 {
-		return errors.New("broadcaster: producer token must be at least 16 characters (set STAGECAST_PRODUCER_TOKEN)")
+	if c.Token != "" {
+		c.Producers = append(append([]Producer(nil), c.Producers...), Producer{Name: "default", Token: c.Token})
+		c.Token = ""
+	}
+	if _, err := newProducerSet(c.Producers); err != nil {
+		return err
 	}
 	if c.EngineTimeout <= 0 {
 		c.EngineTimeout = 2 * time.Second
@@ -99,7 +107,7 @@ type Server struct {
 	cfg       Config
 	eng       Engine
 	log       *slog.Logger
-	tokenHash [32]byte
+	producers atomic.Pointer[producerSet]
 	breaker   *gobreaker.CircuitBreaker[any]
 	highWater *lru.Cache[string, uint64]
 	hwMu      sync.Mutex // makes read-max-write of a high-water mark atomic
@@ -123,8 +131,10 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, eng: eng, log: cfg.Logger.With("component", "broadcaster"),
-		tokenHash: sha256.Sum256([]byte(cfg.Token)), highWater: hw}
+	s := &Server{cfg: cfg, eng: eng, log: cfg.Logger.With("component", "broadcaster"), highWater: hw}
+	if err := s.SetProducers(cfg.Producers); err != nil {
+		return nil, err
+	}
 	reg := cfg.Registerer
 	if reg == nil {
 		s.reg = prometheus.NewRegistry()
@@ -214,12 +224,22 @@ func (s *Server) route(name string, auth bool, h func(*http.Request) (any, error
 	return func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		defer func() { s.m.requests.WithLabelValues(name, strconv.Itoa(sw.code)).Inc() }()
-		if auth && !s.authorized(r) {
-			writeError(sw, http.StatusUnauthorized, "unauthorized", "missing or invalid producer token (Authorization: Bearer <token>)")
+		var p *producerEntry
+		if auth {
+			if p = s.producer(r); p == nil {
+				writeError(sw, http.StatusUnauthorized, "unauthorized", "missing or invalid producer token (Authorization: Bearer <token>)")
+				return
+			}
+			r = r.WithContext(context.WithValue(r.Context(), producerKey{}, p))
+		}
+		ev := r.PathValue("event")
+		if err := wire.CheckID("event", ev); err != nil {
+			writeError(sw, http.StatusBadRequest, "bad_request", err.Error())
 			return
 		}
-		if err := wire.CheckID("event", r.PathValue("event")); err != nil {
-			writeError(sw, http.StatusBadRequest, "bad_request", err.Error())
+		if p != nil && !p.events.Match(ev) {
+			s.log.Warn("audit", "producer", p.name, "route", name, "event", ev, "result", "forbidden")
+			writeError(sw, http.StatusForbidden, "forbidden", "producer "+p.name+" may not act on event "+ev)
 			return
 		}
 		out, err := h(r)
@@ -254,14 +274,26 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "msg": msg}})
 }
 
-func (s *Server) authorized(r *http.Request) bool {
-	h := r.Header.Get("Authorization")
-	tok, ok := strings.CutPrefix(h, "Bearer ")
+type producerKey struct{}
+
+// producer returns the producer whose token the request carries, or nil. The
+// lookup is by SHA-256 of the token: timing can tell nothing about a token.
+func (s *Server) producer(r *http.Request) *producerEntry {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok {
-		return false
+		return nil
 	}
-	got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-	return subtle.ConstantTimeCompare(got[:], s.tokenHash[:]) == 1
+	return s.producers.Load().byHash[sha256.Sum256([]byte(strings.TrimSpace(tok)))]
+}
+
+// audit logs one producer action: who (the token's name, never the token),
+// what, on which event, and the outcome.
+func (s *Server) audit(r *http.Request, action string, attrs ...any) {
+	name := "anonymous"
+	if p, ok := r.Context().Value(producerKey{}).(*producerEntry); ok {
+		name = p.name
+	}
+	s.log.Info("audit", append([]any{"producer", name, "action", action, "event", r.PathValue("event")}, attrs...)...)
 }
 
 // call runs an engine call through the breaker with the engine timeout.
@@ -358,6 +390,9 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 		}
 		s.log.Warn("stage change failed; retrying once with the same idempotency key", "event", event, "err", err)
 	}
+	if err != nil {
+		s.audit(r, "set_stage", "stage", req.Stage, "idempotency_key", idem, "result", "error", "err", err.Error())
+	}
 	if errors.Is(err, engine.ErrIdempotencyConflict) {
 		return nil, errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key %q was used for stage %q (v%d); use a new key", idem, res.Stage.Key, res.Stage.V)
 	}
@@ -367,9 +402,10 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 	s.raiseHighWater(event, res.Stage.V)
 	if res.Replayed {
 		s.m.changes.WithLabelValues("replayed").Inc()
+		s.audit(r, "set_stage", "stage", res.Stage.Key, "v", res.Stage.V, "idempotency_key", idem, "result", "replayed")
 	} else {
 		s.m.changes.WithLabelValues("created").Inc()
-		s.log.Info("stage changed", "event", event, "stage", res.Stage.Key, "v", res.Stage.V, "target", res.Stage.Target)
+		s.audit(r, "set_stage", "stage", res.Stage.Key, "v", res.Stage.V, "target", res.Stage.Target, "idempotency_key", idem, "result", "created")
 	}
 	return replyOf(res.Stage), nil
 }
@@ -514,7 +550,7 @@ func (s *Server) putStageMap(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("stage map replaced", "event", event, "version", v, "stages", len(m.Stages), "bytes", len(raw))
+	s.audit(r, "put_stage_map", "version", v, "stages", len(m.Stages), "bytes", len(raw), "result", "stored")
 	return MapReply{Event: event, Version: v, Stages: len(m.Stages), Bytes: len(raw), UpdatedMS: now}, nil
 }
 
@@ -555,6 +591,6 @@ func (s *Server) setWindow(r *http.Request) (any, error) {
 	if _, err := call(s, r, func(ctx context.Context) (struct{}, error) { return struct{}{}, s.eng.SetLive(ctx, event, *req.Live) }); err != nil {
 		return nil, err
 	}
-	s.log.Info("event window changed", "event", event, "live", *req.Live)
+	s.audit(r, "set_window", "live", *req.Live, "result", "stored")
 	return map[string]any{"event": event, "live": *req.Live}, nil
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/stagecast/stagecast/graph"
 	"github.com/stagecast/stagecast/internal/device"
+	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/redistest"
@@ -110,7 +111,7 @@ func TestPrefetchQuery(t *testing.T) {
 		if le.TTLSeconds < 50 || le.TTLSeconds > 150 || le.RefreshAfterSeconds < le.TTLSeconds/2-1 || le.RefreshAfterSeconds > le.TTLSeconds {
 			t.Fatalf("hints ttl=%d refresh=%d", le.TTLSeconds, le.RefreshAfterSeconds)
 		}
-		if cc := resp.Header.Get("Cache-Control"); cc != "max-age="+strconv.Itoa(le.TTLSeconds) {
+		if cc := resp.Header.Get("Cache-Control"); cc != "private, max-age="+strconv.Itoa(le.TTLSeconds) {
 			t.Fatalf("Cache-Control %q, ttlSeconds %d", cc, le.TTLSeconds)
 		}
 	}
@@ -126,7 +127,7 @@ func TestPrefetchQuery(t *testing.T) {
 	var out gqlResp
 	_ = json.NewDecoder(resp.Body).Decode(&out)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || out.Data.LiveEvent == nil || string(out.Data.LiveEvent.Stages[1].Payload) != `{"rows":["r3"]}` || !strings.HasPrefix(resp.Header.Get("Cache-Control"), "max-age=") {
+	if resp.StatusCode != 200 || out.Data.LiveEvent == nil || string(out.Data.LiveEvent.Stages[1].Payload) != `{"rows":["r3"]}` || !strings.HasPrefix(resp.Header.Get("Cache-Control"), "private, max-age=") {
 		t.Fatalf("GET: %d %+v", resp.StatusCode, out)
 	}
 }
@@ -336,7 +337,17 @@ func TestShedNormalFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := &gatedStore{Memory: eng, gate: make(chan struct{})}
-	srv, base := startServer(t, store, graph.ServerConfig{Shed: prefetch.ShedConfig{MaxInFlight: 2, NormalInFlight: 1, RetryAfter: 2 * time.Second}})
+	signer, jwks, err := devicetoken.NewKeyPair("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ver, err := devicetoken.NewVerifier(jwks, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devTok, _ := signer.Mint(devicetoken.Claims{Device: "d1"}, time.Hour)
+	srv, base := startServer(t, store, graph.ServerConfig{Shed: prefetch.ShedConfig{MaxInFlight: 2, NormalInFlight: 1, RetryAfter: 2 * time.Second},
+		Identity: prefetch.IdentityConfig{Tokens: ver}})
 	inFlight := func(n float64) func() bool {
 		return func() bool { return gauge(t, srv, "stagecast_prefetch_in_flight") == n }
 	}
@@ -351,6 +362,7 @@ func TestShedNormalFirst(t *testing.T) {
 			req, _ := http.NewRequest(http.MethodPost, base+"/graphql", strings.NewReader(string(b)))
 			if critical {
 				req.Header.Set("X-Stagecast-Priority", "critical")
+				req.Header.Set("Authorization", "Bearer "+devTok) // the header is believed from a device with a token
 			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
@@ -372,6 +384,23 @@ func TestShedNormalFirst(t *testing.T) {
 	}
 	if ra, _ := strconv.Atoi(shed.Header.Get("Retry-After")); ra < 2 || ra > 4 {
 		t.Fatalf("Retry-After %q, want jittered in [2, 4]", shed.Header.Get("Retry-After"))
+	}
+	// Anyone can write the priority header; without a device token it is ignored.
+	anon := func() chan *http.Response {
+		ch := make(chan *http.Response, 1)
+		b, _ := json.Marshal(map[string]any{"query": prefetchQuery, "variables": map[string]any{"event": "cold"}})
+		req, _ := http.NewRequest(http.MethodPost, base+"/graphql", strings.NewReader(string(b)))
+		req.Header.Set("X-Stagecast-Priority", "critical")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		ch <- resp
+		return ch
+	}
+	if r := <-anon(); r.StatusCode != 503 {
+		t.Fatalf("anonymous request claiming critical: %d, want 503 (shed as normal)", r.StatusCode)
 	}
 	// The live event's prefetch is critical (producer's window): still admitted.
 	if live := <-send(map[string]any{"event": "warm"}, false); live.StatusCode != 200 {

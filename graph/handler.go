@@ -3,6 +3,7 @@ package graph
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	graphql "github.com/graph-gophers/graphql-go"
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -35,9 +37,21 @@ type Config struct {
 	MaxBody int64
 	// QueryCacheSize: executed (query, operation, variables) kept. Default 1024.
 	QueryCacheSize int
+	// QueryCacheBytes bounds the bytes of cached responses (the oldest go first).
+	// Default 64 MiB.
+	QueryCacheBytes int
 	// MaxCachedResponse: larger responses are not cached. Default 1 MiB.
 	MaxCachedResponse int
-	Registerer        prometheus.Registerer
+	// MaxLiveEvents: liveEvent selections (aliases count) resolved per document;
+	// the rest answer COST_LIMIT. Default 4.
+	MaxLiveEvents int
+	// MaxStageLists: stages selections resolved per document (each carries a whole
+	// map's payloads); the rest answer COST_LIMIT. Default 2.
+	MaxStageLists int
+	// MaxResponseBytes: a response whose payloads would exceed it is refused with
+	// RESPONSE_TOO_LARGE (before the payloads are encoded). Default 2 MiB.
+	MaxResponseBytes int
+	Registerer       prometheus.Registerer
 }
 
 func (c *Config) defaults() {
@@ -52,6 +66,10 @@ func (c *Config) defaults() {
 	set(&c.MaxParallelism, 4)
 	set(&c.QueryCacheSize, 1024)
 	set(&c.MaxCachedResponse, 1<<20)
+	set(&c.QueryCacheBytes, 64<<20)
+	set(&c.MaxLiveEvents, 4)
+	set(&c.MaxStageLists, 2)
+	set(&c.MaxResponseBytes, 2<<20)
 	if c.MaxBody <= 0 {
 		c.MaxBody = 16 << 10
 	}
@@ -63,7 +81,8 @@ type Handler struct {
 	schema *graphql.Schema
 	cache  *prefetch.Cache
 	shed   *prefetch.Shedder
-	tmpl   *lru.Cache[string, *template]
+	tmpl   *lru.Cache[[32]byte, *template] // key: SHA-256 of (operation, variables, query)
+	bytes  atomic.Int64                    // bytes of the cached templates' bodies
 	randMu sync.Mutex
 	rnd    *rand.Rand
 	qc     *prometheus.CounterVec
@@ -71,8 +90,9 @@ type Handler struct {
 
 // template is one executed query: the response with sentinels, and what it read.
 type template struct {
-	body []byte
-	deps []*dep // sorted by event
+	body      []byte
+	deps      []*dep // sorted by event
+	hasErrors bool   // errors are answered, never cached
 }
 
 // New builds the schema (it panics only on a schema bug, caught by tests).
@@ -85,14 +105,15 @@ func New(cfg Config, cache *prefetch.Cache, shed *prefetch.Shedder) (*Handler, e
 	if err != nil {
 		return nil, fmt.Errorf("graph: schema: %w", err)
 	}
-	t, err := lru.New[string, *template](cfg.QueryCacheSize)
-	if err != nil {
-		return nil, err
-	}
-	h := &Handler{cfg: cfg, schema: schema, cache: cache, shed: shed, tmpl: t,
+	h := &Handler{cfg: cfg, schema: schema, cache: cache, shed: shed,
 		rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		qc: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "graph", Name: "query_cache_total",
 			Help: "GraphQL requests by query-cache result: hit (no parse, no execution), miss, changed (an event's snapshot moved), uncacheable; sentinel_collision counts re-renders."}, []string{"result"})}
+	t, err := lru.NewWithEvict(cfg.QueryCacheSize, func(_ [32]byte, t *template) { h.bytes.Add(-int64(len(t.body))) })
+	if err != nil {
+		return nil, err
+	}
+	h.tmpl = t
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(h.qc)
 	}
@@ -144,6 +165,10 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request) (request, bool) 
 		gqlError(w, http.StatusBadRequest, "no query", "BAD_REQUEST")
 		return req, false
 	}
+	if len(req.Query) > h.cfg.MaxQueryLength {
+		gqlError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("query longer than %d bytes", h.cfg.MaxQueryLength), "BAD_REQUEST")
+		return req, false
+	}
 	return req, true
 }
 
@@ -158,7 +183,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		gqlError(w, http.StatusBadRequest, "variables: "+err.Error(), "BAD_REQUEST")
 		return
 	}
-	key := req.OperationName + "\x00" + string(vars) + "\x00" + req.Query
+	key := cacheKey(req.OperationName, vars, req.Query)
 	t, cached := h.tmpl.Get(key)
 
 	// Priority: any event the request names (variables, or what the cached
@@ -212,7 +237,37 @@ func (h *Handler) check(ctx context.Context, t *template) ([]prefetch.Result, bo
 // (each render draws fresh random sentinels; a repeat is practically impossible).
 const maxRenders = 4
 
-func (h *Handler) execute(w http.ResponseWriter, ctx context.Context, key string, req request) {
+// cacheKey hashes what makes a response: a fixed 32 bytes per entry, whatever
+// the size of the query and variables.
+func cacheKey(op string, vars []byte, query string) [32]byte {
+	hs := sha256.New()
+	hs.Write([]byte(op))
+	hs.Write([]byte{0})
+	hs.Write(vars)
+	hs.Write([]byte{0})
+	hs.Write([]byte(query))
+	var k [32]byte
+	hs.Sum(k[:0])
+	return k
+}
+
+// remember caches t, evicting the oldest templates while the cache holds more
+// than QueryCacheBytes.
+func (h *Handler) remember(key [32]byte, t *template) {
+	if old, ok := h.tmpl.Peek(key); ok {
+		h.tmpl.Remove(key) // its evict callback uncounts it
+		_ = old
+	}
+	h.bytes.Add(int64(len(t.body)))
+	h.tmpl.Add(key, t)
+	for h.bytes.Load() > int64(h.cfg.QueryCacheBytes) {
+		if _, _, ok := h.tmpl.RemoveOldest(); !ok {
+			break
+		}
+	}
+}
+
+func (h *Handler) execute(w http.ResponseWriter, ctx context.Context, key [32]byte, req request) {
 	var t *template
 	var rd *render
 	for attempt := 1; ; attempt++ {
@@ -244,8 +299,14 @@ func (h *Handler) execute(w http.ResponseWriter, ctx context.Context, key string
 		_, _ = w.Write(h.substitute(t, current))
 		return
 	}
-	if len(t.body) <= h.cfg.MaxCachedResponse {
-		h.tmpl.Add(key, t)
+	if len(t.body) > h.cfg.MaxResponseBytes {
+		// The payload accounting in the resolvers keeps this from happening;
+		// this is the last word on the bound.
+		gqlError(w, http.StatusOK, fmt.Sprintf("response larger than %d bytes", h.cfg.MaxResponseBytes), "RESPONSE_TOO_LARGE")
+		return
+	}
+	if len(t.body) <= h.cfg.MaxCachedResponse && !t.hasErrors {
+		h.remember(key, t)
 	} else {
 		h.qc.WithLabelValues("uncacheable").Inc()
 	}
@@ -255,14 +316,15 @@ func (h *Handler) execute(w http.ResponseWriter, ctx context.Context, key string
 // render1 executes the query once, with fresh sentinels in place of the hints.
 func (h *Handler) render1(ctx context.Context, req request) (*template, *render, error) {
 	h.randMu.Lock()
-	rd := &render{deps: map[string]*dep{}, rnd: rand.New(rand.NewPCG(h.rnd.Uint64(), h.rnd.Uint64()))}
+	rd := &render{deps: map[string]*dep{}, rnd: rand.New(rand.NewPCG(h.rnd.Uint64(), h.rnd.Uint64())),
+		maxEvents: h.cfg.MaxLiveEvents, maxLists: h.cfg.MaxStageLists, maxBytes: h.cfg.MaxResponseBytes}
 	h.randMu.Unlock()
 	resp := h.schema.Exec(context.WithValue(ctx, renderKey{}, rd), req.Query, req.OperationName, req.Variables)
 	body, err := json.Marshal(resp)
 	if err != nil {
 		return nil, nil, err
 	}
-	t := &template{body: body}
+	t := &template{body: body, hasErrors: len(resp.Errors) > 0}
 	for _, d := range rd.deps {
 		t.deps = append(t.deps, d)
 	}
@@ -358,7 +420,7 @@ func (h *Handler) write(w http.ResponseWriter, t *template, current []prefetch.R
 	ttl := h.render(buf, t, current)
 	w.Header().Set("Content-Type", "application/json")
 	if ttl > 0 {
-		w.Header().Set("Cache-Control", "max-age="+strconv.Itoa(ttl))
+		w.Header().Set("Cache-Control", prefetch.CacheControl(ttl))
 	} else {
 		w.Header().Set("Cache-Control", "no-store")
 	}

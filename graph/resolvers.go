@@ -110,6 +110,34 @@ type render struct {
 	deps        map[string]*dep
 	unavailable bool
 	rnd         *rand.Rand
+
+	// Cost accounting: resolved liveEvent and stages selections, and payload
+	// bytes, against the handler's limits.
+	events, lists, bytes          int
+	maxEvents, maxLists, maxBytes int
+}
+
+// spend charges one liveEvent (lists == 0) or one stages list of n payload
+// bytes; it returns the error to answer when a limit is passed.
+func (r *render) spend(event bool, n int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if event {
+		r.events++
+		if r.events > r.maxEvents {
+			return &codedError{"COST_LIMIT", fmt.Sprintf("at most %d liveEvent selections per query", r.maxEvents)}
+		}
+		return nil
+	}
+	r.lists++
+	if r.lists > r.maxLists {
+		return &codedError{"COST_LIMIT", fmt.Sprintf("at most %d stages selections per query", r.maxLists)}
+	}
+	if r.bytes+n > r.maxBytes {
+		return &codedError{"RESPONSE_TOO_LARGE", fmt.Sprintf("the stages would make the response larger than %d bytes", r.maxBytes)}
+	}
+	r.bytes += n
+	return nil
 }
 
 type renderKey struct{}
@@ -149,6 +177,9 @@ func (q *resolver) LiveEvent(ctx context.Context, args struct{ ID graphql.ID }) 
 		return nil, badID(err)
 	}
 	rd := renderFrom(ctx)
+	if err := rd.spend(true, 0); err != nil {
+		return nil, err
+	}
 	res, err := q.cache.Get(ctx, id)
 	if res.Entry != nil {
 		rd.use(res) // a NOT_FOUND is a cached fact too: the template depends on it
@@ -188,6 +219,13 @@ func (l *liveEvent) Stages(args struct{ Segment *string }) ([]*payload, error) {
 		}
 	}
 	ps := l.e.Stages(seg)
+	n := 0
+	for _, p := range ps {
+		n += len(p.Key) + len(p.Payload) + 32
+	}
+	if err := l.rd.spend(false, n); err != nil {
+		return nil, err
+	}
 	out := make([]*payload, len(ps))
 	for i := range ps {
 		out[i] = &payload{p: ps[i]}

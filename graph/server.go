@@ -13,9 +13,10 @@ import (
 
 // ServerConfig configures a prefetch server: cache, shedding and GraphQL limits.
 type ServerConfig struct {
-	Cache   prefetch.Config
-	Shed    prefetch.ShedConfig
-	GraphQL Config
+	Cache    prefetch.Config
+	Shed     prefetch.ShedConfig
+	GraphQL  Config
+	Identity prefetch.IdentityConfig
 }
 
 // Server is the prefetch API: POST/GET /graphql, GET /v1/prefetch/{event} (plain
@@ -24,11 +25,15 @@ type Server struct {
 	Cache   *prefetch.Cache
 	Shedder *prefetch.Shedder
 	GraphQL *Handler
+	ident   prefetch.IdentityConfig
 	reg     *prometheus.Registry
 }
 
 // NewServer builds a prefetch server over store with its own metrics registry.
 func NewServer(cfg ServerConfig, store prefetch.Store) (*Server, error) {
+	if err := cfg.Identity.Validate(); err != nil {
+		return nil, err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.Cache.Registerer, cfg.GraphQL.Registerer = reg, reg
@@ -44,7 +49,7 @@ func NewServer(cfg ServerConfig, store prefetch.Store) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{Cache: cache, Shedder: shed, GraphQL: h, reg: reg}, nil
+	return &Server{Cache: cache, Shedder: shed, GraphQL: h, ident: cfg.Identity, reg: reg}, nil
 }
 
 // Registry is the server's metrics registry.
@@ -53,8 +58,8 @@ func (s *Server) Registry() *prometheus.Registry { return s.reg }
 // Handler mounts every route.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/graphql", s.GraphQL)
-	mux.HandleFunc("GET /v1/prefetch/{event}", prefetch.PlainHandler(s.Cache, s.Shedder))
+	mux.Handle("/graphql", s.ident.Identify(s.GraphQL))
+	mux.Handle("GET /v1/prefetch/{event}", s.ident.Identify(prefetch.PlainHandler(s.Cache, s.Shedder)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	// Ready even when the store is down: the cache serves stale maps then.
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ready\n") })

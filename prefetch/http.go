@@ -12,12 +12,14 @@ import (
 
 // PriorityHeader lets a device say its prefetch is critical (a live event it is
 // watching); events whose window the producer switched on are critical anyway.
+// The header is believed only from a request with a valid device token or from
+// a trusted network (see IdentityConfig); from anyone else it is ignored.
 const PriorityHeader = "X-Stagecast-Priority"
 
-// RequestPriority is critical when the request says so or any of entries is in
-// its live window.
+// RequestPriority is critical when a trusted request says so or any of entries
+// is in its live window.
 func RequestPriority(r *http.Request, entries ...*Entry) Priority {
-	if strings.EqualFold(r.Header.Get(PriorityHeader), "critical") {
+	if trusted(r) && strings.EqualFold(r.Header.Get(PriorityHeader), "critical") {
 		return Critical
 	}
 	for _, e := range entries {
@@ -26,6 +28,13 @@ func RequestPriority(r *http.Request, entries ...*Entry) Priority {
 		}
 	}
 	return Normal
+}
+
+// CacheControl is the Cache-Control of a prefetch response with a ttl-second
+// lifetime: private, so a shared cache (a CDN, a corporate proxy) cannot freeze
+// one jittered TTL and serve it to every device behind it.
+func CacheControl(ttl int) string {
+	return "private, max-age=" + strconv.Itoa(ttl)
 }
 
 // Shed answers a shed request: 503 with a jittered Retry-After.
@@ -124,7 +133,7 @@ func PlainHandler(c *Cache, s *Shedder) http.HandlerFunc {
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "max-age="+strconv.Itoa(ttl))
+		w.Header().Set("Cache-Control", CacheControl(ttl))
 		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 		_, _ = w.Write(b)
 	}

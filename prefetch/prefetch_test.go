@@ -10,12 +10,14 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/redistest"
@@ -291,9 +293,38 @@ func TestRequestPriority(t *testing.T) {
 	if prefetch.RequestPriority(r, &prefetch.Entry{Live: true}) != prefetch.Critical {
 		t.Fatal("event in its live window is not critical")
 	}
+	// The header is believed only through Identify, from a trusted network or a
+	// request with a valid device token.
 	r.Header.Set(prefetch.PriorityHeader, "critical")
-	if prefetch.RequestPriority(r) != prefetch.Critical {
-		t.Fatal("header not honoured")
+	if prefetch.RequestPriority(r) != prefetch.Normal {
+		t.Fatal("header believed without Identify")
+	}
+	prio := func(ic prefetch.IdentityConfig, r *http.Request) (p prefetch.Priority, status int) {
+		w := httptest.NewRecorder()
+		ic.Identify(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) { p = prefetch.RequestPriority(r) })).ServeHTTP(w, r)
+		return p, w.Code
+	}
+	r.RemoteAddr = "203.0.113.7:5555"
+	if p, _ := prio(prefetch.IdentityConfig{}, r); p != prefetch.Normal {
+		t.Fatal("header believed from an anonymous client")
+	}
+	if p, _ := prio(prefetch.IdentityConfig{TrustedNetworks: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}}, r); p != prefetch.Critical {
+		t.Fatal("header not believed from a trusted network")
+	}
+	signer, jwks, _ := devicetoken.NewKeyPair("k")
+	ver, _ := devicetoken.NewVerifier(jwks, nil)
+	tok, _ := signer.Mint(devicetoken.Claims{Device: "d1"}, time.Hour)
+	r.Header.Set("Authorization", "Bearer "+tok)
+	if p, code := prio(prefetch.IdentityConfig{Tokens: ver}, r); p != prefetch.Critical || code != 200 {
+		t.Fatalf("header from a device with a valid token: priority %v, status %d", p, code)
+	}
+	r.Header.Set("Authorization", "Bearer "+tok[:len(tok)-4]+"AAAA")
+	if _, code := prio(prefetch.IdentityConfig{Tokens: ver}, r); code != http.StatusUnauthorized {
+		t.Fatalf("forged token: status %d, want 401", code)
+	}
+	r.Header.Del("Authorization")
+	if _, code := prio(prefetch.IdentityConfig{Tokens: ver, Require: true}, r); code != http.StatusUnauthorized {
+		t.Fatalf("no token where one is required: status %d, want 401", code)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"time"
 
@@ -61,8 +62,42 @@ type Config struct {
 	// TopicLinger keeps an event's subscription this long after its last device
 	// leaves, so flapping devices do not churn the engine. Default 60s.
 	TopicLinger time.Duration
-	// Authorize, if set, checks a device's token; false rejects the upgrade with 401.
-	Authorize func(device, token string) bool
+	// Tokens verifies device tokens (Ed25519 JWTs). When set, a token presented
+	// on the upgrade (Authorization: Bearer, or ?token=) must verify, else 401,
+	// and its claims override the query's device, platform and segment. Nil: no
+	// verification (tokens are ignored); RequireToken then fails Validate.
+	Tokens TokenVerifier
+	// RequireToken rejects upgrades without a valid token (401).
+	RequireToken bool
+	// MaxEvents caps the events (topics, engine subscriptions) one proxy holds;
+	// a sub past it gets event_limit. Default 10000.
+	MaxEvents int
+	// SubscribeBudget caps new subscriptions per connection per minute (each
+	// event named in a sub the connection does not hold yet counts, whether it
+	// exists or not); past it, rate_limited. Default 60.
+	SubscribeBudget int
+	// ErrorBudget: a connection that triggers more error frames than this in a
+	// minute is closed (1008), whether it reads them or not. Default 30.
+	ErrorBudget int
+	// ExistsTTL and MissingTTL: how long the proxy trusts "event exists" and
+	// "event does not exist" answers from the engine. Defaults 30s and 5s.
+	ExistsTTL  time.Duration
+	MissingTTL time.Duration
+	// LookupRate caps engine lookups of events not in the cache, per second per
+	// proxy; a sub past it gets unavailable (retry). Default 1000.
+	LookupRate float64
+	// MaxConnsPerIP caps concurrent connections from one source IP (429 above);
+	// IPAdmitRate/IPAdmitBurst cap new connections per second from one IP.
+	// Defaults 1000, 20, 100; -1 turns a limit off. Addresses in IPLimitExempt
+	// (e.g. a load generator's loopback range) are not limited.
+	MaxConnsPerIP int
+	IPAdmitRate   float64
+	IPAdmitBurst  int
+	IPLimitExempt []netip.Prefix
+	// OriginPatterns: browser origins (host patterns, as coder/websocket's
+	// AcceptOptions.OriginPatterns) allowed besides the proxy's own host. Requests
+	// without an Origin header (native devices) are not affected. Default none.
+	OriginPatterns []string
 	// Registerer for Prometheus metrics. Default: a fresh registry (see Server.Registry).
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -95,6 +130,19 @@ func (c *Config) Validate() error {
 	def(&c.MaxWriters, 1024)
 	def(&c.HistoryLen, 64)
 	def(&c.StatsVersions, 16)
+	def(&c.MaxEvents, 10000)
+	def(&c.SubscribeBudget, 60)
+	def(&c.ErrorBudget, 30)
+	def(&c.MaxConnsPerIP, 1000)
+	def(&c.IPAdmitBurst, 100)
+	if c.IPAdmitRate == 0 {
+		c.IPAdmitRate = 20
+	}
+	if c.LookupRate == 0 {
+		c.LookupRate = 1000
+	}
+	defD(&c.ExistsTTL, 30*time.Second)
+	defD(&c.MissingTTL, 5*time.Second)
 	if c.ReadLimit == 0 {
 		c.ReadLimit = 4096
 	}
@@ -113,7 +161,8 @@ func (c *Config) Validate() error {
 	var errs []error
 	for name, v := range map[string]int{"MaxConnections": c.MaxConnections, "MaxSubscriptions": c.MaxSubscriptions,
 		"MaxFramesPerSecond": c.MaxFramesPerSecond, "AdmitBurst": c.AdmitBurst, "Writers": c.Writers,
-		"MaxWriters": c.MaxWriters, "HistoryLen": c.HistoryLen, "StatsVersions": c.StatsVersions} {
+		"MaxWriters": c.MaxWriters, "HistoryLen": c.HistoryLen, "StatsVersions": c.StatsVersions,
+		"MaxEvents": c.MaxEvents, "SubscribeBudget": c.SubscribeBudget, "ErrorBudget": c.ErrorBudget} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("proxy config: %s = %d must be > 0", name, v))
 		}
@@ -121,13 +170,20 @@ func (c *Config) Validate() error {
 	for name, v := range map[string]time.Duration{"WriteTimeout": c.WriteTimeout, "PingInterval": c.PingInterval,
 		"PongTimeout": c.PongTimeout, "RetryAfter": c.RetryAfter, "DrainWindow": c.DrainWindow,
 		"ReconnectJitter": c.ReconnectJitter, "ReportInterval": c.ReportInterval,
-		"ReconcileInterval": c.ReconcileInterval, "TopicLinger": c.TopicLinger} {
+		"ReconcileInterval": c.ReconcileInterval, "TopicLinger": c.TopicLinger,
+		"ExistsTTL": c.ExistsTTL, "MissingTTL": c.MissingTTL} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("proxy config: %s = %v must be > 0", name, v))
 		}
 	}
 	if c.ReadLimit < 64 {
 		errs = append(errs, fmt.Errorf("proxy config: ReadLimit = %d must be >= 64", c.ReadLimit))
+	}
+	if c.RequireToken && c.Tokens == nil {
+		errs = append(errs, errors.New("proxy config: RequireToken needs device keys (Tokens)"))
+	}
+	if c.MaxConnsPerIP < -1 || c.IPAdmitBurst < -1 || (c.IPAdmitRate < 0 && c.IPAdmitRate != -1) || c.LookupRate < 0 {
+		errs = append(errs, errors.New("proxy config: per-IP limits and LookupRate must be > 0 (or -1: off for per-IP limits)"))
 	}
 	if c.AdmitRate < 0 {
 		errs = append(errs, fmt.Errorf("proxy config: AdmitRate = %v must be > 0", c.AdmitRate))

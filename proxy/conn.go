@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -19,9 +20,19 @@ type conn struct {
 	device   string
 	platform string
 	segment  string
+	label    string        // platform as a metric label (a fixed set)
+	ip       netip.Addr    // source address; counted in Server.perIP unless exempt
+	ipLimit  bool          // counted toward MaxConnsPerIP
+	events   wire.Patterns // events the token allows (nil: any)
 
 	pingTimer *time.Timer // runtime timer; fires ping() in its own short goroutine
+	expTimer  *time.Timer // closes with 4003 at the token's exp (nil without a token)
 	handled   chan bool   // a frame handler's answer to this conn's reader
+
+	// Budgets, touched only by whoever processes this conn's frames (its reader,
+	// then one frame handler or sub goroutine at a time: see readLoop).
+	subWin, errWin     time.Time
+	subCount, errCount int
 
 	mu      sync.Mutex // guards the fields below
 	subs    []subEntry // one per subscribed event; small, scanned linearly
@@ -44,6 +55,16 @@ type subEntry struct {
 	v       uint64
 	pending *prepared
 	acked   uint64
+}
+
+// subByEvent returns c's entry for event. Caller holds c.mu.
+func (c *conn) subByEvent(event string) *subEntry {
+	for i := range c.subs {
+		if c.subs[i].t.event == event {
+			return &c.subs[i]
+		}
+	}
+	return nil
 }
 
 // sub returns c's entry for t. Caller holds c.mu.
@@ -89,7 +110,9 @@ func (c *conn) sendControl(frame []byte, closeWith int, reason string) {
 		c.mu.Unlock()
 		return
 	}
-	if len(c.ctrl) < 8 { // bounded: a device that floods errors loses some error frames
+	// Bounded: a device that floods errors loses some error frames (and is
+	// closed by ErrorBudget soon after).
+	if frame != nil && len(c.ctrl) < 8 {
 		c.ctrl = append(c.ctrl, frame)
 	}
 	if closeWith != 0 {
@@ -151,7 +174,7 @@ func (c *conn) flush(w *writer) {
 			c.queued = false
 			c.mu.Unlock()
 			// Close does the handshake and can block for seconds: not on a writer.
-			go c.close(closing, reason)
+			c.closeWith(closing, reason)
 			return
 		}
 	}
@@ -190,7 +213,7 @@ func (c *conn) ping() {
 		if c.s.ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
 			c.s.metrics.pingTimeouts.Inc()
 			c.s.log.Debug("ping timeout", "device", c.device, "err", err)
-			c.abort()
+			c.closeWith(wire.ClosePingTimeout, "ping timeout")
 		}
 		return
 	}
@@ -203,10 +226,29 @@ func (c *conn) abort() {
 	c.unregister()
 }
 
-// close does the WebSocket close handshake with status and reason, then unregisters.
+// close unregisters c, then does the WebSocket close handshake with status and
+// reason. The handshake blocks for up to ~10 s (coder/websocket's timeouts):
+// run it in its own goroutine, through closeWith. The device is gone from every
+// topic and count from the start.
 func (c *conn) close(status int, reason string) {
-	_ = c.ws.Close(websocket.StatusCode(status), reason)
 	c.unregister()
+	_ = c.ws.Close(websocket.StatusCode(status), reason)
+}
+
+// closeWith closes the connection with a close frame (status, reason) when one
+// of the proxy's handshake slots is free, else at once without one (the device
+// then sees 1006). The slots bound the goroutines waiting on close handshakes
+// (maxClosing), so a mass timeout cannot pile them up.
+func (c *conn) closeWith(status int, reason string) {
+	select {
+	case c.s.closing <- struct{}{}:
+		go func() {
+			defer func() { <-c.s.closing }()
+			c.close(status, reason)
+		}()
+	default:
+		c.abort()
+	}
 }
 
 // unregister removes c from every topic and the server; idempotent.
@@ -223,6 +265,9 @@ func (c *conn) unregister() {
 	}
 	c.mu.Unlock()
 	c.pingTimer.Stop()
+	if c.expTimer != nil {
+		c.expTimer.Stop()
+	}
 	for _, ev := range events {
 		c.s.hub.unsubscribe(c, ev)
 	}
@@ -276,6 +321,35 @@ func (c *conn) ack(event string, v uint64) bool {
 	return true
 }
 
+// sendError sends an error frame, or closes the connection (1008) when it has
+// triggered more than ErrorBudget errors in the last minute: a device that keeps
+// sending bad frames is closed whether it reads the answers or not, so it can
+// neither grow its queue nor hold a writer. Frame processing only.
 func (c *conn) sendError(code wire.Code, msg string) {
-	c.sendControl(wire.AppendError(nil, code, msg), 0, "")
+	c.sendEventError(code, "", msg)
+}
+
+func (c *conn) sendEventError(code wire.Code, event, msg string) {
+	s := c.s
+	s.metrics.badFrames.WithLabelValues(string(code)).Inc()
+	if !windowAllow(s.cfg.Now(), &c.errWin, &c.errCount, s.cfg.ErrorBudget) {
+		s.metrics.badFrames.WithLabelValues("error_budget").Inc()
+		c.closeWith(wire.ClosePolicy, "too many bad frames")
+		return
+	}
+	if event != "" {
+		c.sendControl(wire.AppendEventError(nil, code, event, msg), 0, "")
+	} else {
+		c.sendControl(wire.AppendError(nil, code, msg), 0, "")
+	}
+}
+
+// windowAllow counts one more in a one-minute window starting at *start and
+// reports whether the count is within limit.
+func windowAllow(now time.Time, start *time.Time, count *int, limit int) bool {
+	if now.Sub(*start) >= time.Minute {
+		*start, *count = now, 0
+	}
+	*count++
+	return *count <= limit
 }

@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/stagecast/stagecast/internal/wire"
@@ -18,6 +19,7 @@ type hub struct {
 	s      *Server
 	seed   maphash.Seed
 	shards [numShards]hubShard
+	count  atomic.Int64 // topics, for the MaxEvents cap
 }
 
 type hubShard struct {
@@ -61,23 +63,53 @@ type topic struct {
 	emptySince time.Time // zero while it has conns
 }
 
+// subResult is what hub.subscribe did.
+type subResult int
+
+const (
+	subOK subResult = iota
+	subClosed
+	subTooMany    // the connection holds MaxSubscriptions events
+	subEventLimit // the proxy holds MaxEvents topics
+)
+
 // subscribe adds c to event's topic, creating the topic (and its engine
 // subscription) if needed, then sends c the newest matching stage newer than have.
-func (h *hub) subscribe(c *conn, event string, have uint64) (ok bool) {
+// The caller has already admitted the subscription (token patterns, budget,
+// existence); the limits checked here are the ones that need the hub's locks.
+// Nothing is created for a closed connection, one at its limit, or past the
+// proxy's event cap.
+func (h *hub) subscribe(c *conn, event string, have uint64) subResult {
 	sh := h.shard(event)
 	sh.mu.Lock()
+	c.mu.Lock()
+	closed, held, n := c.closed, c.subByEvent(event) != nil, len(c.subs)
+	c.mu.Unlock()
+	switch {
+	case closed:
+		sh.mu.Unlock()
+		return subClosed
+	case !held && n >= h.s.cfg.MaxSubscriptions:
+		sh.mu.Unlock()
+		return subTooMany
+	}
 	t := sh.topics[event]
 	if t == nil {
+		if int(h.count.Load()) >= h.s.cfg.MaxEvents {
+			sh.mu.Unlock()
+			return subEventLimit
+		}
 		t = h.newTopic(event)
 		sh.topics[event] = t
 	}
 	t.mu.Lock()
 	c.mu.Lock()
 	if c.closed {
+		// The topic keeps emptySince (set at creation) and is swept.
 		c.mu.Unlock()
 		t.mu.Unlock()
 		sh.mu.Unlock()
-		return false
+		return subClosed
 	}
 	e := c.sub(t)
 	if e == nil {
@@ -85,7 +117,7 @@ func (h *hub) subscribe(c *conn, event string, have uint64) (ok bool) {
 			c.mu.Unlock()
 			t.mu.Unlock()
 			sh.mu.Unlock()
-			return false
+			return subTooMany
 		}
 		c.subs = append(c.subs, subEntry{t: t})
 		e = &c.subs[len(c.subs)-1]
@@ -103,7 +135,7 @@ func (h *hub) subscribe(c *conn, event string, have uint64) (ok bool) {
 	t.mu.RLock()
 	t.offerBest(c)
 	t.mu.RUnlock()
-	return true
+	return subOK
 }
 
 // unsubscribe removes c from event's topic. The topic lingers (see TopicLinger).
@@ -141,6 +173,7 @@ func (h *hub) sweep(now time.Time) {
 			if len(t.conns) == 0 && !t.emptySince.IsZero() && now.Sub(t.emptySince) >= h.s.cfg.TopicLinger {
 				t.cancel()
 				delete(sh.topics, ev)
+				h.count.Add(-1)
 				h.s.metrics.topics.Dec()
 			}
 			t.mu.Unlock()
@@ -171,6 +204,7 @@ func (h *hub) closeAll() {
 		for ev, t := range sh.topics {
 			t.cancel()
 			delete(sh.topics, ev)
+			h.count.Add(-1)
 		}
 		sh.mu.Unlock()
 	}
@@ -186,7 +220,11 @@ func (h *hub) newTopic(event string) *topic {
 		cancel: cancel,
 		conns:  make(map[*conn]struct{}),
 		stats:  make(map[uint64]*versionStats),
+		// Empty until its first device is added: if that device is gone before
+		// it is, the sweep still removes the topic.
+		emptySince: h.s.cfg.Now(),
 	}
+	h.count.Add(1)
 	h.s.metrics.topics.Inc()
 	h.s.wg.Add(2)
 	go func() {

@@ -21,13 +21,15 @@ type metrics struct {
 	catchupRereads     prometheus.Counter
 	writersSpawned     prometheus.Counter
 	draining           prometheus.Gauge
+	tokenExpired       prometheus.Counter
+	eventLimit         prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	const ns, sub = "stagecast", "proxy"
 	m := &metrics{
 		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "connections",
-			Help: "Connected devices, by platform."}, []string{"platform"}),
+			Help: "Connected devices, by platform (tv, mobile, web, console, unknown; any other counts as other)."}, []string{"platform"}),
 		subscriptions: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "subscriptions",
 			Help: "Device subscriptions (device x event)."}),
 		topics: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "events",
@@ -50,7 +52,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "write_errors_total",
 			Help: "Writes that failed for another reason than a timeout or a closed connection."}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "rejected_connections_total",
-			Help: "Upgrades refused, by reason (rate, capacity, draining, unauthorized, bad_request)."}, []string{"reason"}),
+			Help: "Upgrades refused, by reason (rate, ip_rate, capacity, ip_capacity, draining, unauthorized, bad_request, handshake)."}, []string{"reason"}),
 		badFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "bad_frames_total",
 			Help: "Device frames rejected, by code."}, []string{"code"}),
 		engineErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "engine_errors_total",
@@ -63,9 +65,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Extra writer goroutines started because writers were stuck on slow devices."}),
 		draining: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "draining",
 			Help: "1 while the proxy drains."}),
+		tokenExpired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "token_expired_total",
+			Help: "Devices closed (4003) because their token's exp passed."}),
+		eventLimit: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "event_limit_total",
+			Help: "Subscriptions refused because the proxy held MaxEvents events."}),
 	}
 	reg.MustRegister(m.connections, m.subscriptions, m.topics, m.broadcasts, m.deliveries, m.skipped, m.acks,
 		m.sendLatency, m.slowConsumerCloses, m.pingTimeouts, m.writeErrors, m.rejected, m.badFrames,
-		m.engineErrors, m.inboxOverflow, m.catchupRereads, m.writersSpawned, m.draining)
+		m.engineErrors, m.inboxOverflow, m.catchupRereads, m.writersSpawned, m.draining, m.tokenExpired, m.eventLimit)
 	return m
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/waitfor"
 	"github.com/stagecast/stagecast/internal/wire"
@@ -45,6 +46,37 @@ func startProxyOn(t *testing.T, eng proxy.Engine, cfg proxy.Config, wrap func(ne
 }
 
 var eventually = waitfor.True
+
+// testEvents are the events memEngine creates: devices may only subscribe to
+// events that exist.
+var testEvents = []string{"fight", "ev", "a", "b", "c"}
+
+// memEngine returns an in-memory engine in which testEvents exist (each has a
+// stage map, no stage yet).
+func memEngine(t *testing.T) *engine.Memory {
+	t.Helper()
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	for _, ev := range testEvents {
+		if _, err := eng.PutStageMap(context.Background(), ev, []byte(`{"stages":{"x":{"default":{}}}}`), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return eng
+}
+
+// testKeys returns a device-token signer and the verifier of its key.
+func testKeys(t *testing.T) (*devicetoken.Signer, *devicetoken.Verifier) {
+	t.Helper()
+	s, jwks, err := devicetoken.NewKeyPair("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := devicetoken.NewVerifier(jwks, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, v
+}
 
 type rawDevice struct {
 	t  *testing.T
@@ -104,7 +136,7 @@ func set(t *testing.T, eng *engine.Memory, event, key string, target *wire.Targe
 }
 
 func TestStageFanoutAndCatchUp(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memEngine(t)
 	_, url := startProxy(t, eng, proxy.Config{})
 	set(t, eng, "fight", "pre-show", nil)
 
@@ -151,7 +183,7 @@ func TestStageFanoutAndCatchUp(t *testing.T) {
 }
 
 func TestTargetedDelivery(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memEngine(t)
 	_, url := startProxy(t, eng, proxy.Config{})
 	tv := dial(t, url+"?platform=tv&segment=s1")
 	mobile := dial(t, url+"?platform=mobile")
@@ -186,7 +218,7 @@ func TestTargetedDelivery(t *testing.T) {
 }
 
 func TestBadFrames(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memEngine(t)
 	_, url := startProxy(t, eng, proxy.Config{ReadLimit: 256, MaxSubscriptions: 2})
 
 	d := dial(t, url)
@@ -222,7 +254,7 @@ func TestBadFrames(t *testing.T) {
 }
 
 func TestFrameRateLimit(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memEngine(t)
 	_, url := startProxy(t, eng, proxy.Config{MaxFramesPerSecond: 3})
 	d := dial(t, url)
 	for i := 0; i < 4; i++ {
@@ -234,9 +266,9 @@ func TestFrameRateLimit(t *testing.T) {
 }
 
 func TestAdmission(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
-	_, url := startProxy(t, eng, proxy.Config{AdmitRate: 0.001, AdmitBurst: 2, RetryAfter: 2 * time.Second,
-		Authorize: func(_, token string) bool { return token != "bad" }})
+	eng := memEngine(t)
+	_, ver := testKeys(t)
+	_, url := startProxy(t, eng, proxy.Config{AdmitRate: 0.001, AdmitBurst: 2, RetryAfter: 2 * time.Second, Tokens: ver})
 	dial(t, url)
 	dial(t, url)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -260,7 +292,7 @@ func TestAdmission(t *testing.T) {
 }
 
 func TestDrain(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memEngine(t)
 	p, url := startProxy(t, eng, proxy.Config{DrainWindow: 300 * time.Millisecond, ReconnectJitter: time.Second})
 	const n = 20
 	devs := make([]*rawDevice, n)
@@ -309,7 +341,7 @@ func TestDrain(t *testing.T) {
 }
 
 func TestDeliveryReportPublished(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memEngine(t)
 	_, url := startProxy(t, eng, proxy.Config{ID: "p-test"})
 	devs := []*rawDevice{dial(t, url), dial(t, url), dial(t, url)}
 	for _, d := range devs {
@@ -370,7 +402,7 @@ func metric(t *testing.T, p *proxy.Server, name string) prometheus.Collector {
 }
 
 func TestCapacity(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memEngine(t)
 	p, url := startProxy(t, eng, proxy.Config{MaxConnections: 2})
 	dial(t, url)
 	dial(t, url)
@@ -386,7 +418,7 @@ func TestCapacity(t *testing.T) {
 // TestTopicLinger: when an event's last device leaves, its engine subscription
 // stays for TopicLinger, then goes.
 func TestTopicLinger(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memEngine(t)
 	p, url := startProxy(t, eng, proxy.Config{TopicLinger: 300 * time.Millisecond, ReportInterval: 50 * time.Millisecond})
 	d := dial(t, url)
 	d.send(`{"op":"sub","events":{"ev":0}}`)

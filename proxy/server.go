@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"slices"
 	"strconv"
@@ -23,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/time/rate"
 
+	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
@@ -32,6 +34,7 @@ type Engine interface {
 	Recent(ctx context.Context, event string, n int) ([]wire.Stage, error)
 	Subscribe(ctx context.Context, event string, onStage func(wire.Stage), onSubscribed func()) error
 	PutDelivery(ctx context.Context, r engine.DeliveryReport) error
+	Exists(ctx context.Context, event string) (bool, error)
 }
 
 // Server is one WebSocket proxy. Create it with New, serve Handler, and end it
@@ -46,6 +49,9 @@ type Server struct {
 	writers *writerPool
 	frames  chan frameJob // device frames to the frame handlers (see readLoop)
 	admit   *rate.Limiter
+	ips     *ipLimits
+	exists  *eventChecker
+	closing chan struct{} // handshake-close slots (see conn.closeWith)
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -55,6 +61,8 @@ type Server struct {
 
 	connsMu  sync.Mutex
 	conns    map[*conn]struct{}
+	perIP    map[netip.Addr]int // open and reserved connections per source IP (non-exempt only)
+	reserved int                // connections in their handshake
 	draining atomic.Bool
 	closed   atomic.Bool
 }
@@ -68,7 +76,11 @@ func New(cfg Config, eng Engine) (*Server, error) {
 		return nil, errors.New("proxy: nil engine")
 	}
 	s := &Server{cfg: cfg, eng: eng, log: cfg.Logger.With("component", "proxy", "proxy", cfg.ID),
-		conns: make(map[*conn]struct{}), admit: rate.NewLimiter(rate.Limit(cfg.AdmitRate), cfg.AdmitBurst)}
+		conns: make(map[*conn]struct{}), perIP: make(map[netip.Addr]int),
+		admit:   rate.NewLimiter(rate.Limit(cfg.AdmitRate), cfg.AdmitBurst),
+		closing: make(chan struct{}, maxClosing)}
+	s.ips = newIPLimits(&s.cfg)
+	s.exists = newEventChecker(&s.cfg, eng)
 	reg := cfg.Registerer
 	if reg == nil {
 		s.reg = prometheus.NewRegistry()
@@ -88,6 +100,9 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	go s.reportLoop()
 	return s, nil
 }
+
+// maxClosing bounds the connections waiting on a close handshake at once.
+const maxClosing = 1024
 
 // Registry returns the proxy's own registry (nil if Config.Registerer was set).
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
@@ -137,7 +152,9 @@ func (s *Server) reject(w http.ResponseWriter, reason string, status int, msg st
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	device, platform, segment, token := q.Get("device"), q.Get("platform"), q.Get("segment"), q.Get("token")
+	device, platform, segment := q.Get("device"), q.Get("platform"), q.Get("segment")
+	ip := sourceIP(r)
+	limitIP := !s.ips.exempted(ip)
 	switch {
 	case s.draining.Load() || s.closed.Load():
 		s.reject(w, "draining", http.StatusServiceUnavailable, "proxy is draining: connect to another proxy")
@@ -151,9 +168,30 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	case segment != "" && !wire.ValidID(segment):
 		s.reject(w, "bad_request", http.StatusBadRequest, wire.CheckID("segment", segment).Error())
 		return
-	case s.cfg.Authorize != nil && !s.cfg.Authorize(device, token):
-		s.reject(w, "unauthorized", http.StatusUnauthorized, "unauthorized: missing or invalid device token")
+	case limitIP && s.cfg.IPAdmitRate > 0 && !s.ips.allow(ip):
+		s.reject(w, "ip_rate", http.StatusTooManyRequests, "too many new connections from this address: retry later")
 		return
+	}
+	var claims devicetoken.Claims
+	if s.cfg.Tokens != nil {
+		tok := bearer(r)
+		if tok != "" || s.cfg.RequireToken {
+			var err error
+			if claims, err = s.cfg.Tokens.Verify(tok); err != nil {
+				// The reason, never the token.
+				s.reject(w, "unauthorized", http.StatusUnauthorized, "unauthorized: "+err.Error())
+				return
+			}
+			device = claims.Device
+			if claims.Platform != "" {
+				platform = claims.Platform
+			}
+			if claims.Segment != "" {
+				segment = claims.Segment
+			}
+		}
+	}
+	switch {
 	case s.Connections() >= s.cfg.MaxConnections:
 		s.reject(w, "capacity", http.StatusServiceUnavailable, "proxy at capacity: retry later or connect to another proxy")
 		return
@@ -161,37 +199,97 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, "rate", http.StatusServiceUnavailable, "too many new connections: retry later")
 		return
 	}
-	ws, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{
-		InsecureSkipVerify: true, // devices are not browsers bound to an origin; auth is the token
-		CompressionMode:    websocket.CompressionDisabled,
-	})
-	if err != nil {
-		s.metrics.rejected.WithLabelValues("handshake").Inc()
-		return
-	}
-	ws.SetReadLimit(s.cfg.ReadLimit)
 	if platform == "" {
 		platform = "unknown"
 	}
-	c := &conn{s: s, ws: ws, device: device, platform: platform, segment: segment}
-	if !s.addConn(c) {
+	c := &conn{s: s, device: device, platform: platform, segment: segment, label: platformLabel(platform),
+		ip: ip, ipLimit: limitIP && s.cfg.MaxConnsPerIP > 0, events: claims.Events}
+	// Reserve the place before the handshake, so concurrent upgrades cannot
+	// overshoot MaxConnections or MaxConnsPerIP.
+	if reason := s.reserve(c); reason != "" {
+		if reason == "ip_capacity" {
+			s.reject(w, reason, http.StatusTooManyRequests, "too many connections from this address")
+		} else {
+			s.reject(w, reason, http.StatusServiceUnavailable, "proxy at capacity or draining: connect to another proxy")
+		}
+		return
+	}
+	ws, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{
+		// Native devices send no Origin and pass; a browser page must come from
+		// the proxy's own host or match OriginPatterns.
+		OriginPatterns:  s.cfg.OriginPatterns,
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		s.metrics.rejected.WithLabelValues("handshake").Inc()
+		s.unreserve(c)
+		return
+	}
+	ws.SetReadLimit(s.cfg.ReadLimit)
+	// Everything the conn needs is set before it is published (publish takes
+	// connsMu: a happens-before edge to every later reader of the fields).
+	c.ws = ws
+	c.pingTimer = time.AfterFunc(s.jitterBetween(s.cfg.PingInterval/2, s.cfg.PingInterval), c.ping)
+	if !claims.Expiry.IsZero() {
+		c.expTimer = time.AfterFunc(claims.Expiry.Sub(s.cfg.Now()), func() {
+			s.metrics.tokenExpired.Inc()
+			c.sendControl(nil, wire.CloseTokenExpired, "token expired")
+		})
+	}
+	if !s.publish(c) {
+		c.pingTimer.Stop()
+		if c.expTimer != nil {
+			c.expTimer.Stop()
+		}
 		_ = ws.Close(websocket.StatusCode(wire.CloseServiceRestart), "proxy is draining")
 		return
 	}
-	c.pingTimer = time.AfterFunc(s.jitterBetween(s.cfg.PingInterval/2, s.cfg.PingInterval), c.ping)
 	// The request goroutine (and net/http's per-connection state) ends here; the
 	// conn's only long-lived goroutine is its reader.
 	go c.readLoop()
 }
 
-func (s *Server) addConn(c *conn) bool {
+// reserve holds a place for c (a connection in its handshake); it returns the
+// reject reason, or "" when reserved. Reserved places count toward
+// MaxConnections and MaxConnsPerIP.
+func (s *Server) reserve(c *conn) string {
 	s.connsMu.Lock()
 	defer s.connsMu.Unlock()
+	switch {
+	case s.draining.Load() || s.closed.Load():
+		return "draining"
+	case len(s.conns)+s.reserved >= s.cfg.MaxConnections:
+		return "capacity"
+	case c.ipLimit && s.perIP[c.ip] >= s.cfg.MaxConnsPerIP:
+		return "ip_capacity"
+	}
+	s.reserved++
+	if c.ipLimit {
+		s.perIP[c.ip]++
+	}
+	return ""
+}
+
+// unreserve gives a reserved place back (handshake failed).
+func (s *Server) unreserve(c *conn) {
+	s.connsMu.Lock()
+	defer s.connsMu.Unlock()
+	s.reserved--
+	s.dropIP(c)
+}
+
+// publish turns c's reservation into a connection; false (place given back)
+// when the proxy started draining meanwhile.
+func (s *Server) publish(c *conn) bool {
+	s.connsMu.Lock()
+	defer s.connsMu.Unlock()
+	s.reserved--
 	if s.draining.Load() || s.closed.Load() {
+		s.dropIP(c)
 		return false
 	}
 	s.conns[c] = struct{}{}
-	s.metrics.connections.WithLabelValues(c.platform).Inc()
+	s.metrics.connections.WithLabelValues(c.label).Inc()
 	return true
 }
 
@@ -200,7 +298,20 @@ func (s *Server) removeConn(c *conn) {
 	defer s.connsMu.Unlock()
 	if _, ok := s.conns[c]; ok {
 		delete(s.conns, c)
-		s.metrics.connections.WithLabelValues(c.platform).Dec()
+		s.dropIP(c)
+		s.metrics.connections.WithLabelValues(c.label).Dec()
+	}
+}
+
+// dropIP uncounts c from its source IP. Caller holds connsMu.
+func (s *Server) dropIP(c *conn) {
+	if !c.ipLimit {
+		return
+	}
+	if n := s.perIP[c.ip] - 1; n > 0 {
+		s.perIP[c.ip] = n
+	} else {
+		delete(s.perIP, c.ip)
 	}
 }
 
@@ -223,7 +334,10 @@ type frameJob struct {
 // frameHandler parses and applies device frames. Parsing (encoding/json) and
 // subscribing run deep call chains; doing them here, not on the readers, keeps
 // every reader's stack at its initial 4 KiB instead of growing it to 8 KiB for
-// good: half the stack memory per idle device.
+// good: half the stack memory per idle device. A sub that needs engine lookups
+// (events not in the existence cache) moves to a goroutine of its own, so a slow
+// engine never holds a frame handler; the reader still waits for it, so a
+// connection's frames apply in order.
 func (s *Server) frameHandler() {
 	defer s.wg.Done()
 	for {
@@ -231,13 +345,14 @@ func (s *Server) frameHandler() {
 		case <-s.ctx.Done():
 			return
 		case j := <-s.frames:
-			j.c.handled <- j.c.handleFrame(j.b)
+			j.c.process(j.b)
 		}
 	}
 }
 
 // readLoop reads device frames until the connection ends. It hands each frame
-// to a frame handler and waits for it, so a connection's frames apply in order.
+// to a frame handler and waits for the answer, so a connection's frames apply in
+// order and at most one goroutine at a time processes them.
 func (c *conn) readLoop() {
 	defer c.unregister()
 	s := c.s
@@ -249,7 +364,6 @@ func (c *conn) readLoop() {
 		}
 		switch c.allowFrame(s.cfg.Now()) {
 		case 1:
-			s.metrics.badFrames.WithLabelValues(string(wire.CodeRateLimited)).Inc()
 			c.sendError(wire.CodeRateLimited, fmt.Sprintf("more than %d frames per second", s.cfg.MaxFramesPerSecond))
 			continue
 		case 2:
@@ -268,53 +382,107 @@ func (c *conn) readLoop() {
 			return
 		}
 		if keep := <-c.handled; !keep {
-			_ = c.ws.Close(websocket.StatusCode(wire.CloseInvalidFrame), "frame is not a JSON object")
+			_ = c.ws.Close(websocket.StatusCode(wire.CloseInvalidFrame), "frame is not valid UTF-8 JSON")
 			return
 		}
 	}
 }
 
-// handleFrame parses and applies one device frame; false means the frame was
-// not JSON and the connection must be closed (1007).
-func (c *conn) handleFrame(b []byte) bool {
+// process parses and applies one device frame, then answers the reader on
+// c.handled: false means the frame was not JSON (or not UTF-8) and the
+// connection must be closed (1007).
+func (c *conn) process(b []byte) {
 	s := c.s
 	f, err := wire.ParseDeviceFrame(b)
 	if errors.Is(err, wire.ErrNotJSON) {
 		s.metrics.badFrames.WithLabelValues("invalid_json").Inc()
-		return false
+		c.handled <- false
+		return
 	}
 	var fe *wire.FrameError
 	if errors.As(err, &fe) {
-		s.metrics.badFrames.WithLabelValues(string(fe.Code)).Inc()
 		c.sendError(fe.Code, fe.Msg)
-		return true
+		c.handled <- true
+		return
+	}
+	if f.Op == wire.OpSub && len(f.Sub) <= s.cfg.MaxSubscriptions && c.needsLookup(f.Sub) {
+		go func() {
+			c.handle(f)
+			c.handled <- true
+		}()
+		return
 	}
 	c.handle(f)
-	return true
+	c.handled <- true
+}
+
+// needsLookup reports whether a sub names an event the existence cache cannot
+// answer (so subscribing may wait on the engine).
+func (c *conn) needsLookup(events map[string]uint64) bool {
+	for ev := range events {
+		if _, ok := c.s.exists.cached(ev); !ok {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *conn) handle(f wire.DeviceFrame) {
 	s := c.s
 	switch f.Op {
 	case wire.OpSub:
+		if len(f.Sub) > s.cfg.MaxSubscriptions {
+			c.sendError(wire.CodeBadRequest, fmt.Sprintf("a sub may name at most %d events; none subscribed", s.cfg.MaxSubscriptions))
+			return
+		}
 		for ev, have := range f.Sub {
-			if !s.hub.subscribe(c, ev, have) {
-				s.metrics.badFrames.WithLabelValues(string(wire.CodeTooManySubscriptions)).Inc()
-				c.sendError(wire.CodeTooManySubscriptions, fmt.Sprintf("at most %d events per connection; %s not subscribed", s.cfg.MaxSubscriptions, ev))
-			}
+			c.subscribe(ev, have)
 		}
 	case wire.OpUnsub:
 		for _, ev := range f.Unsub {
 			if !s.hub.unsubscribe(c, ev) {
-				s.metrics.badFrames.WithLabelValues(string(wire.CodeUnknownEvent)).Inc()
-				c.sendError(wire.CodeUnknownEvent, "not subscribed to "+ev)
+				c.sendEventError(wire.CodeUnknownEvent, ev, "not subscribed to "+ev)
 			}
 		}
 	case wire.OpAck:
 		if !c.ack(f.Event, f.V) {
-			s.metrics.badFrames.WithLabelValues(string(wire.CodeUnknownEvent)).Inc()
-			c.sendError(wire.CodeUnknownEvent, "ack for an event not subscribed: "+f.Event)
+			c.sendEventError(wire.CodeUnknownEvent, f.Event, "ack for an event not subscribed: "+f.Event)
 		}
+	}
+}
+
+// subscribe admits one event of a sub: every check runs before anything is
+// created for it (the token's evs, the per-connection budget, existence, then
+// the hub's per-connection and per-proxy caps).
+func (c *conn) subscribe(ev string, have uint64) {
+	s := c.s
+	c.mu.Lock()
+	held := c.subByEvent(ev) != nil
+	c.mu.Unlock()
+	if !held {
+		if !c.events.Match(ev) {
+			c.sendEventError(wire.CodeUnauthorized, ev, "the device token does not allow event "+ev)
+			return
+		}
+		if !windowAllow(s.cfg.Now(), &c.subWin, &c.subCount, s.cfg.SubscribeBudget) {
+			c.sendEventError(wire.CodeRateLimited, ev, fmt.Sprintf("more than %d new subscriptions a minute", s.cfg.SubscribeBudget))
+			return
+		}
+		switch s.exists.check(s.ctx, ev) {
+		case eventMissing:
+			c.sendEventError(wire.CodeUnknownEvent, ev, "no such event: "+ev)
+			return
+		case eventUnchecked:
+			c.sendEventError(wire.CodeUnavailable, ev, "cannot check event "+ev+" now; retry the sub later")
+			return
+		}
+	}
+	switch s.hub.subscribe(c, ev, have) {
+	case subTooMany:
+		c.sendEventError(wire.CodeTooManySubscriptions, ev, fmt.Sprintf("at most %d events per connection; %s not subscribed", s.cfg.MaxSubscriptions, ev))
+	case subEventLimit:
+		s.metrics.eventLimit.Inc()
+		c.sendEventError(wire.CodeEventLimit, ev, "this proxy holds as many events as it may; retry later")
 	}
 }
 

@@ -99,7 +99,7 @@ func hostOf(wsURL string) string {
 // is stuck on the only core writer), yet every other device receives every
 // broadcast, and the stuck one is closed as a slow consumer after WriteTimeout.
 func TestSlowDeviceDoesNotDelayOthers(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memEngine(t)
 	p, url := startProxyOn(t, eng, proxy.Config{Writers: 1, MaxWriters: 8, WriteTimeout: 3 * time.Second, ReportInterval: time.Second},
 		func(l net.Listener) net.Listener { return smallSendBuf{l} })
 	stuckDevice(t, hostOf(url), "ev")
@@ -162,7 +162,7 @@ func TestSlowDeviceDoesNotDelayOthers(t *testing.T) {
 // the upgrade request (the bytes sit in net/http's buffer at hijack time) is
 // served correctly: it gets the catch-up stage, not a protocol error.
 func TestFrameSentWithHandshake(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memEngine(t)
 	s := set(t, eng, "ev", "round-1", nil)
 	_, url := startProxy(t, eng, proxy.Config{})
 	addr := hostOf(url)
@@ -197,7 +197,7 @@ func TestFrameSentWithHandshake(t *testing.T) {
 // TestPingTimeout: a device that stops answering pings is closed after
 // PingInterval + PongTimeout; one that answers stays.
 func TestPingTimeout(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memEngine(t)
 	p, url := startProxy(t, eng, proxy.Config{PingInterval: 100 * time.Millisecond, PongTimeout: 200 * time.Millisecond})
 	addr := hostOf(url)
 	stuckDevice(t, addr, "ev") // never reads, so never answers a ping

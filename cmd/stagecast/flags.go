@@ -4,17 +4,20 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/serve"
 	"github.com/stagecast/stagecast/proxy"
@@ -89,10 +92,56 @@ func proxyFlags(fs *flag.FlagSet, c *proxy.Config) {
 	fs.IntVar(&c.Writers, "writers", 0, "writer goroutines kept (default 4*GOMAXPROCS, min 8)")
 	fs.IntVar(&c.MaxFramesPerSecond, "max-frames-per-second", 20, "device frames per second per connection; above it rate_limited, at 10x closed (1008)")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", 30*time.Second, "each event re-reads its recent stages this often (jittered): a safety net under pub/sub")
-	fs.StringVar(&deviceToken, "device-token", "", "if set, devices must connect with ?token=<this>")
+	fs.IntVar(&c.MaxEvents, "max-events", 10000, "most events (engine subscriptions) this proxy holds; subs past it get event_limit")
+	fs.IntVar(&c.SubscribeBudget, "subscribe-budget", 60, "new subscriptions per connection per minute; past it rate_limited")
+	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", 1000, "concurrent connections from one source IP (429 above; -1 off)")
+	fs.Float64Var(&c.IPAdmitRate, "ip-admit-rate", 20, "new connections per second from one source IP (429 above; -1 off)")
+	fs.IntVar(&c.IPAdmitBurst, "ip-admit-burst", 100, "burst of new connections from one source IP")
+	fs.Func("ip-limit-exempt", "comma-separated CIDRs whose sources skip the per-IP limits (e.g. a load generator's 127.0.0.0/8)", func(v string) error {
+		c.IPLimitExempt = nil
+		for _, p := range splitAddrs(v) {
+			pfx, err := netip.ParsePrefix(p)
+			if err != nil {
+				return err
+			}
+			c.IPLimitExempt = append(c.IPLimitExempt, pfx)
+		}
+		return nil
+	})
+	fs.Func("origin-patterns", "comma-separated browser origins allowed to connect besides the proxy's own host (e.g. *.example.com); native devices send no Origin", func(v string) error {
+		c.OriginPatterns = splitAddrs(v)
+		return nil
+	})
 }
 
-var deviceToken string
+// deviceKeyFlags registers --device-keys and --require-device-token.
+type deviceKeyFlags struct {
+	file    string
+	require bool
+}
+
+func (d *deviceKeyFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&d.file, "device-keys", "", "JWKS file of device-token public keys (several keys = rotation; re-read when it changes)")
+	fs.BoolVar(&d.require, "require-device-token", false, "refuse devices without a valid device token (401); needs --device-keys")
+}
+
+// verifier loads the key set (nil when --device-keys is not set) and keeps it
+// fresh until ctx ends.
+func (d *deviceKeyFlags) verifier(ctx context.Context, log *slog.Logger) (*devicetoken.Verifier, error) {
+	if d.file == "" {
+		if d.require {
+			return nil, errors.New("--require-device-token needs --device-keys")
+		}
+		return nil, nil
+	}
+	v, err := devicetoken.LoadVerifier(d.file)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("device keys loaded", "file", d.file, "kids", v.KeyIDs(), "required", d.require)
+	v.Watch(ctx, d.file, 10*time.Second, log)
+	return v, nil
+}
 
 // debugFlag registers --debug-addr: net/http/pprof on its own address (off by
 // default; bind it to loopback).

@@ -2,31 +2,26 @@ package main
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/graph"
+	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
+	"github.com/stagecast/stagecast/internal/filewatch"
 	"github.com/stagecast/stagecast/internal/serve"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/prefetch"
 	"github.com/stagecast/stagecast/proxy"
 )
-
-func authorizer() func(string, string) bool {
-	if deviceToken == "" {
-		return nil
-	}
-	want := []byte(deviceToken)
-	return func(_, tok string) bool { return subtle.ConstantTimeCompare([]byte(tok), want) == 1 }
-}
 
 // drainProxy is the SIGTERM path of a proxy: spread reconnects, then close.
 func drainProxy(p *proxy.Server) func(context.Context) {
@@ -48,6 +43,10 @@ func runDev(args []string) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	var pc proxy.Config
 	proxyFlags(fs, &pc)
+	var dk deviceKeyFlags
+	dk.register(fs)
+	// The dev server's devices (watch, loadgen live) all come from loopback.
+	pc.IPLimitExempt = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -58,7 +57,16 @@ func runDev(args []string) error {
 	if err != nil {
 		return err
 	}
-	pc.Logger, pc.Authorize = log, authorizer()
+	ctx, stop := signalContext()
+	defer stop()
+	ver, err := dk.verifier(ctx, log)
+	if err != nil {
+		return err
+	}
+	pc.Logger, pc.RequireToken = log, dk.require
+	if ver != nil {
+		pc.Tokens = ver
+	}
 	pc.DrainWindow = min(pc.DrainWindow, 5*time.Second) // a dev server stops quickly
 	eng := engine.NewMemory(engine.MemoryConfig{})
 	p, err := proxy.New(pc, eng)
@@ -69,25 +77,28 @@ func runDev(args []string) error {
 	if err != nil {
 		return err
 	}
-	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: log}}, eng)
+	pcfg := graph.ServerConfig{Cache: prefetch.Config{Logger: log}, Identity: prefetch.IdentityConfig{Require: dk.require}}
+	if ver != nil {
+		pcfg.Identity.Tokens = devicetoken.NewCache(ver, 65536)
+	}
+	pf, err := graph.NewServer(pcfg, eng)
 	if err != nil {
 		return err
 	}
 	bound, err := serve.Listen(append(append([]serve.Server{}, []serve.Server{
-		{Name: "proxy", Addr: *proxyAddr, Handler: p.Handler()},
+		{Name: "proxy", Addr: *proxyAddr, Handler: p.Handler(), Upgrades: true},
 		{Name: "broadcaster", Addr: *bcAddr, Handler: bc.Handler()},
 		{Name: "prefetch", Addr: *pfAddr, Handler: pf.Handler()},
 	}...), debugServer(*debugAddr)...))
 	if err != nil {
 		return err
 	}
-	printDevBanner(bound[0].Listener.Addr().String(), bound[1].Listener.Addr().String(), bound[2].Listener.Addr().String(), *token)
-	ctx, stop := signalContext()
-	defer stop()
+	printDevBanner(bound[0].Listener.Addr().String(), bound[1].Listener.Addr().String(), bound[2].Listener.Addr().String(), *token, dk)
 	return serve.Run(ctx, log, bound, pc.DrainWindow+5*time.Second, drainProxy(p))
 }
 
-func printDevBanner(proxyAddr, bcAddr, pfAddr, token string) {
+func printDevBanner(proxyAddr, bcAddr, pfAddr, token string, dk deviceKeyFlags) {
+	defer printTokenHelp(proxyAddr, dk)
 	fmt.Printf(`
 stagecast dev server: in-memory engine, nothing persists.
 
@@ -125,6 +136,8 @@ func runProxy(args []string) error {
 	debugAddr := debugFlag(fs)
 	var pc proxy.Config
 	proxyFlags(fs, &pc)
+	var dk deviceKeyFlags
+	dk.register(fs)
 	var rc redisengine.Config
 	redisAddrs := redisFlags(fs, &rc)
 	if err := parse(fs, args); err != nil {
@@ -135,19 +148,30 @@ func runProxy(args []string) error {
 		return err
 	}
 	defer eng.Close()
-	pc.Logger, pc.Authorize = log, authorizer()
+	kctx, stopKeys := context.WithCancel(context.Background())
+	defer stopKeys()
+	ver, err := dk.verifier(kctx, log)
+	if err != nil {
+		return err
+	}
+	pc.Logger, pc.RequireToken = log, dk.require
+	if ver != nil {
+		pc.Tokens = ver
+	}
 	p, err := proxy.New(pc, eng)
 	if err != nil {
 		return err
 	}
-	return serveUntilSignal(log, serve.Server{Name: "proxy", Addr: *addr, Handler: p.Handler()}, *debugAddr, pc.DrainWindow+10*time.Second, drainProxy(p))
+	return serveUntilSignal(log, serve.Server{Name: "proxy", Addr: *addr, Handler: p.Handler(), Upgrades: true}, *debugAddr, pc.DrainWindow+10*time.Second, drainProxy(p))
 }
 
 func runBroadcaster(args []string) error {
 	fs := flag.NewFlagSet("broadcaster", flag.ContinueOnError)
 	addr := fs.String("addr", "0.0.0.0:8081", "producers' HTTP address (also /metrics, /healthz, /readyz)")
 	debugAddr := debugFlag(fs)
-	token := fs.String("producer-token", "", "producer bearer token (required; at least 16 characters)")
+	token := fs.String("producer-token", "", "producer bearer token, named \"default\" in the audit log (16+ characters, 64+ bits of entropy; placeholders refused)")
+	tokenFile := fs.String("producer-token-file", "", "read the producer token from this file (keeps it out of ps and the environment)")
+	tokensFile := fs.String("producer-tokens", "", `named producer tokens, a JSON file {"producers":[{"name":..,"token":..,"events":["fight-*"]}]}; re-read when it changes (rotation)`)
 	publicReads := fs.Bool("public-reads", true, "serve GET /v1/events/{event} without a token")
 	maxMap := fs.Int64("max-map-bytes", wire.DefaultMaxMapSize, "largest stage map accepted (413 above)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -156,17 +180,48 @@ func runBroadcaster(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *token == "" {
-		return errors.New("--producer-token (or STAGECAST_PRODUCER_TOKEN) is required")
+	bcfg := broadcaster.Config{Token: *token, PublicReads: *publicReads, MaxMapBytes: *maxMap}
+	if *tokenFile != "" {
+		b, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			return fmt.Errorf("--producer-token-file: %w", err)
+		}
+		bcfg.Token = strings.TrimSpace(string(b))
+	}
+	if *tokensFile != "" {
+		ps, err := broadcaster.LoadProducers(*tokensFile)
+		if err != nil {
+			return err
+		}
+		bcfg.Producers = ps
+	}
+	if bcfg.Token == "" && len(bcfg.Producers) == 0 {
+		return errors.New("a producer token is required: --producer-token, --producer-token-file or --producer-tokens (or STAGECAST_PRODUCER_TOKEN)")
 	}
 	log, eng, err := redisSetup(*logLevel, *redisAddrs, rc)
 	if err != nil {
 		return err
 	}
 	defer eng.Close()
-	bc, err := broadcaster.New(broadcaster.Config{Token: *token, PublicReads: *publicReads, MaxMapBytes: *maxMap, Logger: log}, eng)
+	bcfg.Logger = log
+	bc, err := broadcaster.New(bcfg, eng)
 	if err != nil {
 		return err
+	}
+	if *tokensFile != "" {
+		wctx, stopWatch := context.WithCancel(context.Background())
+		defer stopWatch()
+		fixed := bcfg.Token
+		filewatch.Watch(wctx, *tokensFile, 10*time.Second, log, func(b []byte) error {
+			ps, err := broadcaster.ParseProducers(b)
+			if err != nil {
+				return err
+			}
+			if fixed != "" {
+				ps = append(ps, broadcaster.Producer{Name: "default", Token: fixed})
+			}
+			return bc.SetProducers(ps)
+		})
 	}
 	return serveUntilSignal(log, serve.Server{Name: "broadcaster", Addr: *addr, Handler: bc.Handler()}, *debugAddr, 10*time.Second, nil)
 }
@@ -196,6 +251,19 @@ func runPrefetch(args []string) error {
 	fs.IntVar(&cfg.Shed.MaxInFlight, "max-in-flight", 2048, "requests in flight above which even critical prefetch is shed")
 	fs.IntVar(&cfg.Shed.NormalInFlight, "normal-in-flight", 512, "requests in flight above which normal prefetch is shed")
 	fs.DurationVar(&cfg.Shed.LatencyBudget, "latency-budget", 200*time.Millisecond, "shed normal prefetch while average latency is above this")
+	var dk deviceKeyFlags
+	dk.register(fs)
+	fs.Func("trusted-networks", "comma-separated CIDRs whose requests may set X-Stagecast-Priority without a device token", func(v string) error {
+		cfg.Identity.TrustedNetworks = nil
+		for _, p := range splitAddrs(v) {
+			pfx, err := netip.ParsePrefix(p)
+			if err != nil {
+				return err
+			}
+			cfg.Identity.TrustedNetworks = append(cfg.Identity.TrustedNetworks, pfx)
+		}
+		return nil
+	})
 	var rc redisengine.Config
 	redisAddrs := redisFlags(fs, &rc)
 	fs.BoolVar(&rc.ClientCache, "client-cache", true, "Redis client-side caching of stage maps (server-assisted invalidation)")
@@ -208,6 +276,16 @@ func runPrefetch(args []string) error {
 	}
 	defer eng.Close()
 	cfg.Cache.Logger = log
+	kctx, stopKeys := context.WithCancel(context.Background())
+	defer stopKeys()
+	ver, err := dk.verifier(kctx, log)
+	if err != nil {
+		return err
+	}
+	cfg.Identity.Require = dk.require
+	if ver != nil {
+		cfg.Identity.Tokens = devicetoken.NewCache(ver, 65536)
+	}
 	pf, err := graph.NewServer(cfg, eng)
 	if err != nil {
 		return err
@@ -225,4 +303,20 @@ func serveUntilSignal(log *slog.Logger, srv serve.Server, debugAddr string, grac
 	ctx, stop := signalContext()
 	defer stop()
 	return serve.Run(ctx, log, bound, grace, drain)
+}
+
+// printTokenHelp tells how device tokens are set up in the dev server.
+func printTokenHelp(proxyAddr string, dk deviceKeyFlags) {
+	if dk.file != "" {
+		fmt.Printf("Device tokens: keys from %s, required: %v. Mint one and watch with it:\n"+
+			"  go run ./cmd/stagecast token mint --key <dir>/device-signing.jwk --device d1 --ttl 1h\n"+
+			"  go run ./cmd/stagecast watch --proxy ws://%s/v1/ws --device-token <token> fight-2026-11-15\n\n", dk.file, dk.require, proxyAddr)
+		return
+	}
+	fmt.Print(`Device tokens are off (any device may connect). To require signed tokens:
+  go run ./cmd/stagecast token keygen --out .keys
+  STAGECAST_DEVICE_KEYS=.keys/device-keys.jwks STAGECAST_REQUIRE_DEVICE_TOKEN=true make run
+  go run ./cmd/stagecast token mint --key .keys/device-signing.jwk --device d1 --ttl 1h
+
+`)
 }

@@ -26,7 +26,9 @@ type Config struct {
 	Device   string
 	Platform string
 	Segment  string
-	Token    string
+	// Token is the device token (a JWT), sent as Authorization: Bearer on the
+	// upgrade, never in the URL.
+	Token string
 	// Events to subscribe to, with the version held (0 = none).
 	Events map[string]uint64
 	// Ack: send an ack for each stage applied.
@@ -36,6 +38,10 @@ type Config struct {
 	HTTPClient *http.Client
 	// BackoffBase and BackoffCap shape reconnect backoff. Defaults 500ms, 30s.
 	BackoffBase, BackoffCap time.Duration
+	// ResubDelay: after an error frame saying an event cannot be subscribed now
+	// (unknown_event: not created yet; unavailable; event_limit; rate_limited),
+	// subscribe again after U(ResubDelay/2, ResubDelay). Default 5s.
+	ResubDelay time.Duration
 	// OnStage is called for each stage frame that raised the event's version.
 	OnStage func(f wire.ProxyFrame, received time.Time)
 	// OnFrame is called for every frame received (including duplicates).
@@ -77,6 +83,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.BackoffCap <= 0 {
 		cfg.BackoffCap = 30 * time.Second
+	}
+	if cfg.ResubDelay <= 0 {
+		cfg.ResubDelay = 5 * time.Second
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
@@ -157,7 +166,7 @@ func (c *Client) dialURL() string {
 	c.mu.Unlock()
 	u, _ := url.Parse(base)
 	q := u.Query()
-	for k, v := range map[string]string{"device": c.cfg.Device, "platform": c.cfg.Platform, "segment": c.cfg.Segment, "token": c.cfg.Token} {
+	for k, v := range map[string]string{"device": c.cfg.Device, "platform": c.cfg.Platform, "segment": c.cfg.Segment} {
 		if v != "" {
 			q.Set(k, v)
 		}
@@ -170,7 +179,11 @@ func (c *Client) dialURL() string {
 // the proxy asked the device to move, else -1 and why the connection ended.
 func (c *Client) session(ctx context.Context) (time.Duration, error) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	ws, resp, err := websocket.Dial(dctx, c.dialURL(), &websocket.DialOptions{HTTPClient: c.cfg.HTTPClient})
+	opts := &websocket.DialOptions{HTTPClient: c.cfg.HTTPClient}
+	if c.cfg.Token != "" {
+		opts.HTTPHeader = http.Header{"Authorization": {"Bearer " + c.cfg.Token}}
+	}
+	ws, resp, err := websocket.Dial(dctx, c.dialURL(), opts)
 	cancel()
 	if err != nil {
 		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
@@ -238,8 +251,42 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 			}
 		case wire.OpReconnect:
 			hint = time.Duration(f.AfterMS) * time.Millisecond
+		case wire.OpError:
+			c.retrySub(ctx, ws, f)
 		}
 	}
+}
+
+// retrySub answers an error frame about one event of a sub that a later sub may
+// fix (the event does not exist yet, the proxy could not check it, or was at its
+// event or rate limit): it subscribes again after a jittered delay,
+// U(ResubDelay/2, ResubDelay), on the same connection. Other errors stand.
+func (c *Client) retrySub(ctx context.Context, ws *websocket.Conn, f wire.ProxyFrame) {
+	if f.Event == "" {
+		return
+	}
+	if _, want := c.cfg.Events[f.Event]; !want {
+		return
+	}
+	switch f.Code {
+	case wire.CodeUnknownEvent, wire.CodeUnavailable, wire.CodeEventLimit, wire.CodeRateLimited:
+	default:
+		return
+	}
+	c.mu.Lock()
+	d := c.cfg.ResubDelay/2 + time.Duration(c.cfg.Rand.Int64N(int64(c.cfg.ResubDelay/2)+1))
+	c.mu.Unlock()
+	time.AfterFunc(d, func() {
+		c.mu.Lock()
+		cur, v := c.ws, c.state[f.Event].V
+		c.mu.Unlock()
+		if cur != ws || ctx.Err() != nil {
+			return // that connection is gone; the next session subscribes anew
+		}
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_ = ws.Write(wctx, websocket.MessageText, wire.AppendSub(nil, map[string]uint64{f.Event: v}))
+	})
 }
 
 // NewHTTPClient returns an HTTP client whose connections leave from localIP

@@ -15,6 +15,7 @@ import (
 
 	"github.com/stagecast/stagecast/graph"
 	"github.com/stagecast/stagecast/internal/device"
+	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/waitfor"
 	"github.com/stagecast/stagecast/prefetch"
@@ -157,7 +158,15 @@ func (errStopPrefetch) Error() string { return "stop" }
 
 // A device whose token is refused stops instead of retrying for ever.
 func TestRunStopsWhenUnauthorized(t *testing.T) {
-	p, err := proxy.New(proxy.Config{Authorize: func(_, tok string) bool { return tok == "good" },
+	_, jwks, err := devicetoken.NewKeyPair("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ver, err := devicetoken.NewVerifier(jwks, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := proxy.New(proxy.Config{Tokens: ver, RequireToken: true,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, engine.NewMemory(engine.MemoryConfig{}))
 	if err != nil {
 		t.Fatal(err)

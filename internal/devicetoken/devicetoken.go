@@ -17,6 +17,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,7 +29,9 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	lru "github.com/hashicorp/golang-lru/v2"
 
+	"github.com/stagecast/stagecast/internal/filewatch"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
@@ -88,6 +91,7 @@ func (c *Claims) check() error {
 // at any time (rotation). It is safe for concurrent use.
 type Verifier struct {
 	keys atomic.Pointer[map[string]ed25519.PublicKey] // kid -> key
+	gen  atomic.Uint64                                // bumped by SetKeys: cached verdicts of older sets are void
 	now  func() time.Time
 }
 
@@ -135,6 +139,7 @@ func (v *Verifier) SetKeys(jwks []byte) error {
 		return errors.New("no Ed25519 public key with a kid in the key set")
 	}
 	v.keys.Store(&keys)
+	v.gen.Add(1)
 	return nil
 }
 
@@ -191,37 +196,11 @@ func (v *Verifier) Verify(tok string) (Claims, error) {
 	return c, nil
 }
 
-// Watch re-reads the JWKS at path every interval and swaps the key set in when
-// the file changed (rotation without a restart). A file that does not parse is
-// logged and the old set kept. It returns when ctx ends.
+// Watch re-reads the JWKS at path every interval (in the background, until ctx
+// ends) and swaps the key set in when the file changed: rotation without a
+// restart. A file that does not parse is logged and the old set kept.
 func (v *Verifier) Watch(ctx context.Context, path string, every time.Duration, log *slog.Logger) {
-	var last time.Time
-	if fi, err := os.Stat(path); err == nil {
-		last = fi.ModTime()
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		fi, err := os.Stat(path)
-		if err != nil || fi.ModTime().Equal(last) {
-			continue
-		}
-		last = fi.ModTime()
-		b, err := os.ReadFile(path)
-		if err == nil {
-			err = v.SetKeys(b)
-		}
-		if err != nil {
-			log.Error("device keys not reloaded; keeping the previous set", "file", path, "err", err)
-			continue
-		}
-		log.Info("device keys reloaded", "file", path, "kids", v.KeyIDs())
-	}
+	filewatch.Watch(ctx, path, every, log.With("what", "device keys"), v.SetKeys)
 }
 
 // Signer mints device tokens with one private key.
@@ -281,6 +260,20 @@ func Keygen(kid string) (private, public jose.JSONWebKey, err error) {
 	return private, public, nil
 }
 
+// NewKeyPair makes a signer with a fresh key and the JWKS that verifies it (for
+// tests and tools that need both in memory).
+func NewKeyPair(kid string) (*Signer, []byte, error) {
+	priv, pub, err := Keygen(kid)
+	if err != nil {
+		return nil, nil, err
+	}
+	jwks, err := AddToKeySet(nil, pub)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &Signer{kid: kid, key: priv.Key.(ed25519.PrivateKey), now: time.Now}, jwks, nil
+}
+
 // AddToKeySet returns jwks (may be empty) with pub added; keys with the same kid
 // are replaced. Existing keys stay: during a rotation both verify.
 func AddToKeySet(jwks []byte, pub jose.JSONWebKey) ([]byte, error) {
@@ -305,4 +298,44 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
+}
+
+// Cache remembers verified tokens (by SHA-256, never the token itself) so a
+// device that sends its token on every request costs one hash, not one
+// signature check. Expiry is checked on every hit. Safe for concurrent use.
+type Cache struct {
+	v   *Verifier
+	lru *lru.Cache[[32]byte, cached]
+}
+
+type cached struct {
+	c   Claims
+	gen uint64
+}
+
+// NewCache wraps v with a cache of size verified tokens.
+func NewCache(v *Verifier, size int) *Cache {
+	l, _ := lru.New[[32]byte, cached](max(size, 1))
+	return &Cache{v: v, lru: l}
+}
+
+// Verify is Verifier.Verify through the cache.
+func (c *Cache) Verify(tok string) (Claims, error) {
+	if tok == "" || len(tok) > MaxTokenLen {
+		return c.v.Verify(tok)
+	}
+	h := sha256.Sum256([]byte(tok))
+	gen := c.v.gen.Load()
+	if e, ok := c.lru.Get(h); ok && e.gen == gen {
+		if !c.v.now().Before(e.c.Expiry) {
+			c.lru.Remove(h)
+			return Claims{}, ErrExpired
+		}
+		return e.c, nil
+	}
+	cl, err := c.v.Verify(tok)
+	if err == nil {
+		c.lru.Add(h, cached{c: cl, gen: gen})
+	}
+	return cl, err
 }

@@ -19,15 +19,11 @@ type privKey = ed25519.PrivateKey
 // newPair returns a signer with kid and the JWKS that verifies it.
 func newPair(t testing.TB, kid string) (*Signer, []byte) {
 	t.Helper()
-	priv, pub, err := Keygen(kid)
+	s, jwks, err := NewKeyPair(kid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	jwks, err := AddToKeySet(nil, pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &Signer{kid: kid, key: priv.Key.(privKey), now: time.Now}, jwks
+	return s, jwks
 }
 
 func TestMintVerify(t *testing.T) {
@@ -172,4 +168,32 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("accepted a token without sub or exp: %+v", c)
 		}
 	})
+}
+
+func TestCacheHonoursExpiryAndRotation(t *testing.T) {
+	s, jwks := newPair(t, "k1")
+	now := time.Now()
+	v, _ := NewVerifier(jwks, func() time.Time { return now })
+	c := NewCache(v, 16)
+	tok, _ := s.Mint(Claims{Device: "d"}, time.Minute)
+	for i := 0; i < 2; i++ { // miss, then hit
+		if _, err := c.Verify(tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, other := newPair(t, "k2")
+	if err := v.SetKeys(other); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Verify(tok); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("a cached verdict outlived the removal of its key: %v", err)
+	}
+	_ = v.SetKeys(jwks)
+	if _, err := c.Verify(tok); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(2 * time.Minute)
+	if _, err := c.Verify(tok); !errors.Is(err, ErrExpired) {
+		t.Fatalf("a cached token past exp: %v", err)
+	}
 }

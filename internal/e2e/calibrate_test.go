@@ -40,7 +40,7 @@ func TestSimulatorCalibration(t *testing.T) {
 	}
 	var urls []string
 	for i := 0; i < 2; i++ {
-		p, err := proxy.New(proxy.Config{ID: fmt.Sprintf("cal-%d", i), Logger: quiet, ReconcileInterval: time.Hour}, newEngine(t, srv.Addr()))
+		p, err := proxy.New(proxy.Config{ID: fmt.Sprintf("cal-%d", i), Logger: quiet, ReconcileInterval: time.Hour, IPLimitExempt: loopback}, newEngine(t, srv.Addr()))
 		if err != nil {
 			t.Fatal(err)
 		}

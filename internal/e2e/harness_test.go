@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -58,6 +59,8 @@ func startFleet(t *testing.T, n int, ropts redistest.Options, pcfg proxy.Config)
 	return f
 }
 
+var loopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+
 // startFleetOn starts one broadcaster and n proxies on Redis at addrs, each
 // with its own engine client, as separate processes would have.
 func startFleetOn(t *testing.T, n int, addrs []string, pcfg proxy.Config) *fleet {
@@ -76,6 +79,9 @@ func startFleetOn(t *testing.T, n int, addrs []string, pcfg proxy.Config) *fleet
 		}
 		if cfg.ReconcileInterval == 0 {
 			cfg.ReconcileInterval = time.Hour // tests prove the resubscribe path, not the safety net
+		}
+		if cfg.IPLimitExempt == nil {
+			cfg.IPLimitExempt = loopback // thousands of test devices share 127.0.0.1
 		}
 		p, err := proxy.New(cfg, newEngine(t, addrs...))
 		if err != nil {

@@ -263,6 +263,17 @@ func (m *Memory) Snapshot(ctx context.Context, event string) (Snapshot, error) {
 	return snap, nil
 }
 
+// Exists reports whether the event has a stage or a stage map.
+func (m *Memory) Exists(ctx context.Context, event string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.events[event]
+	return e != nil && (e.v > 0 || e.stageMap != nil), nil
+}
+
 // Close releases nothing; it exists so Memory and the Redis engine are
 // interchangeable.
 func (m *Memory) Close() {}

@@ -296,7 +296,8 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	for i := 0; i < sc.Proxies; i++ {
 		paddr := freeAddr()
 		argv := []string{cfg.Stagecast, "proxy", "--addr", paddr, "--proxy-id", fmt.Sprintf("bench-%d", i),
-			"--max-connections", "20000", "--admit-rate", "100000", "--admit-burst", "100000", "--ping-interval", "10m"}
+			"--max-connections", "20000", "--admit-rate", "100000", "--admit-burst", "100000", "--ping-interval", "10m",
+			"--ip-limit-exempt", "127.0.0.0/8"}
 		if i == 0 && cfg.PprofAddr != "" {
 			argv = append(argv, "--debug-addr", cfg.PprofAddr)
 		}

@@ -165,7 +165,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	ready := []string{info.Broadcaster + "/readyz"}
 	for i, port := range cfg.ProxyPorts {
 		addr := "127.0.0.1:" + strconv.Itoa(port)
-		if err := start(fmt.Sprintf("proxy-%d", i+1), env, cfg.Stagecast, "proxy", "--addr", addr, "--proxy-id", fmt.Sprintf("proxy-%d", i+1), "--drain-window", "3s"); err != nil {
+		// A local fleet's devices (watch, loadgen) all come from loopback.
+		if err := start(fmt.Sprintf("proxy-%d", i+1), env, cfg.Stagecast, "proxy", "--addr", addr, "--proxy-id", fmt.Sprintf("proxy-%d", i+1), "--drain-window", "3s",
+			"--ip-limit-exempt", "127.0.0.0/8"); err != nil {
 			return err
 		}
 		info.Proxies = append(info.Proxies, "ws://"+addr+"/v1/ws")

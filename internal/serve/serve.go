@@ -18,7 +18,22 @@ type Server struct {
 	Name    string // for logs: "proxy", "broadcaster", ...
 	Addr    string // host:port; port 0 picks a free one
 	Handler http.Handler
+	// Upgrades marks a server whose requests become long-lived WebSocket
+	// connections (the proxy): it gets no ReadTimeout/WriteTimeout, whose
+	// deadlines would stay on the hijacked connection.
+	Upgrades bool
 }
+
+// Limits every server gets: a request's line and headers are at most
+// MaxHeaderBytes (a GET /graphql query included) and must arrive within
+// ReadHeaderTimeout; a request that is not an upgrade must be read within
+// ReadTimeout and answered within WriteTimeout.
+const (
+	MaxHeaderBytes    = 32 << 10
+	ReadHeaderTimeout = 10 * time.Second
+	ReadTimeout       = 30 * time.Second
+	WriteTimeout      = 60 * time.Second
+)
 
 // Bound is a server that listens, with its actual address.
 type Bound struct {
@@ -49,8 +64,11 @@ func Run(ctx context.Context, log *slog.Logger, bound []Bound, grace time.Durati
 	errc := make(chan error, len(bound))
 	srvs := make([]*http.Server, len(bound))
 	for i, b := range bound {
-		srvs[i] = &http.Server{Handler: b.Handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
-			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		srvs[i] = &http.Server{Handler: b.Handler, ReadHeaderTimeout: ReadHeaderTimeout, IdleTimeout: 120 * time.Second,
+			MaxHeaderBytes: MaxHeaderBytes, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		if !b.Upgrades {
+			srvs[i].ReadTimeout, srvs[i].WriteTimeout = ReadTimeout, WriteTimeout
+		}
 		log.Info("listening", "server", b.Name, "addr", b.Listener.Addr().String())
 		go func(s *http.Server, l net.Listener, name string) {
 			if err := s.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Ops of device -> proxy frames.
@@ -34,6 +35,12 @@ const (
 	CodeRateLimited  Code = "rate_limited"
 	// CodeTooManySubscriptions (extension): a sub would exceed the per-connection limit.
 	CodeTooManySubscriptions Code = "too_many_subscriptions"
+	// CodeEventLimit (extension): the proxy holds as many events as it may; the
+	// device should retry the sub later (or on another proxy).
+	CodeEventLimit Code = "event_limit"
+	// CodeUnavailable (extension): the proxy could not check the event now (the
+	// engine is unreachable); retry the sub later.
+	CodeUnavailable Code = "unavailable"
 )
 
 // WebSocket close statuses the proxy uses. 1000-1015 are RFC 6455; 4000-4999 are
@@ -48,6 +55,7 @@ const (
 	CloseTryAgainLater  = 1013 // proxy overloaded
 	CloseSlowConsumer   = 4000 // device did not read fast enough; reconnect and catch up
 	ClosePingTimeout    = 4001 // device did not answer pings
+	CloseTokenExpired   = 4003 // the device token's exp passed: get a new token, reconnect
 	CloseUnauthorized   = 4500 // token rejected: do not reconnect with the same token
 )
 
@@ -95,7 +103,9 @@ type rawFrame struct {
 // for a well-formed frame the proxy answers with an error frame.
 func ParseDeviceFrame(b []byte) (DeviceFrame, error) {
 	b = bytes.TrimSpace(b)
-	if len(b) == 0 || b[0] != '{' || !json.Valid(b) {
+	// Invalid UTF-8 is not JSON text (RFC 8259 section 8.1), though encoding/json
+	// would accept it inside strings.
+	if len(b) == 0 || b[0] != '{' || !utf8.Valid(b) || !json.Valid(b) {
 		return DeviceFrame{}, ErrNotJSON
 	}
 	var raw rawFrame
@@ -190,6 +200,20 @@ func AppendError(dst []byte, code Code, msg string) []byte {
 	m, _ := json.Marshal(msg) // a string always marshals
 	dst = append(dst, `{"op":"error","code":"`...)
 	dst = append(dst, code...)
+	dst = append(dst, `","msg":`...)
+	dst = append(dst, m...)
+	return append(dst, '}')
+}
+
+// AppendEventError appends {"op":"error","code":...,"event":...,"msg":...}: an
+// error about one event of a sub (unknown_event, unauthorized, ...). event must
+// be a valid id.
+func AppendEventError(dst []byte, code Code, event, msg string) []byte {
+	m, _ := json.Marshal(msg)
+	dst = append(dst, `{"op":"error","code":"`...)
+	dst = append(dst, code...)
+	dst = append(dst, `","event":"`...)
+	dst = append(dst, event...)
 	dst = append(dst, `","msg":`...)
 	dst = append(dst, m...)
 	return append(dst, '}')

@@ -24,6 +24,7 @@ type Engine interface {
 	PutStageMap(ctx context.Context, event string, raw []byte, updatedMS int64) (uint64, error)
 	SetLive(ctx context.Context, event string, live bool) error
 	Snapshot(ctx context.Context, event string) (engine.Snapshot, error)
+	Exists(ctx context.Context, event string) (bool, error)
 }
 
 // Run runs the suite. newEngine returns a fresh, empty engine with a log length
@@ -38,6 +39,47 @@ func Run(t *testing.T, newEngine func(t *testing.T, logLen int) Engine) {
 	t.Run("Delivery", func(t *testing.T) { testDelivery(t, newEngine(t, 8)) })
 	t.Run("Target", func(t *testing.T) { testTarget(t, newEngine(t, 8)) })
 	t.Run("StageMapSnapshot", func(t *testing.T) { testSnapshot(t, newEngine(t, 8)) })
+	t.Run("Exists", func(t *testing.T) { testExists(t, newEngine(t, 8)) })
+}
+
+// testExists: an event exists once it has a stage or a stage map; subscribing,
+// delivery reports and the live window alone do not create it.
+func testExists(t *testing.T, e Engine) {
+	exists := func(ev string) bool {
+		t.Helper()
+		ok, err := e.Exists(ctx(t), ev)
+		if err != nil {
+			t.Fatalf("Exists(%s): %v", ev, err)
+		}
+		return ok
+	}
+	if exists("ex-none") {
+		t.Fatal("an untouched event exists")
+	}
+	sctx, cancel := context.WithCancel(ctx(t))
+	subscribed := make(chan struct{}, 1)
+	go func() { _ = e.Subscribe(sctx, "ex-none", func(wire.Stage) {}, func() { subscribed <- struct{}{} }) }()
+	<-subscribed
+	cancel()
+	if err := e.PutDelivery(ctx(t), engine.DeliveryReport{Proxy: "p1", AtMS: 1, Events: []engine.EventDelivery{{Event: "ex-none", Devices: 3}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SetLive(ctx(t), "ex-none", true); err != nil {
+		t.Fatal(err)
+	}
+	if exists("ex-none") {
+		t.Fatal("subscribing, a delivery report or a live window created the event")
+	}
+	set(t, e, engine.SetRequest{Event: "ex-stage", Key: "k"})
+	if !exists("ex-stage") {
+		t.Fatal("an event with a stage does not exist")
+	}
+	if _, err := e.PutStageMap(ctx(t), "ex-map", []byte(`{"stages":{"a":{"default":{}}}}`), 1); err != nil {
+		t.Fatal(err)
+	}
+	if !exists("ex-map") {
+		t.Fatal("an event with a stage map does not exist")
+	}
 }
 
 func ctx(t *testing.T) context.Context {

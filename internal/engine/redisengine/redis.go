@@ -375,6 +375,18 @@ func (e *Engine) Delivery(ctx context.Context, event string, v uint64) ([]engine
 	return out, nil
 }
 
+// Exists reports whether the event has a stage or a stage map (one EXISTS on
+// two keys of the event's slot).
+func (e *Engine) Exists(ctx context.Context, event string) (bool, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	n, err := e.client.Do(ctx, e.client.B().Exists().Key(key(event, "cur"), key(event, "map")).Build()).AsInt64()
+	if err != nil {
+		return false, fmt.Errorf("exists %s: %w", event, err)
+	}
+	return n > 0, nil
+}
+
 // Ping checks that Redis answers (readiness).
 func (e *Engine) Ping(ctx context.Context) error {
 	ctx, cancel := e.opCtx(ctx)
