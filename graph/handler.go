@@ -46,7 +46,7 @@ type Config struct {
 	// the rest answer COST_LIMIT. Default 4.
 	MaxLiveEvents int
 	// MaxStageLists: stages selections resolved per document (each carries a whole
-	// map's payloads); the rest answer COST_LIMIT. Default 2.
+	// map's payloads; a device needs one); the rest answer COST_LIMIT. Default 1.
 	MaxStageLists int
 	// MaxResponseBytes: a response whose payloads would exceed it is refused with
 	// RESPONSE_TOO_LARGE (before the payloads are encoded). Default 2 MiB.
@@ -68,7 +68,7 @@ func (c *Config) defaults() {
 	set(&c.MaxCachedResponse, 1<<20)
 	set(&c.QueryCacheBytes, 64<<20)
 	set(&c.MaxLiveEvents, 4)
-	set(&c.MaxStageLists, 2)
+	set(&c.MaxStageLists, 1)
 	set(&c.MaxResponseBytes, 2<<20)
 	if c.MaxBody <= 0 {
 		c.MaxBody = 16 << 10
@@ -115,7 +115,9 @@ func New(cfg Config, cache *prefetch.Cache, shed *prefetch.Shedder) (*Handler, e
 	}
 	h.tmpl = t
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(h.qc)
+		cfg.Registerer.MustRegister(h.qc, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "graph",
+			Name: "query_cache_bytes", Help: "Bytes of executed responses held by the query cache (bounded by QueryCacheBytes)."},
+			func() float64 { return float64(h.bytes.Load()) }))
 	}
 	return h, nil
 }

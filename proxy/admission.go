@@ -125,8 +125,9 @@ const (
 	eventUnchecked // lookup budget spent or engine failing: retry later
 )
 
-// maxExistenceEntries bounds the existence cache: 64k ids of at most 128 bytes.
-const maxExistenceEntries = 1 << 16
+// maxExistenceEntries bounds the existence cache: 16k ids of at most 128 bytes
+// (about 4 MiB at most). LookupRate bounds how fast it can churn.
+const maxExistenceEntries = 1 << 14
 
 func newEventChecker(cfg *Config, eng Engine) *eventChecker {
 	c, _ := lru.New[string, existence](maxExistenceEntries)

@@ -76,8 +76,9 @@ type Config struct {
 	// event named in a sub the connection does not hold yet counts, whether it
 	// exists or not); past it, rate_limited. Default 60.
 	SubscribeBudget int
-	// ErrorBudget: a connection that triggers more error frames than this in a
-	// minute is closed (1008), whether it reads them or not. Default 30.
+	// ErrorBudget: a connection that sends more frames earning an error frame
+	// than this in a minute is closed (1008), whether it reads the errors or
+	// not. Default 30.
 	ErrorBudget int
 	// ExistsTTL and MissingTTL: how long the proxy trusts "event exists" and
 	// "event does not exist" answers from the engine. Defaults 30s and 5s.

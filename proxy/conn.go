@@ -33,6 +33,7 @@ type conn struct {
 	// then one frame handler or sub goroutine at a time: see readLoop).
 	subWin, errWin     time.Time
 	subCount, errCount int
+	errored            bool // the frame being processed earned an error frame
 
 	mu      sync.Mutex // guards the fields below
 	subs    []subEntry // one per subscribed event; small, scanned linearly
@@ -103,6 +104,9 @@ func (c *conn) offer(t *topic, p *prepared) {
 	}
 }
 
+// maxCtrl bounds the control frames waiting for a conn's writer.
+const maxCtrl = 32
+
 // sendControl queues a control frame (error, reconnect) for the writer.
 func (c *conn) sendControl(frame []byte, closeWith int, reason string) {
 	c.mu.Lock()
@@ -110,9 +114,10 @@ func (c *conn) sendControl(frame []byte, closeWith int, reason string) {
 		c.mu.Unlock()
 		return
 	}
-	// Bounded: a device that floods errors loses some error frames (and is
-	// closed by ErrorBudget soon after).
-	if frame != nil && len(c.ctrl) < 8 {
+	// Bounded: at most maxCtrl frames wait (a sub of MaxSubscriptions events can
+	// earn one error each); past that a device that does not read loses error
+	// frames, and ErrorBudget closes it soon after.
+	if frame != nil && len(c.ctrl) < maxCtrl {
 		c.ctrl = append(c.ctrl, frame)
 	}
 	if closeWith != 0 {
@@ -321,26 +326,34 @@ func (c *conn) ack(event string, v uint64) bool {
 	return true
 }
 
-// sendError sends an error frame, or closes the connection (1008) when it has
-// triggered more than ErrorBudget errors in the last minute: a device that keeps
-// sending bad frames is closed whether it reads the answers or not, so it can
-// neither grow its queue nor hold a writer. Frame processing only.
+// sendError queues an error frame about the frame being processed. Frame
+// processing only.
 func (c *conn) sendError(code wire.Code, msg string) {
 	c.sendEventError(code, "", msg)
 }
 
 func (c *conn) sendEventError(code wire.Code, event, msg string) {
-	s := c.s
-	s.metrics.badFrames.WithLabelValues(string(code)).Inc()
-	if !windowAllow(s.cfg.Now(), &c.errWin, &c.errCount, s.cfg.ErrorBudget) {
-		s.metrics.badFrames.WithLabelValues("error_budget").Inc()
-		c.closeWith(wire.ClosePolicy, "too many bad frames")
-		return
-	}
+	c.s.metrics.badFrames.WithLabelValues(string(code)).Inc()
+	c.errored = true
 	if event != "" {
 		c.sendControl(wire.AppendEventError(nil, code, event, msg), 0, "")
 	} else {
 		c.sendControl(wire.AppendError(nil, code, msg), 0, "")
+	}
+}
+
+// endFrame charges a frame that earned any error frame to the ErrorBudget and
+// closes the connection (1008) past it: a device that keeps sending bad frames
+// is closed whether it reads the answers or not, so it can neither grow its
+// queue nor hold a writer. Frame processing only.
+func (c *conn) endFrame() {
+	if !c.errored {
+		return
+	}
+	c.errored = false
+	if !windowAllow(c.s.cfg.Now(), &c.errWin, &c.errCount, c.s.cfg.ErrorBudget) {
+		c.s.metrics.badFrames.WithLabelValues("error_budget").Inc()
+		c.closeWith(wire.ClosePolicy, "too many bad frames")
 	}
 }
 

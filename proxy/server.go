@@ -365,6 +365,7 @@ func (c *conn) readLoop() {
 		switch c.allowFrame(s.cfg.Now()) {
 		case 1:
 			c.sendError(wire.CodeRateLimited, fmt.Sprintf("more than %d frames per second", s.cfg.MaxFramesPerSecond))
+			c.endFrame()
 			continue
 		case 2:
 			s.metrics.badFrames.WithLabelValues("flood").Inc()
@@ -402,17 +403,20 @@ func (c *conn) process(b []byte) {
 	var fe *wire.FrameError
 	if errors.As(err, &fe) {
 		c.sendError(fe.Code, fe.Msg)
+		c.endFrame()
 		c.handled <- true
 		return
 	}
 	if f.Op == wire.OpSub && len(f.Sub) <= s.cfg.MaxSubscriptions && c.needsLookup(f.Sub) {
 		go func() {
 			c.handle(f)
+			c.endFrame()
 			c.handled <- true
 		}()
 		return
 	}
 	c.handle(f)
+	c.endFrame()
 	c.handled <- true
 }
 

@@ -40,7 +40,7 @@ type Config struct {
 	BackoffBase, BackoffCap time.Duration
 	// ResubDelay: after an error frame saying an event cannot be subscribed now
 	// (unknown_event: not created yet; unavailable; event_limit; rate_limited),
-	// subscribe again after U(ResubDelay/2, ResubDelay). Default 5s.
+	// subscribe again after U(ResubDelay/2, ResubDelay). Default 10s.
 	ResubDelay time.Duration
 	// OnStage is called for each stage frame that raised the event's version.
 	OnStage func(f wire.ProxyFrame, received time.Time)
@@ -60,6 +60,7 @@ type Client struct {
 	state  map[string]wire.ProxyFrame // event -> highest stage held
 	ws     *websocket.Conn
 	urlIdx int
+	resub  map[string]bool // events waiting for a retried sub (see retrySub)
 
 	connected  atomic.Bool
 	Reconnects atomic.Int64 // reconnect frames honoured
@@ -85,7 +86,7 @@ func New(cfg Config) (*Client, error) {
 		cfg.BackoffCap = 30 * time.Second
 	}
 	if cfg.ResubDelay <= 0 {
-		cfg.ResubDelay = 5 * time.Second
+		cfg.ResubDelay = 10 * time.Second
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
@@ -259,13 +260,11 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 
 // retrySub answers an error frame about one event of a sub that a later sub may
 // fix (the event does not exist yet, the proxy could not check it, or was at its
-// event or rate limit): it subscribes again after a jittered delay,
-// U(ResubDelay/2, ResubDelay), on the same connection. Other errors stand.
+// event or rate limit): the event joins the retry set, and one sub frame for the
+// whole set goes out after U(ResubDelay/2, ResubDelay) on the same connection
+// (one frame, however many events wait). Other errors stand.
 func (c *Client) retrySub(ctx context.Context, ws *websocket.Conn, f wire.ProxyFrame) {
-	if f.Event == "" {
-		return
-	}
-	if _, want := c.cfg.Events[f.Event]; !want {
+	if _, want := c.cfg.Events[f.Event]; !want || f.Event == "" {
 		return
 	}
 	switch f.Code {
@@ -274,18 +273,30 @@ func (c *Client) retrySub(ctx context.Context, ws *websocket.Conn, f wire.ProxyF
 		return
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.resub == nil {
+		c.resub = map[string]bool{}
+	}
+	c.resub[f.Event] = true
+	if len(c.resub) > 1 {
+		return // a retry is already scheduled
+	}
 	d := c.cfg.ResubDelay/2 + time.Duration(c.cfg.Rand.Int64N(int64(c.cfg.ResubDelay/2)+1))
-	c.mu.Unlock()
 	time.AfterFunc(d, func() {
 		c.mu.Lock()
-		cur, v := c.ws, c.state[f.Event].V
+		subs := make(map[string]uint64, len(c.resub))
+		for ev := range c.resub {
+			subs[ev] = c.state[ev].V
+		}
+		c.resub = nil
+		cur := c.ws
 		c.mu.Unlock()
 		if cur != ws || ctx.Err() != nil {
 			return // that connection is gone; the next session subscribes anew
 		}
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		_ = ws.Write(wctx, websocket.MessageText, wire.AppendSub(nil, map[string]uint64{f.Event: v}))
+		_ = ws.Write(wctx, websocket.MessageText, wire.AppendSub(nil, subs))
 	})
 }
 
