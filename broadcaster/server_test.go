@@ -257,3 +257,37 @@ func TestPrivateReads(t *testing.T) {
 		t.Fatalf("with the token: %+v %v", r, err)
 	}
 }
+
+// Rotation: a new producer set takes effect at once; the dropped token is refused.
+func TestProducerRotation(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	s, err := broadcaster.New(broadcaster.Config{Producers: []broadcaster.Producer{{Name: "old", Token: "0ld-7c6b5a4f3e2d1c0b9a8f7e6d"}}}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	set := func(tok string) error {
+		c := &broadcaster.Client{BaseURL: ts.URL, Token: tok}
+		_, err := c.SetStage(context.Background(), "ev", "k", nil, "")
+		return err
+	}
+	if err := set("0ld-7c6b5a4f3e2d1c0b9a8f7e6d"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetProducers([]broadcaster.Producer{{Name: "new", Token: "n3w-1a2b3c4d5e6f7a8b9c0d1e2f"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := set("0ld-7c6b5a4f3e2d1c0b9a8f7e6d"); err == nil {
+		t.Fatal("the rotated-out token still works")
+	}
+	if err := set("n3w-1a2b3c4d5e6f7a8b9c0d1e2f"); err != nil {
+		t.Fatalf("the new token: %v", err)
+	}
+	if err := s.SetProducers([]broadcaster.Producer{{Name: "weak", Token: "password12345678"}}); err == nil {
+		t.Fatal("a weak token set was accepted")
+	}
+	if err := set("n3w-1a2b3c4d5e6f7a8b9c0d1e2f"); err != nil {
+		t.Fatalf("a refused reload replaced the good set: %v", err)
+	}
+}

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -162,10 +164,68 @@ func debugServer(addr string) []serve.Server {
 	return []serve.Server{{Name: "debug", Addr: addr, Handler: mux}}
 }
 
-func redisFlags(fs *flag.FlagSet, c *redisengine.Config) *string {
-	addrs := fs.String("redis", "127.0.0.1:6379", "Redis address(es), comma-separated (one node is enough for a cluster)")
-	fs.StringVar(&c.Password, "redis-password", "", "Redis password")
-	return addrs
+// redisOpts are the Redis connection flags every server shares.
+type redisOpts struct {
+	addrs, passwordFile         string
+	tls, tlsInsecure            bool
+	tlsCA, tlsServerName        string
+	tlsClientCert, tlsClientKey string
+}
+
+func redisFlags(fs *flag.FlagSet, c *redisengine.Config) *redisOpts {
+	o := &redisOpts{}
+	fs.StringVar(&o.addrs, "redis", "127.0.0.1:6379", "Redis address(es), comma-separated (one node is enough for a cluster)")
+	fs.StringVar(&c.Username, "redis-user", "", "Redis ACL user (AUTH user password)")
+	fs.StringVar(&c.Password, "redis-password", "", "Redis password (prefer --redis-password-file: flags show in ps)")
+	fs.StringVar(&o.passwordFile, "redis-password-file", "", "read the Redis password from this file")
+	fs.BoolVar(&o.tls, "redis-tls", false, "connect to Redis over TLS")
+	fs.StringVar(&o.tlsCA, "redis-tls-ca", "", "PEM file of the CA(s) that sign Redis's certificate (default: the system pool)")
+	fs.StringVar(&o.tlsServerName, "redis-tls-server-name", "", "name to verify in Redis's certificate (default: the address's host)")
+	fs.StringVar(&o.tlsClientCert, "redis-tls-cert", "", "client certificate (PEM) for mutual TLS")
+	fs.StringVar(&o.tlsClientKey, "redis-tls-key", "", "client key (PEM) for mutual TLS")
+	fs.BoolVar(&o.tlsInsecure, "redis-tls-insecure-skip-verify", false, "do not verify Redis's certificate (tests only)")
+	return o
+}
+
+// apply fills the engine config from the flags: addresses, password file, TLS.
+func (o *redisOpts) apply(c *redisengine.Config) error {
+	c.Addrs = splitAddrs(o.addrs)
+	if o.passwordFile != "" {
+		b, err := os.ReadFile(o.passwordFile)
+		if err != nil {
+			return fmt.Errorf("--redis-password-file: %w", err)
+		}
+		c.Password = strings.TrimSpace(string(b))
+	}
+	if !o.tls {
+		if o.tlsCA != "" || o.tlsClientCert != "" || o.tlsServerName != "" || o.tlsInsecure {
+			return errors.New("--redis-tls-* options need --redis-tls")
+		}
+		return nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: o.tlsServerName, InsecureSkipVerify: o.tlsInsecure}
+	if o.tlsCA != "" {
+		pem, err := os.ReadFile(o.tlsCA)
+		if err != nil {
+			return fmt.Errorf("--redis-tls-ca: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--redis-tls-ca %s: no PEM certificate in it", o.tlsCA)
+		}
+	}
+	if (o.tlsClientCert == "") != (o.tlsClientKey == "") {
+		return errors.New("--redis-tls-cert and --redis-tls-key go together")
+	}
+	if o.tlsClientCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.tlsClientCert, o.tlsClientKey)
+		if err != nil {
+			return fmt.Errorf("redis client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	c.TLS = tc
+	return nil
 }
 
 func splitAddrs(s string) []string {

@@ -143,7 +143,7 @@ func runProxy(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	log, eng, err := redisSetup(*logLevel, *redisAddrs, rc)
+	log, eng, err := redisSetup(*logLevel, redisAddrs, rc)
 	if err != nil {
 		return err
 	}
@@ -198,7 +198,7 @@ func runBroadcaster(args []string) error {
 	if bcfg.Token == "" && len(bcfg.Producers) == 0 {
 		return errors.New("a producer token is required: --producer-token, --producer-token-file or --producer-tokens (or STAGECAST_PRODUCER_TOKEN)")
 	}
-	log, eng, err := redisSetup(*logLevel, *redisAddrs, rc)
+	log, eng, err := redisSetup(*logLevel, redisAddrs, rc)
 	if err != nil {
 		return err
 	}
@@ -227,12 +227,15 @@ func runBroadcaster(args []string) error {
 }
 
 // redisSetup builds the logger and the Redis engine of a server subcommand.
-func redisSetup(logLevel, addrs string, rc redisengine.Config) (*slog.Logger, *redisengine.Engine, error) {
+func redisSetup(logLevel string, ro *redisOpts, rc redisengine.Config) (*slog.Logger, *redisengine.Engine, error) {
 	log, err := newLogger(logLevel)
 	if err != nil {
 		return nil, nil, err
 	}
-	rc.Addrs, rc.Logger = splitAddrs(addrs), log
+	if err := ro.apply(&rc); err != nil {
+		return nil, nil, err
+	}
+	rc.Logger = log
 	eng, err := redisengine.New(rc)
 	return log, eng, err
 }
@@ -270,7 +273,7 @@ func runPrefetch(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	log, eng, err := redisSetup(*logLevel, *redisAddrs, rc)
+	log, eng, err := redisSetup(*logLevel, redisAddrs, rc)
 	if err != nil {
 		return err
 	}

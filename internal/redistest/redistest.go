@@ -27,6 +27,9 @@ type Options struct {
 	AppendOnly bool
 	// Extra arguments for redis-server.
 	Args []string
+	// TLS serves TLS only (no plain TCP) with a throw-away CA (CAFile) and a
+	// certificate for 127.0.0.1.
+	TLS bool
 }
 
 // Server is one redis-server process.
@@ -49,6 +52,11 @@ func Start(t testing.TB, opts Options) *Server {
 	}
 	_ = bin
 	s := &Server{t: t, opts: opts, dir: t.TempDir()}
+	if opts.TLS {
+		if err := writeTLSFiles(s.dir); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var lastErr error
 	for try := 0; try < 5; try++ {
 		s.Port = freePort(t)
@@ -73,7 +81,18 @@ func (s *Server) args() []string {
 	} else {
 		a = append(a, "--appendonly", "no")
 	}
+	if s.opts.TLS {
+		a = append(a, tlsArgs(s.dir, s.Port)...)
+	}
 	return append(a, s.opts.Args...)
+}
+
+// ping checks the server answers, over TLS when it serves TLS.
+func (s *Server) ping() error {
+	if s.opts.TLS {
+		return pingTLS(s.Addr(), s.dir)
+	}
+	return Ping(s.Addr())
 }
 
 func (s *Server) start() error {
@@ -93,7 +112,7 @@ func (s *Server) start() error {
 			return fmt.Errorf("redis-server on port %d exited: %v: %s %s", s.Port, err, out.String(), lastLines(string(log), 5))
 		default:
 		}
-		if Ping(s.Addr()) == nil {
+		if s.ping() == nil {
 			s.mu.Lock()
 			s.cmd = cmd
 			s.mu.Unlock()
@@ -117,7 +136,7 @@ func (s *Server) Kill() {
 	}
 	_ = cmd.Process.Kill()
 	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && Ping(s.Addr()) == nil {
+	for time.Now().Before(deadline) && s.ping() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
@@ -145,6 +164,10 @@ func Ping(addr string) error {
 		return err
 	}
 	defer c.Close()
+	return ping(c)
+}
+
+func ping(c net.Conn) error {
 	_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
 	if _, err := c.Write([]byte("PING\r\n")); err != nil {
 		return err

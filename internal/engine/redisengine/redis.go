@@ -20,6 +20,7 @@ package redisengine
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,8 +41,12 @@ type Config struct {
 	// Addrs are Redis addresses (host:port). Several, or one node of a cluster:
 	// rueidis discovers cluster topology by itself. Required.
 	Addrs []string
-	// Password for AUTH, if any.
+	// Username and Password for AUTH (an ACL user; Password alone authenticates
+	// the default user), if any.
+	Username string
 	Password string
+	// TLS, when set, encrypts every connection to Redis (rueidis dials with it).
+	TLS *tls.Config
 	// LogLen is how many recent changes each event keeps. Default engine.DefaultLogLen.
 	LogLen int
 	// IdempotencyTTL, default engine.DefaultIdempotencyTTL.
@@ -151,7 +156,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	client, err := rueidis.NewClient(rueidis.ClientOption{
 		InitAddress:  cfg.Addrs,
+		Username:     cfg.Username,
 		Password:     cfg.Password,
+		TLSConfig:    cfg.TLS,
 		DisableCache: !cfg.ClientCache,
 		// Sharded pub/sub works on standalone Redis 7 too, so one code path
 		// serves both; rueidis routes by slot on a cluster.
