@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestValidID(t *testing.T) {
@@ -142,11 +143,15 @@ func FuzzParseDeviceFrame(f *testing.F) {
 	for _, s := range []string{
 		`{"op":"sub","events":{"a":1}}`, `{"op":"unsub","events":["a"]}`,
 		`{"op":"ack","event":"a","v":2}`, `{}`, `[`, `{"op":"sub","events":{"a":-0}}`,
+		"{\"op\":\"sub\",\"events\":{\"\xff\":0}}",
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fr, err := ParseDeviceFrame(b)
+		if err == nil && !utf8.Valid(b) {
+			t.Fatalf("accepted invalid UTF-8 %q", b)
+		}
 		if err != nil {
 			var fe *FrameError
 			if !errors.Is(err, ErrNotJSON) && !errors.As(err, &fe) {
@@ -218,4 +223,40 @@ func FuzzParseStageMap(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestInvalidUTF8IsNotJSON(t *testing.T) {
+	for _, b := range []string{"{\"op\":\"sub\",\"events\":{\"a\xff\":0}}", "{\"op\":\"ack\",\"event\":\"a\",\"v\":1,\"x\":\"\xc3\x28\"}"} {
+		if _, err := ParseDeviceFrame([]byte(b)); !errors.Is(err, ErrNotJSON) {
+			t.Errorf("%q: %v, want ErrNotJSON (close 1007)", b, err)
+		}
+	}
+}
+
+func TestEventErrorFrame(t *testing.T) {
+	b := AppendEventError(nil, CodeUnknownEvent, "fight-1", `no such "event"`)
+	f, err := ParseProxyFrame(b)
+	if err != nil || f.Op != OpError || f.Code != CodeUnknownEvent || f.Event != "fight-1" || f.Msg != `no such "event"` {
+		t.Fatalf("%s -> %+v %v", b, f, err)
+	}
+}
+
+func TestPatterns(t *testing.T) {
+	if err := CheckPatterns([]string{"fight-2026-11-15", "nfl-*", "*"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range [][]string{{"Fight"}, {"a*b"}, {"-x*"}, {""}, make([]string, 65)} {
+		if err := CheckPatterns(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	ps := Patterns{"fight-*", "nfl-xmas"}
+	for ev, want := range map[string]bool{"fight-1": true, "fight-": true, "nfl-xmas": true, "nfl-xmas-2": false, "figh": false} {
+		if ps.Match(ev) != want {
+			t.Errorf("Match(%q) != %v", ev, want)
+		}
+	}
+	if !Patterns(nil).Match("any") || (Patterns{}).Match("any") {
+		t.Error("nil must match all, empty none")
+	}
 }
