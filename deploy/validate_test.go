@@ -13,6 +13,7 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
@@ -26,7 +27,7 @@ import (
 func build(t *testing.T, dir string) []runtime.Object {
 	t.Helper()
 	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{appsv1.AddToScheme, corev1.AddToScheme, policyv1.AddToScheme, autoscalingv2.AddToScheme, batchv1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{appsv1.AddToScheme, corev1.AddToScheme, policyv1.AddToScheme, autoscalingv2.AddToScheme, batchv1.AddToScheme, networkingv1.AddToScheme} {
 		if err := add(scheme); err != nil {
 			t.Fatal(err)
 		}
@@ -55,6 +56,12 @@ func TestManifests(t *testing.T) {
 	for _, dir := range []string{"k8s/base", "k8s/overlays/production"} {
 		t.Run(dir, func(t *testing.T) { checkManifests(t, build(t, dir)) })
 	}
+	// Production requires signed device tokens.
+	for _, o := range build(t, "k8s/overlays/production") {
+		if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == "stagecast" && cm.Data["STAGECAST_REQUIRE_DEVICE_TOKEN"] != "true" {
+			t.Error("the production overlay must set STAGECAST_REQUIRE_DEVICE_TOKEN=true")
+		}
+	}
 }
 
 func checkManifests(t *testing.T, objs []runtime.Object) {
@@ -63,18 +70,31 @@ func checkManifests(t *testing.T, objs []runtime.Object) {
 	var pdb *policyv1.PodDisruptionBudget
 	hpas := map[string]*autoscalingv2.HorizontalPodAutoscaler{}
 	var pods []corev1.PodSpec
+	var netpols []*networkingv1.NetworkPolicy
+	podLabels := map[string]bool{}
+	redisConf := ""
 	for _, o := range objs {
 		switch v := o.(type) {
+		case *networkingv1.NetworkPolicy:
+			netpols = append(netpols, v)
+		case *corev1.Secret:
+			t.Errorf("Secret %s is shipped in the manifests: secrets come from the operator's secret manager", v.Name)
 		case *appsv1.Deployment:
 			deps[v.Name] = v
 			pods = append(pods, v.Spec.Template.Spec)
+			podLabels[v.Spec.Template.Labels["app.kubernetes.io/name"]] = true
 		case *appsv1.StatefulSet:
 			pods = append(pods, v.Spec.Template.Spec)
+			podLabels[v.Spec.Template.Labels["app.kubernetes.io/name"]] = true
 		case *batchv1.Job:
 			pods = append(pods, v.Spec.Template.Spec)
+			podLabels[v.Spec.Template.Labels["app.kubernetes.io/name"]] = true
 		case *corev1.ConfigMap:
 			if v.Name == "stagecast" {
 				cfg = v
+			}
+			if v.Name == "redis-cluster" {
+				redisConf = v.Data["redis.conf"]
 			}
 		case *policyv1.PodDisruptionBudget:
 			pdb = v
@@ -121,6 +141,67 @@ func checkManifests(t *testing.T, objs []runtime.Object) {
 		t.Error("the proxy HPA must scale on stagecast_proxy_connections")
 	}
 	checkSettingsAreFlags(t, cfg)
+	checkSecurity(t, cfg, pods, netpols, podLabels, redisConf)
+}
+
+// checkSecurity: Redis needs a password and only stagecast's pods reach it;
+// every server reads the Redis password from its Secret; proxies and prefetch
+// servers verify device tokens.
+func checkSecurity(t *testing.T, cfg *corev1.ConfigMap, pods []corev1.PodSpec, netpols []*networkingv1.NetworkPolicy, podLabels map[string]bool, redisConf string) {
+	t.Helper()
+	if strings.Contains(redisConf, "protected-mode no") {
+		t.Error("redis.conf turns protected mode off")
+	}
+	var redisGuarded bool
+	for _, np := range netpols {
+		if np.Spec.PodSelector.MatchLabels["app.kubernetes.io/name"] != "redis-cluster" {
+			continue
+		}
+		redisGuarded = len(np.Spec.Ingress) > 0
+		for _, in := range np.Spec.Ingress {
+			for _, from := range in.From {
+				if from.PodSelector == nil || from.NamespaceSelector != nil || from.IPBlock != nil {
+					t.Errorf("NetworkPolicy %s admits more than pods of this namespace", np.Name)
+					continue
+				}
+				for _, e := range from.PodSelector.MatchExpressions {
+					for _, v := range e.Values {
+						if !podLabels[v] {
+							t.Errorf("NetworkPolicy %s names pods %q that no workload has", np.Name, v)
+						}
+					}
+				}
+			}
+		}
+	}
+	if !redisGuarded {
+		t.Error("no NetworkPolicy restricts who reaches Redis")
+	}
+	if cfg.Data["STAGECAST_REDIS_PASSWORD_FILE"] == "" || cfg.Data["STAGECAST_DEVICE_KEYS"] == "" {
+		t.Error("the shared config must set STAGECAST_REDIS_PASSWORD_FILE and STAGECAST_DEVICE_KEYS")
+	}
+	for _, p := range pods {
+		c := p.Containers[0]
+		if c.Image == "" || !strings.Contains(c.Image, "stagecast") {
+			if strings.HasPrefix(c.Image, "redis") {
+				auth := false
+				for _, e := range c.Env {
+					auth = auth || (e.Name == "REDISCLI_AUTH" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil)
+				}
+				if !auth {
+					t.Errorf("Redis container %s has no password from a Secret", c.Name)
+				}
+			}
+			continue
+		}
+		mounted := false
+		for _, m := range c.VolumeMounts {
+			mounted = mounted || strings.HasPrefix(cfg.Data["STAGECAST_REDIS_PASSWORD_FILE"], m.MountPath+"/")
+		}
+		if !mounted {
+			t.Errorf("container %s does not mount the Redis password", c.Name)
+		}
+	}
 }
 
 var flagLine = regexp.MustCompile(`(?m)^\s+-([a-z0-9-]+)`)
