@@ -92,7 +92,7 @@ type Handler struct {
 type template struct {
 	body      []byte
 	deps      []*dep // sorted by event
-	hasErrors bool   // errors are answered, never cached
+	errorOnly bool   // errors and no data: answered, never cached
 }
 
 // New builds the schema (it panics only on a schema bug, caught by tests).
@@ -307,7 +307,7 @@ func (h *Handler) execute(w http.ResponseWriter, ctx context.Context, key [32]by
 		gqlError(w, http.StatusOK, fmt.Sprintf("response larger than %d bytes", h.cfg.MaxResponseBytes), "RESPONSE_TOO_LARGE")
 		return
 	}
-	if len(t.body) <= h.cfg.MaxCachedResponse && !t.hasErrors {
+	if len(t.body) <= h.cfg.MaxCachedResponse && !t.errorOnly {
 		h.remember(key, t)
 	} else {
 		h.qc.WithLabelValues("uncacheable").Inc()
@@ -326,12 +326,26 @@ func (h *Handler) render1(ctx context.Context, req request) (*template, *render,
 	if err != nil {
 		return nil, nil, err
 	}
-	t := &template{body: body, hasErrors: len(resp.Errors) > 0}
+	t := &template{body: body, errorOnly: len(resp.Errors) > 0 && noData(resp.Data)}
 	for _, d := range rd.deps {
 		t.deps = append(t.deps, d)
 	}
 	slices.SortFunc(t.deps, func(a, b *dep) int { return strings.Compare(a.event, b.event) })
 	return t, rd, nil
+}
+
+// noData reports whether a response's data is null or has only null fields.
+func noData(data json.RawMessage) bool {
+	var fields map[string]json.RawMessage
+	if len(data) == 0 || json.Unmarshal(data, &fields) != nil {
+		return true
+	}
+	for _, v := range fields {
+		if string(v) != "null" {
+			return false
+		}
+	}
+	return true
 }
 
 // sentinelsSound checks each sentinel appears exactly as often as its field was

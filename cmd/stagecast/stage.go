@@ -176,7 +176,7 @@ func runWatch(args []string) error {
 	proxyURL := fs.String("proxy", "ws://127.0.0.1:8080/v1/ws", "proxy URL(s), comma-separated")
 	platform := fs.String("platform", "tv", "device platform")
 	segment := fs.String("segment", "", "device segment")
-	token := fs.String("device-token", "", "device token")
+	token := fs.String("device-token", "", "device token (a JWT from stagecast token mint), sent as Authorization: Bearer to the proxy and the prefetch API")
 	gqlURL := fs.String("graphql", "", "prefetch API URL (e.g. http://127.0.0.1:8082/graphql): prefetch the stage map and show each stage's payload")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -193,7 +193,7 @@ func runWatch(args []string) error {
 	var pf *device.Prefetcher
 	if *gqlURL != "" {
 		var err error
-		pf, err = device.NewPrefetcher(device.PrefetchConfig{URL: *gqlURL, Event: event, Segment: *segment, Critical: true})
+		pf, err = device.NewPrefetcher(device.PrefetchConfig{URL: *gqlURL, Event: event, Segment: *segment, Critical: true, Token: *token})
 		if err != nil {
 			return err
 		}

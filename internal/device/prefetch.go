@@ -31,8 +31,11 @@ type PrefetchConfig struct {
 	URL     string // the prefetch API's /graphql. Required.
 	Event   string
 	Segment string
-	// Critical marks the fetches as live-event prefetch (X-Stagecast-Priority).
-	Critical   bool
+	// Critical marks the fetches as live-event prefetch (X-Stagecast-Priority);
+	// the server believes it only with a valid Token (or from a trusted network).
+	Critical bool
+	// Token is the device token, sent as Authorization: Bearer.
+	Token      string
 	HTTPClient *http.Client
 	// MissDelayMax: a stage key missing from the map is fetched once after
 	// U(0, MissDelayMax), so a broadcast of an unknown key does not make every
@@ -142,6 +145,9 @@ func (p *Prefetcher) Fetch(ctx context.Context) (refreshAfter time.Duration, err
 		return 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if p.cfg.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+p.cfg.Token)
+	}
 	if p.cfg.Critical {
 		req.Header.Set("X-Stagecast-Priority", "critical")
 	}
