@@ -281,7 +281,14 @@ func TestAdmission(t *testing.T) {
 	if ra != "2" && ra != "3" && ra != "4" {
 		t.Fatalf("Retry-After %q, want jittered in [2,4]", ra)
 	}
+	// Admission comes before the signature check, so forged tokens cost no more
+	// than the admission rate allows: past it, 503 even with a bad token.
 	_, resp, err = websocket.Dial(ctx, url+"?token=bad", nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("bad token past the admission rate: err=%v resp=%v, want 503", err, resp)
+	}
+	_, url2 := startProxy(t, eng, proxy.Config{Tokens: ver})
+	_, resp, err = websocket.Dial(ctx, url2+"?token=bad", nil)
 	if err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("bad token: err=%v resp=%v, want 401", err, resp)
 	}

@@ -172,6 +172,16 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, "ip_rate", http.StatusTooManyRequests, "too many new connections from this address: retry later")
 		return
 	}
+	// Admission before the signature check (about 60 us of CPU): the admission
+	// rate bounds what forged tokens can cost, too.
+	switch {
+	case s.Connections() >= s.cfg.MaxConnections:
+		s.reject(w, "capacity", http.StatusServiceUnavailable, "proxy at capacity: retry later or connect to another proxy")
+		return
+	case !s.admit.Allow():
+		s.reject(w, "rate", http.StatusServiceUnavailable, "too many new connections: retry later")
+		return
+	}
 	var claims devicetoken.Claims
 	if s.cfg.Tokens != nil {
 		tok := bearer(r)
@@ -190,14 +200,6 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 				segment = claims.Segment
 			}
 		}
-	}
-	switch {
-	case s.Connections() >= s.cfg.MaxConnections:
-		s.reject(w, "capacity", http.StatusServiceUnavailable, "proxy at capacity: retry later or connect to another proxy")
-		return
-	case !s.admit.Allow():
-		s.reject(w, "rate", http.StatusServiceUnavailable, "too many new connections: retry later")
-		return
 	}
 	if platform == "" {
 		platform = "unknown"

@@ -197,3 +197,30 @@ func TestCacheHonoursExpiryAndRotation(t *testing.T) {
 		t.Fatalf("a cached token past exp: %v", err)
 	}
 }
+
+// BenchmarkVerify: one signature check (what each WebSocket upgrade costs).
+func BenchmarkVerify(b *testing.B) {
+	s, jwks := newPair(b, "k1")
+	v, _ := NewVerifier(jwks, nil)
+	tok, _ := s.Mint(Claims{Device: "device-0001", Platform: "tv", Events: wire.Patterns{"fight-*"}}, time.Hour)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := v.Verify(tok); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCachedVerify: a token seen before (what each prefetch request costs).
+func BenchmarkCachedVerify(b *testing.B) {
+	s, jwks := newPair(b, "k1")
+	v, _ := NewVerifier(jwks, nil)
+	c := NewCache(v, 1024)
+	tok, _ := s.Mint(Claims{Device: "device-0001"}, time.Hour)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Verify(tok); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
