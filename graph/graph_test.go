@@ -419,3 +419,24 @@ func TestShedNormalFirst(t *testing.T) {
 		t.Fatalf("critical: %d", r.StatusCode)
 	}
 }
+
+// A response whose payloads would pass MaxResponseBytes is refused before they
+// are encoded; the same query under the limit is answered.
+func TestResponseSizeCap(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	raw := `{"stages":{"a":{"default":{"blob":"` + strings.Repeat("x", 4000) + `"}}}}`
+	if _, err := eng.PutStageMap(context.Background(), "big", []byte(raw), 1); err != nil {
+		t.Fatal(err)
+	}
+	for limit, want := range map[int]string{2000: "RESPONSE_TOO_LARGE", 8000: ""} {
+		_, base := startServer(t, eng, graph.ServerConfig{GraphQL: graph.Config{MaxResponseBytes: limit}})
+		_, out, body := post(t, base, `{ liveEvent(id: "big") { stages { payload } } }`, nil)
+		got := ""
+		if len(out.Errors) > 0 {
+			got, _ = out.Errors[0].Extensions["code"].(string)
+		}
+		if got != want || len(body) > limit+1024 {
+			t.Errorf("limit %d: code %q (want %q), %d bytes", limit, got, want, len(body))
+		}
+	}
+}

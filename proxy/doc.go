@@ -10,6 +10,18 @@
 // idle, hand it to the shared writer pool -> a writer drains the mailbox with a
 // write deadline -> device.
 //
+// # Admission (what a device must pass, in order)
+//
+// Upgrade: drain state, query syntax, per-IP admission rate, capacity and the
+// proxy's admission rate, then the device token (a signature check costs ~60 us,
+// so admission bounds it), then a reserved place (MaxConnections and
+// MaxConnsPerIP are counted under connsMu before the handshake, so concurrent
+// upgrades cannot overshoot). Sub, per event: the token's evs, the per-connection
+// subscribe budget, existence (cached; engine lookups bounded by LookupRate and
+// done off the frame handlers), then, under the hub's locks, MaxSubscriptions and
+// MaxEvents. A topic is created only after all of it, and is swept if its first
+// device left before it was added.
+//
 // # Concurrency invariants
 //
 //   - Lock order: hub shard mu -> topic mu -> conn mu. Never take them the other way.
@@ -22,8 +34,17 @@
 //   - Each conn has exactly one long-lived goroutine, its reader (it answers pongs
 //     and reads sub/unsub/ack). It hands each frame to a frame-handler goroutine
 //     (2 x GOMAXPROCS of them) and waits for the answer, so frames apply in order
-//     and the reader's stack never grows past its initial size. Pings run from a
-//     runtime timer in a short-lived goroutine; writes borrow a pool goroutine.
+//     and the reader's stack never grows past its initial size. A sub that needs
+//     engine lookups moves from the frame handler to a goroutine of its own; the
+//     reader still waits, so at most one goroutine processes a conn's frames at a
+//     time, and the conn's budget fields (subWin, errWin, errored) are touched by
+//     that one only. Pings and the token's expiry run from runtime timers in
+//     short-lived goroutines; writes borrow a pool goroutine.
+//   - Closing with a close frame (drain, 4001, 4003, 1008) unregisters the conn
+//     first, then does the handshake in a goroutine holding one of maxClosing
+//     slots; with no slot free the TCP connection is dropped instead.
+//   - A conn's fields other than mu-guarded ones (ws, timers, identity) are set
+//     before publish puts it in Server.conns, under connsMu.
 //   - Each topic has two goroutines: run (owns history updates and fanout, fed by
 //     its inbox) and the engine subscription. They exit when the topic is removed.
 //   - The engine's subscription callbacks only push to the topic inbox; they never block.
