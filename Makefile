@@ -36,13 +36,14 @@ test: deps vet ## everything the tests need, then every test, with -race (timing
 	$(GO) test -race -count=1 -timeout 8m $(PKGS)
 	$(GO) test -count=1 -timeout 3m -run 'TestSimulatorCalibration' ./internal/e2e
 
-fuzz: ## fuzz the device frame decoder for 30s
+fuzz: ## fuzz the device frame decoder and the device token verifier, 30s each
 	$(GO) test ./internal/wire -run XXX -fuzz FuzzParseDeviceFrame -fuzztime 30s
+	$(GO) test ./internal/devicetoken -run XXX -fuzz FuzzVerify -fuzztime 30s
 
 bench: bench-micro bench-fanout bench-prefetch ## all benchmarks (see docs/benchmarks.md)
 
-bench-micro: ## Go micro-benchmarks (encode, decode, in-process fanout)
-	$(GO) test -run XXX -bench . -benchmem -count 5 ./internal/wire
+bench-micro: ## Go micro-benchmarks (encode, decode, in-process fanout, device token verification)
+	$(GO) test -run XXX -bench . -benchmem -count 5 ./internal/wire ./internal/devicetoken
 
 bench-fanout: build deps ## loopback fanout: 1 proxy x 10k and 19k, 3 proxies x 15k via Redis, plus the raw-TCP floor
 	$(GO) build -o bin/fanoutbench ./cmd/fanoutbench
