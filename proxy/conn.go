@@ -25,9 +25,7 @@ type conn struct {
 	ipLimit  bool          // counted toward MaxConnsPerIP
 	events   wire.Patterns // events the token allows (nil: any)
 
-	pingTimer *time.Timer // runtime timer; fires ping() in its own short goroutine
-	expTimer  *time.Timer // closes with 4003 at the token's exp (nil without a token)
-	handled   chan bool   // a frame handler's answer to this conn's reader
+	handled chan bool // a frame handler's answer to this conn's reader
 
 	// Budgets, touched only by whoever processes this conn's frames (its reader,
 	// then one frame handler or sub goroutine at a time: see readLoop).
@@ -35,13 +33,15 @@ type conn struct {
 	subCount, errCount int
 	errored            bool // the frame being processed earned an error frame
 
-	mu      sync.Mutex // guards the fields below
-	subs    []subEntry // one per subscribed event; small, scanned linearly
-	ctrl    [][]byte   // control frames (error, reconnect) waiting for the writer
-	queued  bool       // in the writer queue or being written by a writer
-	closed  bool
-	closing int // after the mailbox drains, close with this status (0: no)
-	reason  string
+	mu        sync.Mutex  // guards the fields below
+	pingTimer *time.Timer // runtime timer; fires ping() in its own short goroutine
+	expTimer  *time.Timer // closes with 4003 at the token's exp (nil without a token)
+	subs      []subEntry  // one per subscribed event; small, scanned linearly
+	ctrl      [][]byte    // control frames (error, reconnect) waiting for the writer
+	queued    bool        // in the writer queue or being written by a writer
+	closed    bool
+	closing   int // after the mailbox drains, close with this status (0: no)
+	reason    string
 
 	// Frame rate limiting (reader goroutine only).
 	winStart time.Time
@@ -222,7 +222,9 @@ func (c *conn) ping() {
 		}
 		return
 	}
+	c.mu.Lock()
 	c.pingTimer.Reset(c.s.cfg.PingInterval)
+	c.mu.Unlock()
 }
 
 // abort closes the TCP connection now (no handshake) and unregisters.
@@ -256,6 +258,16 @@ func (c *conn) closeWith(status int, reason string) {
 	}
 }
 
+// stopTimers stops the ping and expiry timers.
+func (c *conn) stopTimers() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pingTimer.Stop()
+	if c.expTimer != nil {
+		c.expTimer.Stop()
+	}
+}
+
 // unregister removes c from every topic and the server; idempotent.
 func (c *conn) unregister() {
 	c.mu.Lock()
@@ -269,10 +281,7 @@ func (c *conn) unregister() {
 		events[i] = e.t.event
 	}
 	c.mu.Unlock()
-	c.pingTimer.Stop()
-	if c.expTimer != nil {
-		c.expTimer.Stop()
-	}
+	c.stopTimers()
 	for _, ev := range events {
 		c.s.hub.unsubscribe(c, ev)
 	}

@@ -231,6 +231,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// Everything the conn needs is set before it is published (publish takes
 	// connsMu: a happens-before edge to every later reader of the fields).
 	c.ws = ws
+	// The timers are set under c.mu: their callbacks (and unregister) read them
+	// under it, however soon they fire.
+	c.mu.Lock()
 	c.pingTimer = time.AfterFunc(s.jitterBetween(s.cfg.PingInterval/2, s.cfg.PingInterval), c.ping)
 	if !claims.Expiry.IsZero() {
 		c.expTimer = time.AfterFunc(claims.Expiry.Sub(s.cfg.Now()), func() {
@@ -238,11 +241,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			c.sendControl(nil, wire.CloseTokenExpired, "token expired")
 		})
 	}
+	c.mu.Unlock()
 	if !s.publish(c) {
-		c.pingTimer.Stop()
-		if c.expTimer != nil {
-			c.expTimer.Stop()
-		}
+		c.stopTimers()
 		_ = ws.Close(websocket.StatusCode(wire.CloseServiceRestart), "proxy is draining")
 		return
 	}
