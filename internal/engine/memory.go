@@ -99,7 +99,9 @@ func (m *Memory) SetStage(ctx context.Context, req SetRequest) (SetResult, error
 			return SetResult{Stage: prev.stage, Replayed: true}, nil
 		}
 	}
-	v := max(e.v+1, req.MinVersion)
+	// The clock floor keeps versions rising across a restart of the dev server:
+	// its devices still hold the old versions.
+	v := max(e.v+1, req.MinVersion, uint64(now.UnixMicro()))
 	e.v = v
 	st := wire.Stage{Event: req.Event, Key: req.Key, V: v, TS: req.TS}
 	if !req.Target.IsZero() {
@@ -209,12 +211,22 @@ func (m *Memory) Delivery(ctx context.Context, event string, v uint64) ([]ProxyD
 		return nil, nil
 	}
 	out := make([]ProxyDelivery, 0, len(e.devices))
+	staleBefore := m.cfg.Now().Add(-PresenceTTL).UnixMilli()
 	for proxy, p := range e.devices {
+		if p.atMS < staleBefore {
+			delete(e.devices, proxy) // stopped reporting: its sends still count below
+			continue
+		}
 		pd := ProxyDelivery{Proxy: proxy, AtMS: p.atMS, Devices: p.devices}
 		if vd, ok := e.delivery[v][proxy]; ok {
 			pd.Version = vd
 		}
 		out = append(out, pd)
+	}
+	for proxy, vd := range e.delivery[v] {
+		if _, reported := e.devices[proxy]; !reported {
+			out = append(out, ProxyDelivery{Proxy: proxy, Version: vd})
+		}
 	}
 	return out, nil
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/stagecast/stagecast/internal/wire"
@@ -17,9 +18,9 @@ type SetRequest struct {
 	// IdempotencyKey, when set, makes a retry with the same key return the first
 	// result and create no new version.
 	IdempotencyKey string
-	// MinVersion is a floor for the assigned version: the engine assigns
-	// max(current+1, MinVersion). The broadcaster passes its own high-water mark
-	// so versions keep increasing even if the store came back empty.
+	// MinVersion is an extra floor for the assigned version (0: none). Engines
+	// assign max(newest logged + 1, their clock in microseconds, MinVersion), so
+	// versions rise without it.
 	MinVersion uint64
 }
 
@@ -35,7 +36,38 @@ type SetResult struct {
 var (
 	// ErrIdempotencyConflict: the idempotency key was used for another stage.
 	ErrIdempotencyConflict = errors.New("idempotency key already used for a different stage")
+	// ErrNotDurable: the change was made but fewer replicas than asked for
+	// acknowledged it in time. Retrying with the same idempotency key is safe.
+	ErrNotDurable = errors.New("stage change not acknowledged by enough replicas")
 )
+
+// SkippedError reports log entries that did not decode (or named another
+// event): Recent skipped them and returned the others. One bad entry never hides
+// the rest of an event's history.
+type SkippedError struct {
+	Event string
+	IDs   []string
+	First error
+}
+
+// Add records one skipped entry.
+func (e *SkippedError) Add(id string, err error) {
+	e.IDs = append(e.IDs, id)
+	if e.First == nil {
+		e.First = err
+	}
+}
+
+func (e *SkippedError) Error() string {
+	return fmt.Sprintf("recent %s: skipped %d undecodable log entries (first %s: %v)", e.Event, len(e.IDs), e.IDs[0], e.First)
+}
+
+// Usable reports whether the stages a call returned alongside err can be used:
+// err is nil or a *SkippedError.
+func Usable(err error) bool {
+	var se *SkippedError
+	return err == nil || errors.As(err, &se)
+}
 
 // Defaults of both engines.
 const (
@@ -45,6 +77,9 @@ const (
 	DefaultIdempotencyTTL = 24 * time.Hour
 	// DefaultReportTTL is how long delivery aggregates are kept.
 	DefaultReportTTL = 24 * time.Hour
+	// PresenceTTL: a proxy that has not reported on an event for this long is
+	// dropped from the event's presence (its device count); its sends still count.
+	PresenceTTL = 10 * time.Minute
 )
 
 // VersionDelivery is one proxy's counters for one version of one event.

@@ -112,9 +112,12 @@ func testVersions(t *testing.T, e Engine) {
 		}
 		last = r.Stage.V
 	}
-	// Versions are per event.
-	if r := set(t, e, engine.SetRequest{Event: "ev-b", Key: "x"}); r.Stage.V != 1 {
-		t.Fatalf("first version of a new event = %d, want 1", r.Stage.V)
+	// A new event's first version is at least the engine's clock in
+	// microseconds: versions rise even when an engine lost an event's history
+	// (the clock moved on since it was written).
+	before := uint64(time.Now().Add(-time.Second).UnixMicro())
+	if r := set(t, e, engine.SetRequest{Event: "ev-b", Key: "x"}); r.Stage.V < before || r.Stage.V >= 1<<53 {
+		t.Fatalf("first version of a new event = %d, want >= the clock in microseconds (%d) and < 2^53", r.Stage.V, before)
 	}
 	rec, err := e.Recent(ctx(t), "ev-a", 1)
 	if err != nil || len(rec) != 1 || rec[0].V != last || rec[0].Key != "round-4" {
@@ -141,7 +144,7 @@ func testIdempotency(t *testing.T, e Engine) {
 		t.Fatalf("reuse for another stage: err = %v", err)
 	}
 	c := set(t, e, engine.SetRequest{Event: "ev", Key: "round-2", IdempotencyKey: "k2"})
-	if c.Replayed || c.Stage.V != a.Stage.V+1 {
+	if c.Replayed || c.Stage.V <= a.Stage.V {
 		t.Fatalf("new key: %+v", c)
 	}
 	// Keys are per event.
@@ -153,13 +156,14 @@ func testIdempotency(t *testing.T, e Engine) {
 
 func testFloor(t *testing.T, e Engine) {
 	set(t, e, engine.SetRequest{Event: "ev", Key: "a"})
-	r := set(t, e, engine.SetRequest{Event: "ev", Key: "b", MinVersion: 100})
-	if r.Stage.V != 100 {
-		t.Fatalf("floor: v = %d, want 100", r.Stage.V)
+	floor := uint64(time.Now().Add(24*time.Hour).UnixMicro()) // above the clock
+	r := set(t, e, engine.SetRequest{Event: "ev", Key: "b", MinVersion: floor})
+	if r.Stage.V != floor {
+		t.Fatalf("floor: v = %d, want %d", r.Stage.V, floor)
 	}
 	r = set(t, e, engine.SetRequest{Event: "ev", Key: "c", MinVersion: 50})
-	if r.Stage.V != 101 {
-		t.Fatalf("after floor: v = %d, want 101", r.Stage.V)
+	if r.Stage.V != floor+1 {
+		t.Fatalf("after floor: v = %d, want %d (newest + 1 beats the clock)", r.Stage.V, floor+1)
 	}
 }
 
@@ -175,8 +179,8 @@ func testRecent(t *testing.T, e Engine) {
 		t.Fatalf("log holds %d entries, want the bound 4", len(rec))
 	}
 	for i, st := range rec {
-		if st.V != uint64(7+i) || st.Key != fmt.Sprintf("s%d", 7+i) {
-			t.Fatalf("rec[%d] = %+v", i, st)
+		if st.Key != fmt.Sprintf("s%d", 7+i) || (i > 0 && st.V <= rec[i-1].V) {
+			t.Fatalf("rec[%d] = %+v (want s%d, versions ascending)", i, st, 7+i)
 		}
 	}
 }
@@ -200,12 +204,14 @@ func testSubscribe(t *testing.T, e Engine) {
 	for i := 1; i <= 20; i++ {
 		set(t, e, engine.SetRequest{Event: "ev-sub", Key: fmt.Sprintf("s%d", i)})
 	}
+	var last uint64
 	for i := 1; i <= 20; i++ {
 		select {
 		case s := <-got:
-			if s.Event != "ev-sub" || s.V != uint64(i) || s.Key != fmt.Sprintf("s%d", i) {
-				t.Fatalf("message %d = %+v", i, s)
+			if s.Event != "ev-sub" || s.V <= last || s.Key != fmt.Sprintf("s%d", i) {
+				t.Fatalf("message %d = %+v (after v%d)", i, s, last)
 			}
+			last = s.V
 		case <-time.After(10 * time.Second):
 			t.Fatalf("message %d not received", i)
 		}
@@ -243,16 +249,25 @@ func testConcurrent(t *testing.T, e Engine) {
 		}
 		seen[v] = true
 	}
-	for v := uint64(1); v <= n; v++ {
-		if !seen[v] {
-			t.Fatalf("version %d missing: versions must be dense under concurrency", v)
+	if len(seen) != n {
+		t.Fatalf("%d distinct versions for %d changes", len(seen), n)
+	}
+	// The log holds exactly the versions handed out, in order.
+	rec, err := e.Recent(ctx(t), "ev", 512)
+	if err != nil || len(rec) != n {
+		t.Fatalf("log holds %d entries (%v), want %d", len(rec), err, n)
+	}
+	for i, st := range rec {
+		if !seen[st.V] || (i > 0 && st.V <= rec[i-1].V) {
+			t.Fatalf("log entry %d: v%d (not handed out, or out of order)", i, st.V)
 		}
 	}
 }
 
 func testDelivery(t *testing.T, e Engine) {
+	now := time.Now().UnixMilli()
 	rep := func(proxy string, devices int64, sent, acked uint64) engine.DeliveryReport {
-		return engine.DeliveryReport{Proxy: proxy, AtMS: 5000, Events: []engine.EventDelivery{{
+		return engine.DeliveryReport{Proxy: proxy, AtMS: now, Events: []engine.EventDelivery{{
 			Event: "ev", Devices: devices,
 			Versions: []engine.VersionDelivery{{V: 3, Sent: sent, Acked: acked, Latency: []engine.Bucket{{UpperMS: 10, Count: sent}}}},
 		}}}
@@ -280,7 +295,7 @@ func testDelivery(t *testing.T, e Engine) {
 		sent += pd.Version.Sent
 		acked += pd.Version.Acked
 		devices += pd.Devices
-		if len(pd.Version.Latency) != 1 || pd.AtMS != 5000 {
+		if len(pd.Version.Latency) != 1 || pd.AtMS != now {
 			t.Fatalf("proxy delivery %+v", pd)
 		}
 	}
@@ -290,6 +305,27 @@ func testDelivery(t *testing.T, e Engine) {
 	other, err := e.Delivery(ctx(t), "ev", 4)
 	if err != nil || len(other) != 2 || other[0].Version.V != 0 {
 		t.Fatalf("version without figures: %+v %v", other, err)
+	}
+	// A proxy that stopped reporting longer than PresenceTTL ago is dropped from
+	// the presence: its devices no longer count, its sends still do.
+	old := rep("p-dead", 7, 7, 7)
+	old.AtMS = time.Now().Add(-2 * engine.PresenceTTL).UnixMilli()
+	if err := e.PutDelivery(ctx(t), old); err != nil {
+		t.Fatal(err)
+	}
+	for round := 0; round < 2; round++ { // the first read prunes, the second sees it pruned
+		got, err = e.Delivery(ctx(t), "ev", 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent, devices = 0, 0
+		for _, pd := range got {
+			sent += pd.Version.Sent
+			devices += pd.Devices
+		}
+		if sent != 22 || devices != 15 {
+			t.Fatalf("round %d with a dead proxy: sent=%d devices=%d, want 22 and 15", round, sent, devices)
+		}
 	}
 }
 

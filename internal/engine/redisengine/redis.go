@@ -4,15 +4,20 @@
 // Layout per event E (every key and channel carries the {E} hash tag, so an
 // event's data and channel live on one Redis Cluster shard):
 //
-//	sc:{E}:cur           hash  v (version counter), stage (current stage JSON)
-//	sc:{E}:log           stream of recent stage changes, ID "<v>-0", exact MAXLEN
+//	sc:{E}:log           stream of recent stage changes, ID "<v>-0", exact MAXLEN;
+//	                     its newest entry is the current stage and version
 //	sc:{E}:idem:<key>    string, "<stage key>\n<stage JSON>", expires
 //	sc:{E}:stage         sharded pub/sub channel (SPUBLISH/SSUBSCRIBE)
 //	sc:{E}:dlv:<v>       hash  proxy -> delivery counters JSON, expires
 //	sc:{E}:dev           hash  proxy -> {"devices":N,"at":ms}, expires
 //
-// A stage change is one Lua script: idempotency check, version increment (with a
-// floor), current stage, log entry, publish. Either all of it happens or none.
+// A stage change is one Lua script: idempotency check, next version, log entry,
+// publish. The version is max(newest logged + 1, Redis TIME in microseconds,
+// the caller's floor): it rises even when Redis lost the newest entries (an
+// asynchronous replica promoted, a restart without AOF, keys expired), because
+// the clock has moved on since they were written (see docs/architecture.md).
+// The only write that can fail on its input (XADD) comes first, so a failure
+// leaves nothing half written.
 //
 // Concurrency: an *Engine is safe for concurrent use. Subscribe handlers run on
 // rueidis' pipeline goroutine and must not block.
@@ -20,12 +25,14 @@ package redisengine
 
 import (
 	"context"
+	"net"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -60,12 +67,26 @@ type Config struct {
 	OpTimeout time.Duration
 	// ResubscribeMax caps the jittered backoff between subscription attempts. Default 5s.
 	ResubscribeMax time.Duration
+	// WaitReplicas, when > 0, makes every stage change wait (WAIT) until that
+	// many replicas acknowledged it, for at most WaitTimeout (default 100ms);
+	// fewer is an error (ErrNotDurable) after the change was made: retry with the
+	// same Idempotency-Key. Default 0: Redis's asynchronous replication.
+	WaitReplicas int
+	WaitTimeout  time.Duration
+	// DialTimeout bounds a connection attempt (a dead node must not hold a
+	// request for long). Default 1s.
+	DialTimeout time.Duration
+	// TopologyRefresh is how often a cluster client re-reads the topology, so a
+	// promoted replica is found within it even without a redirect. Default 1s.
+	TopologyRefresh time.Duration
 	// ClientCache turns on Redis client-side caching (RESP3 tracking) for stage
 	// maps and event windows: reads come from local memory until Redis says the
 	// key changed. CacheTTL bounds how long a cached value is trusted. Default off; 1m.
 	ClientCache bool
 	CacheTTL    time.Duration
 	Logger      *slog.Logger
+	// Now is the clock for pruning proxies that stopped reporting. Default time.Now.
+	Now func() time.Time
 }
 
 // Validate fills defaults and checks the config.
@@ -96,11 +117,26 @@ func (c *Config) Validate() error {
 	if c.ResubscribeMax <= 0 {
 		c.ResubscribeMax = 5 * time.Second
 	}
+	if c.WaitReplicas < 0 {
+		return errors.New("redis engine: WaitReplicas must be >= 0")
+	}
+	if c.WaitTimeout <= 0 {
+		c.WaitTimeout = 100 * time.Millisecond
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = time.Second
+	}
+	if c.TopologyRefresh <= 0 {
+		c.TopologyRefresh = time.Second
+	}
 	if c.CacheTTL <= 0 {
 		c.CacheTTL = time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	return nil
 }
@@ -123,29 +159,35 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return v
 `
 
-// setScript: KEYS cur, log, idem, channel. ARGV stage-prefix, logLen, floor,
+// setScript: KEYS log, idem, channel. ARGV stage-prefix, logLen, floor,
 // idemTTLsec, eventTTLms, useIdem, reqKey.
+//
+// Versions are below 2^53 (a microsecond clock reaches it in the year 2255), so
+// Lua's doubles hold them exactly; they are formatted with %.0f, never by
+// concatenation (which would print 1.7e+15).
 const setScript = `
 local useIdem = ARGV[6] == '1'
 if useIdem then
-  local prev = redis.call('GET', KEYS[3])
+  local prev = redis.call('GET', KEYS[2])
   if prev then return {1, prev} end
 end
-local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
-local floor = tonumber(ARGV[3])
-if v < floor then
-  v = floor
-  redis.call('HSET', KEYS[1], 'v', v)
+local v = tonumber(ARGV[3])
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #top > 0 then
+  local last = tonumber(string.match(top[1][1], '^(%d+)'))
+  if last and last + 1 > v then v = last + 1 end
 end
-local s = ARGV[1] .. ',"v":' .. v .. '}'
-redis.call('HSET', KEYS[1], 'stage', s)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], v .. '-0', 's', s)
+local t = redis.call('TIME')
+local clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if clock > v then v = clock end
+local vs = string.format('%.0f', v)
+local s = ARGV[1] .. ',"v":' .. vs .. '}'
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], vs .. '-0', 's', s)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
 if useIdem then
-  redis.call('SET', KEYS[3], ARGV[7] .. '\n' .. s, 'EX', ARGV[4])
+  redis.call('SET', KEYS[2], ARGV[7] .. '\n' .. s, 'EX', ARGV[4])
 end
-redis.call('SPUBLISH', KEYS[4], s)
+redis.call('SPUBLISH', KEYS[3], s)
 return {0, s}
 `
 
@@ -155,7 +197,9 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	client, err := rueidis.NewClient(rueidis.ClientOption{
-		InitAddress:  cfg.Addrs,
+		Dialer:        net.Dialer{Timeout: cfg.DialTimeout},
+		ClusterOption: rueidis.ClusterOption{ShardsRefreshInterval: cfg.TopologyRefresh},
+		InitAddress:   cfg.Addrs,
 		Username:     cfg.Username,
 		Password:     cfg.Password,
 		TLSConfig:    cfg.TLS,
@@ -216,11 +260,16 @@ func (e *Engine) SetStage(ctx context.Context, req engine.SetRequest) (engine.Se
 	}
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
-	res, err := e.set.Exec(ctx, e.client,
-		[]string{key(req.Event, "cur"), key(req.Event, "log"), idemKey, key(req.Event, "stage")},
-		[]string{prefix, strconv.Itoa(e.cfg.LogLen), strconv.FormatUint(req.MinVersion, 10),
-			strconv.FormatInt(int64(e.cfg.IdempotencyTTL/time.Second), 10),
-			strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10), useIdem, req.Key}).ToArray()
+	keys := []string{key(req.Event, "log"), idemKey, key(req.Event, "stage")}
+	args := []string{prefix, strconv.Itoa(e.cfg.LogLen), strconv.FormatUint(req.MinVersion, 10),
+		strconv.FormatInt(int64(e.cfg.IdempotencyTTL/time.Second), 10),
+		strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10), useIdem, req.Key}
+	var res []rueidis.RedisMessage
+	if e.cfg.WaitReplicas > 0 {
+		res, err = e.setDurable(ctx, keys, args)
+	} else {
+		res, err = e.set.Exec(ctx, e.client, keys, args).ToArray()
+	}
 	if err != nil {
 		return engine.SetResult{}, fmt.Errorf("set stage %s: %w", req.Event, err)
 	}
@@ -250,7 +299,34 @@ func (e *Engine) SetStage(ctx context.Context, req engine.SetRequest) (engine.Se
 	return engine.SetResult{Stage: st}, nil
 }
 
-// Recent returns up to n of the event's most recent changes, oldest first.
+// setDurable runs the stage-change script and WAIT on one dedicated connection
+// (WAIT counts the replicas that acknowledged this connection's writes).
+func (e *Engine) setDurable(ctx context.Context, keys, args []string) ([]rueidis.RedisMessage, error) {
+	var res []rueidis.RedisMessage
+	err := e.client.Dedicated(func(dc rueidis.DedicatedClient) error {
+		var err error
+		res, err = dc.Do(ctx, dc.B().Eval().Script(setScript).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()).ToArray()
+		if err != nil {
+			return err
+		}
+		if replayed, _ := res[0].AsInt64(); replayed == 1 {
+			return nil // nothing new was written
+		}
+		n, err := dc.Do(ctx, dc.B().Wait().Numreplicas(int64(e.cfg.WaitReplicas)).Timeout(e.cfg.WaitTimeout.Milliseconds()).Build()).AsInt64()
+		if err != nil {
+			return fmt.Errorf("wait: %w", err)
+		}
+		if n < int64(e.cfg.WaitReplicas) {
+			return fmt.Errorf("%w: %d of %d replicas acknowledged within %v", engine.ErrNotDurable, n, e.cfg.WaitReplicas, e.cfg.WaitTimeout)
+		}
+		return nil
+	})
+	return res, err
+}
+
+// Recent returns up to n of the event's most recent changes, oldest first. An
+// entry that does not decode is skipped: the others are returned with a
+// *engine.SkippedError (see engine.Usable).
 func (e *Engine) Recent(ctx context.Context, event string, n int) ([]wire.Stage, error) {
 	if n <= 0 {
 		return nil, nil
@@ -262,12 +338,23 @@ func (e *Engine) Recent(ctx context.Context, event string, n int) ([]wire.Stage,
 		return nil, fmt.Errorf("recent %s: %w", event, err)
 	}
 	out := make([]wire.Stage, 0, len(entries))
+	var skipped *engine.SkippedError
 	for i := len(entries) - 1; i >= 0; i-- {
 		st, err := wire.UnmarshalStage([]byte(entries[i].FieldValues["s"]))
+		if err == nil && st.Event != event {
+			err = fmt.Errorf("entry of event %q in the log of %q", st.Event, event)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("recent %s: entry %s: %w", event, entries[i].ID, err)
+			if skipped == nil {
+				skipped = &engine.SkippedError{Event: event}
+			}
+			skipped.Add(entries[i].ID, err)
+			continue
 		}
 		out = append(out, st)
+	}
+	if skipped != nil {
+		return out, skipped
 	}
 	return out, nil
 }
@@ -366,28 +453,43 @@ func (e *Engine) Delivery(ctx context.Context, event string, v uint64) ([]engine
 		return nil, fmt.Errorf("delivery %s v%d: %w", event, v, err)
 	}
 	out := make([]engine.ProxyDelivery, 0, len(devs))
+	staleBefore := e.cfg.Now().Add(-engine.PresenceTTL).UnixMilli()
+	var gone []string
 	for proxy, raw := range devs {
 		var p presenceJSON
-		if err := json.Unmarshal([]byte(raw), &p); err != nil {
-			return nil, fmt.Errorf("delivery %s: proxy %s: %w", event, proxy, err)
+		if err := json.Unmarshal([]byte(raw), &p); err != nil || p.AtMS < staleBefore {
+			// A proxy that stopped reporting (or a corrupt field) is dropped from
+			// the presence hash; its sends below still count.
+			gone = append(gone, proxy)
+			continue
 		}
 		pd := engine.ProxyDelivery{Proxy: proxy, AtMS: p.AtMS, Devices: p.Devices}
 		if rv, ok := vers[proxy]; ok {
-			if err := json.Unmarshal([]byte(rv), &pd.Version); err != nil {
-				return nil, fmt.Errorf("delivery %s v%d: proxy %s: %w", event, v, proxy, err)
-			}
+			_ = json.Unmarshal([]byte(rv), &pd.Version) // a corrupt field counts as no sends
 		}
 		out = append(out, pd)
+	}
+	for proxy, rv := range vers {
+		if _, reported := devs[proxy]; reported && !slices.Contains(gone, proxy) {
+			continue
+		}
+		pd := engine.ProxyDelivery{Proxy: proxy}
+		if json.Unmarshal([]byte(rv), &pd.Version) == nil {
+			out = append(out, pd)
+		}
+	}
+	if len(gone) > 0 {
+		_ = e.client.Do(ctx, e.client.B().Hdel().Key(key(event, "dev")).Field(gone...).Build()).Error()
 	}
 	return out, nil
 }
 
 // Exists reports whether the event has a stage or a stage map (one EXISTS on
-// two keys of the event's slot).
+// two keys of the event's slot: its log and its map).
 func (e *Engine) Exists(ctx context.Context, event string) (bool, error) {
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
-	n, err := e.client.Do(ctx, e.client.B().Exists().Key(key(event, "cur"), key(event, "map")).Build()).AsInt64()
+	n, err := e.client.Do(ctx, e.client.B().Exists().Key(key(event, "log"), key(event, "map")).Build()).AsInt64()
 	if err != nil {
 		return false, fmt.Errorf("exists %s: %w", event, err)
 	}
@@ -437,7 +539,8 @@ func (e *Engine) Snapshot(ctx context.Context, event string) (engine.Snapshot, e
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
 	var mapRes, liveRes rueidis.RedisResult
-	logCmd := e.client.B().Xrevrange().Key(key(event, "log")).End("+").Start("-").Count(1).Build()
+	// The newest few entries: the newest that decodes is the current stage.
+	logCmd := e.client.B().Xrevrange().Key(key(event, "log")).End("+").Start("-").Count(4).Build()
 	if e.cfg.ClientCache {
 		res := e.client.DoMultiCache(ctx,
 			rueidis.CT(e.client.B().Get().Key(key(event, "map")).Cache(), e.cfg.CacheTTL),
@@ -473,12 +576,11 @@ func (e *Engine) Snapshot(ctx context.Context, event string) (engine.Snapshot, e
 	if err != nil {
 		return snap, fmt.Errorf("snapshot %s: log: %w", event, err)
 	}
-	if len(entries) == 1 {
-		st, err := wire.UnmarshalStage([]byte(entries[0].FieldValues["s"]))
-		if err != nil {
-			return snap, fmt.Errorf("snapshot %s: %w", event, err)
+	for _, ent := range entries {
+		if st, err := wire.UnmarshalStage([]byte(ent.FieldValues["s"])); err == nil && st.Event == event {
+			snap.Current = &st
+			break
 		}
-		snap.Current = &st
 	}
 	return snap, nil
 }
