@@ -156,7 +156,7 @@ func testIdempotency(t *testing.T, e Engine) {
 
 func testFloor(t *testing.T, e Engine) {
 	set(t, e, engine.SetRequest{Event: "ev", Key: "a"})
-	floor := uint64(time.Now().Add(24*time.Hour).UnixMicro()) // above the clock
+	floor := uint64(time.Now().Add(24 * time.Hour).UnixMicro()) // above the clock
 	r := set(t, e, engine.SetRequest{Event: "ev", Key: "b", MinVersion: floor})
 	if r.Stage.V != floor {
 		t.Fatalf("floor: v = %d, want %d", r.Stage.V, floor)

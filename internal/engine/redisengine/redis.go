@@ -25,13 +25,13 @@ package redisengine
 
 import (
 	"context"
-	"net"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -200,10 +200,10 @@ func New(cfg Config) (*Engine, error) {
 		Dialer:        net.Dialer{Timeout: cfg.DialTimeout},
 		ClusterOption: rueidis.ClusterOption{ShardsRefreshInterval: cfg.TopologyRefresh},
 		InitAddress:   cfg.Addrs,
-		Username:     cfg.Username,
-		Password:     cfg.Password,
-		TLSConfig:    cfg.TLS,
-		DisableCache: !cfg.ClientCache,
+		Username:      cfg.Username,
+		Password:      cfg.Password,
+		TLSConfig:     cfg.TLS,
+		DisableCache:  !cfg.ClientCache,
 		// Sharded pub/sub works on standalone Redis 7 too, so one code path
 		// serves both; rueidis routes by slot on a cluster.
 	})
