@@ -13,11 +13,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -50,6 +48,10 @@ type Config struct {
 	PublicReads bool
 	// EngineTimeout bounds each engine call. Default 2s.
 	EngineTimeout time.Duration
+	// StageBudget bounds how long one stage-change request may take in all: it
+	// retries a failing engine (a Redis master failing over) with jittered
+	// backoff, under one Idempotency-Key, until then. Default 4.5s.
+	StageBudget time.Duration
 	// BreakerFailures consecutive engine failures open the breaker; it stays open
 	// BreakerOpenFor before letting a probe through. Defaults 5, 5s.
 	BreakerFailures uint32
@@ -57,8 +59,6 @@ type Config struct {
 	// ReportStaleAfter: a proxy that has not reported on an event for this long no
 	// longer counts toward "devices connected" (its sends still count). Default 30s.
 	ReportStaleAfter time.Duration
-	// HighWaterEvents bounds the per-event version high-water marks kept in memory. Default 100000.
-	HighWaterEvents int
 	// MaxMapBytes is the largest stage map accepted (413 above). Default 1 MiB.
 	MaxMapBytes int64
 	Registerer  prometheus.Registerer
@@ -87,8 +87,8 @@ func (c *Config) Validate() error {
 	if c.ReportStaleAfter <= 0 {
 		c.ReportStaleAfter = 30 * time.Second
 	}
-	if c.HighWaterEvents <= 0 {
-		c.HighWaterEvents = 100000
+	if c.StageBudget <= 0 {
+		c.StageBudget = 4500 * time.Millisecond
 	}
 	if c.MaxMapBytes <= 0 {
 		c.MaxMapBytes = wire.DefaultMaxMapSize
@@ -108,9 +108,7 @@ type Server struct {
 	eng       Engine
 	log       *slog.Logger
 	producers atomic.Pointer[producerSet]
-	breaker   *gobreaker.CircuitBreaker[any]
-	highWater *lru.Cache[string, uint64]
-	hwMu      sync.Mutex // makes read-max-write of a high-water mark atomic
+	breakers  *bulkheads
 	reg       *prometheus.Registry
 	m         metrics
 }
@@ -118,7 +116,7 @@ type Server struct {
 type metrics struct {
 	changes  *prometheus.CounterVec
 	requests *prometheus.CounterVec
-	breaker  prometheus.Gauge
+	breaker  *prometheus.GaugeVec
 	engErr   prometheus.Counter
 }
 
@@ -127,11 +125,7 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	hw, err := lru.New[string, uint64](cfg.HighWaterEvents)
-	if err != nil {
-		return nil, err
-	}
-	s := &Server{cfg: cfg, eng: eng, log: cfg.Logger.With("component", "broadcaster"), highWater: hw}
+	s := &Server{cfg: cfg, eng: eng, log: cfg.Logger.With("component", "broadcaster")}
 	if err := s.SetProducers(cfg.Producers); err != nil {
 		return nil, err
 	}
@@ -146,28 +140,16 @@ func New(cfg Config, eng Engine) (*Server, error) {
 			Name: "stage_changes_total", Help: "Stage change requests by result (created, replayed)."}, []string{"result"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "broadcaster",
 			Name: "requests_total", Help: "Producer API requests by route and status code."}, []string{"route", "code"}),
-		breaker: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "broadcaster",
-			Name: "engine_breaker_state", Help: "Engine circuit breaker: 0 closed, 1 half-open, 2 open."}),
+		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "broadcaster",
+			Name: "engine_breaker_state", Help: "Engine circuit breakers of map writes and reads: 0 closed, 1 half-open, 2 open."}, []string{"breaker"}),
 		engErr: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "broadcaster",
 			Name: "engine_errors_total", Help: "Failed engine calls."}),
 	}
-	reg.MustRegister(s.m.changes, s.m.requests, s.m.breaker, s.m.engErr)
-	s.breaker = gobreaker.NewCircuitBreaker[any](gobreaker.Settings{
-		Name:    "engine",
-		Timeout: cfg.BreakerOpenFor,
-		ReadyToTrip: func(c gobreaker.Counts) bool {
-			return c.ConsecutiveFailures >= cfg.BreakerFailures
-		},
-		// Runs under the breaker's lock: only set a metric and log.
-		OnStateChange: func(_ string, from, to gobreaker.State) {
-			s.m.breaker.Set(float64(to))
-			s.log.Warn("engine breaker changed state", "from", from.String(), "to", to.String())
-		},
-		IsSuccessful: func(err error) bool {
-			// Caller errors are not engine failures.
-			return err == nil || errors.Is(err, engine.ErrIdempotencyConflict) || errors.Is(err, context.Canceled)
-		},
-	})
+	s.breakers = newBulkheads(cfg, s, s.m.breaker)
+	reg.MustRegister(s.m.changes, s.m.requests, s.m.breaker, s.m.engErr,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "broadcaster", Name: "open_event_breakers",
+			Help: "Events whose stage-change breaker is open (their engine shard failed repeatedly)."},
+			func() float64 { return float64(s.breakers.openEvents.Load()) }))
 	return s, nil
 }
 
@@ -185,8 +167,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("PUT /v1/events/{event}/window", s.route("set_window", true, s.setWindow))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if s.breaker.State() == gobreaker.StateOpen {
-			http.Error(w, "engine unavailable (breaker open)", http.StatusServiceUnavailable)
+		if s.breakers.reads.State() == gobreaker.StateOpen {
+			http.Error(w, "engine unavailable (reads breaker open)", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = io.WriteString(w, "ready\n")
@@ -205,6 +187,9 @@ type apiError struct {
 	status int
 	code   string
 	msg    string
+	// idemKey, when set, is returned as the Idempotency-Key header: the key
+	// to retry with (also for requests that sent none).
+	idemKey string
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.msg }
@@ -251,6 +236,9 @@ func (s *Server) route(name string, auth bool, h func(*http.Request) (any, error
 			if ae.status == http.StatusServiceUnavailable {
 				sw.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(5)))
 			}
+			if ae.idemKey != "" {
+				sw.Header().Set("Idempotency-Key", ae.idemKey)
+			}
 			writeError(sw, ae.status, ae.code, ae.msg)
 			return
 		}
@@ -296,13 +284,18 @@ func (s *Server) audit(r *http.Request, action string, attrs ...any) {
 	s.log.Info("audit", append([]any{"producer", name, "action", action, "event", r.PathValue("event")}, attrs...)...)
 }
 
-// call runs an engine call through the breaker with the engine timeout.
-func call[T any](s *Server, r *http.Request, f func(ctx context.Context) (T, error)) (T, error) {
+// call runs an engine call through breaker cb with the engine timeout.
+func call[T any](s *Server, cb *gobreaker.CircuitBreaker[any], r *http.Request, f func(ctx context.Context) (T, error)) (T, error) {
 	var zero T
-	out, err := s.breaker.Execute(func() (any, error) {
+	out, err := cb.Execute(func() (any, error) {
 		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.EngineTimeout)
 		defer cancel()
-		return f(ctx)
+		out, err := f(ctx)
+		if err != nil && engine.Usable(err) {
+			s.log.Warn("engine skipped undecodable entries", "err", err)
+			err = nil // partial history: the rest is good (see engine.SkippedError)
+		}
+		return out, err
 	})
 	if err != nil {
 		if !errors.Is(err, engine.ErrIdempotencyConflict) {
@@ -365,41 +358,24 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 	if len(idem) > 200 || strings.ContainsFunc(idem, func(r rune) bool { return r <= ' ' || r > '~' }) {
 		return nil, errf(http.StatusBadRequest, "bad_request", "Idempotency-Key must be 1-200 printable ASCII characters without spaces")
 	}
-	floor, _ := s.highWater.Get(event)
-	if floor > 0 {
-		floor++
-	}
-	// A keyless request gets an internal key, so the one retry below (a pooled
-	// Redis connection found dead only on use fails with EOF) can never make a
-	// second version.
+	// A keyless request gets an internal key, so retries inside the budget (a
+	// pooled Redis connection found dead only on use, a master failing over)
+	// can never make a second version, and the producer can retry with it.
 	key := idem
 	if key == "" {
 		key = "auto-" + strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
 	}
 	ts := s.cfg.Now().UnixMilli()
-	var res engine.SetResult
-	var err error
-	for attempt := 0; attempt < 2; attempt++ {
-		res, err = call(s, r, func(ctx context.Context) (engine.SetResult, error) {
-			return s.eng.SetStage(ctx, engine.SetRequest{Event: event, Key: req.Stage, Target: req.Target,
-				TS: ts, IdempotencyKey: key, MinVersion: floor})
-		})
-		if err == nil || errors.Is(err, engine.ErrIdempotencyConflict) || errors.Is(err, gobreaker.ErrOpenState) ||
-			errors.Is(err, gobreaker.ErrTooManyRequests) || r.Context().Err() != nil {
-			break
-		}
-		s.log.Warn("stage change failed; retrying once with the same idempotency key", "event", event, "err", err)
-	}
+	res, err := s.changeStage(r.Context(), engine.SetRequest{Event: event, Key: req.Stage, Target: req.Target, TS: ts, IdempotencyKey: key})
 	if err != nil {
-		s.audit(r, "set_stage", "stage", req.Stage, "idempotency_key", idem, "result", "error", "err", err.Error())
+		s.audit(r, "set_stage", "stage", req.Stage, "idempotency_key", key, "result", "error", "err", err.Error())
 	}
 	if errors.Is(err, engine.ErrIdempotencyConflict) {
 		return nil, errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key %q was used for stage %q (v%d); use a new key", idem, res.Stage.Key, res.Stage.V)
 	}
 	if err != nil {
-		return nil, err
+		return nil, s.outcomeUnknown(err, key)
 	}
-	s.raiseHighWater(event, res.Stage.V)
 	if res.Replayed {
 		s.m.changes.WithLabelValues("replayed").Inc()
 		s.audit(r, "set_stage", "stage", res.Stage.Key, "v", res.Stage.V, "idempotency_key", idem, "result", "replayed")
@@ -410,12 +386,56 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 	return replyOf(res.Stage), nil
 }
 
-func (s *Server) raiseHighWater(event string, v uint64) {
-	s.hwMu.Lock()
-	defer s.hwMu.Unlock()
-	if old, _ := s.highWater.Get(event); v > old {
-		s.highWater.Add(event, v)
+// changeStage runs one stage change through the event's breaker, retrying a
+// failing engine with full-jitter backoff (100 ms x 2^attempt, capped by what is
+// left) under the same idempotency key until StageBudget is spent. The retries
+// are one outcome for the breaker, so a master failing over does not open it.
+func (s *Server) changeStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error) {
+	deadline := s.cfg.Now().Add(s.cfg.StageBudget)
+	out, err := s.breakers.stage(req.Event).Execute(func() (any, error) {
+		var res engine.SetResult
+		var err error
+		for attempt := 0; ; attempt++ {
+			left := deadline.Sub(s.cfg.Now())
+			actx, cancel := context.WithTimeout(ctx, min(s.cfg.EngineTimeout, left))
+			res, err = s.eng.SetStage(actx, req)
+			cancel()
+			if err == nil || errors.Is(err, engine.ErrIdempotencyConflict) || ctx.Err() != nil {
+				return res, err
+			}
+			s.m.engErr.Inc()
+			wait := time.Duration(rand.Int64N(int64(min(time.Second, 100*time.Millisecond<<min(attempt, 4))) + 1))
+			if left = deadline.Sub(s.cfg.Now()); wait+50*time.Millisecond > left {
+				return res, err
+			}
+			s.log.Warn("stage change failed; retrying with the same idempotency key", "event", req.Event, "attempt", attempt+1, "in", wait.String(), "err", err)
+			select {
+			case <-ctx.Done():
+				return res, err
+			case <-time.After(wait):
+			}
+		}
+	})
+	if out == nil {
+		return engine.SetResult{}, err
 	}
+	return out.(engine.SetResult), err
+}
+
+// outcomeUnknown turns a failed stage change into the producer's answer: 503,
+// nothing known to be changed or not (a timeout, or a change Redis made but did
+// not replicate in time), and the key to retry with.
+func (s *Server) outcomeUnknown(err error, key string) error {
+	ae := s.engineError(err)
+	if !errors.Is(err, gobreaker.ErrOpenState) && !errors.Is(err, gobreaker.ErrTooManyRequests) {
+		ae.code = "outcome_unknown"
+		ae.msg = fmt.Sprintf("the engine did not confirm the change within %v (%v); it may or may not have happened: retry with Idempotency-Key %s, which never makes a second version",
+			s.cfg.StageBudget, err, key)
+	} else {
+		ae.msg = "the engine is unavailable for this event (breaker open); nothing was changed; retry with Idempotency-Key " + key
+	}
+	ae.idemKey = key
+	return ae
 }
 
 func replyOf(st wire.Stage) StageReply {
@@ -424,14 +444,13 @@ func replyOf(st wire.Stage) StageReply {
 
 func (s *Server) getEvent(r *http.Request) (any, error) {
 	event := r.PathValue("event")
-	recent, err := call(s, r, func(ctx context.Context) ([]wire.Stage, error) { return s.eng.Recent(ctx, event, 1) })
+	recent, err := call(s, s.breakers.reads, r, func(ctx context.Context) ([]wire.Stage, error) { return s.eng.Recent(ctx, event, 1) })
 	if err != nil {
 		return nil, err
 	}
 	if len(recent) == 0 {
 		return nil, errf(http.StatusNotFound, "not_found", "event %s has no stage yet", event)
 	}
-	s.raiseHighWater(event, recent[0].V)
 	return replyOf(recent[0]), nil
 }
 
@@ -457,7 +476,9 @@ type Report struct {
 
 func (s *Server) report(r *http.Request) (any, error) {
 	event := r.PathValue("event")
-	recent, err := call(s, r, func(ctx context.Context) ([]wire.Stage, error) { return s.eng.Recent(ctx, event, engine.DefaultLogLen) })
+	recent, err := call(s, s.breakers.reads, r, func(ctx context.Context) ([]wire.Stage, error) {
+		return s.eng.Recent(ctx, event, engine.DefaultLogLen)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -477,7 +498,7 @@ func (s *Server) report(r *http.Request) (any, error) {
 			rep.Stage, rep.TS = st.Key, st.TS
 		}
 	}
-	pds, err := call(s, r, func(ctx context.Context) ([]engine.ProxyDelivery, error) { return s.eng.Delivery(ctx, event, v) })
+	pds, err := call(s, s.breakers.reads, r, func(ctx context.Context) ([]engine.ProxyDelivery, error) { return s.eng.Delivery(ctx, event, v) })
 	if err != nil {
 		return nil, err
 	}
@@ -546,7 +567,7 @@ func (s *Server) putStageMap(r *http.Request) (any, error) {
 		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
 	}
 	now := s.cfg.Now().UnixMilli()
-	v, err := call(s, r, func(ctx context.Context) (uint64, error) { return s.eng.PutStageMap(ctx, event, raw, now) })
+	v, err := call(s, s.breakers.maps, r, func(ctx context.Context) (uint64, error) { return s.eng.PutStageMap(ctx, event, raw, now) })
 	if err != nil {
 		return nil, err
 	}
@@ -564,7 +585,7 @@ type StoredMap struct {
 
 func (s *Server) getStageMap(r *http.Request) (any, error) {
 	event := r.PathValue("event")
-	snap, err := call(s, r, func(ctx context.Context) (engine.Snapshot, error) { return s.eng.Snapshot(ctx, event) })
+	snap, err := call(s, s.breakers.reads, r, func(ctx context.Context) (engine.Snapshot, error) { return s.eng.Snapshot(ctx, event) })
 	if err != nil {
 		return nil, err
 	}
@@ -588,7 +609,7 @@ func (s *Server) setWindow(r *http.Request) (any, error) {
 	if req.Live == nil {
 		return nil, errf(http.StatusBadRequest, "bad_request", `body needs "live": true or false`)
 	}
-	if _, err := call(s, r, func(ctx context.Context) (struct{}, error) { return struct{}{}, s.eng.SetLive(ctx, event, *req.Live) }); err != nil {
+	if _, err := call(s, s.breakers.maps, r, func(ctx context.Context) (struct{}, error) { return struct{}{}, s.eng.SetLive(ctx, event, *req.Live) }); err != nil {
 		return nil, err
 	}
 	s.audit(r, "set_window", "live", *req.Live, "result", "stored")

@@ -3,11 +3,13 @@ package broadcaster_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,7 +66,7 @@ func TestSetGetAndIdempotency(t *testing.T) {
 	ctx := context.Background()
 	before := time.Now().UnixMilli()
 	r, err := c.SetStage(ctx, "fight-2026-11-15", "round-3", nil, "k1")
-	if err != nil || r.V != 1 || r.Stage != "round-3" || r.TS < before {
+	if err != nil || r.V == 0 || r.Stage != "round-3" || r.TS < before {
 		t.Fatalf("set: %+v %v", r, err)
 	}
 	again, err := c.SetStage(ctx, "fight-2026-11-15", "round-3", nil, "k1")
@@ -228,7 +230,7 @@ func TestTransientEngineErrorRetriedOnce(t *testing.T) {
 	defer ts.Close()
 	c := &broadcaster.Client{BaseURL: ts.URL, Token: token}
 	r, err := c.SetStage(context.Background(), "ev", "round-1", nil, "") // no key: the server makes one
-	if err != nil || r.V != 1 {
+	if err != nil || r.V == 0 {
 		t.Fatalf("after a transient failure: %+v %v", r, err)
 	}
 	if rec, _ := eng.Recent(context.Background(), "ev", 10); len(rec) != 1 {
@@ -290,4 +292,115 @@ func TestProducerRotation(t *testing.T) {
 	if err := set("n3w-1a2b3c4d5e6f7a8b9c0d1e2f"); err != nil {
 		t.Fatalf("a refused reload replaced the good set: %v", err)
 	}
+}
+
+// flaky applies stage changes but fails them (as a reply lost in a failover
+// would) while down is set; reads of event "slow" block until their context ends.
+type flaky struct {
+	*engine.Memory
+	down atomic.Bool
+}
+
+func (f *flaky) SetStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error) {
+	res, err := f.Memory.SetStage(ctx, req)
+	if f.down.Load() && req.Event == "failing" {
+		return engine.SetResult{}, errors.New("connection reset by peer")
+	}
+	return res, err
+}
+
+func (f *flaky) Delivery(ctx context.Context, event string, v uint64) ([]engine.ProxyDelivery, error) {
+	if event == "slow" {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return f.Memory.Delivery(ctx, event, v)
+}
+
+// A change the engine may or may not have made: 503 outcome_unknown after the
+// budget, with the key to retry with (made up by the server for a keyless
+// request); the retry with it replays the change, never a second version.
+func TestOutcomeUnknownAndRetry(t *testing.T) {
+	eng := &flaky{Memory: engine.NewMemory(engine.MemoryConfig{})}
+	eng.down.Store(true)
+	s, err := broadcaster.New(broadcaster.Config{Token: token, StageBudget: 300 * time.Millisecond, EngineTimeout: 100 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	req, _ := http.NewRequest(http.MethodPost, ts.URL+"/v1/events/failing/stage", strings.NewReader(`{"stage":"round-1"}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	took := time.Since(start)
+	key := resp.Header.Get("Idempotency-Key")
+	if resp.StatusCode != 503 || !strings.Contains(string(body), "outcome_unknown") || !strings.HasPrefix(key, "auto-") || !strings.Contains(string(body), key) {
+		t.Fatalf("%d %s (key %q), want 503 outcome_unknown naming the key", resp.StatusCode, body, key)
+	}
+	if took > 2*time.Second {
+		t.Fatalf("the producer waited %v, the budget is 300ms", took)
+	}
+	eng.down.Store(false)
+	c := &broadcaster.Client{BaseURL: ts.URL, Token: token}
+	r, err := c.SetStage(context.Background(), "failing", "round-1", nil, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := eng.Recent(context.Background(), "failing", 10); len(rec) != 1 || rec[0].V != r.V {
+		t.Fatalf("after the retry the log is %+v, want the one change (v%d)", rec, r.V)
+	}
+}
+
+// Bulkheads: reports that hang, and an event whose engine calls keep failing,
+// do not slow stage changes of other events.
+func TestBulkheads(t *testing.T) {
+	eng := &flaky{Memory: engine.NewMemory(engine.MemoryConfig{})}
+	eng.down.Store(true)
+	s, err := broadcaster.New(broadcaster.Config{Token: token, StageBudget: 50 * time.Millisecond, EngineTimeout: 50 * time.Millisecond,
+		BreakerFailures: 2, BreakerOpenFor: time.Minute, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	c := &broadcaster.Client{BaseURL: ts.URL, Token: token}
+	ctx := context.Background()
+	if _, err := c.SetStage(ctx, "slow", "a", nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		_, _ = c.Report(ctx, "slow", 0)                            // hangs until the engine timeout: trips the reads breaker
+		_, _ = c.SetStage(ctx, "failing", "x", nil, fmt.Sprint(i)) // trips the breaker of event "failing"
+	}
+	_, err = c.SetStage(ctx, "failing", "y", nil, "")
+	apiErr(t, err, 503, "engine_unavailable") // its breaker is open: fails fast
+	start := time.Now()
+	r, err := c.SetStage(ctx, "other", "round-1", nil, "")
+	if err != nil || r.V == 0 {
+		t.Fatalf("another event's change with the reads breaker and one event's breaker open: %v", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("another event's change took %v", took)
+	}
+	if !strings.Contains(scrape(t, ts.URL), "stagecast_broadcaster_open_event_breakers 1") {
+		t.Fatal("open_event_breakers is not 1")
+	}
+}
+
+func scrape(t *testing.T, base string) string {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
