@@ -39,8 +39,9 @@ type conn struct {
 	subs      []subEntry  // one per subscribed event; small, scanned linearly
 	ctrl      [][]byte    // control frames (error, reconnect) waiting for the writer
 	queued    bool        // in the writer queue or being written by a writer
-	closed    bool
-	closing   int // after the mailbox drains, close with this status (0: no)
+	closed    bool        // no more offers or writes (set by kill or unregister)
+	gone      bool        // unregistered: removed from every topic and the server
+	closing   int         // after the mailbox drains, close with this status (0: no)
 	reason    string
 
 	// Frame rate limiting (reader goroutine only).
@@ -189,17 +190,17 @@ func (c *conn) flush(w *writer) {
 // pool's monitor (see writerPool): context.Background means no per-write context
 // or timer.
 func (c *conn) write(slot *writerSlot, frame []byte) bool {
-	slot.seq.Add(1)
+	seq := slot.seq.Add(1)
 	err := c.ws.Write(context.Background(), websocket.MessageText, frame)
 	if err == nil {
 		return true
 	}
-	if slot.killed.Swap(false) {
+	if slot.killed.Load() == seq {
 		c.s.log.Debug("slow consumer closed", "device", c.device, "write_timeout", c.s.cfg.WriteTimeout.String())
 	} else if !errors.Is(err, net.ErrClosed) {
 		c.s.metrics.writeErrors.Inc()
 	}
-	c.abort()
+	c.kill()
 	return false
 }
 
@@ -233,6 +234,16 @@ func (c *conn) abort() {
 	c.unregister()
 }
 
+// kill marks c closed (no more offers or writes) and closes the TCP connection
+// now. It takes no topic or hub lock: c's reader sees the socket fail and
+// unregisters c. Writers use it, so a writer never waits on a topic's lock.
+func (c *conn) kill() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	_ = c.ws.CloseNow()
+}
+
 // close unregisters c, then does the WebSocket close handshake with status and
 // reason. The handshake blocks for up to ~10 s (coder/websocket's timeouts):
 // run it in its own goroutine, through closeWith. The device is gone from every
@@ -254,7 +265,7 @@ func (c *conn) closeWith(status int, reason string) {
 			c.close(status, reason)
 		}()
 	default:
-		c.abort()
+		c.kill() // the reader unregisters
 	}
 }
 
@@ -271,11 +282,11 @@ func (c *conn) stopTimers() {
 // unregister removes c from every topic and the server; idempotent.
 func (c *conn) unregister() {
 	c.mu.Lock()
-	if c.closed {
+	if c.gone {
 		c.mu.Unlock()
 		return
 	}
-	c.closed = true
+	c.closed, c.gone = true, true
 	events := make([]string, len(c.subs))
 	for i, e := range c.subs {
 		events[i] = e.t.event

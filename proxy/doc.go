@@ -24,13 +24,23 @@
 //
 // # Concurrency invariants
 //
-//   - Lock order: hub shard mu -> topic mu -> conn mu. Never take them the other way.
+//   - Lock order: topic mu -> conn mu. A hub shard's mu is held only for its map
+//     (lookup, create, delete) and may take a topic's mu inside (the sweep) but is
+//     never held while waiting for a topic's mu by a subscribe: subscribe looks the
+//     topic up, releases the shard, then locks the topic and retries if the sweep
+//     removed it meanwhile. connsMu is taken alone. Never take them the other way.
+//   - Fanout copies a topic's subscriber list under its read lock and offers
+//     without it, so subscribe, unsubscribe and ack never wait for a fanout.
+//   - Writers never take a topic or hub lock: a writer whose write fails marks
+//     the conn closed and drops its TCP connection (kill); the conn's reader then
+//     unregisters it. The writer queue is a FIFO that push never blocks on.
 //   - A conn's WebSocket writes have one owner at a time: the writer goroutine that
 //     took it off the pool queue (conn.queued is true from enqueue until that writer
 //     finds the mailbox empty). Nothing else writes data frames to it. Pings and the
 //     close handshake go through coder/websocket's own frame lock.
-//   - A conn is in the writer queue at most once, so the queue (a channel sized to
-//     MaxConnections) never blocks the fanout: the broadcaster never waits on a device.
+//   - A conn is in the writer queue at most once while it is queued or being
+//     written; the queue never blocks the fanout: the broadcaster never waits on a
+//     device.
 //   - Each conn has exactly one long-lived goroutine, its reader (it answers pongs
 //     and reads sub/unsub/ack). It hands each frame to a frame-handler goroutine
 //     (2 x GOMAXPROCS of them) and waits for the answer, so frames apply in order
@@ -46,6 +56,8 @@
 //   - A conn's fields other than mu-guarded ones (ws, timers, identity) are set
 //     before publish puts it in Server.conns, under connsMu.
 //   - Each topic has two goroutines: run (owns history updates and fanout, fed by
-//     its inbox) and the engine subscription. They exit when the topic is removed.
+//     its inbox) and the engine subscription; history re-reads run in a third,
+//     short-lived one (at most one at a time) that reports back to run, so a slow
+//     or failing engine never stops live fanout. They exit when the topic is removed.
 //   - The engine's subscription callbacks only push to the topic inbox; they never block.
 package proxy

@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"hash/maphash"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
@@ -57,11 +59,42 @@ type topic struct {
 	cancel context.CancelFunc
 
 	mu         sync.RWMutex
-	conns      map[*conn]struct{}
-	hist       []*prepared // ascending by version, at most HistoryLen
+	list       []*conn       // subscribers; fanout copies it under the read lock
+	idx        map[*conn]int // position of each subscriber in list
+	hist       []*prepared   // ascending by version, at most HistoryLen
 	stats      map[uint64]*versionStats
 	emptySince time.Time // zero while it has conns
+	removed    bool      // swept: a subscribe that finds it must look the event up again
+
+	fanBuf []*conn // fanout's copy of list (run goroutine only)
 }
+
+// addConn adds c to the subscribers. Caller holds t.mu.
+func (t *topic) addConn(c *conn) {
+	if _, in := t.idx[c]; in {
+		return
+	}
+	t.idx[c] = len(t.list)
+	t.list = append(t.list, c)
+	t.emptySince = time.Time{}
+}
+
+// removeConn removes c (swap with the last). Caller holds t.mu.
+func (t *topic) removeConn(c *conn) {
+	i, in := t.idx[c]
+	if !in {
+		return
+	}
+	last := len(t.list) - 1
+	t.list[i] = t.list[last]
+	t.idx[t.list[i]] = i
+	t.list[last] = nil
+	t.list = t.list[:last]
+	delete(t.idx, c)
+}
+
+// devices is the number of subscribers. Caller holds t.mu.
+func (t *topic) devices() int { return len(t.list) }
 
 // subResult is what hub.subscribe did.
 type subResult int
@@ -80,62 +113,68 @@ const (
 // Nothing is created for a closed connection, one at its limit, or past the
 // proxy's event cap.
 func (h *hub) subscribe(c *conn, event string, have uint64) subResult {
-	sh := h.shard(event)
-	sh.mu.Lock()
+	for {
+		t, res := h.topicFor(c, event)
+		if t == nil {
+			return res
+		}
+		t.mu.Lock()
+		if t.removed {
+			t.mu.Unlock() // swept between the lookup and now: look again
+			continue
+		}
+		c.mu.Lock()
+		if c.closed {
+			// A topic created for c keeps emptySince (set at creation): swept.
+			c.mu.Unlock()
+			t.mu.Unlock()
+			return subClosed
+		}
+		e := c.sub(t)
+		if e == nil {
+			if len(c.subs) >= h.s.cfg.MaxSubscriptions {
+				c.mu.Unlock()
+				t.mu.Unlock()
+				return subTooMany
+			}
+			c.subs = append(c.subs, subEntry{t: t})
+			e = &c.subs[len(c.subs)-1]
+			h.s.metrics.subscriptions.Inc()
+		}
+		e.v = have // the device's own word on what it holds: trust it, even if lower
+		c.mu.Unlock()
+		t.addConn(c)
+		t.offerBest(c) // under t.mu: the history and the new subscriber are consistent
+		t.mu.Unlock()
+		return subOK
+	}
+}
+
+// topicFor returns event's topic, creating it (and its engine subscription)
+// when c may subscribe and the proxy is under MaxEvents. The shard lock is held
+// only for the map lookup, never while waiting for a topic's lock.
+func (h *hub) topicFor(c *conn, event string) (*topic, subResult) {
 	c.mu.Lock()
 	closed, held, n := c.closed, c.subByEvent(event) != nil, len(c.subs)
 	c.mu.Unlock()
 	switch {
 	case closed:
-		sh.mu.Unlock()
-		return subClosed
+		return nil, subClosed
 	case !held && n >= h.s.cfg.MaxSubscriptions:
-		sh.mu.Unlock()
-		return subTooMany
+		return nil, subTooMany
 	}
+	sh := h.shard(event)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
 	t := sh.topics[event]
 	if t == nil {
 		if int(h.count.Load()) >= h.s.cfg.MaxEvents {
-			sh.mu.Unlock()
-			return subEventLimit
+			return nil, subEventLimit
 		}
 		t = h.newTopic(event)
 		sh.topics[event] = t
 	}
-	t.mu.Lock()
-	c.mu.Lock()
-	if c.closed {
-		// The topic keeps emptySince (set at creation) and is swept.
-		c.mu.Unlock()
-		t.mu.Unlock()
-		sh.mu.Unlock()
-		return subClosed
-	}
-	e := c.sub(t)
-	if e == nil {
-		if len(c.subs) >= h.s.cfg.MaxSubscriptions {
-			c.mu.Unlock()
-			t.mu.Unlock()
-			sh.mu.Unlock()
-			return subTooMany
-		}
-		c.subs = append(c.subs, subEntry{t: t})
-		e = &c.subs[len(c.subs)-1]
-		h.s.metrics.subscriptions.Inc()
-	}
-	e.v = have // the device's own word on what it holds: trust it, even if lower
-	c.mu.Unlock()
-	if _, in := t.conns[c]; !in {
-		t.conns[c] = struct{}{}
-		t.emptySince = time.Time{}
-	}
-	t.mu.Unlock()
-	sh.mu.Unlock()
-
-	t.mu.RLock()
-	t.offerBest(c)
-	t.mu.RUnlock()
-	return subOK
+	return t, subOK
 }
 
 // unsubscribe removes c from event's topic. The topic lingers (see TopicLinger).
@@ -155,8 +194,8 @@ func (h *hub) unsubscribe(c *conn, event string) bool {
 		h.s.metrics.subscriptions.Dec()
 	}
 	c.mu.Unlock()
-	delete(t.conns, c)
-	if len(t.conns) == 0 && t.emptySince.IsZero() {
+	t.removeConn(c)
+	if t.devices() == 0 && t.emptySince.IsZero() {
 		t.emptySince = h.s.cfg.Now()
 	}
 	t.mu.Unlock()
@@ -170,7 +209,8 @@ func (h *hub) sweep(now time.Time) {
 		sh.mu.Lock()
 		for ev, t := range sh.topics {
 			t.mu.Lock()
-			if len(t.conns) == 0 && !t.emptySince.IsZero() && now.Sub(t.emptySince) >= h.s.cfg.TopicLinger {
+			if t.devices() == 0 && !t.emptySince.IsZero() && now.Sub(t.emptySince) >= h.s.cfg.TopicLinger {
+				t.removed = true
 				t.cancel()
 				delete(sh.topics, ev)
 				h.count.Add(-1)
@@ -218,7 +258,7 @@ func (h *hub) newTopic(event string) *topic {
 		inbox:  make(chan wire.Stage, 256),
 		resync: make(chan struct{}, 1),
 		cancel: cancel,
-		conns:  make(map[*conn]struct{}),
+		idx:    make(map[*conn]int),
 		stats:  make(map[uint64]*versionStats),
 		// Empty until its first device is added: if that device is gone before
 		// it is, the sweep still removes the topic.
@@ -262,9 +302,36 @@ func (t *topic) requestResync() {
 	}
 }
 
+// rereadResult is one history read, handed from its goroutine to run.
+type rereadResult struct {
+	stages []wire.Stage
+	err    error
+}
+
+// run owns the topic's history updates and fanout. History re-reads (after a
+// (re)subscription, an inbox overflow, or the reconcile timer) run in a
+// goroutine of their own, at most one at a time, and report back here; a failed
+// one is retried with backoff from a timer. Live messages keep flowing
+// meanwhile: a slow or failing engine never stops this event's fanout.
 func (t *topic) run(ctx context.Context) {
 	reconcile := time.NewTimer(t.s.jitterBetween(t.s.cfg.ReconcileInterval/2, t.s.cfg.ReconcileInterval))
 	defer reconcile.Stop()
+	results := make(chan rereadResult, 1) // at most one re-read in flight: never blocks
+	var retry <-chan time.Time
+	rereading, again, attempt := false, false, 0
+	start := func() {
+		if rereading {
+			again = true // one more after this one: it may have started before the change
+			return
+		}
+		rereading = true
+		go func() {
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			st, err := t.s.eng.Recent(rctx, t.event, t.s.cfg.HistoryLen)
+			results <- rereadResult{st, err}
+		}()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -273,55 +340,65 @@ func (t *topic) run(ctx context.Context) {
 			if s.Event != t.event {
 				continue
 			}
-			if p := t.insert([]wire.Stage{s}); len(p) > 0 {
+			if p := t.insert([]wire.Stage{s}, false); len(p) > 0 {
 				t.s.metrics.broadcasts.Inc()
 				t.fanout(p[0])
 			}
 		case <-t.resync:
-			t.reread(ctx)
+			start()
+		case <-retry:
+			retry = nil
+			start()
 		case <-reconcile.C:
-			t.reread(ctx)
+			start()
 			reconcile.Reset(t.s.jitterBetween(t.s.cfg.ReconcileInterval/2, t.s.cfg.ReconcileInterval))
+		case res := <-results:
+			rereading = false
+			if !engine.Usable(res.err) {
+				if ctx.Err() != nil {
+					return
+				}
+				t.s.metrics.engineErrors.Inc()
+				d := t.s.jitterBetween(0, min(5*time.Second, 100*time.Millisecond<<min(attempt, 6)))
+				attempt++
+				t.s.log.Warn("re-reading event history failed; devices keep their stage", "event", t.event, "err", res.err, "retry_in", d.String())
+				retry = time.After(d)
+				continue
+			}
+			attempt = 0
+			var se *engine.SkippedError
+			if errors.As(res.err, &se) {
+				t.s.metrics.skippedEntries.Add(float64(len(se.IDs)))
+				t.s.log.Error("skipped undecodable log entries", "event", t.event, "err", res.err)
+			}
+			if added := t.insert(res.stages, true); len(added) > 0 {
+				t.s.metrics.catchupRereads.Inc()
+				t.offerAll()
+			}
+			if again {
+				again = false
+				start()
+			}
 		}
 	}
 }
 
-// reread reads the event's recent history from the engine and sends every device
-// the newest matching stage it lacks. Retries with backoff until it succeeds or
-// ctx ends: while the engine is down devices stay connected on what they have.
-func (t *topic) reread(ctx context.Context) {
-	for attempt := 0; ; attempt++ {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		recent, err := t.s.eng.Recent(rctx, t.event, t.s.cfg.HistoryLen)
-		cancel()
-		if err == nil {
-			if added := t.insert(recent); len(added) > 0 {
-				t.s.metrics.catchupRereads.Inc()
-				t.mu.RLock()
-				for c := range t.conns {
-					t.offerBest(c)
-				}
-				t.mu.RUnlock()
-			}
-			return
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		t.s.metrics.engineErrors.Inc()
-		d := t.s.jitterBetween(0, min(5*time.Second, 100*time.Millisecond<<min(attempt, 6)))
-		t.s.log.Warn("re-reading event history failed; devices keep their stage", "event", t.event, "err", err, "retry_in", d.String())
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(d):
-		}
+// offerAll offers every subscriber the newest stage it lacks.
+func (t *topic) offerAll() {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, c := range t.list {
+		t.offerBest(c)
 	}
 }
 
 // insert merges stages into the history, encoding each new one once; it returns
-// the new prepared entries, ascending.
-func (t *topic) insert(stages []wire.Stage) []*prepared {
+// the new prepared entries, ascending. A stage whose version the history holds
+// with another key or target is a conflict (versions are unique by
+// construction, so one means a store lost data or a bug): it is logged and
+// counted; the log's word (fromLog) replaces the history's, and a live message's
+// conflict asks for a re-read so the log decides.
+func (t *topic) insert(stages []wire.Stage, fromLog bool) []*prepared {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var added []*prepared
@@ -336,6 +413,16 @@ func (t *topic) insert(stages []wire.Stage) []*prepared {
 			return 0
 		})
 		if found {
+			if old := t.hist[i].stage; old.Key != s.Key || !old.Target.Equal(s.Target) {
+				t.s.metrics.versionConflicts.Inc()
+				t.s.log.Error("version conflict: one version, two stages", "event", t.event, "v", s.V,
+					"held", old.Key, "received", s.Key, "from_log", fromLog)
+				if fromLog {
+					t.hist[i] = &prepared{stage: s, frame: wire.AppendStage(make([]byte, 0, 96), &s), stats: t.statsFor(s)}
+				} else {
+					t.requestResync()
+				}
+			}
 			continue
 		}
 		if len(t.hist) >= t.s.cfg.HistoryLen && i == 0 {
@@ -351,14 +438,20 @@ func (t *topic) insert(stages []wire.Stage) []*prepared {
 	return added
 }
 
-// fanout offers p to every subscriber. Offering only fills mailboxes and queues
-// idle conns: it never waits on a device.
+// fanout offers p to every subscriber. It copies the subscriber list under the
+// read lock (a memmove) and offers without any topic lock, so subscribes, acks
+// and unsubscribes never wait for a fanout to finish. Offering only fills
+// mailboxes and queues idle conns: it never waits on a device. A conn that
+// subscribes after the copy gets p from offerBest at its subscribe (it reads the
+// history under the lock, after insert added p). Run goroutine only.
 func (t *topic) fanout(p *prepared) {
 	t.mu.RLock()
-	defer t.mu.RUnlock()
-	for c := range t.conns {
+	t.fanBuf = append(t.fanBuf[:0], t.list...)
+	t.mu.RUnlock()
+	for _, c := range t.fanBuf {
 		c.offer(t, p)
 	}
+	clear(t.fanBuf) // drop references to conns that may leave
 }
 
 // offerBest offers c the newest stage in history that matches it. Caller holds t.mu (read).

@@ -22,6 +22,8 @@ type metrics struct {
 	writersSpawned     prometheus.Counter
 	draining           prometheus.Gauge
 	tokenExpired       prometheus.Counter
+	skippedEntries     prometheus.Counter
+	versionConflicts   prometheus.Counter
 	eventLimit         prometheus.Counter
 }
 
@@ -65,6 +67,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Extra writer goroutines started because writers were stuck on slow devices."}),
 		draining: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "draining",
 			Help: "1 while the proxy drains."}),
+		skippedEntries: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "skipped_log_entries_total",
+			Help: "Event log entries skipped because they did not decode (the rest of the history is used)."}),
+		versionConflicts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "version_conflicts_total",
+			Help: "Stages received with a version the proxy held for another stage (the event log's word wins)."}),
 		tokenExpired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "token_expired_total",
 			Help: "Devices closed (4003) because their token's exp passed."}),
 		eventLimit: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "event_limit_total",
@@ -72,6 +78,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.connections, m.subscriptions, m.topics, m.broadcasts, m.deliveries, m.skipped, m.acks,
 		m.sendLatency, m.slowConsumerCloses, m.pingTimeouts, m.writeErrors, m.rejected, m.badFrames,
-		m.engineErrors, m.inboxOverflow, m.catchupRereads, m.writersSpawned, m.draining, m.tokenExpired, m.eventLimit)
+		m.engineErrors, m.inboxOverflow, m.catchupRereads, m.writersSpawned, m.draining, m.tokenExpired, m.eventLimit, m.skippedEntries, m.versionConflicts)
 	return m
 }

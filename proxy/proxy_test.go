@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -46,6 +47,14 @@ func startProxyOn(t *testing.T, eng proxy.Engine, cfg proxy.Config, wrap func(ne
 }
 
 var eventually = waitfor.True
+
+// subscribed waits until the proxy holds n subscriptions.
+func subscribed(t *testing.T, p *proxy.Server, n float64) {
+	t.Helper()
+	eventually(t, 5*time.Second, fmt.Sprintf("%v subscriptions", n), func() bool {
+		return testutil.ToFloat64(metric(t, p, "stagecast_proxy_subscriptions")) == n
+	})
+}
 
 // testEvents are the events memEngine creates: devices may only subscribe to
 // events that exist.
@@ -138,12 +147,12 @@ func set(t *testing.T, eng *engine.Memory, event, key string, target *wire.Targe
 func TestStageFanoutAndCatchUp(t *testing.T) {
 	eng := memEngine(t)
 	_, url := startProxy(t, eng, proxy.Config{})
-	set(t, eng, "fight", "pre-show", nil)
+	s1 := set(t, eng, "fight", "pre-show", nil)
 
 	d := dial(t, url)
 	d.send(`{"op":"sub","events":{"fight":0}}`)
 	f := d.expect(wire.OpStage) // catch-up: current is newer than 0
-	if f.Key != "pre-show" || f.V != 1 {
+	if f.Key != "pre-show" || f.V != s1.V {
 		t.Fatalf("catch-up frame %+v", f)
 	}
 	s := set(t, eng, "fight", "round-1", nil)
@@ -154,7 +163,7 @@ func TestStageFanoutAndCatchUp(t *testing.T) {
 
 	// A device that already holds the current version gets nothing on sub.
 	d2 := dial(t, url)
-	d2.send(`{"op":"sub","events":{"fight":2}}`)
+	d2.send(fmt.Sprintf(`{"op":"sub","events":{"fight":%d}}`, s.V))
 	s3 := set(t, eng, "fight", "round-2", nil)
 	if f := d2.expect(wire.OpStage); f.V != s3.V {
 		t.Fatalf("d2 got %+v, want only v%d", f, s3.V)
@@ -163,8 +172,8 @@ func TestStageFanoutAndCatchUp(t *testing.T) {
 
 	// A device far behind gets only the latest (skips intermediate versions).
 	d3 := dial(t, url)
-	d3.send(`{"op":"sub","events":{"fight":1}}`)
-	if f := d3.expect(wire.OpStage); f.V != 3 || f.Key != "round-2" {
+	d3.send(fmt.Sprintf(`{"op":"sub","events":{"fight":%d}}`, s1.V))
+	if f := d3.expect(wire.OpStage); f.V != s3.V || f.Key != "round-2" {
 		t.Fatalf("d3 catch-up %+v", f)
 	}
 
@@ -176,7 +185,7 @@ func TestStageFanoutAndCatchUp(t *testing.T) {
 	}
 	set(t, eng, "fight", "round-3", nil)
 	d2.expect(wire.OpStage)
-	d.send(`{"op":"ack","event":"fight","v":4}`)
+	d.send(`{"op":"ack","event":"fight","v":4}`) // any version: d is not subscribed
 	if f := d.expect(wire.OpError); f.Code != wire.CodeUnknownEvent {
 		t.Fatalf("after unsub, got %+v (a stage leaked?)", f)
 	}
@@ -184,34 +193,34 @@ func TestStageFanoutAndCatchUp(t *testing.T) {
 
 func TestTargetedDelivery(t *testing.T) {
 	eng := memEngine(t)
-	_, url := startProxy(t, eng, proxy.Config{})
+	p, url := startProxy(t, eng, proxy.Config{})
 	tv := dial(t, url+"?platform=tv&segment=s1")
 	mobile := dial(t, url+"?platform=mobile")
 	tv.send(`{"op":"sub","events":{"ev":0}}`)
 	mobile.send(`{"op":"sub","events":{"ev":0}}`)
-	time.Sleep(50 * time.Millisecond) // let both subs land (nothing to catch up, no frame to wait for)
+	subscribed(t, p, 2) // nothing to catch up: no frame to wait for
 	set(t, eng, "ev", "tv-promo", &wire.Target{Platforms: []string{"tv"}})
-	set(t, eng, "ev", "everyone", nil)
+	everyone := set(t, eng, "ev", "everyone", nil)
 	if f := tv.expect(wire.OpStage); f.Key != "tv-promo" {
 		// The tv device may get v1 then v2, or skip to v2; never miss v2.
 		if f.Key != "everyone" {
 			t.Fatalf("tv got %+v", f)
 		}
 	}
-	if f := mobile.expect(wire.OpStage); f.Key != "everyone" || f.V != 2 {
+	if f := mobile.expect(wire.OpStage); f.Key != "everyone" || f.V != everyone.V {
 		t.Fatalf("mobile got %+v: a targeted stage leaked to a non-matching device", f)
 	}
 	// Catch-up honours targets: a mobile device joining now must get its newest
 	// matching stage, not the tv-only one.
-	set(t, eng, "ev", "tv-only-2", &wire.Target{Platforms: []string{"tv"}, Segments: []string{"s1"}})
+	tvOnly := set(t, eng, "ev", "tv-only-2", &wire.Target{Platforms: []string{"tv"}, Segments: []string{"s1"}})
 	late := dial(t, url+"?platform=mobile")
 	late.send(`{"op":"sub","events":{"ev":0}}`)
-	if f := late.expect(wire.OpStage); f.Key != "everyone" || f.V != 2 {
+	if f := late.expect(wire.OpStage); f.Key != "everyone" || f.V != everyone.V {
 		t.Fatalf("late mobile catch-up got %+v", f)
 	}
 	for {
 		f := tv.expect(wire.OpStage)
-		if f.V == 3 {
+		if f.V == tvOnly.V {
 			break
 		}
 	}
@@ -349,18 +358,19 @@ func TestDrain(t *testing.T) {
 
 func TestDeliveryReportPublished(t *testing.T) {
 	eng := memEngine(t)
-	_, url := startProxy(t, eng, proxy.Config{ID: "p-test"})
+	p, url := startProxy(t, eng, proxy.Config{ID: "p-test"})
 	devs := []*rawDevice{dial(t, url), dial(t, url), dial(t, url)}
 	for _, d := range devs {
 		d.send(`{"op":"sub","events":{"ev":0}}`)
 	}
-	time.Sleep(50 * time.Millisecond)
+	subscribed(t, p, 3)
 	s := set(t, eng, "ev", "k", nil)
+	ack := fmt.Sprintf(`{"op":"ack","event":"ev","v":%d}`, s.V)
 	for i, d := range devs {
 		d.expect(wire.OpStage)
 		if i < 2 {
-			d.send(`{"op":"ack","event":"ev","v":1}`)
-			d.send(`{"op":"ack","event":"ev","v":1}`) // duplicate: counted once
+			d.send(ack)
+			d.send(ack) // duplicate: counted once
 		}
 	}
 	eventually(t, 5*time.Second, "report with 3 sent and 2 acked", func() bool {

@@ -87,7 +87,7 @@ func (s *Server) flushReport(ctx context.Context) {
 	rep := engine.DeliveryReport{Proxy: s.cfg.ID, AtMS: s.cfg.Now().UnixMilli()}
 	for _, t := range s.hub.all() {
 		t.mu.RLock()
-		ed := engine.EventDelivery{Event: t.event, Devices: int64(len(t.conns))}
+		ed := engine.EventDelivery{Event: t.event, Devices: int64(t.devices())}
 		var dirty []*versionStats
 		for _, st := range t.stats {
 			if st.dirty.Swap(false) {

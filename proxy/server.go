@@ -90,7 +90,7 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	s.metrics = newMetrics(reg)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.hub = newHub(s)
-	s.writers = newWriterPool(cfg.MaxConnections, cfg.Writers, cfg.MaxWriters, cfg.WriteTimeout, s.metrics)
+	s.writers = newWriterPool(cfg.Writers, cfg.MaxWriters, cfg.WriteTimeout, s.metrics)
 	s.frames = make(chan frameJob)
 	for i := 0; i < 2*runtimeProcs(); i++ {
 		s.wg.Add(1)

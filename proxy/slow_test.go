@@ -120,7 +120,7 @@ func TestSlowDeviceDoesNotDelayOthers(t *testing.T) {
 	defer wg.Wait()
 	defer cancel()
 	eventually(t, 10*time.Second, "devices connected", func() bool { return p.Connections() == n+1 })
-	time.Sleep(100 * time.Millisecond) // subs in flight
+	subscribed(t, p, n+1)
 
 	// ~100-byte frames: 400 broadcasts overflow the stuck device's few KiB of buffers.
 	start := time.Now()
@@ -214,7 +214,9 @@ func TestPingTimeout(t *testing.T) {
 	if v := testutil.ToFloat64(metric(t, p, "stagecast_proxy_ping_timeouts_total")); v != 1 {
 		t.Fatalf("ping timeouts = %v, want 1", v)
 	}
-	time.Sleep(600 * time.Millisecond) // several more ping rounds
+	// A negative check: nothing to wait for but time. Several more ping rounds
+	// (100 ms interval) must pass without closing the device that answers.
+	time.Sleep(600 * time.Millisecond)
 	if c := p.Connections(); c != 1 {
 		t.Fatalf("the answering device was closed too (%d connections)", c)
 	}

@@ -8,9 +8,12 @@ import (
 
 // writerPool is the shared set of goroutines that write to devices.
 //
-// Conns with something to send are queued (each at most once, so the channel,
-// sized to MaxConnections, never blocks the fanout). A fixed core of writers
-// serves the queue. The monitor, every tick:
+// Conns with something to send are queued (each at most once while it is
+// queued or being written). The queue is a FIFO under a mutex: pushing never
+// blocks, so the fanout never waits on a writer, whatever the number of conns
+// (closed conns still in the queue included). A fixed core of writers serves
+// the queue; a writer that pops a conn and sees more waiting wakes another. The
+// monitor, every tick:
 //   - enforces WriteTimeout: a writer whose current write has not finished for
 //     WriteTimeout has its connection closed (slow consumer). This keeps timers and
 //     clock reads off the per-write path: a writer only bumps a sequence number;
@@ -18,7 +21,11 @@ import (
 //     devices), starts extra writers, up to MaxWriters; they exit when the queue is
 //     empty.
 type writerPool struct {
-	q            chan *conn
+	qmu  sync.Mutex
+	q    []*conn       // FIFO; q[head:] are waiting
+	head int           // first waiting element of q
+	wake chan struct{} // a token: work may be waiting
+
 	core         int
 	max          int
 	writeTimeout time.Duration
@@ -38,16 +45,16 @@ type writerPool struct {
 type writerSlot struct {
 	seq    atomic.Uint64 // bumped at the start of each write
 	cur    atomic.Pointer[conn]
-	killed atomic.Bool // the monitor closed cur for exceeding WriteTimeout
-	_      [40]byte    // keep slots of different writers off one cache line
+	killed atomic.Uint64 // the seq of the write the monitor closed for exceeding WriteTimeout
+	_      [40]byte      // keep slots of different writers off one cache line
 
 	// monitor-only state
 	lastSeq   uint64
 	stuckFrom time.Time
 }
 
-func newWriterPool(queueLen, core, maxWriters int, writeTimeout time.Duration, m *metrics) *writerPool {
-	p := &writerPool{q: make(chan *conn, queueLen+1), core: core, max: maxWriters, writeTimeout: writeTimeout,
+func newWriterPool(core, maxWriters int, writeTimeout time.Duration, m *metrics) *writerPool {
+	p := &writerPool{wake: make(chan struct{}, 1), core: core, max: maxWriters, writeTimeout: writeTimeout,
 		onSpawn: m.writersSpawned.Inc, onSlow: m.slowConsumerCloses.Inc, m: m,
 		slots: make(map[*writerSlot]struct{}), stop: make(chan struct{})}
 	for i := 0; i < core; i++ {
@@ -58,7 +65,53 @@ func newWriterPool(queueLen, core, maxWriters int, writeTimeout time.Duration, m
 	return p
 }
 
-func (p *writerPool) push(c *conn) { p.q <- c }
+// push queues c; it never blocks.
+func (p *writerPool) push(c *conn) {
+	p.qmu.Lock()
+	p.q = append(p.q, c)
+	p.qmu.Unlock()
+	p.signal()
+}
+
+func (p *writerPool) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default: // a token is already there
+	}
+}
+
+// pop takes the oldest queued conn (nil when none) and passes the wake token on
+// when more wait, so idle writers join in.
+func (p *writerPool) pop() *conn {
+	p.qmu.Lock()
+	if p.head == len(p.q) {
+		p.qmu.Unlock()
+		return nil
+	}
+	c := p.q[p.head]
+	p.q[p.head] = nil
+	p.head++
+	more := p.head < len(p.q)
+	if !more {
+		p.q, p.head = p.q[:0], 0 // reuse the array
+	} else if p.head > 1024 && p.head*2 > len(p.q) {
+		n := copy(p.q, p.q[p.head:])
+		clear(p.q[n:])
+		p.q, p.head = p.q[:n], 0
+	}
+	p.qmu.Unlock()
+	if more {
+		p.signal()
+	}
+	return c
+}
+
+// waiting is the number of queued conns.
+func (p *writerPool) waiting() int {
+	p.qmu.Lock()
+	defer p.qmu.Unlock()
+	return len(p.q) - p.head
+}
 
 func (p *writerPool) start(extra bool) {
 	s := &writerSlot{}
@@ -76,23 +129,17 @@ func (p *writerPool) start(extra bool) {
 		w := &writer{slot: s, batch: make([]*prepared, 0, 4), m: p.m}
 		defer w.commit()
 		for {
-			if len(p.q) == 0 {
-				w.commit() // going idle: publish what this writer counted
-			}
-			if extra {
-				select {
-				case c := <-p.q:
-					c.flush(w)
-					p.flushed.Add(1)
-				default:
-					return
-				}
-				continue
-			}
-			select {
-			case c := <-p.q:
+			if c := p.pop(); c != nil {
 				c.flush(w)
 				p.flushed.Add(1)
+				continue
+			}
+			w.commit() // going idle: publish what this writer counted
+			if extra {
+				return
+			}
+			select {
+			case <-p.wake:
 			case <-p.stop:
 				return
 			}
@@ -168,8 +215,10 @@ func (p *writerPool) monitor(every time.Duration) {
 				s.lastSeq, s.stuckFrom = seq, now
 				continue
 			}
-			if now.Sub(s.stuckFrom) >= p.writeTimeout && !s.killed.Load() {
-				s.killed.Store(true)
+			// killed holds the seq of the write it closed, so a kill can never
+			// stay set for a later write (and stop the monitor from killing it).
+			if now.Sub(s.stuckFrom) >= p.writeTimeout && s.killed.Load() != seq {
+				s.killed.Store(seq)
 				p.onSlow()
 				_ = c.ws.CloseNow() // the blocked Write returns an error; the writer moves on
 			}
@@ -177,7 +226,7 @@ func (p *writerPool) monitor(every time.Duration) {
 		alive := len(p.slots)
 		p.mu.Unlock()
 		done := p.flushed.Load()
-		if waiting := len(p.q); waiting > 0 && done == last {
+		if waiting := p.waiting(); waiting > 0 && done == last {
 			for i := 0; i < min(waiting, p.max-alive); i++ {
 				p.start(true)
 				p.onSpawn()

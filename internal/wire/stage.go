@@ -45,6 +45,15 @@ func (t *Target) Matches(platform, segment string) bool {
 	return true
 }
 
+// Equal reports whether t and u select the same devices as written (nil and
+// empty lists are equal).
+func (t *Target) Equal(u *Target) bool {
+	if t.IsZero() || u.IsZero() {
+		return t.IsZero() == u.IsZero()
+	}
+	return slices.Equal(t.Platforms, u.Platforms) && slices.Equal(t.Segments, u.Segments)
+}
+
 // IsZero reports whether the target selects every device.
 func (t *Target) IsZero() bool {
 	return t == nil || (len(t.Platforms) == 0 && len(t.Segments) == 0)
