@@ -387,8 +387,8 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 }
 
 // changeStage runs one stage change through the event's breaker, retrying a
-// failing engine with full-jitter backoff (100 ms x 2^attempt, capped by what is
-// left) under the same idempotency key until StageBudget is spent. The retries
+// failing engine with full-jitter backoff (50 ms x 2^attempt, capped by what is
+// left, at most 400 ms) under the same idempotency key until StageBudget is spent. The retries
 // are one outcome for the breaker, so a master failing over does not open it.
 func (s *Server) changeStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error) {
 	deadline := s.cfg.Now().Add(s.cfg.StageBudget)
@@ -404,7 +404,7 @@ func (s *Server) changeStage(ctx context.Context, req engine.SetRequest) (engine
 				return res, err
 			}
 			s.m.engErr.Inc()
-			wait := time.Duration(rand.Int64N(int64(min(time.Second, 100*time.Millisecond<<min(attempt, 4))) + 1))
+			wait := time.Duration(rand.Int64N(int64(min(400*time.Millisecond, 50*time.Millisecond<<min(attempt, 4))) + 1))
 			if left = deadline.Sub(s.cfg.Now()); wait+50*time.Millisecond > left {
 				return res, err
 			}

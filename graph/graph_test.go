@@ -20,6 +20,7 @@ import (
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/redistest"
 	"github.com/stagecast/stagecast/internal/waitfor"
+	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/prefetch"
 )
 
@@ -80,20 +81,22 @@ func post(t *testing.T, base, query string, vars map[string]any) (*http.Response
 	return resp, out, body
 }
 
-func seed(t *testing.T, eng *engine.Memory, event string) {
+func seed(t *testing.T, eng *engine.Memory, event string) wire.Stage {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := eng.PutStageMap(ctx, event, []byte(`{"stages":{"round-3":{"default":{"rows":["r3"]},"segments":{"s1":{"rows":["r3-s1"]}}},"knockout":{"default":{"rows":["ko"]}}},"ttl_seconds":100}`), 1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := eng.SetStage(ctx, engine.SetRequest{Event: event, Key: "round-3", TS: 1763236800123}); err != nil {
+	r, err := eng.SetStage(ctx, engine.SetRequest{Event: event, Key: "round-3", TS: 1763236800123})
+	if err != nil {
 		t.Fatal(err)
 	}
+	return r.Stage
 }
 
 func TestPrefetchQuery(t *testing.T) {
 	eng := engine.NewMemory(engine.MemoryConfig{})
-	seed(t, eng, "fight")
+	cur := seed(t, eng, "fight")
 	srv, base := startServer(t, eng, graph.ServerConfig{})
 	for i := 0; i < 3; i++ { // miss, then cache hits: same answer, fresh hints
 		resp, out, body := post(t, base, prefetchQuery, map[string]any{"event": "fight", "segment": "s1"})
@@ -101,7 +104,7 @@ func TestPrefetchQuery(t *testing.T) {
 		if resp.StatusCode != 200 || le == nil || len(out.Errors) > 0 {
 			t.Fatalf("status %d body %s", resp.StatusCode, body)
 		}
-		if le.ID != "fight" || le.Current == nil || le.Current.Key != "round-3" || le.Current.V != 1 || le.Current.TS != 1763236800123 {
+		if le.ID != "fight" || le.Current == nil || le.Current.Key != "round-3" || le.Current.V != cur.V || le.Current.TS != 1763236800123 {
 			t.Fatalf("current: %s", body)
 		}
 		if len(le.Stages) != 2 || le.Stages[0].Key != "knockout" || le.Stages[1].Key != "round-3" || string(le.Stages[1].Payload) != `{"rows":["r3-s1"]}` {

@@ -60,6 +60,25 @@ type versionLatency struct {
 	n    int64
 }
 
+// latencies holds a histogram per version seen, at most max of them (a
+// version past the bound is not recorded).
+type latencies struct {
+	mu  sync.Mutex
+	byV map[uint64]*versionLatency
+	max int
+}
+
+func (l *latencies) of(v uint64) *versionLatency {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	vl := l.byV[v]
+	if vl == nil && len(l.byV) < l.max {
+		vl = &versionLatency{hist: hdrhistogram.New(1, 3_600_000, 3)}
+		l.byV[v] = vl
+	}
+	return vl
+}
+
 // LiveReport runs one share of sc (usually all of it) and returns its report.
 func LiveReport(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Report, error) {
 	p, err := Live(ctx, sc, cfg)
@@ -117,10 +136,9 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 	var connectsPerSec = make([]atomic.Int64, secs)
 	var prefetchPerSec = make([]atomic.Int64, secs)
 	var prefetchErrs, errs atomic.Int64
-	lat := make([]*versionLatency, len(sc.Stages)+64)
-	for i := range lat {
-		lat[i] = &versionLatency{hist: hdrhistogram.New(1, 3_600_000, 3)}
-	}
+	// Per version (versions are large numbers, not indexes), at most the
+	// scenario's stages plus a few older ones a device catches up on.
+	lat := &latencies{byV: map[uint64]*versionLatency{}, max: len(sc.Stages) + 64}
 	versionOf := make([]atomic.Uint64, len(sc.Stages))
 	bin := func(t time.Time) int { return min(secs-1, max(0, int(t.Sub(wallStart).Seconds()))) }
 
@@ -185,8 +203,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 				Events: map[string]uint64{sc.Event: 0}, Ack: true, HTTPClient: hc,
 				BackoffBase: time.Duration(float64(base) / cfg.TimeScale), BackoffCap: time.Duration(float64(capB) / cfg.TimeScale),
 				OnStage: func(f wire.ProxyFrame, at time.Time) {
-					if f.V < uint64(len(lat)) {
-						l := lat[f.V]
+					if l := lat.of(f.V); l != nil {
 						l.mu.Lock()
 						_ = l.hist.RecordValue(max(1, at.UnixMilli()-f.TS))
 						l.n++
@@ -306,13 +323,15 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 		part.ConnectsPerSec = append(part.ConnectsPerSec, connectsPerSec[s].Load())
 		part.PrefetchPerSec = append(part.PrefetchPerSec, prefetchPerSec[s].Load())
 	}
-	for v, l := range lat {
+	lat.mu.Lock()
+	for v, l := range lat.byV {
 		l.mu.Lock()
 		if l.n > 0 {
-			part.Latency[uint64(v)] = l.hist.Export()
+			part.Latency[v] = l.hist.Export()
 		}
 		l.mu.Unlock()
 	}
+	lat.mu.Unlock()
 	if leader {
 		for i := range sc.Stages {
 			part.Versions = append(part.Versions, versionOf[i].Load())

@@ -108,8 +108,15 @@ func (d *dev) versions() []uint64 {
 }
 
 // startDevices connects n devices subscribed to event. Device i starts on
-// proxy i%len(urls) unless pin >= 0 (then all start on proxy pin).
+// proxy i%len(urls) unless pin >= 0 (then all start on proxy pin). The event
+// must exist (devices may subscribe only then): when it has no stage yet, a
+// stage map is stored for it first, as a producer does ahead of the moment.
 func (f *fleet) startDevices(ctx context.Context, n int, event string, pin int) []*dev {
+	if _, err := f.bc.Get(ctx, event); err != nil {
+		if _, err := f.bc.PutStageMap(ctx, event, []byte(`{"stages":{"pre-show":{"default":{}}}}`)); err != nil {
+			f.t.Fatalf("create event %s: %v", event, err)
+		}
+	}
 	devs := make([]*dev, n)
 	var wg sync.WaitGroup
 	f.t.Cleanup(wg.Wait)

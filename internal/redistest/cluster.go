@@ -17,8 +17,15 @@ type Cluster struct {
 
 // StartCluster starts masters x (1 + replicas) cluster-enabled nodes, creates the
 // cluster with redis-cli --cluster create, and waits until every node reports
-// cluster_state:ok. Nodes are stopped in t.Cleanup.
+// cluster_state:ok. Nodes are stopped in t.Cleanup. cluster-node-timeout is 1 s.
 func StartCluster(t testing.TB, masters, replicas int) *Cluster {
+	t.Helper()
+	return StartClusterTimeout(t, masters, replicas, time.Second)
+}
+
+// StartClusterTimeout is StartCluster with cluster-node-timeout set (the time
+// before a silent master is failed over).
+func StartClusterTimeout(t testing.TB, masters, replicas int, nodeTimeout time.Duration) *Cluster {
 	t.Helper()
 	if _, err := exec.LookPath("redis-cli"); err != nil {
 		t.Fatalf("redis-cli not found: run `make test`, which installs redis-tools: %v", err)
@@ -27,7 +34,7 @@ func StartCluster(t testing.TB, masters, replicas int) *Cluster {
 	n := masters * (1 + replicas)
 	for i := 0; i < n; i++ {
 		c.Nodes = append(c.Nodes, Start(t, Options{Args: []string{"--cluster-enabled", "yes",
-			"--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000", "--appendonly", "yes",
+			"--cluster-config-file", "nodes.conf", "--cluster-node-timeout", strconv.FormatInt(nodeTimeout.Milliseconds(), 10), "--appendonly", "yes",
 			"--cluster-replica-validity-factor", "0"}}))
 	}
 	args := []string{"--cluster", "create"}
@@ -166,4 +173,19 @@ func (c *Cluster) MoveSlot(key string, to *Server) {
 			n.cli(c.t, "CLUSTER", "SETSLOT", slot, "NODE", toID)
 		}
 	}
+}
+
+// ReplicaOf returns a replica of master (nil if it has none).
+func (c *Cluster) ReplicaOf(master *Server) *Server {
+	port := strconv.Itoa(master.Port)
+	for _, n := range c.Nodes {
+		if n == master {
+			continue
+		}
+		out, err := n.Cli(context.Background(), "ROLE")
+		if err == nil && strings.HasPrefix(out, "slave") && strings.Contains(out, "\n"+port+"\n") {
+			return n
+		}
+	}
+	return nil
 }

@@ -77,7 +77,7 @@ type Config struct {
 	// request for long). Default 1s.
 	DialTimeout time.Duration
 	// TopologyRefresh is how often a cluster client re-reads the topology, so a
-	// promoted replica is found within it even without a redirect. Default 1s.
+	// promoted replica is found within it even without a redirect. Default 500ms.
 	TopologyRefresh time.Duration
 	// ClientCache turns on Redis client-side caching (RESP3 tracking) for stage
 	// maps and event windows: reads come from local memory until Redis says the
@@ -127,7 +127,7 @@ func (c *Config) Validate() error {
 		c.DialTimeout = time.Second
 	}
 	if c.TopologyRefresh <= 0 {
-		c.TopologyRefresh = time.Second
+		c.TopologyRefresh = 500 * time.Millisecond
 	}
 	if c.CacheTTL <= 0 {
 		c.CacheTTL = time.Minute
