@@ -136,13 +136,24 @@ func TestSimulateDropReconnects(t *testing.T) {
 	sc := base(100_000)
 	sc.Drops = []Drop{{At: Duration(3600e9), Fraction: 0.2, BackoffBase: Duration(10e9), BackoffCap: Duration(30e9)}}
 	r := Simulate(sc, SimOptions{})
-	var total float64
-	for _, p := range r.Series.Reconnects {
-		total += p.V
-	}
 	// Downsampled by max over 8 s buckets: 20,000 over 10 s is 2,000/s.
 	if peak := maxV(r.Series.Reconnects); math.Abs(peak-2000) > 1 {
 		t.Fatalf("reconnect peak %.0f/s, want 20,000 over U(0, 10 s) = 2,000/s", peak)
+	}
+	// Every reconnect falls in the first backoff window after the drop: the
+	// buckets holding any start at or after 3,592 s (the 8 s bucket of 3,600)
+	// and end before 3,600 + 10 + 8 s.
+	var first, last float64 = -1, -1
+	for _, p := range r.Series.Reconnects {
+		if p.V > 0 {
+			if first < 0 {
+				first = p.T
+			}
+			last = p.T
+		}
+	}
+	if first < 3592 || last >= 3618 {
+		t.Fatalf("reconnects between %v s and %v s, want within [3592, 3618)", first, last)
 	}
 }
 

@@ -184,6 +184,8 @@ func redisFlags(fs *flag.FlagSet, c *redisengine.Config) *redisOpts {
 	fs.StringVar(&o.tlsClientCert, "redis-tls-cert", "", "client certificate (PEM) for mutual TLS")
 	fs.StringVar(&o.tlsClientKey, "redis-tls-key", "", "client key (PEM) for mutual TLS")
 	fs.BoolVar(&o.tlsInsecure, "redis-tls-insecure-skip-verify", false, "do not verify Redis's certificate (tests only)")
+	fs.IntVar(&c.WaitReplicas, "redis-wait-replicas", 0, "confirm a stage change only once this many replicas have it (WAIT); 0: Redis's asynchronous replication")
+	fs.DurationVar(&c.WaitTimeout, "redis-wait-timeout", 100*time.Millisecond, "how long a stage change waits for --redis-wait-replicas")
 	return o
 }
 
