@@ -110,9 +110,10 @@ func TestRedisLoss(t *testing.T) {
 	}
 }
 
-// TestRedisRestartEmpty: Redis comes back without its data. The broadcaster's
-// version floor keeps versions increasing, so devices (which hold the old, higher
-// version) accept the next change instead of ignoring it as stale.
+// TestRedisRestartEmpty: Redis comes back without its data, and the next change
+// goes through a broadcaster that never saw the event. Versions still increase
+// (the engine's clock floor), so devices (which hold the old versions) accept the
+// next change instead of ignoring it as stale.
 func TestRedisRestartEmpty(t *testing.T) {
 	const n, event = 50, "ev"
 	f := startFleet(t, 2, redistest.Options{}, proxy.Config{})
@@ -127,6 +128,13 @@ func TestRedisRestartEmpty(t *testing.T) {
 	eventually(t, 10*time.Second, "devices on v5", func() bool { return allOn(devs, event, last.V) })
 	f.redis.Kill()
 	f.redis.Restart() // empty: nothing persisted
+	// The next change comes through another broadcaster, one that never saw the
+	// event (a second replica, or the first one restarted): no process state helps.
+	bs2, err := broadcaster.New(broadcaster.Config{Token: token}, newEngine(t, f.redis.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.bc = &broadcaster.Client{BaseURL: "http://" + serveHTTP(t, bs2.Handler()), Token: token}
 	next := f.setRetrying(ctx, event, "after-restart", "ar-1", 20*time.Second)
 	if next.V <= last.V {
 		t.Fatalf("version went back from v%d to v%d after Redis lost its data", last.V, next.V)
@@ -167,4 +175,29 @@ func TestDrainMovesDevices(t *testing.T) {
 		t.Fatalf("drain of %d devices took %v: reconnects were not spread over the 1s window", n, drained)
 	}
 	t.Logf("drained %d devices in %v", n, drained)
+}
+
+// TestCorruptEntryDoesNotStall: an undecodable entry lands in an event's log
+// (a bad write by another tool, a bug). Proxies that re-read the log skip it;
+// devices that join get the newest good stage; live changes keep flowing.
+func TestCorruptEntryDoesNotStall(t *testing.T) {
+	const n, event = 60, "corrupt"
+	f := startFleet(t, 2, redistest.Options{}, proxy.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	first := f.set(ctx, event, "a")
+	if out, err := f.redis.Cli(ctx, "XADD", "sc:{"+event+"}:log", "*", "s", "{not json"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	devs := f.startDevices(ctx, n, event, -1) // their subs make each proxy read the log
+	eventually(t, 20*time.Second, "devices on the newest good stage", func() bool { return allOn(devs, event, first.V) })
+	next := f.set(ctx, event, "b")
+	eventually(t, 10*time.Second, "the next change everywhere", func() bool { return allOn(devs, event, next.V) })
+	var skipped float64
+	for _, p := range f.proxies {
+		skipped += metricValue(t, p, "stagecast_proxy_skipped_log_entries_total")
+	}
+	if skipped == 0 {
+		t.Fatal("no proxy counted the corrupt entry it skipped")
+	}
 }

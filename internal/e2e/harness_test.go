@@ -192,3 +192,22 @@ func (f *fleet) setRetrying(ctx context.Context, event, stage, key string, withi
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// metricValue sums a metric family of a proxy's registry (0 when absent).
+func metricValue(t *testing.T, p *proxy.Server, name string) float64 {
+	t.Helper()
+	mfs, err := p.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.Metric {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}

@@ -48,12 +48,56 @@ type msg struct {
 	Err    string `json:"err,omitempty"`
 }
 
+// tracker counts, per version, the connections that received it. Versions are
+// large numbers (the engine's clock), so each new one takes the next slot; the
+// lookup scans the few slots in use (a broadcast run has tens of versions).
 type tracker struct {
-	n     int64
-	count [maxVersions]atomic.Int64
-	last  [maxVersions]atomic.Int64
-	out   *json.Encoder
-	outMu sync.Mutex
+	n      int64
+	slots  [maxVersions]versionSlot
+	nslots atomic.Int32
+	mu     sync.Mutex  // serializes adding a slot
+	ready  atomic.Bool // "ready" was sent: later versions report "done"
+	out    *json.Encoder
+	outMu  sync.Mutex
+}
+
+type versionSlot struct {
+	v     atomic.Uint64
+	count atomic.Int64
+	last  atomic.Int64
+}
+
+// slot returns v's slot, adding it when new (nil past maxVersions).
+func (t *tracker) slot(v uint64) *versionSlot {
+	n := int(t.nslots.Load())
+	for i := 0; i < n; i++ {
+		if t.slots[i].v.Load() == v {
+			return &t.slots[i]
+		}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n = int(t.nslots.Load())
+	for i := 0; i < n; i++ {
+		if t.slots[i].v.Load() == v {
+			return &t.slots[i]
+		}
+	}
+	if n == maxVersions {
+		return nil
+	}
+	t.slots[n].v.Store(v)
+	t.nslots.Store(int32(n + 1))
+	return &t.slots[n]
+}
+
+// caughtUp is the number of connections holding the first version seen (the
+// catch-up every WebSocket client gets right after its sub).
+func (t *tracker) caughtUp() int64 {
+	if t.nslots.Load() == 0 {
+		return 0
+	}
+	return t.slots[0].count.Load()
 }
 
 func (t *tracker) emit(m msg) {
@@ -64,18 +108,20 @@ func (t *tracker) emit(m msg) {
 
 // record notes that one connection received version v now.
 func (t *tracker) record(v uint64) {
-	if v >= maxVersions {
+	s := t.slot(v)
+	if v == 0 || s == nil {
 		return
 	}
 	now := time.Now().UnixNano()
 	for {
-		old := t.last[v].Load()
-		if now <= old || t.last[v].CompareAndSwap(old, now) {
+		old := s.last.Load()
+		if now <= old || s.last.CompareAndSwap(old, now) {
 			break
 		}
 	}
-	if t.count[v].Add(1) == t.n && v > 1 { // v1 is the catch-up: "ready" covers it
-		t.emit(msg{Type: "done", V: v, Count: t.n, LastNS: t.last[v].Load()})
+	// The catch-up completes before "ready": "ready" covers it.
+	if s.count.Add(1) == t.n && t.ready.Load() {
+		t.emit(msg{Type: "done", V: v, Count: t.n, LastNS: s.last.Load()})
 	}
 }
 
@@ -143,11 +189,12 @@ func RunClients(ctx context.Context, cfg ClientConfig) error {
 			}
 		}(i)
 	}
-	// Ready: every connection up (raw) or every connection on v1 (WebSocket catch-up).
+	// Ready: every connection up (raw) or every connection on the current
+	// version (WebSocket catch-up).
 	deadline := time.After(120 * time.Second)
 	for {
 		up := established.Load() == int64(cfg.N)
-		if up && (cfg.Raw || t.count[1].Load() == int64(cfg.N)) {
+		if up && (cfg.Raw || t.caughtUp() == int64(cfg.N)) {
 			break
 		}
 		select {
@@ -155,12 +202,13 @@ func RunClients(ctx context.Context, cfg ClientConfig) error {
 			t.emit(msg{Type: "error", Err: err.Error()})
 			return err
 		case <-deadline:
-			err := fmt.Errorf("clients: %d of %d connected, %d caught up after 120s", established.Load(), cfg.N, t.count[1].Load())
+			err := fmt.Errorf("clients: %d of %d connected, %d caught up after 120s", established.Load(), cfg.N, t.caughtUp())
 			t.emit(msg{Type: "error", Err: err.Error()})
 			return err
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	t.ready.Store(true)
 	t.emit(msg{Type: "ready", Count: int64(cfg.N)})
 	// Wait for the coordinator to close stdin, then report our CPU.
 	_, _ = bufio.NewReader(os.Stdin).ReadString(0)
