@@ -340,11 +340,7 @@ func TestShedNormalFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := &gatedStore{Memory: eng, gate: make(chan struct{})}
-	signer, jwks, err := devicetoken.NewKeyPair("k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ver, err := devicetoken.NewVerifier(jwks, nil)
+	signer, ver, err := devicetoken.NewTestPair("k")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -311,8 +311,7 @@ func TestRequestPriority(t *testing.T) {
 	if p, _ := prio(prefetch.IdentityConfig{TrustedNetworks: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}}, r); p != prefetch.Critical {
 		t.Fatal("header not believed from a trusted network")
 	}
-	signer, jwks, _ := devicetoken.NewKeyPair("k")
-	ver, _ := devicetoken.NewVerifier(jwks, nil)
+	signer, ver, _ := devicetoken.NewTestPair("k")
 	tok, _ := signer.Mint(devicetoken.Claims{Device: "d1"}, time.Hour)
 	r.Header.Set("Authorization", "Bearer "+tok)
 	if p, code := prio(prefetch.IdentityConfig{Tokens: ver}, r); p != prefetch.Critical || code != 200 {

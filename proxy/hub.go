@@ -168,7 +168,10 @@ func (h *hub) topicFor(c *conn, event string) (*topic, subResult) {
 	defer sh.mu.Unlock()
 	t := sh.topics[event]
 	if t == nil {
-		if int(h.count.Load()) >= h.s.cfg.MaxEvents {
+		// Reserve the place first: two shards creating topics at once must not
+		// both pass a check of the same count.
+		if h.count.Add(1) > int64(h.s.cfg.MaxEvents) {
+			h.count.Add(-1)
 			return nil, subEventLimit
 		}
 		t = h.newTopic(event)
@@ -250,6 +253,7 @@ func (h *hub) closeAll() {
 	}
 }
 
+// newTopic starts event's topic; the caller reserved its place in h.count.
 func (h *hub) newTopic(event string) *topic {
 	ctx, cancel := context.WithCancel(h.s.ctx)
 	t := &topic{
@@ -264,7 +268,6 @@ func (h *hub) newTopic(event string) *topic {
 		// it is, the sweep still removes the topic.
 		emptySince: h.s.cfg.Now(),
 	}
-	h.count.Add(1)
 	h.s.metrics.topics.Inc()
 	h.s.wg.Add(2)
 	go func() {

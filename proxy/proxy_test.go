@@ -76,11 +76,7 @@ func memEngine(t *testing.T) *engine.Memory {
 // testKeys returns a device-token signer and the verifier of its key.
 func testKeys(t *testing.T) (*devicetoken.Signer, *devicetoken.Verifier) {
 	t.Helper()
-	s, jwks, err := devicetoken.NewKeyPair("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := devicetoken.NewVerifier(jwks, nil)
+	s, v, err := devicetoken.NewTestPair("test")
 	if err != nil {
 		t.Fatal(err)
 	}

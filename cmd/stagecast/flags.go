@@ -22,6 +22,7 @@ import (
 	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/serve"
+	"github.com/stagecast/stagecast/prefetch"
 	"github.com/stagecast/stagecast/proxy"
 )
 
@@ -125,6 +126,28 @@ type deviceKeyFlags struct {
 func (d *deviceKeyFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&d.file, "device-keys", "", "JWKS file of device-token public keys (several keys = rotation; re-read when it changes)")
 	fs.BoolVar(&d.require, "require-device-token", false, "refuse devices without a valid device token (401); needs --device-keys")
+}
+
+// apply loads the key set (when --device-keys is set), keeps it fresh until ctx
+// ends, and configures token checks of the proxy and/or prefetch server given.
+func (d *deviceKeyFlags) apply(ctx context.Context, log *slog.Logger, pc *proxy.Config, ic *prefetch.IdentityConfig) error {
+	ver, err := d.verifier(ctx, log)
+	if err != nil {
+		return err
+	}
+	if pc != nil {
+		pc.RequireToken = d.require
+		if ver != nil {
+			pc.Tokens = ver
+		}
+	}
+	if ic != nil {
+		ic.Require = d.require
+		if ver != nil {
+			ic.Tokens = devicetoken.NewCache(ver, 65536)
+		}
+	}
+	return nil
 }
 
 // verifier loads the key set (nil when --device-keys is not set) and keeps it

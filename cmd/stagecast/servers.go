@@ -13,7 +13,6 @@ import (
 
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/graph"
-	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/filewatch"
@@ -59,14 +58,11 @@ func runDev(args []string) error {
 	}
 	ctx, stop := signalContext()
 	defer stop()
-	ver, err := dk.verifier(ctx, log)
-	if err != nil {
+	var ident prefetch.IdentityConfig
+	if err := dk.apply(ctx, log, &pc, &ident); err != nil {
 		return err
 	}
-	pc.Logger, pc.RequireToken = log, dk.require
-	if ver != nil {
-		pc.Tokens = ver
-	}
+	pc.Logger = log
 	pc.DrainWindow = min(pc.DrainWindow, 5*time.Second) // a dev server stops quickly
 	eng := engine.NewMemory(engine.MemoryConfig{})
 	p, err := proxy.New(pc, eng)
@@ -77,11 +73,7 @@ func runDev(args []string) error {
 	if err != nil {
 		return err
 	}
-	pcfg := graph.ServerConfig{Cache: prefetch.Config{Logger: log}, Identity: prefetch.IdentityConfig{Require: dk.require}}
-	if ver != nil {
-		pcfg.Identity.Tokens = devicetoken.NewCache(ver, 65536)
-	}
-	pf, err := graph.NewServer(pcfg, eng)
+	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: log}, Identity: ident}, eng)
 	if err != nil {
 		return err
 	}
@@ -150,14 +142,10 @@ func runProxy(args []string) error {
 	defer eng.Close()
 	kctx, stopKeys := context.WithCancel(context.Background())
 	defer stopKeys()
-	ver, err := dk.verifier(kctx, log)
-	if err != nil {
+	if err := dk.apply(kctx, log, &pc, nil); err != nil {
 		return err
 	}
-	pc.Logger, pc.RequireToken = log, dk.require
-	if ver != nil {
-		pc.Tokens = ver
-	}
+	pc.Logger = log
 	p, err := proxy.New(pc, eng)
 	if err != nil {
 		return err
@@ -281,13 +269,8 @@ func runPrefetch(args []string) error {
 	cfg.Cache.Logger = log
 	kctx, stopKeys := context.WithCancel(context.Background())
 	defer stopKeys()
-	ver, err := dk.verifier(kctx, log)
-	if err != nil {
+	if err := dk.apply(kctx, log, nil, &cfg.Identity); err != nil {
 		return err
-	}
-	cfg.Identity.Require = dk.require
-	if ver != nil {
-		cfg.Identity.Tokens = devicetoken.NewCache(ver, 65536)
 	}
 	pf, err := graph.NewServer(cfg, eng)
 	if err != nil {

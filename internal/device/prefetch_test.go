@@ -158,11 +158,7 @@ func (errStopPrefetch) Error() string { return "stop" }
 
 // A device whose token is refused stops instead of retrying for ever.
 func TestRunStopsWhenUnauthorized(t *testing.T) {
-	_, jwks, err := devicetoken.NewKeyPair("k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ver, err := devicetoken.NewVerifier(jwks, nil)
+	_, ver, err := devicetoken.NewTestPair("k")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -274,6 +274,16 @@ func NewKeyPair(kid string) (*Signer, []byte, error) {
 	return &Signer{kid: kid, key: priv.Key.(ed25519.PrivateKey), now: time.Now}, jwks, nil
 }
 
+// NewTestPair is NewKeyPair with the verifier of the key set made too (for tests).
+func NewTestPair(kid string) (*Signer, *Verifier, error) {
+	s, jwks, err := NewKeyPair(kid)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := NewVerifier(jwks, nil)
+	return s, v, err
+}
+
 // AddToKeySet returns jwks (may be empty) with pub added; keys with the same kid
 // are replaced. Existing keys stay: during a rotation both verify.
 func AddToKeySet(jwks []byte, pub jose.JSONWebKey) ([]byte, error) {

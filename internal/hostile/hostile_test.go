@@ -400,15 +400,11 @@ func TestBadBytes(t *testing.T) {
 // subscription; a valid one subscribes only within its evs; at exp the proxy
 // closes with 4003.
 func TestDeviceTokens(t *testing.T) {
-	signer, jwks, err := devicetoken.NewKeyPair("k1")
+	signer, ver, err := devicetoken.NewTestPair("k1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	stranger, _, _ := devicetoken.NewKeyPair("k1")
-	ver, err := devicetoken.NewVerifier(jwks, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := startStack(t, proxy.Config{Tokens: ver, RequireToken: true}, graph.ServerConfig{})
 	for _, ev := range []string{"fight-1", "other"} {
 		if _, err := s.eng.SetStage(context.Background(), engine.SetRequest{Event: ev, Key: "pre-show", TS: 1}); err != nil {
