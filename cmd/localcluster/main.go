@@ -18,7 +18,10 @@ func main() {
 	cfg := localcluster.Config{Token: os.Getenv("STAGECAST_PRODUCER_TOKEN"), Out: os.Stdout}
 	flag.StringVar(&cfg.Stagecast, "stagecast", "bin/stagecast", "stagecast binary")
 	flag.StringVar(&cfg.Dir, "dir", "", "logs and Redis data (default: a new temp dir)")
+	restart := flag.Bool("restart", true, "restart a member that exits (with backoff); false: the first exit stops the fleet")
+	flag.StringVar(&cfg.ControlAddr, "control-addr", "127.0.0.1:0", "control interface address (loopback; its token is in <dir>/control.json)")
 	flag.Parse()
+	cfg.NoRestart = !*restart
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := localcluster.Run(ctx, cfg); err != nil {

@@ -23,6 +23,7 @@ Tools:
   prefetch-get  prefetch an event's stage map as a device would and print it
   loadgen       game-day rehearsal: loadgen simulate (full scale, no sockets)
   token         device identity: token keygen (Ed25519 key pair), token mint (a device JWT)
+  fleet         control a local fleet (make cluster): list members, kill/drain/pause one, inject faults
 
 Every flag can also be set as STAGECAST_<FLAG> (upper case, - as _).
 Run 'stagecast <command> -h' for a command's flags.
@@ -43,6 +44,7 @@ func main() {
 		"prefetch-get": runPrefetchGet,
 		"loadgen":      runLoadgen,
 		"token":        runToken,
+		"fleet":        runFleet,
 	}
 	name, args := os.Args[1], os.Args[2:]
 	if name == "-h" || name == "--help" || name == "help" {

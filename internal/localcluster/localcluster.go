@@ -1,8 +1,12 @@
 // Package localcluster runs a whole stagecast fleet on one machine, each part a
 // separate OS process of the real binaries: a Redis Cluster (3 masters, 3
-// replicas), one broadcaster, three proxies, two prefetch servers. It stays in
-// the foreground until its context ends, then stops everything it started
-// (proxies drain first). `make cluster` runs it.
+// replicas), one broadcaster, three proxies, two prefetch servers. Like
+// Kubernetes, it supervises them: a member that exits is logged and restarted
+// with backoff while the rest keep serving. A control interface on loopback
+// (control.json in the fleet's folder: address and token) lists the members and
+// kills, drains, pauses, resumes or restarts one, or injects a game-day fault,
+// so tools never guess pids. It stays in the foreground until its context ends,
+// then stops everything (proxies drain first). `make cluster` runs it.
 package localcluster
 
 import (
@@ -16,8 +20,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/stagecast/stagecast/internal/redistest"
@@ -33,6 +35,12 @@ type Config struct {
 	ProxyPorts      []int  // default 9101-9103
 	PrefetchPorts   []int  // default 9111-9112
 	Out             io.Writer
+	// NoRestart turns the supervisor off: the first member that exits stops the
+	// fleet (the old behaviour). Default: restart members, with backoff.
+	NoRestart bool
+	// ControlAddr is where the control interface listens (loopback only).
+	// Default 127.0.0.1:0 (a free port, written to Dir/control.json).
+	ControlAddr string
 	// Ready, if set, is called once everything answers.
 	Ready func(Info)
 }
@@ -44,6 +52,7 @@ type Info struct {
 	Broadcaster string   // http://...
 	Proxies     []string // ws://.../v1/ws
 	Prefetch    []string // http://.../graphql
+	Control     ControlInfo
 }
 
 func (c *Config) defaults() error {
@@ -75,13 +84,10 @@ func (c *Config) defaults() error {
 	if c.Out == nil {
 		c.Out = io.Discard
 	}
+	if c.ControlAddr == "" {
+		c.ControlAddr = "127.0.0.1:0"
+	}
 	return nil
-}
-
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan error
 }
 
 // Run starts the fleet, waits for ctx to end, and stops it.
@@ -89,43 +95,24 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := cfg.defaults(); err != nil {
 		return err
 	}
-	var procs []*proc
-	var mu sync.Mutex
+	var members []*member
 	exited := make(chan string, 32)
-	start := func(name string, env []string, argv ...string) error {
-		logf, err := os.Create(filepath.Join(cfg.Dir, name+".log"))
-		if err != nil {
+	sctx, stopSupervisors := context.WithCancel(ctx)
+	start := func(name, kind, addr string, env []string, argv ...string) error {
+		m := &member{name: name, kind: kind, addr: addr, argv: argv, env: env, dir: cfg.Dir}
+		if err := m.start(); err != nil {
 			return err
 		}
-		cmd := exec.Command(argv[0], argv[1:]...)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.Env = append(os.Environ(), env...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := cmd.Start(); err != nil {
-			logf.Close()
-			return fmt.Errorf("start %s: %w", name, err)
-		}
-		p := &proc{name: name, cmd: cmd, done: make(chan error, 1)}
-		go func() { e := cmd.Wait(); logf.Close(); p.done <- e; exited <- name }()
-		mu.Lock()
-		procs = append(procs, p)
-		mu.Unlock()
+		members = append(members, m)
+		go m.supervise(sctx, !cfg.NoRestart, cfg.Out, exited)
 		return nil
 	}
 	defer func() {
 		// Stop in reverse order: servers (proxies drain) before Redis.
-		mu.Lock()
-		defer mu.Unlock()
-		for i := len(procs) - 1; i >= 0; i-- {
-			p := procs[i]
-			_ = p.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-p.done:
-			case <-time.After(15 * time.Second):
-				_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-				<-p.done
-			}
+		for i := len(members) - 1; i >= 0; i-- {
+			members[i].stop(15 * time.Second)
 		}
+		stopSupervisors()
 		fmt.Fprintf(cfg.Out, "stopped everything; logs are in %s\n", cfg.Dir)
 	}()
 
@@ -136,7 +123,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return err
 		}
 		addr := "127.0.0.1:" + strconv.Itoa(port)
-		if err := start("redis-"+strconv.Itoa(port), nil, "redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		if err := start("redis-"+strconv.Itoa(port), "redis", addr, nil, "redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 			"--dir", dir, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
 			"--appendonly", "yes", "--save", "", "--protected-mode", "no"); err != nil {
 			return err
@@ -158,7 +145,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	env := []string{"STAGECAST_REDIS=" + strings.Join(info.Redis[:3], ","), "STAGECAST_PRODUCER_TOKEN=" + cfg.Token}
 	bc := "127.0.0.1:" + strconv.Itoa(cfg.BroadcasterPort)
-	if err := start("broadcaster", env, cfg.Stagecast, "broadcaster", "--addr", bc); err != nil {
+	if err := start("broadcaster", "broadcaster", bc, env, cfg.Stagecast, "broadcaster", "--addr", bc); err != nil {
 		return err
 	}
 	info.Broadcaster = "http://" + bc
@@ -166,7 +153,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	for i, port := range cfg.ProxyPorts {
 		addr := "127.0.0.1:" + strconv.Itoa(port)
 		// A local fleet's devices (watch, loadgen) all come from loopback.
-		if err := start(fmt.Sprintf("proxy-%d", i+1), env, cfg.Stagecast, "proxy", "--addr", addr, "--proxy-id", fmt.Sprintf("proxy-%d", i+1), "--drain-window", "3s",
+		if err := start(fmt.Sprintf("proxy-%d", i+1), "proxy", addr, env, cfg.Stagecast, "proxy", "--addr", addr, "--proxy-id", fmt.Sprintf("proxy-%d", i+1), "--drain-window", "3s",
 			"--ip-limit-exempt", "127.0.0.0/8"); err != nil {
 			return err
 		}
@@ -175,7 +162,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	for i, port := range cfg.PrefetchPorts {
 		addr := "127.0.0.1:" + strconv.Itoa(port)
-		if err := start(fmt.Sprintf("prefetch-%d", i+1), env, cfg.Stagecast, "prefetch", "--addr", addr); err != nil {
+		if err := start(fmt.Sprintf("prefetch-%d", i+1), "prefetch", addr, env, cfg.Stagecast, "prefetch", "--addr", addr); err != nil {
 			return err
 		}
 		info.Prefetch = append(info.Prefetch, "http://"+addr+"/graphql")
@@ -186,6 +173,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return fmt.Errorf("%s not ready (logs in %s): %w", u, cfg.Dir, err)
 		}
 	}
+	ci, err := serveControl(sctx, cfg.ControlAddr, cfg.Dir, members, cfg.Out)
+	if err != nil {
+		return err
+	}
+	info.Control = ci
 	printInfo(cfg.Out, info)
 	if cfg.Ready != nil {
 		cfg.Ready(info)
@@ -193,7 +185,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	select {
 	case <-ctx.Done():
 		return nil
-	case name := <-exited:
+	case name := <-exited: // only with NoRestart
 		return fmt.Errorf("%s exited unexpectedly; see %s", name, filepath.Join(cfg.Dir, name+".log"))
 	}
 }
@@ -207,13 +199,21 @@ stagecast local cluster is up (Ctrl-C stops everything).
   proxies         %s
   prefetch        %s
   logs            %s
+  control         http://%s  (token in %s)
+
+A member that exits is restarted. Inject a fault, as a game day would:
+  go run ./cmd/stagecast fleet --control %s list
+  go run ./cmd/stagecast fleet --control %s kill proxy-2
+  go run ./cmd/stagecast fleet --control %s fault redis-master-kill
 
 Try:
   go run ./cmd/stagecast watch --proxy %s fight-2026-11-15
   go run ./cmd/stagecast stage --broadcaster %s set fight-2026-11-15 round-3
 
 `, strings.Join(i.Redis[:3], " "), strings.Join(i.Redis[3:], " "), i.Broadcaster, strings.Join(i.Proxies, " "),
-		strings.Join(i.Prefetch, " "), i.Dir, strings.Join(i.Proxies, ","), i.Broadcaster)
+		strings.Join(i.Prefetch, " "), i.Dir, i.Control.Addr, filepath.Join(i.Dir, ControlFile),
+		filepath.Join(i.Dir, ControlFile), filepath.Join(i.Dir, ControlFile), filepath.Join(i.Dir, ControlFile),
+		strings.Join(i.Proxies, ","), i.Broadcaster)
 }
 
 func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {

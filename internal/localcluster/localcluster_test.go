@@ -15,6 +15,7 @@ import (
 	"github.com/stagecast/stagecast/internal/localcluster"
 	"github.com/stagecast/stagecast/internal/redistest"
 	"github.com/stagecast/stagecast/internal/waitfor"
+	"github.com/stagecast/stagecast/loadgen"
 )
 
 // redisPort returns a free port whose cluster-bus port (+10000) is free too.
@@ -79,6 +80,10 @@ func TestLocalCluster(t *testing.T) {
 		t.Fatal("cluster not ready within 90s")
 	}
 
+	bc := &broadcaster.Client{BaseURL: info.Broadcaster, Token: cfg.Token}
+	if _, err := bc.PutStageMap(ctx, "fight", []byte(`{"stages":{"round-3":{"default":{"rows":[1]}}}}`)); err != nil {
+		t.Fatal(err)
+	}
 	dctx, dcancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	var devs []*device.Client
@@ -99,11 +104,6 @@ func TestLocalCluster(t *testing.T) {
 		}
 		return true
 	})
-	time.Sleep(200 * time.Millisecond) // let the subs land (nothing to catch up yet, no frame to wait for)
-	bc := &broadcaster.Client{BaseURL: info.Broadcaster, Token: cfg.Token}
-	if _, err := bc.PutStageMap(ctx, "fight", []byte(`{"stages":{"round-3":{"default":{"rows":[1]}}}}`)); err != nil {
-		t.Fatal(err)
-	}
 	r, err := bc.SetStage(ctx, "fight", "round-3", nil, "lc-1")
 	if err != nil {
 		t.Fatal(err)
@@ -127,6 +127,68 @@ func TestLocalCluster(t *testing.T) {
 			return err == nil && ok
 		})
 	}
+
+	// The supervisor: a proxy killed (a crash) and another drained (SIGTERM)
+	// come back; the rest of the fleet keeps serving meanwhile.
+	fleet, err := loadgen.OpenFleetControl(filepath.Join(cfg.Dir, localcluster.ControlFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	member := func(name string) loadgen.FleetMember {
+		ms, err := fleet.Members(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range ms {
+			if m.Name == name {
+				return m
+			}
+		}
+		t.Fatalf("no member %s in %+v", name, ms)
+		return loadgen.FleetMember{}
+	}
+	if _, err := fleet.Act(ctx, "proxy-2", "kill", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fleet.Act(ctx, "proxy-3", "drain", 0); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := bc.SetStage(ctx, "fight", "round-4", nil, "lc-2") // while two proxies are down
+	if err != nil {
+		t.Fatalf("the broadcaster stopped serving when proxies died: %v", err)
+	}
+	for _, name := range []string{"proxy-2", "proxy-3"} {
+		waitfor.True(t, 30*time.Second, name+" restarted", func() bool {
+			m := member(name)
+			return m.State == "running" && m.Restarts == 1
+		})
+	}
+	waitfor.True(t, 30*time.Second, "every device back on the latest stage", func() bool {
+		for _, d := range devs {
+			if key, v := d.State("fight"); key != "round-4" || v != r2.V {
+				return false
+			}
+		}
+		return true
+	})
+	// A Redis master paused (a slow shard) resumes by itself; nothing restarts.
+	res, err := fleet.Inject(ctx, "redis-pause", "0", 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitfor.True(t, 10*time.Second, res.Member+" resumed", func() bool { return member(res.Member).State == "running" })
+	if m := member(res.Member); m.Restarts != 0 {
+		t.Fatalf("a paused member was restarted: %+v", m)
+	}
+	if _, err := fleet.Inject(ctx, "proxy-explode", "", 0); err == nil {
+		t.Fatal("an unknown fault was accepted")
+	}
+	bad := *fleet
+	bad.Token = "wrong"
+	if _, err := bad.Members(ctx); err == nil {
+		t.Fatal("the control interface answered a wrong token")
+	}
+
 	dcancel()
 	wg.Wait()
 	cancel()
