@@ -46,6 +46,10 @@ type LiveConfig struct {
 	// (default: now).
 	StartAt time.Time
 	Log     io.Writer
+	// Fleet is the control interface of a fleet this run may hurt (make
+	// cluster's control.json): the scenario's faults are injected through it.
+	// A scenario with faults and no Fleet is refused.
+	Fleet *FleetControl
 }
 
 // liveDevice is one simulated device.
@@ -109,6 +113,9 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
 	}
+	if len(sc.Faults) > 0 && cfg.Fleet == nil && cfg.Segment == 0 {
+		return nil, fmt.Errorf("loadgen live: scenario %q has %d faults but no fleet to inject them into: pass --fleet <log folder>/control.json of a fleet loadgen can control (make cluster), or remove the faults", sc.Name, len(sc.Faults))
+	}
 	n := sc.Devices
 	if cfg.Devices > 0 {
 		n = cfg.Devices
@@ -136,6 +143,9 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 	var connectsPerSec = make([]atomic.Int64, secs)
 	var prefetchPerSec = make([]atomic.Int64, secs)
 	var prefetchErrs, errs atomic.Int64
+	var connectsTotal atomic.Int64
+	reconnectBins := make([]atomic.Int64, secs)
+	var posts postLog
 	// Per version (versions are large numbers, not indexes), at most the
 	// scenario's stages plus a few older ones a device catches up on.
 	lat := &latencies{byV: map[uint64]*versionLatency{}, max: len(sc.Stages) + 64}
@@ -201,6 +211,10 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 			var dev *liveDevice
 			c, err := device.New(device.Config{URLs: urls, Device: fmt.Sprintf("lg-%d", idx), Platform: platform, Segment: segment,
 				Events: map[string]uint64{sc.Event: 0}, Ack: true, HTTPClient: hc,
+				OnConnect: func() {
+					connectsTotal.Add(1)
+					reconnectBins[bin(time.Now())].Add(1)
+				},
 				BackoffBase: time.Duration(float64(base) / cfg.TimeScale), BackoffCap: time.Duration(float64(capB) / cfg.TimeScale),
 				OnStage: func(f wire.ProxyFrame, at time.Time) {
 					if l := lat.of(f.V); l != nil {
@@ -237,7 +251,9 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 		for i, st := range sc.Stages {
 			i, st := i, st
 			ticks = append(ticks, tick{scale(st.At), func() {
-				r, err := bc.setStage(ctx, sc.Event, st.Stage, fmt.Sprintf("loadgen-%d-%d", wallStart.UnixNano(), i))
+				t0 := time.Now()
+				r, err := bc.setStageRetrying(ctx, sc.Event, st.Stage, fmt.Sprintf("loadgen-%d-%d", wallStart.UnixNano(), i), 20*time.Second)
+				posts.add(t0, time.Since(t0))
 				if err != nil {
 					errs.Add(1)
 					fmt.Fprintf(cfg.Log, "stage %s: %v\n", st.Stage, err)
@@ -264,9 +280,33 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 			fmt.Fprintf(cfg.Log, "\n%6.1fs  dropped %d connections\n", time.Since(wallStart).Seconds(), dropped)
 		}})
 	}
-	for _, f := range sc.Faults {
-		if f.DrainProxy {
-			fmt.Fprintf(cfg.Log, "note: the drain fault is simulated only (a live run cannot signal a proxy it did not start)\n")
+	latest := func() uint64 {
+		var v uint64
+		for i := range versionOf {
+			v = max(v, versionOf[i].Load())
+		}
+		return v
+	}
+	var faults []*faultRun
+	if leader {
+		for _, f := range sc.Faults {
+			fr := &faultRun{stats: FaultStats{AtS: f.At.D().Seconds(), Action: f.Action, Target: f.Target}, done: make(chan struct{})}
+			faults = append(faults, fr)
+			ticks = append(ticks, tick{scale(f.At), func() {
+				res, err := cfg.Fleet.Inject(ctx, f.Action, f.Target, f.Duration.D())
+				fr.at = time.Now()
+				if err != nil {
+					errs.Add(1)
+					fr.stats.Error = err.Error()
+					fmt.Fprintf(cfg.Log, "\n%6.1fs  fault %s: %v\n", time.Since(wallStart).Seconds(), f.Action, err)
+					close(fr.done)
+					return
+				}
+				fr.stats.Member = res.Member
+				fmt.Fprintf(cfg.Log, "\n%6.1fs  fault %s: %s\n", time.Since(wallStart).Seconds(), f.Action, res.Member)
+				c0 := connectsTotal.Load()
+				go fr.watch(runCtx, &mu, &devices, sc.Event, latest, func() int64 { return connectsTotal.Load() - c0 })
+			}})
 		}
 	}
 	sort.Slice(ticks, func(i, j int) bool { return ticks[i].at < ticks[j].at })
@@ -338,7 +378,102 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 		}
 	}
 	part.WallSeconds = time.Since(wallStart).Seconds()
+	last := latest()
+	var missed int64
+	for _, h := range held {
+		if h < last {
+			missed++
+		}
+	}
+	for _, fr := range faults {
+		if fr.at.IsZero() {
+			fr.stats.Error = "not injected: the run ended first"
+		} else {
+			<-fr.done
+		}
+		f := fr.stats
+		if f.Error == "" && f.RecoveredMS >= 0 {
+			end := fr.at.Add(time.Duration(max(f.RecoveredMS, 0)*float64(time.Millisecond)) + time.Second)
+			for b := bin(fr.at); b <= bin(end); b++ {
+				f.ReconnectPeakPerS = max(f.ReconnectPeakPerS, float64(reconnectBins[b].Load()))
+			}
+			f.ProducerBlockedMS = posts.longest(fr.at, end.Add(10*time.Second))
+		}
+		f.Missed = missed
+		part.Faults = append(part.Faults, f)
+	}
 	return part, nil
+}
+
+// faultRun follows one injected fault until the fleet recovered.
+type faultRun struct {
+	stats FaultStats
+	at    time.Time
+	done  chan struct{}
+}
+
+// watch samples every 20 ms until every device is connected again and holds
+// the latest stage (or 60 s pass): devices affected, reconnects, recovery time.
+func (fr *faultRun) watch(ctx context.Context, mu *sync.Mutex, devices *[]*liveDevice, event string, latest func() uint64, reconnects func() int64) {
+	defer close(fr.done)
+	fr.stats.RecoveredMS = -1
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for time.Since(fr.at) < 60*time.Second {
+		mu.Lock()
+		ds := append([]*liveDevice(nil), (*devices)...)
+		mu.Unlock()
+		v := latest()
+		var down int64
+		behind := false
+		for _, d := range ds {
+			if !d.c.Connected() {
+				down++
+			}
+			if _, held := d.c.State(event); held < v {
+				behind = true
+			}
+		}
+		fr.stats.DevicesAffected = max(fr.stats.DevicesAffected, down)
+		if down == 0 && !behind {
+			fr.stats.RecoveredMS = float64(time.Since(fr.at).Microseconds()) / 1000
+			fr.stats.Reconnects = reconnects()
+			return
+		}
+		select {
+		case <-ctx.Done():
+			fr.stats.Reconnects = reconnects()
+			return
+		case <-tick.C:
+		}
+	}
+	fr.stats.Reconnects = reconnects()
+}
+
+// postLog records the stage changes' start and duration.
+type postLog struct {
+	mu    sync.Mutex
+	start []time.Time
+	took  []time.Duration
+}
+
+func (p *postLog) add(start time.Time, took time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.start, p.took = append(p.start, start), append(p.took, took)
+}
+
+// longest is the longest change started in [from, to], in ms.
+func (p *postLog) longest(from, to time.Time) float64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var ms float64
+	for i, s := range p.start {
+		if !s.Before(from) && !s.After(to) {
+			ms = max(ms, float64(p.took[i].Microseconds())/1000)
+		}
+	}
+	return ms
 }
 
 // progress shows a bar of the run's timeline with the current rates.

@@ -29,6 +29,8 @@ type Partial struct {
 	Versions    []uint64 `json:"versions,omitempty"`
 	Proxies     int      `json:"proxies"`
 	WallSeconds float64  `json:"wall_seconds"`
+	// Faults (segment 0 injects them) and how the fleet recovered.
+	Faults []FaultStats `json:"faults,omitempty"`
 }
 
 // WriteFile stores the partial as JSON.
@@ -150,6 +152,10 @@ func Merge(sc *Scenario, parts []*Partial) (*Report, error) {
 			rep.Devices, rep.Connected, last.T50MS, last.T99MS, last.T100MS, last.Missed)
 	}
 	rep.Calibration = CalibrateFrom(sc, rep, func(BroadcastStats) bool { return true })
+	rep.Faults = lead.Faults
+	if h := faultHeadline(rep.Faults); h != "" {
+		rep.Headline += "; " + h
+	}
 	return rep, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // producer is the loadgen's own minimal client of the producer API: loadgen
@@ -67,4 +68,21 @@ func (p *producer) setStage(ctx context.Context, event, stage, idem string) (sta
 	var r stageReply
 	err := p.do(ctx, http.MethodPost, "/v1/events/"+url.PathEscape(event)+"/stage", b, idem, &r)
 	return r, err
+}
+
+// setStageRetrying retries a failed stage change with the same key (a 503
+// outcome_unknown while a Redis master fails over) for up to within.
+func (p *producer) setStageRetrying(ctx context.Context, event, stage, idem string, within time.Duration) (stageReply, error) {
+	deadline := time.Now().Add(within)
+	for {
+		r, err := p.setStage(ctx, event, stage, idem)
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return r, err
+		}
+		select {
+		case <-ctx.Done():
+			return r, err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

@@ -26,7 +26,9 @@ type Report struct {
 	// Calibration (live runs): the fleet and delay figures the simulator can take
 	// (simulate --calibrate report.json).
 	Calibration *Calibration `json:"calibration,omitempty"`
-	Series      Series       `json:"series"`
+	// Faults injected (live) or modelled (simulate), and the recovery.
+	Faults []FaultStats `json:"faults,omitempty"`
+	Series Series       `json:"series"`
 }
 
 // ReadCalibration reads the calibration of a live run's report.json.

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -86,12 +88,31 @@ type Drop struct {
 	BackoffCap  Duration `yaml:"backoff_cap"`
 }
 
-// Fault is an injected failure. DrainProxy drains one proxy at At over Window.
+// Fault is an injected failure at scenario time At. A live run injects it
+// through a fleet's control interface (--fleet); the simulator models it.
 type Fault struct {
-	At         Duration `yaml:"at"`
-	DrainProxy bool     `yaml:"drain_proxy"`
-	Window     Duration `yaml:"window"`
+	At Duration `yaml:"at"`
+	// Action: proxy-kill, proxy-drain, redis-master-kill, redis-pause,
+	// broadcaster-kill.
+	Action string `yaml:"action"`
+	// Target: "random" (default) or the index of the member among those the
+	// action applies to (proxies, Redis masters).
+	Target string `yaml:"target"`
+	// Duration of redis-pause (default 5s), in real time.
+	Duration Duration `yaml:"duration"`
+	// DrainProxy is the older spelling of action: proxy-drain.
+	DrainProxy bool `yaml:"drain_proxy"`
+	// Window is the drain window the simulator assumes (default 30s; make
+	// cluster's proxies drain over 3s).
+	Window Duration `yaml:"window"`
+	// The devices' reconnect backoff the simulator assumes (defaults 500ms, 30s,
+	// the reference device's).
+	BackoffBase Duration `yaml:"backoff_base"`
+	BackoffCap  Duration `yaml:"backoff_cap"`
 }
+
+// FaultActions are the faults a scenario may name.
+var FaultActions = []string{"proxy-kill", "proxy-drain", "redis-master-kill", "redis-pause", "broadcaster-kill"}
 
 // Fleet is the serving side the simulation models.
 type Fleet struct {
@@ -99,6 +120,10 @@ type Fleet struct {
 	// Capacity: devices per proxy. FanoutRate: deliveries per second per proxy.
 	Capacity   int64   `yaml:"capacity"`
 	FanoutRate float64 `yaml:"fanout_rate"`
+	// AdmitRate and AdmitBurst: new connections per second (and burst) one
+	// proxy admits (its --admit-rate, --admit-burst). Defaults 2000, 2000.
+	AdmitRate  float64 `yaml:"admit_rate"`
+	AdmitBurst float64 `yaml:"admit_burst"`
 }
 
 // Network is the delay model: publish hop, and the device's last-mile delay,
@@ -185,6 +210,12 @@ func (sc *Scenario) defaults() {
 	if sc.Event == "" {
 		sc.Event = "rehearsal"
 	}
+	if sc.Fleet.AdmitRate == 0 {
+		sc.Fleet.AdmitRate = 2000
+	}
+	if sc.Fleet.AdmitBurst == 0 {
+		sc.Fleet.AdmitBurst = 2000
+	}
 	if sc.Prefetch.TTL == 0 {
 		sc.Prefetch.TTL = Duration(300 * time.Second)
 	}
@@ -220,6 +251,21 @@ func (sc *Scenario) defaults() {
 	for i := range sc.Faults {
 		if sc.Faults[i].Window == 0 {
 			sc.Faults[i].Window = Duration(30 * time.Second)
+		}
+		if sc.Faults[i].DrainProxy && sc.Faults[i].Action == "" {
+			sc.Faults[i].Action = "proxy-drain"
+		}
+		if sc.Faults[i].Target == "" {
+			sc.Faults[i].Target = "random"
+		}
+		if sc.Faults[i].BackoffBase == 0 {
+			sc.Faults[i].BackoffBase = Duration(500 * time.Millisecond)
+		}
+		if sc.Faults[i].BackoffCap == 0 {
+			sc.Faults[i].BackoffCap = Duration(30 * time.Second)
+		}
+		if sc.Faults[i].Action == "redis-pause" && sc.Faults[i].Duration == 0 {
+			sc.Faults[i].Duration = Duration(5 * time.Second)
 		}
 	}
 	sort.SliceStable(sc.Stages, func(i, j int) bool { return sc.Stages[i].At < sc.Stages[j].At })
@@ -289,8 +335,11 @@ func (sc *Scenario) validate() error {
 	}
 	for i, ft := range sc.Faults {
 		f := fmt.Sprintf("faults[%d]", i)
-		if !ft.DrainProxy {
-			errs = append(errs, sc.fieldErr(f, "names no fault (drain_proxy: true)"))
+		if !slices.Contains(FaultActions, ft.Action) {
+			errs = append(errs, sc.fieldErr(f+".action", "%q is not one of %s", ft.Action, strings.Join(FaultActions, ", ")))
+		}
+		if _, err := strconv.Atoi(ft.Target); ft.Target != "random" && (err != nil || strings.HasPrefix(ft.Target, "-")) {
+			errs = append(errs, sc.fieldErr(f+".target", "\"random\" or an index >= 0"))
 		}
 		if ft.At < 0 || ft.At > sc.Duration {
 			errs = append(errs, sc.fieldErr(f+".at", "outside the scenario"))

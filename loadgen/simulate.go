@@ -88,11 +88,20 @@ func Simulate(sc *Scenario, o SimOptions) *Report {
 	if proxies == 0 {
 		proxies = max(needed, 1)
 	}
+	var faults []FaultStats
 	for _, f := range sc.Faults {
 		at := int(f.At.D().Seconds())
-		if f.DrainProxy && at < T {
-			spread(reconnects, at, f.Window.D().Seconds()+2, connected[at]/float64(proxies))
+		if at >= T {
+			continue
 		}
+		fs := FaultStats{AtS: f.At.D().Seconds(), Action: f.Action, Target: f.Target}
+		if m, ok := proxyLoss(f, connected[at], proxies, fleet); ok {
+			secs, peak := m.Recovery()
+			spread(reconnects, at, math.Max(secs, 1), m.Devices)
+			fs.DevicesAffected, fs.Reconnects = int64(m.Devices), int64(m.Devices)
+			fs.RecoveredMS, fs.ReconnectPeakPerS, fs.PredictedMS = secs*1000, peak, secs*1000
+		}
+		faults = append(faults, fs)
 	}
 
 	kernel := refreshKernel(sc.Prefetch, o.NoJitter || sc.Prefetch.NoJitter)
@@ -106,6 +115,7 @@ func Simulate(sc *Scenario, o SimOptions) *Report {
 	rep := &Report{Mode: "simulate", Scenario: sc.Name, Devices: int64(n), Proxies: proxies, ProxiesNeeded: needed,
 		Prefetch: PrefetchStats{Requests: int64(requests), PeakRPS: peakRPS, MeanRPS: requests / float64(T), RefreshPeakRPS: refreshPeak}}
 	rep.Connected = int64(connected[T-1])
+	rep.Faults = faults
 	delay := logNormalQuantiles(p50, p99, 400)
 	for i, st := range sc.Stages {
 		at := min(int(st.At.D().Seconds()), T-1)
@@ -298,4 +308,21 @@ func downsample(s []float64, m int) []Point {
 		out = append(out, Point{T: float64(i), V: v})
 	}
 	return out
+}
+
+// proxyLoss is the recovery model of a proxy fault (kill or drain) with this
+// fleet: the lost proxy's share of the connected devices reconnect to the
+// survivors, within their admission rate. Other faults (Redis, broadcaster)
+// move no device: ok is false.
+func proxyLoss(f Fault, connected float64, proxies int, fleet Fleet) (RecoveryModel, bool) {
+	if (f.Action != "proxy-kill" && f.Action != "proxy-drain") || proxies < 2 {
+		return RecoveryModel{}, false
+	}
+	survivors := float64(proxies - 1)
+	m := RecoveryModel{Devices: connected / float64(proxies), Base: f.BackoffBase.D().Seconds(), Cap: f.BackoffCap.D().Seconds(),
+		Admit: fleet.AdmitRate * survivors, Burst: fleet.AdmitBurst * survivors, CatchUpSecs: 0.005}
+	if f.Action == "proxy-drain" {
+		m.Window, m.Jitter = f.Window.D().Seconds(), 2 // the proxy's drain window; reconnect after U(0, 2 s)
+	}
+	return m, true
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/stagecast/stagecast/internal/localcluster"
 	"github.com/stagecast/stagecast/loadgen"
 )
 
@@ -77,6 +78,7 @@ func runSimulate(args []string) error {
 	for _, b := range r.Broadcasts {
 		fmt.Printf("  v%-3d %-16s at %6.0fs  %10d devices  50%% %7.0f ms  99%% %7.0f ms  100%% %7.0f ms  missed %d\n", b.V, b.Stage, b.AtS, b.Devices, b.T50MS, b.T99MS, b.T100MS, b.Missed)
 	}
+	printFaults(r.Faults)
 	fmt.Printf("simulated in %.2f s\n", r.WallSeconds)
 	if *out != "" {
 		if err := r.Write(*out); err != nil {
@@ -104,6 +106,7 @@ func runLive(args []string) error {
 	partialOut := fs.String("partial-out", "", "write this share's raw results here (for loadgen merge) instead of a report")
 	startAt := fs.Int64("start-at", 0, "Unix ms at which the run starts (aligns shares; default now)")
 	quiet := fs.Bool("quiet", false, "no progress output (workers of --procs)")
+	fleet := fs.String("fleet", "", "inject the scenario's faults into this fleet: its control.json (make cluster prints its folder), or \"local\" to start one here for the run")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -129,6 +132,22 @@ func runLive(args []string) error {
 	}
 	ctx, stop := signalContext()
 	defer stop()
+	switch *fleet {
+	case "":
+	case "local":
+		if *procs > 1 || *partialOut != "" {
+			return errors.New("--fleet local starts one fleet for one process: with --procs or shares, start `make cluster` and pass its control.json")
+		}
+		stopFleet, err := startLocalFleet(ctx, &cfg)
+		if err != nil {
+			return err
+		}
+		defer stopFleet()
+	default:
+		if cfg.Fleet, err = loadgen.OpenFleetControl(*fleet); err != nil {
+			return err
+		}
+	}
 	if *partialOut != "" { // a worker or one machine's share: raw results only
 		cfg.Log = os.Stderr
 		if *quiet {
@@ -258,6 +277,7 @@ func printLiveReport(r *loadgen.Report, out string) error {
 	for _, b := range r.Broadcasts {
 		fmt.Printf("  v%-3d %-16s 50%% %6.0f ms  99%% %6.0f ms  100%% %6.0f ms  missed %d\n", b.V, b.Stage, b.T50MS, b.T99MS, b.T100MS, b.Missed)
 	}
+	printFaults(r.Faults)
 	fmt.Printf("prefetch: %d requests, peak %.0f/s, %d errors; %d errors in all\n", r.Prefetch.Requests, r.Prefetch.PeakRPS, r.Prefetch.Errors, r.Errors)
 	if c := r.Calibration; c != nil {
 		fmt.Printf("calibration: %.0f deliveries/s per proxy, %.1f ms publish hop (simulate --calibrate report.json)\n", c.FanoutRate, c.PubSubMS)
@@ -277,4 +297,58 @@ func scenarioFlag(path string) (*loadgen.Scenario, error) {
 		return nil, errors.New("--scenario is required")
 	}
 	return loadgen.LoadScenario(path)
+}
+
+// startLocalFleet starts a make-cluster fleet on free loopback ports for one
+// run and points cfg at it (proxies, prefetch, broadcaster, control).
+func startLocalFleet(ctx context.Context, cfg *loadgen.LiveConfig) (stop func(), err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "stagecast-loadgen-fleet-")
+	if err != nil {
+		return nil, err
+	}
+	lc := localcluster.Config{Stagecast: self, Dir: dir, Token: cfg.Token, Out: os.Stdout}
+	if err := localcluster.FreePorts(&lc); err != nil {
+		return nil, err
+	}
+	ready := make(chan localcluster.Info, 1)
+	lc.Ready = func(i localcluster.Info) { ready <- i }
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- localcluster.Run(fctx, lc) }()
+	select {
+	case info := <-ready:
+		cfg.ProxyURLs, cfg.GraphQLURL, cfg.Broadcaster = info.Proxies, info.Prefetch[0], info.Broadcaster
+		if cfg.Fleet, err = loadgen.OpenFleetControl(filepath.Join(dir, localcluster.ControlFile)); err != nil {
+			cancel()
+			<-done
+			return nil, err
+		}
+		return func() { cancel(); <-done }, nil
+	case err := <-done:
+		cancel()
+		return nil, fmt.Errorf("local fleet: %w", err)
+	case <-ctx.Done():
+		cancel()
+		<-done
+		return nil, ctx.Err()
+	}
+}
+
+func printFaults(fs []loadgen.FaultStats) {
+	for _, f := range fs {
+		if f.Error != "" {
+			fmt.Printf("  fault %-18s at %6.0fs  %s\n", f.Action, f.AtS, f.Error)
+			continue
+		}
+		rec := fmt.Sprintf("%.0f ms", f.RecoveredMS)
+		if f.RecoveredMS < 0 {
+			rec = "NOT recovered"
+		}
+		fmt.Printf("  fault %-18s at %6.0fs  %-14s %8d devices affected, %8d reconnects (peak %.0f/s), recovered in %s, producer blocked %.0f ms, %d missed\n",
+			f.Action, f.AtS, f.Member, f.DevicesAffected, f.Reconnects, f.ReconnectPeakPerS, rec, f.ProducerBlockedMS, f.Missed)
+	}
 }

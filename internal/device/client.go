@@ -46,6 +46,9 @@ type Config struct {
 	OnStage func(f wire.ProxyFrame, received time.Time)
 	// OnFrame is called for every frame received (including duplicates).
 	OnFrame func(f wire.ProxyFrame)
+	// OnConnect is called each time a connection is established (the first
+	// and every reconnect).
+	OnConnect func()
 	// Rand draws the backoff jitter. Default: a private PCG.
 	Rand *rand.Rand
 	// Sleep waits (injected in tests). Default: a timer that honours ctx.
@@ -202,6 +205,9 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 	c.mu.Unlock()
 	c.connected.Store(true)
 	defer c.connected.Store(false)
+	if c.cfg.OnConnect != nil {
+		c.cfg.OnConnect()
+	}
 	if len(subs) > 0 {
 		if err := ws.Write(ctx, websocket.MessageText, wire.AppendSub(nil, subs)); err != nil {
 			return -1, fmt.Errorf("device sub: %w", err)

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -250,4 +251,57 @@ func httpOK(u string) bool {
 	}
 	resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
+}
+
+// FreePorts fills every port of cfg that is zero with a free loopback port
+// (Redis ports with a free cluster-bus port, +10000), for fleets started by
+// tools and tests beside other things.
+func FreePorts(cfg *Config) error {
+	taken := map[int]bool{}
+	free := func(bus bool) (int, error) {
+		for i := 0; i < 500; i++ {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return 0, err
+			}
+			p := l.Addr().(*net.TCPAddr).Port
+			l.Close()
+			if taken[p] || (bus && (p+10000 > 65535 || taken[p+10000])) {
+				continue
+			}
+			if bus {
+				bl, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+10000))
+				if err != nil {
+					continue
+				}
+				bl.Close()
+				taken[p+10000] = true
+			}
+			taken[p] = true
+			return p, nil
+		}
+		return 0, errors.New("localcluster: no free port")
+	}
+	var err error
+	if len(cfg.RedisPorts) == 0 {
+		for i := 0; i < 6 && err == nil; i++ {
+			var p int
+			p, err = free(true)
+			cfg.RedisPorts = append(cfg.RedisPorts, p)
+		}
+	}
+	if cfg.BroadcasterPort == 0 && err == nil {
+		cfg.BroadcasterPort, err = free(false)
+	}
+	for len(cfg.ProxyPorts) < 3 && err == nil {
+		var p int
+		p, err = free(false)
+		cfg.ProxyPorts = append(cfg.ProxyPorts, p)
+	}
+	for len(cfg.PrefetchPorts) < 2 && err == nil {
+		var p int
+		p, err = free(false)
+		cfg.PrefetchPorts = append(cfg.PrefetchPorts, p)
+	}
+	return err
 }

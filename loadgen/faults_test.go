@@ -1,0 +1,56 @@
+package loadgen
+
+import (
+	"math"
+	"testing"
+)
+
+// The recovery model against the closed forms of shared/loadgen-notes.md.
+func TestRecoveryModel(t *testing.T) {
+	within := func(name string, got, want, tol float64) {
+		t.Helper()
+		if math.Abs(got-want) > tol*want {
+			t.Errorf("%s: %.3f, want %.3f (+-%.0f%%)", name, got, want, tol*100)
+		}
+	}
+	// Admission never binds: the first wave, U(0, base), is all there is.
+	secs, peak := RecoveryModel{Devices: 10000, Base: 0.5, Cap: 30, Admit: 1e9, Burst: 1e9}.Recovery()
+	within("recovery, unlimited admission", secs, 0.5, 0.02)
+	within("first-wave peak N/b0", peak, 10000/0.5, 0.02)
+	// Admission binds: the survivors take the burst at once, then at most Admit
+	// per second, so recovery takes at least (N - burst) / Admit; with the
+	// backoff doubling, devices wait while admission idles: at most one cap
+	// window more. More admission is faster.
+	secs, _ = RecoveryModel{Devices: 100000, Base: 0.5, Cap: 30, Admit: 4000, Burst: 4000}.Recovery()
+	if lo := (100000 - 4000) / 4000.0; secs < lo || secs > lo+30 {
+		t.Errorf("recovery, admission-bound: %.1f s, want within [%.0f, %.0f]", secs, lo, lo+30)
+	}
+	faster, _ := RecoveryModel{Devices: 100000, Base: 0.5, Cap: 30, Admit: 8000, Burst: 8000}.Recovery()
+	if faster >= secs {
+		t.Errorf("twice the admission rate: %.1f s, not faster than %.1f s", faster, secs)
+	}
+	// A drain: told over the window, then after U(0, jitter).
+	secs, _ = RecoveryModel{Devices: 5000, Base: 0.5, Cap: 30, Admit: 1e9, Burst: 1e9, Window: 3, Jitter: 2}.Recovery()
+	within("recovery, drain", secs, 5, 0.05)
+}
+
+// simulate models a proxy kill at full scale: how long until everyone is back,
+// and the peak that reaches the survivors.
+func TestSimulateProxyKill(t *testing.T) {
+	sc := base(10_000_000)
+	sc.Fleet.Proxies = 50
+	sc.Faults = []Fault{{At: Duration(3600e9), Action: "proxy-kill", Target: "random", BackoffBase: Duration(500e6), BackoffCap: Duration(30e9)}}
+	r := Simulate(sc, SimOptions{})
+	if len(r.Faults) != 1 {
+		t.Fatalf("faults %+v", r.Faults)
+	}
+	f := r.Faults[0]
+	// 200,000 devices to 49 survivors admitting 2,000/s each (burst 2,000):
+	// at least (200,000 - 98,000) / 98,000 per second = 1.04 s.
+	if f.DevicesAffected != 200_000 || f.RecoveredMS < 1040 || f.RecoveredMS > 30000 {
+		t.Fatalf("proxy kill: %+v, want 200,000 devices back in 1.04-30 s", f)
+	}
+	if f.ReconnectPeakPerS < 200_000/0.5*0.95 {
+		t.Fatalf("reconnect peak %.0f/s, want at least the first wave N/b0 = 400,000/s", f.ReconnectPeakPerS)
+	}
+}
