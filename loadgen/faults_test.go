@@ -2,6 +2,9 @@ package loadgen
 
 import (
 	"math"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -52,5 +55,32 @@ func TestSimulateProxyKill(t *testing.T) {
 	}
 	if f.ReconnectPeakPerS < 200_000/0.5*0.95 {
 		t.Fatalf("reconnect peak %.0f/s, want at least the first wave N/b0 = 400,000/s", f.ReconnectPeakPerS)
+	}
+}
+
+// The report marks every fault on every timeline plot and lists it.
+func TestReportMarksFaults(t *testing.T) {
+	sc := base(100_000)
+	sc.Fleet.Proxies = 5
+	sc.Faults = []Fault{
+		{At: Duration(1800e9), Action: "proxy-drain", Target: "random", Window: Duration(3e9), BackoffBase: Duration(500e6), BackoffCap: Duration(30e9)},
+		{At: Duration(3600e9), Action: "proxy-kill", Target: "0", BackoffBase: Duration(500e6), BackoffCap: Duration(30e9)},
+	}
+	r := Simulate(sc, SimOptions{})
+	dir := t.TempDir()
+	if err := r.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "report.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	html := string(b)
+	// Three timeline plots (connected, reconnects, prefetch) x two faults.
+	if n := strings.Count(html, `stroke-dasharray="4 3"`); n != 6 {
+		t.Fatalf("%d fault markers, want 6", n)
+	}
+	if !strings.Contains(html, "<h2>Faults</h2>") || !strings.Contains(html, "proxy-kill") {
+		t.Fatal("no faults table")
 	}
 }

@@ -378,6 +378,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 		}
 	}
 	part.WallSeconds = time.Since(wallStart).Seconds()
+	part.TimeScale = cfg.TimeScale
 	last := latest()
 	var missed int64
 	for _, h := range held {
@@ -412,14 +413,19 @@ type faultRun struct {
 	done  chan struct{}
 }
 
-// watch samples every 20 ms until every device is connected again and holds
-// the latest stage (or 60 s pass): devices affected, reconnects, recovery time.
+// watch samples every 20 ms how many devices are disconnected or behind the
+// latest stage. The fault's effect takes time to show (a killed proxy's sockets
+// close, a drain moves devices over its window), so recovery is the last moment
+// a device was seen down or behind, once 2 s passed without one (or 60 s in
+// all); a fault nobody noticed recovered in 0 ms.
 func (fr *faultRun) watch(ctx context.Context, mu *sync.Mutex, devices *[]*liveDevice, event string, latest func() uint64, reconnects func() int64) {
 	defer close(fr.done)
-	fr.stats.RecoveredMS = -1
+	const quiet, limit = 2 * time.Second, 60 * time.Second
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for time.Since(fr.at) < 60*time.Second {
+	var lastBad time.Time
+	defer func() { fr.stats.Reconnects = reconnects() }()
+	for {
 		mu.Lock()
 		ds := append([]*liveDevice(nil), (*devices)...)
 		mu.Unlock()
@@ -434,20 +440,29 @@ func (fr *faultRun) watch(ctx context.Context, mu *sync.Mutex, devices *[]*liveD
 				behind = true
 			}
 		}
+		now := time.Now()
 		fr.stats.DevicesAffected = max(fr.stats.DevicesAffected, down)
-		if down == 0 && !behind {
-			fr.stats.RecoveredMS = float64(time.Since(fr.at).Microseconds()) / 1000
-			fr.stats.Reconnects = reconnects()
+		if down > 0 || behind {
+			lastBad = now
+		}
+		switch {
+		case lastBad.IsZero() && now.Sub(fr.at) >= quiet:
+			fr.stats.RecoveredMS = 0
+			return
+		case !lastBad.IsZero() && now.Sub(lastBad) >= quiet:
+			fr.stats.RecoveredMS = float64(lastBad.Sub(fr.at).Microseconds()) / 1000
+			return
+		case now.Sub(fr.at) >= limit:
+			fr.stats.RecoveredMS = -1
 			return
 		}
 		select {
 		case <-ctx.Done():
-			fr.stats.Reconnects = reconnects()
+			fr.stats.RecoveredMS = -1
 			return
 		case <-tick.C:
 		}
 	}
-	fr.stats.Reconnects = reconnects()
 }
 
 // postLog records the stage changes' start and duration.

@@ -30,7 +30,8 @@ type Partial struct {
 	Proxies     int      `json:"proxies"`
 	WallSeconds float64  `json:"wall_seconds"`
 	// Faults (segment 0 injects them) and how the fleet recovered.
-	Faults []FaultStats `json:"faults,omitempty"`
+	Faults    []FaultStats `json:"faults,omitempty"`
+	TimeScale float64      `json:"time_scale,omitempty"`
 }
 
 // WriteFile stores the partial as JSON.
@@ -152,7 +153,7 @@ func Merge(sc *Scenario, parts []*Partial) (*Report, error) {
 			rep.Devices, rep.Connected, last.T50MS, last.T99MS, last.T100MS, last.Missed)
 	}
 	rep.Calibration = CalibrateFrom(sc, rep, func(BroadcastStats) bool { return true })
-	rep.Faults = lead.Faults
+	rep.Faults, rep.TimeScale = lead.Faults, lead.TimeScale
 	if h := faultHeadline(rep.Faults); h != "" {
 		rep.Headline += "; " + h
 	}

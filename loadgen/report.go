@@ -28,7 +28,33 @@ type Report struct {
 	Calibration *Calibration `json:"calibration,omitempty"`
 	// Faults injected (live) or modelled (simulate), and the recovery.
 	Faults []FaultStats `json:"faults,omitempty"`
-	Series Series       `json:"series"`
+	// TimeScale maps scenario time to the series' time axis (live runs play the
+	// scenario compressed; 1 for simulate).
+	TimeScale float64 `json:"time_scale,omitempty"`
+	Series    Series  `json:"series"`
+}
+
+// marker is a labelled vertical line on a timeline plot.
+type marker struct {
+	x     float64
+	label string
+}
+
+// faultMarkers places the faults on the timeline plots.
+func (r *Report) faultMarkers() []marker {
+	scale := r.TimeScale
+	if scale <= 0 {
+		scale = 1
+	}
+	var ms []marker
+	for _, f := range r.Faults {
+		label := f.Action
+		if f.Member != "" {
+			label += " " + f.Member
+		}
+		ms = append(ms, marker{x: f.AtS / scale, label: label})
+	}
+	return ms
 }
 
 // ReadCalibration reads the calibration of a live run's report.json.
@@ -114,13 +140,16 @@ func (r *Report) Write(dir string) error {
 }
 
 // svgPlot draws curves as an inline SVG (no external assets).
-func svgPlot(title, xLabel, yLabel string, curves map[string][]Point) template.HTML {
+func svgPlot(title, xLabel, yLabel string, curves map[string][]Point, markers ...marker) template.HTML {
 	const w, h, pad = 640.0, 240.0, 48.0
 	var maxX, maxY float64
 	for _, c := range curves {
 		for _, p := range c {
 			maxX, maxY = max(maxX, p.T), max(maxY, p.V)
 		}
+	}
+	for _, m := range markers {
+		maxX = max(maxX, m.x)
 	}
 	if maxX == 0 {
 		maxX = 1
@@ -145,6 +174,11 @@ func svgPlot(title, xLabel, yLabel string, curves map[string][]Point) template.H
 		fmt.Fprintf(&b, `<text x="%.0f" y="%d" font-size="11" fill="%s">%s</text>`, w-170, 40+14*i, c, template.HTMLEscapeString(name))
 		i++
 	}
+	for k, m := range markers {
+		x := pad + (m.x/maxX)*(w-pad-10)
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="24" x2="%.1f" y2="%.0f" stroke="#c00" stroke-dasharray="4 3"/><text x="%.1f" y="%d" font-size="10" fill="#c00">%s</text>`,
+			x, x, h-pad, x+3, 30+12*(k%4), template.HTMLEscapeString(m.label))
+	}
 	b.WriteString(`</svg>`)
 	return template.HTML(b.String())
 }
@@ -166,20 +200,20 @@ func sortedKeys(m map[string][]Point) []string {
 
 var reportTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 	"connectPlot": func(r *Report) template.HTML {
-		return svgPlot("Connected devices", "seconds", "devices", map[string][]Point{"connected": r.Series.Connected})
+		return svgPlot("Connected devices", "seconds", "devices", map[string][]Point{"connected": r.Series.Connected}, r.faultMarkers()...)
 	},
 	"reconnectPlot": func(r *Report) template.HTML {
 		if len(r.Series.Reconnects) == 0 {
 			return ""
 		}
-		return svgPlot("Reconnects per second (drops, drains)", "seconds", "reconnects/s", map[string][]Point{"reconnects/s": r.Series.Reconnects})
+		return svgPlot("Reconnects per second (drops, drains, faults)", "seconds", "reconnects/s", map[string][]Point{"reconnects/s": r.Series.Reconnects}, r.faultMarkers()...)
 	},
 	"prefetchPlot": func(r *Report) template.HTML {
 		c := map[string][]Point{"with jitter": r.Series.PrefetchRPS}
 		if r.NoJitter != nil {
 			c["without jitter"] = r.NoJitter.PrefetchRPS
 		}
-		return svgPlot("Prefetch requests per second", "seconds", "requests/s", c)
+		return svgPlot("Prefetch requests per second", "seconds", "requests/s", c, r.faultMarkers()...)
 	},
 	"deliveryPlot": func(r *Report) template.HTML {
 		c := map[string][]Point{}
@@ -203,4 +237,8 @@ var reportTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 {{range .Broadcasts}}<tr><td>{{.V}}</td><td>{{.Stage}}</td><td>{{printf "%.0f" .AtS}}</td><td>{{.Devices}}</td><td>{{printf "%.0f" .T50MS}} ms</td><td>{{printf "%.0f" .T99MS}} ms</td><td>{{printf "%.0f" .T100MS}} ms</td><td>{{.Missed}}</td></tr>
 {{end}}</table>
 {{deliveryPlot .}}
+{{if .Faults}}<h2>Faults</h2>
+<table><tr><th>at (s)</th><th>fault</th><th>member</th><th>devices affected</th><th>reconnects</th><th>peak/s</th><th>recovered</th><th>producer blocked</th><th>missed</th></tr>
+{{range .Faults}}<tr><td>{{printf "%.0f" .AtS}}</td><td>{{.Action}}</td><td>{{.Member}}{{.Error}}</td><td>{{.DevicesAffected}}</td><td>{{.Reconnects}}</td><td>{{printf "%.0f" .ReconnectPeakPerS}}</td><td>{{if ge .RecoveredMS 0.0}}{{printf "%.0f" .RecoveredMS}} ms{{else}}<b>not recovered</b>{{end}}</td><td>{{printf "%.0f" .ProducerBlockedMS}} ms</td><td>{{.Missed}}</td></tr>
+{{end}}</table>{{end}}
 </body></html>`))

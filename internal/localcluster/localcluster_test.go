@@ -2,6 +2,8 @@ package localcluster_test
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -48,15 +50,38 @@ func freePort(t *testing.T, taken map[int]bool) int {
 	}
 }
 
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// buildStagecast builds the stagecast binary once for the package's tests.
+func buildStagecast(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "stagecast-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "stagecast")
+		if out, err := exec.Command("go", "build", "-o", builtBin, "github.com/stagecast/stagecast/cmd/stagecast").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
 // TestLocalCluster runs the make-cluster fleet (real binaries, separate
 // processes) on free ports: a device on each proxy receives a stage set through
 // the broadcaster, both prefetch servers serve the stage map, and stopping it
 // stops everything.
 func TestLocalCluster(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "stagecast")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/stagecast/stagecast/cmd/stagecast").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildStagecast(t)
 	taken := map[int]bool{}
 	cfg := localcluster.Config{Stagecast: bin, Dir: t.TempDir(), Token: "local-cluster-token-0123456789"}
 	for i := 0; i < 6; i++ {
