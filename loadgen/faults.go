@@ -22,8 +22,9 @@ type FaultStats struct {
 	// RecoveredMS: until every device was connected again and held the latest
 	// stage; -1 if that never happened within the watch (60 s).
 	RecoveredMS float64 `json:"recovered_ms"`
-	// ProducerBlockedMS: the longest a stage change issued from the fault until
-	// recovery took (retries of 503s included).
+	// ProducerBlockedMS: the longest a stage change took (retries of 503s
+	// included) among those issued from the fault until recovery, or for 10 s
+	// when that is sooner (a Redis failover moves no device but may hold a change).
 	ProducerBlockedMS float64 `json:"producer_blocked_ms"`
 	// Missed: devices not on the last stage at the end of the run.
 	Missed int64 `json:"missed"`

@@ -398,7 +398,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 			for b := bin(fr.at); b <= bin(end); b++ {
 				f.ReconnectPeakPerS = max(f.ReconnectPeakPerS, float64(reconnectBins[b].Load()))
 			}
-			f.ProducerBlockedMS = posts.longest(fr.at, end.Add(10*time.Second))
+			f.ProducerBlockedMS = posts.longest(fr.at, fr.at.Add(max(end.Sub(fr.at), 10*time.Second)))
 		}
 		f.Missed = missed
 		part.Faults = append(part.Faults, f)
