@@ -10,14 +10,16 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/stagecast/stagecast/internal/fleetapi"
 )
 
 // FleetControl is a client of a local fleet's control interface (`make cluster`):
 // loopback HTTP with a bearer token, both read from the fleet's control.json.
 // The load generator injects faults through it and never touches a process.
 type FleetControl struct {
-	Addr  string `json:"addr"`
-	Token string `json:"token"`
+	Addr  string // host:port
+	Token string
 	HTTP  *http.Client
 }
 
@@ -27,32 +29,18 @@ func OpenFleetControl(path string) (*FleetControl, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleet control file: %w (is `make cluster` running? it writes control.json in its log folder)", err)
 	}
-	var f FleetControl
-	if err := json.Unmarshal(b, &f); err != nil || f.Addr == "" || f.Token == "" {
+	var ci fleetapi.ControlInfo
+	if err := json.Unmarshal(b, &ci); err != nil || ci.Addr == "" || ci.Token == "" {
 		return nil, fmt.Errorf("fleet control file %s: want {\"addr\":...,\"token\":...}", path)
 	}
-	f.HTTP = &http.Client{Timeout: 10 * time.Second}
-	return &f, nil
+	return &FleetControl{Addr: ci.Addr, Token: ci.Token, HTTP: &http.Client{Timeout: 10 * time.Second}}, nil
 }
 
-// FleetMember is one member as the control interface lists it.
-type FleetMember struct {
-	Name     string `json:"name"`
-	Kind     string `json:"kind"`
-	Addr     string `json:"addr"`
-	PID      int    `json:"pid"`
-	State    string `json:"state"`
-	Restarts int    `json:"restarts"`
-	LastExit string `json:"last_exit,omitempty"`
-	Role     string `json:"role,omitempty"`
-}
-
-// FaultResult is what an injected fault did.
-type FaultResult struct {
-	Action string `json:"action"`
-	Member string `json:"member"`
-	AtMS   int64  `json:"at_ms"`
-}
+// FleetMember and FaultResult are the control interface's wire types.
+type (
+	FleetMember = fleetapi.Member
+	FaultResult = fleetapi.FaultResult
+)
 
 func (f *FleetControl) call(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
@@ -99,9 +87,9 @@ func (f *FleetControl) Act(ctx context.Context, member, action string, d time.Du
 
 // Inject injects a game-day fault (see Fault).
 func (f *FleetControl) Inject(ctx context.Context, action, target string, d time.Duration) (FaultResult, error) {
-	body := map[string]string{"action": action, "target": target}
+	body := fleetapi.Fault{Action: action, Target: target}
 	if d > 0 {
-		body["duration"] = d.String()
+		body.Duration = d.String()
 	}
 	var r FaultResult
 	return r, f.call(ctx, http.MethodPost, "/v1/faults", body, &r)

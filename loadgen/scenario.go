@@ -13,6 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/stagecast/stagecast/internal/fleetapi"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
@@ -112,7 +113,7 @@ type Fault struct {
 }
 
 // FaultActions are the faults a scenario may name.
-var FaultActions = []string{"proxy-kill", "proxy-drain", "redis-master-kill", "redis-pause", "broadcaster-kill"}
+var FaultActions = fleetapi.Actions
 
 // Fleet is the serving side the simulation models.
 type Fleet struct {

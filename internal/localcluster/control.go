@@ -19,37 +19,18 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/stagecast/stagecast/internal/fleetapi"
 )
 
-// ControlFile is the name of the file, in the fleet's folder, that tells tools
-// where the control interface listens and its token: {"addr": ..., "token": ...}.
-const ControlFile = "control.json"
+// ControlFile, ControlInfo, Fault and FaultResult: see package fleetapi.
+const ControlFile = fleetapi.ControlFile
 
-// ControlInfo is the content of ControlFile.
-type ControlInfo struct {
-	Addr  string `json:"addr"`  // host:port on loopback
-	Token string `json:"token"` // Authorization: Bearer <token>
-}
-
-// Fault is one fault to inject, as game-day scenarios name them.
-type Fault struct {
-	// Action: proxy-kill (SIGKILL), proxy-drain (SIGTERM: the proxy drains and
-	// exits), broadcaster-kill, redis-master-kill (a Redis master, SIGKILL: its
-	// replica is promoted), redis-pause (a Redis master stopped for Duration).
-	Action string `json:"action"`
-	// Target: "random", or the index among the members the action applies to
-	// (proxies in port order; Redis masters in port order). Default random.
-	Target string `json:"target,omitempty"`
-	// Duration of redis-pause. Default 5s.
-	Duration string `json:"duration,omitempty"`
-}
-
-// FaultResult says what a fault did.
-type FaultResult struct {
-	Action string `json:"action"`
-	Member string `json:"member"`
-	AtMS   int64  `json:"at_ms"`
-}
+type (
+	ControlInfo = fleetapi.ControlInfo
+	Fault       = fleetapi.Fault
+	FaultResult = fleetapi.FaultResult
+)
 
 // control serves the fleet's control interface on loopback.
 type control struct {

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/stagecast/stagecast/internal/fleetapi"
 )
 
 // member is one supervised process of the fleet. Like a Kubernetes pod under a
@@ -38,16 +40,7 @@ type member struct {
 }
 
 // MemberStatus is what the control interface reports about a member.
-type MemberStatus struct {
-	Name     string `json:"name"`
-	Kind     string `json:"kind"`
-	Addr     string `json:"addr"`
-	PID      int    `json:"pid"`
-	State    string `json:"state"`
-	Restarts int    `json:"restarts"`
-	LastExit string `json:"last_exit,omitempty"`
-	Role     string `json:"role,omitempty"` // redis: master or replica
-}
+type MemberStatus = fleetapi.Member
 
 func (m *member) status() MemberStatus {
 	m.mu.Lock()
