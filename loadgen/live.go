@@ -121,6 +121,15 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 		n = cfg.Devices
 	}
 	scale := func(d Duration) time.Duration { return time.Duration(float64(d) / cfg.TimeScale) }
+	// Reconnect backoff follows the compressed timeline, except in runs with
+	// faults: there devices reconnect in real time, as real devices do against
+	// real proxies, drains and failovers, so recovery times are real ones.
+	reconnectScale := func(d time.Duration) time.Duration {
+		if len(sc.Faults) > 0 {
+			return d
+		}
+		return time.Duration(float64(d) / cfg.TimeScale)
+	}
 	total := scale(sc.Duration)
 	wallStart := cfg.StartAt
 	if wallStart.IsZero() {
@@ -215,7 +224,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 					connectsTotal.Add(1)
 					reconnectBins[bin(time.Now())].Add(1)
 				},
-				BackoffBase: time.Duration(float64(base) / cfg.TimeScale), BackoffCap: time.Duration(float64(capB) / cfg.TimeScale),
+				BackoffBase: reconnectScale(base), BackoffCap: reconnectScale(capB),
 				OnStage: func(f wire.ProxyFrame, at time.Time) {
 					if l := lat.of(f.V); l != nil {
 						l.mu.Lock()
@@ -290,7 +299,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 	var faults []*faultRun
 	if leader {
 		for _, f := range sc.Faults {
-			fr := &faultRun{stats: FaultStats{AtS: f.At.D().Seconds(), Action: f.Action, Target: f.Target}, done: make(chan struct{})}
+			fr := &faultRun{fault: f, stats: FaultStats{AtS: f.At.D().Seconds(), Action: f.Action, Target: f.Target}, done: make(chan struct{})}
 			faults = append(faults, fr)
 			ticks = append(ticks, tick{scale(f.At), func() {
 				res, err := cfg.Fleet.Inject(ctx, f.Action, f.Target, f.Duration.D())
@@ -401,6 +410,10 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 			f.ProducerBlockedMS = posts.longest(fr.at, fr.at.Add(max(end.Sub(fr.at), 10*time.Second)))
 		}
 		f.Missed = missed
+		if m, ok := proxyLossLive(sc, fr.fault, f, len(cfg.ProxyURLs)); ok {
+			secs, _ := m.Recovery()
+			f.PredictedMS = secs * 1000
+		}
 		part.Faults = append(part.Faults, f)
 	}
 	return part, nil
@@ -408,6 +421,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 
 // faultRun follows one injected fault until the fleet recovered.
 type faultRun struct {
+	fault Fault
 	stats FaultStats
 	at    time.Time
 	done  chan struct{}

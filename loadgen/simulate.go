@@ -310,6 +310,18 @@ func downsample(s []float64, m int) []Point {
 	return out
 }
 
+// proxyLossLive is the recovery model of one fault of a live run: the devices
+// it moved, with the run's own backoff and fleet (the model's prediction beside
+// what was measured).
+func proxyLossLive(sc *Scenario, f Fault, st FaultStats, proxies int) (RecoveryModel, bool) {
+	if st.Error != "" || st.Reconnects == 0 {
+		return RecoveryModel{}, false
+	}
+	// The devices it moved: every one reconnected once.
+	m, ok := proxyLoss(f, float64(st.Reconnects)*float64(proxies), proxies, sc.Fleet)
+	return m, ok
+}
+
 // proxyLoss is the recovery model of a proxy fault (kill or drain) with this
 // fleet: the lost proxy's share of the connected devices reconnect to the
 // survivors, within their admission rate. Other faults (Redis, broadcaster)

@@ -2,6 +2,7 @@ package localcluster_test
 
 import (
 	"context"
+	"math"
 	"io"
 	"path/filepath"
 	"strings"
@@ -86,6 +87,16 @@ faults:
 	}
 	if !strings.Contains(rep.Headline, "every device recovered") {
 		t.Errorf("headline %q", rep.Headline)
+	}
+	// The simulator, given this run's calibration and fleet, predicts each proxy
+	// fault's recovery within 30% of what was measured.
+	sim := loadgen.Simulate(sc, loadgen.SimOptions{Proxies: len(info.Proxies), Calibration: rep.Calibration})
+	for i, f := range rep.Faults[:2] {
+		p := sim.Faults[i].RecoveredMS
+		t.Logf("%s: simulated %.0f ms, measured %.0f ms (%+.0f%%)", f.Action, p, f.RecoveredMS, 100*(p-f.RecoveredMS)/f.RecoveredMS)
+		if math.Abs(p-f.RecoveredMS) > 0.3*f.RecoveredMS {
+			t.Errorf("%s: the simulator predicts %.0f ms, the live run took %.0f ms: more than 30%% apart", f.Action, p, f.RecoveredMS)
+		}
 	}
 	// Without a fleet the same scenario is refused, never run without its faults.
 	lc.Fleet = nil
