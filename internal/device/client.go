@@ -135,7 +135,7 @@ func (c *Client) Connected() bool { return c.connected.Load() }
 func (c *Client) Run(ctx context.Context) error {
 	attempt := 0
 	for {
-		hint, err := c.session(ctx)
+		hint, established, err := c.session(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -147,8 +147,8 @@ func (c *Client) Run(ctx context.Context) error {
 		case errors.Is(err, errUnauthorized):
 			return err
 		default:
-			if err == nil {
-				attempt = 0 // a session that got going resets the backoff
+			if established {
+				attempt = 0 // a connection that got going: this loss starts the backoff afresh
 			}
 			d = Backoff(attempt, c.cfg.BackoffBase, c.cfg.BackoffCap, c.cfg.Rand.Float64())
 			attempt++
@@ -181,19 +181,19 @@ func (c *Client) dialURL() string {
 
 // session runs one connection. It returns the proxy's reconnect hint (>= 0) if
 // the proxy asked the device to move, else -1 and why the connection ended.
-func (c *Client) session(ctx context.Context) (time.Duration, error) {
+func (c *Client) session(ctx context.Context) (hint time.Duration, established bool, err error) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	opts := &websocket.DialOptions{HTTPClient: c.cfg.HTTPClient}
 	if c.cfg.Token != "" {
 		opts.HTTPHeader = http.Header{"Authorization": {"Bearer " + c.cfg.Token}}
 	}
-	ws, resp, err := websocket.Dial(dctx, c.dialURL(), opts)
+	ws, resp, derr := websocket.Dial(dctx, c.dialURL(), opts)
 	cancel()
-	if err != nil {
+	if derr != nil {
 		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
-			return -1, errUnauthorized
+			return -1, false, errUnauthorized
 		}
-		return -1, fmt.Errorf("device dial: %w", err)
+		return -1, false, fmt.Errorf("device dial: %w", derr)
 	}
 	defer ws.CloseNow()
 	c.mu.Lock()
@@ -210,27 +210,27 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 	}
 	if len(subs) > 0 {
 		if err := ws.Write(ctx, websocket.MessageText, wire.AppendSub(nil, subs)); err != nil {
-			return -1, fmt.Errorf("device sub: %w", err)
+			return -1, true, fmt.Errorf("device sub: %w", err)
 		}
 	}
 	// Close the socket when ctx ends so Read returns.
 	stop := context.AfterFunc(ctx, func() { ws.CloseNow() })
 	defer stop()
-	hint := time.Duration(-1)
+	hint = time.Duration(-1)
 	for {
 		_, b, err := ws.Read(context.Background())
 		if err != nil {
 			if hint >= 0 {
-				return hint, nil
+				return hint, true, nil
 			}
 			if websocket.CloseStatus(err) == websocket.StatusCode(wire.CloseUnauthorized) {
-				return -1, errUnauthorized
+				return -1, true, errUnauthorized
 			}
-			return -1, err
+			return -1, true, err
 		}
 		f, err := wire.ParseProxyFrame(b)
 		if err != nil {
-			return -1, err
+			return -1, true, err
 		}
 		if c.cfg.OnFrame != nil {
 			c.cfg.OnFrame(f)
@@ -253,7 +253,7 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 			}
 			if c.cfg.Ack {
 				if err := ws.Write(ctx, websocket.MessageText, wire.AppendAck(nil, f.Event, f.V)); err != nil {
-					return -1, err
+					return -1, true, err
 				}
 			}
 		case wire.OpReconnect:

@@ -178,3 +178,42 @@ func TestRunStopsWhenUnauthorized(t *testing.T) {
 		t.Fatalf("Run = %v, want credentials rejected", err)
 	}
 }
+
+// A connection that was established and then lost starts the backoff afresh:
+// every reconnect after a drop waits within the first window, U(0, base),
+// however many drops came before (failed dials, by contrast, escalate).
+func TestBackoffResetsAfterAnEstablishedConnection(t *testing.T) {
+	p, err := proxy.New(proxy.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, engine.NewMemory(engine.MemoryConfig{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ts := httptest.NewServer(p.Handler())
+	defer ts.Close()
+	var sleeps []time.Duration
+	var c *device.Client
+	c, err = device.New(device.Config{URLs: []string{"ws" + ts.URL[len("http"):] + "/v1/ws"},
+		BackoffBase: 100 * time.Millisecond, BackoffCap: 10 * time.Second, Rand: rand.New(rand.NewPCG(1, 2)),
+		OnConnect: func() { go c.Drop() }, // each connection is lost right after it is made
+		Sleep: func(_ context.Context, d time.Duration) error {
+			sleeps = append(sleeps, d)
+			if len(sleeps) == 8 {
+				return context.Canceled
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = c.Run(ctx)
+	if len(sleeps) != 8 {
+		t.Fatalf("%d reconnects, want 8", len(sleeps))
+	}
+	for i, d := range sleeps {
+		if d >= 100*time.Millisecond {
+			t.Fatalf("reconnect %d after a drop waited %v: the backoff did not start afresh (%v)", i, d, sleeps)
+		}
+	}
+}
