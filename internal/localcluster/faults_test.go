@@ -2,8 +2,8 @@ package localcluster_test
 
 import (
 	"context"
-	"math"
 	"io"
+	"math"
 	"path/filepath"
 	"strings"
 	"testing"
