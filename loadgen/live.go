@@ -428,7 +428,7 @@ type faultRun struct {
 }
 
 // watch samples every 20 ms how many devices are disconnected or behind the
-// latest stage. The fault's effect takes time to show (a killed proxy's sockets
+// stage that was current when the fault hit. The fault's effect takes time to show (a killed proxy's sockets
 // close, a drain moves devices over its window), so recovery is the last moment
 // a device was seen down or behind, once 2 s passed without one (or 60 s in
 // all); a fault nobody noticed recovered in 0 ms.
@@ -439,11 +439,14 @@ func (fr *faultRun) watch(ctx context.Context, mu *sync.Mutex, devices *[]*liveD
 	defer tick.Stop()
 	var lastBad time.Time
 	defer func() { fr.stats.Reconnects = reconnects() }()
+	// The stage every device held when the fault hit: a device is back when it
+	// is connected and holds it again. Changes made after the fault are the
+	// broadcasts' own delivery, measured with them.
+	v := latest()
 	for {
 		mu.Lock()
 		ds := append([]*liveDevice(nil), (*devices)...)
 		mu.Unlock()
-		v := latest()
 		var down int64
 		behind := false
 		for _, d := range ds {

@@ -199,6 +199,9 @@ func TestPlatformLabelsBounded(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
+	if s.proxy != nil { // the client sees 101 before the proxy publishes the connection
+		waitfor.True(t, 10*time.Second, "every connection published", func() bool { return s.proxy.Connections() == n })
+	}
 	m := s.metrics(t, s.proxyMetrics)
 	series := m["stagecast_proxy_connections#series"]
 	t.Logf("%d platforms -> %v connection series, %v connections", n, series, m["stagecast_proxy_connections"])
@@ -498,6 +501,9 @@ func TestPerIPLimits(t *testing.T) {
 	if _, resp, err := websocket.Dial(ctx, s.wsURL, nil); err == nil || resp == nil || resp.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("6th connection from one IP: %v %v, want 429", err, resp)
 	}
+	// The client sees 101 before the proxy publishes the connection: wait for
+	// all five, then for the one closed to be gone.
+	waitfor.True(t, 5*time.Second, "five connections", func() bool { return s.proxy.Connections() == 5 })
 	open[0].CloseNow()
 	waitfor.True(t, 5*time.Second, "a place freed", func() bool { return s.proxy.Connections() == 4 })
 	c, _, err := websocket.Dial(ctx, s.wsURL, nil)
