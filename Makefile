@@ -17,7 +17,7 @@ build: ## build bin/stagecast
 run: build ## all-in-one dev server (in-memory engine, no Redis): proxy :8080, broadcaster :8081
 	./$(BIN) dev
 
-cluster: build deps ## local fleet: Redis Cluster 7001-7006, broadcaster :9100, proxies :9101-9103, prefetch :9111-9112 (Ctrl-C stops all)
+cluster: build deps ## supervised local fleet: Redis Cluster 7001-7006, broadcaster :9100, proxies :9101-9103, prefetch :9111-9112; control.json for faults (Ctrl-C stops all)
 	@[ -n "$$STAGECAST_PRODUCER_TOKEN" ] || { echo "set STAGECAST_PRODUCER_TOKEN first, e.g. export STAGECAST_PRODUCER_TOKEN=$$(openssl rand -hex 24)"; exit 1; }
 	$(GO) build -o bin/localcluster ./cmd/localcluster
 	./bin/localcluster --stagecast $(BIN)
