@@ -387,6 +387,8 @@ func TestBadBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer silent.CloseNow()
+	// The client sees 101 before the proxy publishes the connection.
+	waitfor.True(t, 5*time.Second, "both connections published", func() bool { return s.proxy.Connections() == 2 })
 	for i := 0; i < 40; i++ {
 		if err := silent.Write(ctx, websocket.MessageText, []byte(`{"op":"nope"}`)); err != nil {
 			break
