@@ -68,7 +68,8 @@ type Config struct {
 	// ResubscribeMax caps the jittered backoff between subscription attempts. Default 5s.
 	ResubscribeMax time.Duration
 	// WaitReplicas, when > 0, makes every stage change wait (WAIT) until that
-	// many replicas acknowledged it, for at most WaitTimeout (default 100ms);
+	// many replicas acknowledged it, for at most WaitTimeout (default 100ms;
+	// keep it well under the broadcaster's engine timeout, 2 s);
 	// fewer is an error (ErrNotDurable) after the change was made: retry with the
 	// same Idempotency-Key. Default 0: Redis's asynchronous replication.
 	WaitReplicas int
@@ -258,7 +259,13 @@ func (e *Engine) SetStage(ctx context.Context, req engine.SetRequest) (engine.Se
 	if req.IdempotencyKey != "" {
 		useIdem, idemKey = "1", key(req.Event, "idem:"+req.IdempotencyKey)
 	}
-	ctx, cancel := e.opCtx(ctx)
+	var cancel context.CancelFunc
+	if _, ok := ctx.Deadline(); !ok {
+		// WAIT comes on top of the script: its timeout is added to the op's.
+		ctx, cancel = context.WithTimeout(ctx, e.cfg.OpTimeout+e.waitTimeout())
+	} else {
+		cancel = func() {}
+	}
 	defer cancel()
 	keys := []string{key(req.Event, "log"), idemKey, key(req.Event, "stage")}
 	args := []string{prefix, strconv.Itoa(e.cfg.LogLen), strconv.FormatUint(req.MinVersion, 10),
@@ -297,6 +304,14 @@ func (e *Engine) SetStage(ctx context.Context, req engine.SetRequest) (engine.Se
 		return engine.SetResult{}, fmt.Errorf("set stage %s: %w", req.Event, err)
 	}
 	return engine.SetResult{Stage: st}, nil
+}
+
+// waitTimeout is how long a stage change may wait for replicas (0 without WAIT).
+func (e *Engine) waitTimeout() time.Duration {
+	if e.cfg.WaitReplicas > 0 {
+		return e.cfg.WaitTimeout
+	}
+	return 0
 }
 
 // setDurable runs the stage-change script and WAIT on one dedicated connection

@@ -135,7 +135,7 @@ func TestCorruptLogEntry(t *testing.T) {
 // none, the producer gets ErrNotDurable and a retry with the same key replays.
 func TestWaitReplicas(t *testing.T) {
 	master := redistest.Start(t, redistest.Options{})
-	e := newEngine(t, redisengine.Config{Addrs: []string{master.Addr()}, WaitReplicas: 1, WaitTimeout: 2 * time.Second}) // generous: the machine is busy under -race
+	e := newEngine(t, redisengine.Config{Addrs: []string{master.Addr()}, WaitReplicas: 1, WaitTimeout: time.Second}) // generous: the machine is busy under -race
 	ctx := context.Background()
 	req := engine.SetRequest{Event: "ev", Key: "a", TS: 1, IdempotencyKey: "k1"}
 	if _, err := e.SetStage(ctx, req); !errors.Is(err, engine.ErrNotDurable) {
