@@ -1,10 +1,16 @@
 package broadcaster
 
 import (
+	"bytes"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/stagecast/stagecast/internal/engine"
 )
 
 func TestCheckTokenStrength(t *testing.T) {
@@ -53,5 +59,42 @@ func TestProducerSetValidation(t *testing.T) {
 	_ = os.WriteFile(path, []byte(`{"producers":[],"extra":1}`), 0o600)
 	if _, err := LoadProducers(path); err == nil || !strings.Contains(err.Error(), "extra") {
 		t.Fatalf("unknown field accepted: %v", err)
+	}
+}
+
+// Every change is an audit line naming the producer, never its token.
+func TestAuditLines(t *testing.T) {
+	var buf bytes.Buffer
+	tok := "3f9a1c7e5b2d4f60a8e1c3b5d7f9a2c4"
+	s, err := New(Config{Producers: []Producer{{Name: "alice", Token: tok}},
+		Logger: slog.New(slog.NewJSONHandler(&buf, nil))}, engine.NewMemory(engine.MemoryConfig{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := s.Handler()
+	for _, c := range []struct{ method, path, body string }{
+		{http.MethodPost, "/v1/events/ev/stage", `{"stage":"round-1"}`},
+		{http.MethodPut, "/v1/events/ev/stages", `{"stages":{"a":{"default":{}}}}`},
+		{http.MethodPut, "/v1/events/ev/window", `{"live":true}`},
+	} {
+		req := httptest.NewRequest(c.method, c.path, strings.NewReader(c.body))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != http.StatusOK {
+			t.Fatalf("%s %s: %d %s", c.method, c.path, w.Code, w.Body)
+		}
+	}
+	if strings.Contains(buf.String(), tok) {
+		t.Fatal("a log line holds the producer token")
+	}
+	for _, action := range []string{"set_stage", "put_stage_map", "set_window"} {
+		found := false
+		for _, line := range strings.Split(buf.String(), "\n") {
+			found = found || (strings.Contains(line, `"msg":"audit"`) && strings.Contains(line, `"producer":"alice","action":"`+action+`"`))
+		}
+		if !found {
+			t.Errorf("no audit line for %s in\n%s", action, buf.String())
+		}
 	}
 }

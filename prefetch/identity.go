@@ -3,12 +3,11 @@ package prefetch
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 
 	"github.com/stagecast/stagecast/internal/devicetoken"
+	"github.com/stagecast/stagecast/internal/serve"
 )
 
 // TokenVerifier checks a device token (devicetoken.Verifier and
@@ -54,8 +53,8 @@ type identity struct {
 func (c IdentityConfig) Identify(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var id identity
-		if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && c.Tokens != nil {
-			cl, err := c.Tokens.Verify(strings.TrimSpace(tok))
+		if tok, ok := devicetoken.FromHeader(r); ok && c.Tokens != nil {
+			cl, err := c.Tokens.Verify(tok)
 			if err != nil {
 				w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 				WriteError(w, http.StatusUnauthorized, "unauthorized", err.Error())
@@ -69,7 +68,7 @@ func (c IdentityConfig) Identify(next http.Handler) http.Handler {
 			return
 		}
 		if !id.trusted && len(c.TrustedNetworks) > 0 {
-			ip := remoteIP(r)
+			ip := serve.ClientIP(r)
 			for _, p := range c.TrustedNetworks {
 				if p.Contains(ip) {
 					id.trusted = true
@@ -94,13 +93,4 @@ func Device(ctx context.Context) (devicetoken.Claims, bool) {
 func trusted(r *http.Request) bool {
 	id, _ := r.Context().Value(identityKey{}).(identity)
 	return id.trusted
-}
-
-func remoteIP(r *http.Request) netip.Addr {
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		return ap.Addr().Unmap()
-	}
-	host, _, _ := net.SplitHostPort(r.RemoteAddr)
-	a, _ := netip.ParseAddr(host)
-	return a.Unmap()
 }

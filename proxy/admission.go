@@ -2,10 +2,8 @@ package proxy
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -36,21 +34,10 @@ func platformLabel(p string) string {
 // bearer returns the device token of an upgrade request: the Authorization
 // header, else the token query parameter (browsers cannot set headers).
 func bearer(r *http.Request) string {
-	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-		return strings.TrimSpace(tok)
+	if tok, ok := devicetoken.FromHeader(r); ok {
+		return tok
 	}
 	return r.URL.Query().Get("token")
-}
-
-// sourceIP is the TCP peer's address (never a client-supplied header).
-func sourceIP(r *http.Request) netip.Addr {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		host, _, _ := net.SplitHostPort(r.RemoteAddr)
-		a, _ := netip.ParseAddr(host)
-		return a.Unmap()
-	}
-	return ap.Addr().Unmap()
 }
 
 // ipLimits holds the per-source-IP admission limiters. Counts of open

@@ -26,6 +26,7 @@ import (
 
 	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/serve"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
@@ -153,7 +154,7 @@ func (s *Server) reject(w http.ResponseWriter, reason string, status int, msg st
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	device, platform, segment := q.Get("device"), q.Get("platform"), q.Get("segment")
-	ip := sourceIP(r)
+	ip := serve.ClientIP(r)
 	limitIP := !s.ips.exempted(ip)
 	switch {
 	case s.draining.Load() || s.closed.Load():

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -348,4 +349,10 @@ func (c *Cache) Verify(tok string) (Claims, error) {
 		c.lru.Add(h, cached{c: cl, gen: gen})
 	}
 	return cl, err
+}
+
+// FromHeader returns the bearer token of r's Authorization header, if any.
+func FromHeader(r *http.Request) (string, bool) {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return strings.TrimSpace(tok), ok
 }

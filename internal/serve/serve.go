@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 )
 
@@ -92,4 +93,15 @@ func Run(ctx context.Context, log *slog.Logger, bound []Bound, grace time.Durati
 		_ = s.Shutdown(sctx)
 	}
 	return runErr
+}
+
+// ClientIP is the TCP peer's address of r (never a client-supplied header),
+// with IPv4-mapped IPv6 addresses unmapped.
+func ClientIP(r *http.Request) netip.Addr {
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return ap.Addr().Unmap()
+	}
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	a, _ := netip.ParseAddr(host)
+	return a.Unmap()
 }
