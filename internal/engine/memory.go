@@ -13,6 +13,7 @@ import (
 type MemoryConfig struct {
 	LogLen         int           // recent changes kept per event; default DefaultLogLen
 	IdempotencyTTL time.Duration // default DefaultIdempotencyTTL
+	InboxLen       int           // notes kept per inbox; default DefaultInboxLen
 	Now            func() time.Time
 }
 
@@ -24,6 +25,9 @@ type Memory struct {
 	mu     sync.Mutex // guards events; held while calling subscriber handlers (they never block)
 	events map[string]*memEvent
 	nextID int
+
+	nmu sync.Mutex // guards n (notifications); held while calling push handlers
+	n   memNotes
 }
 
 type memEvent struct {
@@ -60,6 +64,9 @@ func NewMemory(cfg MemoryConfig) *Memory {
 	}
 	if cfg.IdempotencyTTL <= 0 {
 		cfg.IdempotencyTTL = DefaultIdempotencyTTL
+	}
+	if cfg.InboxLen <= 0 {
+		cfg.InboxLen = DefaultInboxLen
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

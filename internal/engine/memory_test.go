@@ -12,3 +12,9 @@ func TestMemoryConformance(t *testing.T) {
 		return engine.NewMemory(engine.MemoryConfig{LogLen: logLen})
 	})
 }
+
+func TestMemoryNotes(t *testing.T) {
+	enginetest.RunNotes(t, func(t *testing.T) enginetest.NoteEngine {
+		return engine.NewMemory(engine.MemoryConfig{})
+	})
+}

@@ -73,6 +73,11 @@ type DeviceFrame struct {
 	// Ack: event and version applied.
 	Event string
 	V     uint64
+	// Note ack (an ack with "note"): the note read. NoteAck tells the two acks apart.
+	Note    Cursor
+	NoteAck bool
+	// Inbox: where to resume the device's inboxes.
+	After After
 }
 
 // FrameError is a device frame the proxy rejects with an error frame. It wraps the
@@ -96,6 +101,8 @@ type rawFrame struct {
 	Events json.RawMessage `json:"events"`
 	Event  string          `json:"event"`
 	V      json.RawMessage `json:"v"`
+	Note   *string         `json:"note"`
+	After  *string         `json:"after"`
 }
 
 // ParseDeviceFrame decodes one device frame. It returns an error wrapping
@@ -146,6 +153,14 @@ func ParseDeviceFrame(b []byte) (DeviceFrame, error) {
 		}
 		f.Unsub = events
 	case OpAck:
+		if raw.Note != nil {
+			c, err := ParseCursor(*raw.Note)
+			if err != nil {
+				return f, badRequest("ack: %v", err)
+			}
+			f.Note, f.NoteAck = c, true
+			break
+		}
 		if err := CheckID("event", raw.Event); err != nil {
 			return f, &FrameError{Code: CodeBadRequest, Msg: err.Error()}
 		}
@@ -157,6 +172,15 @@ func ParseDeviceFrame(b []byte) (DeviceFrame, error) {
 			return f, badRequest("ack version must be an integer > 0")
 		}
 		f.Event, f.V = raw.Event, v
+	case OpInbox:
+		if raw.After == nil {
+			return f, badRequest(`inbox needs "after": "<last note id>" ("" = from the oldest kept)`)
+		}
+		a, err := ParseAfter(*raw.After)
+		if err != nil {
+			return f, badRequest("inbox: %v", err)
+		}
+		f.After = a
 	case "":
 		return f, badRequest(`frame has no "op"`)
 	default:
@@ -229,6 +253,13 @@ type ProxyFrame struct {
 	AfterMS int64  `json:"after_ms,omitempty"`
 	Code    Code   `json:"code,omitempty"`
 	Msg     string `json:"msg,omitempty"`
+	// Note frames.
+	ID       string          `json:"id,omitempty"`
+	NID      string          `json:"nid,omitempty"`
+	Type     string          `json:"type,omitempty"`
+	Priority string          `json:"priority,omitempty"`
+	Payload  json.RawMessage `json:"payload,omitempty"`
+	Resume   string          `json:"resume,omitempty"`
 }
 
 // ParseProxyFrame decodes a proxy -> device frame (used by device clients).
@@ -241,6 +272,10 @@ func ParseProxyFrame(b []byte) (ProxyFrame, error) {
 	case OpStage:
 		if !ValidID(f.Event) || !ValidID(f.Key) || f.V == 0 {
 			return f, fmt.Errorf("decode proxy frame: invalid stage frame %q", truncate(string(b), 200))
+		}
+	case OpNote:
+		if _, err := ParseCursor(f.ID); err != nil {
+			return f, fmt.Errorf("decode proxy frame: note: %w", err)
 		}
 	case OpReconnect, OpError:
 	default:

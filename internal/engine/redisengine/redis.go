@@ -56,6 +56,8 @@ type Config struct {
 	TLS *tls.Config
 	// LogLen is how many recent changes each event keeps. Default engine.DefaultLogLen.
 	LogLen int
+	// InboxLen is how many notes each inbox keeps. Default engine.DefaultInboxLen.
+	InboxLen int
 	// IdempotencyTTL, default engine.DefaultIdempotencyTTL.
 	IdempotencyTTL time.Duration
 	// ReportTTL is how long delivery aggregates live, default engine.DefaultReportTTL.
@@ -102,6 +104,9 @@ func (c *Config) Validate() error {
 	}
 	if c.LogLen <= 0 {
 		c.LogLen = engine.DefaultLogLen
+	}
+	if c.InboxLen <= 0 {
+		c.InboxLen = engine.DefaultInboxLen
 	}
 	if c.IdempotencyTTL <= 0 {
 		c.IdempotencyTTL = engine.DefaultIdempotencyTTL
@@ -386,9 +391,8 @@ func (e *Engine) Subscribe(ctx context.Context, event string, onStage func(wire.
 			onSubscribed()
 		}
 	})
-	for attempt := 0; ; attempt++ {
-		start := time.Now()
-		err := e.client.Receive(hookCtx, e.client.B().Ssubscribe().Channel(ch).Build(), func(m rueidis.PubSubMessage) {
+	e.resubscribe(ctx, log, func() error {
+		return e.client.Receive(hookCtx, e.client.B().Ssubscribe().Channel(ch).Build(), func(m rueidis.PubSubMessage) {
 			st, err := wire.UnmarshalStage([]byte(m.Message))
 			if err != nil {
 				log.Error("dropping malformed stage message", "err", err)
@@ -396,8 +400,19 @@ func (e *Engine) Subscribe(ctx context.Context, event string, onStage func(wire.
 			}
 			onStage(st)
 		})
+	})
+	return ctx.Err()
+}
+
+// resubscribe runs receive (one Receive call) until ctx ends: again after a nil
+// return (an unsubscribe, e.g. a slot migration) or an error, with full-jitter
+// backoff that starts over after a subscription that was up for a while.
+func (e *Engine) resubscribe(ctx context.Context, log *slog.Logger, receive func() error) {
+	for attempt := 0; ; attempt++ {
+		start := time.Now()
+		err := receive()
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return
 		}
 		if time.Since(start) > 10*time.Second {
 			attempt = 0 // it was up for a while: start backoff again from the base
@@ -407,7 +422,7 @@ func (e *Engine) Subscribe(ctx context.Context, event string, onStage func(wire.
 		log.Warn("subscription ended; resubscribing", "err", err, "attempt", attempt+1, "after", d.String())
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return
 		case <-time.After(d):
 		}
 	}

@@ -77,3 +77,34 @@ func TestEventKeysExpire(t *testing.T) {
 		}
 	}
 }
+
+func TestRedisNotes(t *testing.T) {
+	enginetest.RunNotes(t, func(t *testing.T) enginetest.NoteEngine {
+		srv := redistest.Start(t, redistest.Options{})
+		e, err := redisengine.New(redisengine.Config{Addrs: []string{srv.Addr()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.Close)
+		return e
+	})
+}
+
+// TestRedisClusterNotes: inboxes, registry and push channels on a 3-master
+// Cluster (each inbox's script and channel on its own shard's slot).
+func TestRedisClusterNotes(t *testing.T) {
+	cl := redistest.StartCluster(t, 3, 0)
+	enginetest.RunNotes(t, func(t *testing.T) enginetest.NoteEngine {
+		for _, n := range cl.Nodes {
+			if out, err := n.Cli(context.Background(), "FLUSHALL"); err != nil {
+				t.Fatalf("flushall: %v %s", err, out)
+			}
+		}
+		e, err := redisengine.New(redisengine.Config{Addrs: cl.Addrs()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.Close)
+		return e
+	})
+}

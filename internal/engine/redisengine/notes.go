@@ -1,0 +1,525 @@
+package redisengine
+
+// Notifications on Redis. Layout per inbox I ("m:<member>" or "d:<device>"),
+// every key and channel of one inbox under the hash tag {n<k>}, k = the inbox's
+// shard (engine.NoteShards), so an inbox, its index, its registry entry and the
+// push channels it publishes to live on one Cluster shard:
+//
+//	sc:{n<k>}:ib:<I>      stream of notes, ids "<ms>-<seq>" (the cursors), fields
+//	                      b (body JSON) and e (expiry, Unix ms); exact MAXLEN
+//	                      InboxLen, MINID now - 30 days; expires with its newest note
+//	sc:{n<k>}:ix:<I>      hash: "i:<nid>" -> position, "k:<dedup_key>" -> position,
+//	                      "read" -> the highest position acked
+//	sc:{n<k>}:at:<I>      hash (the registry): proxy id -> expiry, Unix ms
+//	sc:{n<k>}:px:<proxy>  sharded pub/sub channel: pushes to that proxy for the
+//	                      inboxes of shard k
+//
+// Per notification id N: sc:{nr:N} hash (meta, sent, acked), kept for the note's
+// TTL; per idempotency key K: sc:{ni:K} string "<N>\n<body hash>", 24 h.
+//
+// The append and the push decision are one Lua script per inbox: dedup, XADD,
+// read the registry, SPUBLISH to each registered proxy. A note is never pushed
+// unless stored, and a registration either precedes the script (the note is
+// pushed) or follows it (the proxy's backlog read after registering finds it).
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/redis/rueidis"
+
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+func shardTag(k int) string { return "sc:{n" + strconv.Itoa(k) + "}:" }
+
+func inboxKey(ib engine.Inbox, what string) string {
+	return shardTag(ib.Shard()) + what + ":" + ib.String()
+}
+
+func pushChannel(k int, proxy string) string { return shardTag(k) + "px:" + proxy }
+
+func recKey(nid string) string  { return "sc:{nr:" + nid + "}" }
+func idemKey(key string) string { return "sc:{ni:" + key + "}" }
+
+// posLua compares two stream ids ("<ms>-<seq>"): lt(a, b) is a < b.
+const posLua = `
+local function split(p)
+  local ms, seq = string.match(p, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function lt(a, b)
+  local am, as = split(a)
+  local bm, bs = split(b)
+  return am < bm or (am == bm and as < bs)
+end
+`
+
+// notifyScript: KEYS ib, ix, at. ARGV body, ttlMS, dedupKey, nid, maxLen,
+// maxAgeMS, pushHeader, channelPrefix. Returns {position, pushes}.
+const notifyScript = posLua + `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+local pos = redis.call('HGET', KEYS[2], 'i:' .. ARGV[4])
+if pos then
+  if #redis.call('XRANGE', KEYS[1], pos, pos) == 0 then
+    return {pos, 0} -- a retry of a note that is gone: nothing to push
+  end
+else
+  if ARGV[3] ~= '' then
+    local old = redis.call('HGET', KEYS[2], 'k:' .. ARGV[3])
+    if old then redis.call('XDEL', KEYS[1], old) end
+  end
+  pos = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'b', ARGV[1], 'e', string.format('%.0f', now + ttl))
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f', now - tonumber(ARGV[6])))
+  redis.call('HSET', KEYS[2], 'i:' .. ARGV[4], pos)
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], 'k:' .. ARGV[3], pos) end
+  if redis.call('PTTL', KEYS[1]) < ttl then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+  if redis.call('HLEN', KEYS[2]) > 4 * tonumber(ARGV[5]) + 8 then
+    -- drop index entries of notes no longer kept (older than the oldest kept)
+    local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+    local all = redis.call('HGETALL', KEYS[2])
+    for i = 1, #all, 2 do
+      if all[i] ~= 'read' and (#first == 0 or lt(all[i + 1], first[1][1])) then
+        redis.call('HDEL', KEYS[2], all[i])
+      end
+    end
+  end
+end
+local at = redis.call('HGETALL', KEYS[3])
+local pushed = 0
+local msg = ARGV[7] .. '\n' .. pos .. '\n' .. ARGV[1]
+for i = 1, #at, 2 do
+  if tonumber(at[i + 1]) < now then
+    redis.call('HDEL', KEYS[3], at[i])
+  else
+    redis.call('SPUBLISH', ARGV[8] .. at[i], msg)
+    pushed = pushed + 1
+  end
+end
+return {pos, pushed}
+`
+
+// registerScript: KEYS at. ARGV proxy, ttlMS. The expiry comes from Redis's
+// clock, the one notifyScript compares it with.
+const registerScript = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`
+
+// markReadScript: KEYS ix. ARGV position.
+const markReadScript = posLua + `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local r = redis.call('HGET', KEYS[1], 'read')
+if not r or lt(r, ARGV[1]) then redis.call('HSET', KEYS[1], 'read', ARGV[1]) end
+return 1
+`
+
+// countScript: KEYS rec. ARGV sent, acked. Counts only for a kept record.
+const countScript = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'sent', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'acked', ARGV[2])
+return 1
+`
+
+type noteScripts struct {
+	notify, register, markRead, count *rueidis.Lua
+}
+
+var (
+	scriptsOnce sync.Once
+	scripts     noteScripts
+)
+
+func (e *Engine) noteScripts() *noteScripts {
+	scriptsOnce.Do(func() {
+		scripts = noteScripts{notify: rueidis.NewLuaScript(notifyScript), register: rueidis.NewLuaScript(registerScript),
+			markRead: rueidis.NewLuaScript(markReadScript), count: rueidis.NewLuaScript(countScript)}
+	})
+	return &scripts
+}
+
+// NewNoteID returns a random notification id (a wire id).
+func NewNoteID() string {
+	var b [10]byte
+	_, _ = rand.Read(b[:])
+	return "n" + hex.EncodeToString(b[:])
+}
+
+// Notify stores the notification in every target inbox and pushes it to the
+// proxies registered there (one script per inbox, pipelined).
+func (e *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteResult, error) {
+	var cancel context.CancelFunc
+	if _, ok := ctx.Deadline(); !ok {
+		ctx, cancel = context.WithTimeout(ctx, e.cfg.OpTimeout+e.waitTimeout())
+	} else {
+		cancel = func() {}
+	}
+	defer cancel()
+	res := engine.NoteResult{ID: w.ID}
+	c := e.client
+	if w.IdempotencyKey != "" {
+		prev, err := c.Do(ctx, c.B().Set().Key(idemKey(w.IdempotencyKey)).Value(w.ID+"\n"+w.BodyHash).
+			Nx().Get().Ex(e.cfg.IdempotencyTTL).Build()).ToString()
+		switch {
+		case rueidis.IsRedisNil(err):
+		case err != nil:
+			return res, fmt.Errorf("notify: idempotency key: %w", err)
+		default:
+			id, hash, _ := strings.Cut(prev, "\n")
+			res.ID = id
+			if hash != w.BodyHash {
+				return res, engine.ErrIdempotencyConflict
+			}
+			res.Replayed = true
+		}
+	}
+	meta, err := json.Marshal(engine.NoteMeta(&w))
+	if err != nil {
+		return res, fmt.Errorf("notify: %w", err)
+	}
+	ttl := w.Note.TTL
+	rk := recKey(res.ID)
+	for _, r := range c.DoMulti(ctx,
+		c.B().Hsetnx().Key(rk).Field("meta").Value(string(meta)).Build(),
+		c.B().Pexpire().Key(rk).Milliseconds(ttl.Milliseconds()).Build()) {
+		if err := r.Error(); err != nil {
+			return res, fmt.Errorf("notify %s: record: %w", res.ID, err)
+		}
+	}
+	body := string(wire.AppendNoteBody(nil, res.ID, &w.Note, w.TS))
+	targets := engine.NoteTargets(&w)
+	execs := make([]rueidis.LuaExec, len(targets))
+	for i, ib := range targets {
+		k := ib.Shard()
+		execs[i] = rueidis.LuaExec{
+			Keys: []string{inboxKey(ib, "ib"), inboxKey(ib, "ix"), inboxKey(ib, "at")},
+			Args: []string{body, strconv.FormatInt(ttl.Milliseconds(), 10), w.Note.DedupKey, res.ID,
+				strconv.Itoa(e.cfg.InboxLen), strconv.FormatInt(wire.MaxNoteTTL.Milliseconds(), 10),
+				strconv.Itoa(int(w.Note.Priority)) + ib.String(), shardTag(k) + "px:"},
+		}
+	}
+	var results []scriptOut
+	if e.cfg.WaitReplicas > 0 {
+		results = e.notifyDurable(ctx, execs)
+	} else {
+		for _, r := range e.noteScripts().notify.ExecMulti(ctx, c, execs...) {
+			vals, err := r.ToArray()
+			results = append(results, scriptOut{vals, err})
+		}
+	}
+	var firstErr error
+	for i, r := range results {
+		vals, err := r.vals, r.err
+		if err == nil && len(vals) != 2 {
+			err = fmt.Errorf("script returned %d values", len(vals))
+		}
+		if err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("notify %s: inbox %s: %w", res.ID, targets[i], err)
+			}
+			continue
+		}
+		n, _ := vals[1].AsInt64()
+		res.Stored++
+		res.Pushes += int(n)
+	}
+	return res, firstErr
+}
+
+// notifyDurable runs each inbox's script and then WAIT on one dedicated
+// connection, concurrently across inboxes.
+func (e *Engine) notifyDurable(ctx context.Context, execs []rueidis.LuaExec) []scriptOut {
+	out := make([]scriptOut, len(execs))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for i := range execs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int) {
+			defer func() { <-sem; wg.Done() }()
+			x := execs[i]
+			err := e.client.Dedicated(func(dc rueidis.DedicatedClient) error {
+				vals, err := dc.Do(ctx, dc.B().Eval().Script(notifyScript).Numkeys(int64(len(x.Keys))).Key(x.Keys...).Arg(x.Args...).Build()).ToArray()
+				out[i].vals = vals
+				if err != nil {
+					return err
+				}
+				n, err := dc.Do(ctx, dc.B().Wait().Numreplicas(int64(e.cfg.WaitReplicas)).Timeout(e.cfg.WaitTimeout.Milliseconds()).Build()).AsInt64()
+				if err != nil {
+					return fmt.Errorf("wait: %w", err)
+				}
+				if n < int64(e.cfg.WaitReplicas) {
+					return fmt.Errorf("%w: %d of %d replicas acknowledged within %v", engine.ErrNotDurable, n, e.cfg.WaitReplicas, e.cfg.WaitTimeout)
+				}
+				return nil
+			})
+			out[i].err = err
+		}(i)
+	}
+	wg.Wait()
+	return out
+}
+
+// Register registers (or refreshes) proxy for the add inboxes and removes it
+// from the remove inboxes, pipelined.
+func (e *Engine) Register(ctx context.Context, proxy string, add, remove []engine.Inbox) error {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	c := e.client
+	ttl := strconv.FormatInt(engine.RegistryTTL.Milliseconds(), 10)
+	var errs []error
+	if len(add) > 0 {
+		execs := make([]rueidis.LuaExec, len(add))
+		for i, ib := range add {
+			execs[i] = rueidis.LuaExec{Keys: []string{inboxKey(ib, "at")}, Args: []string{proxy, ttl}}
+		}
+		for _, r := range e.noteScripts().register.ExecMulti(ctx, c, execs...) {
+			if err := r.Error(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(remove) > 0 {
+		cmds := make(rueidis.Commands, len(remove))
+		for i, ib := range remove {
+			cmds[i] = c.B().Hdel().Key(inboxKey(ib, "at")).Field(proxy).Build()
+		}
+		for _, r := range c.DoMulti(ctx, cmds...) {
+			if err := r.Error(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("register %d, unregister %d inboxes: %d failed, first: %w", len(add), len(remove), len(errs), errs[0])
+	}
+	return nil
+}
+
+// SubscribeNotes holds one sharded subscription per notification shard for the
+// pushes to proxy until ctx ends, each re-subscribed with jittered backoff when
+// Redis drops it; onSubscribed(k) runs each time shard k's subscription lands.
+func (e *Engine) SubscribeNotes(ctx context.Context, proxy string, onPush func(engine.NotePush), onSubscribed func(shard int)) error {
+	var wg sync.WaitGroup
+	for k := 0; k < engine.NoteShards; k++ {
+		wg.Add(1)
+		go func(k int) {
+			defer wg.Done()
+			e.subscribeShard(ctx, k, proxy, onPush, onSubscribed)
+		}(k)
+	}
+	wg.Wait()
+	return ctx.Err()
+}
+
+func (e *Engine) subscribeShard(ctx context.Context, k int, proxy string, onPush func(engine.NotePush), onSubscribed func(int)) {
+	ch := pushChannel(k, proxy)
+	log := e.cfg.Logger.With("channel", ch)
+	hookCtx := rueidis.WithOnSubscriptionHook(ctx, func(s rueidis.PubSubSubscription) {
+		if s.Kind == "ssubscribe" && onSubscribed != nil {
+			onSubscribed(k)
+		}
+	})
+	e.resubscribe(ctx, log, func() error {
+		return e.client.Receive(hookCtx, e.client.B().Ssubscribe().Channel(ch).Build(), func(m rueidis.PubSubMessage) {
+			p, err := parsePush(m.Message)
+			if err != nil {
+				log.Error("dropping malformed note push", "err", err)
+				return
+			}
+			onPush(p)
+		})
+	})
+}
+
+// parsePush decodes "<priority digit><kind>:<id>\n<position>\n<body>".
+func parsePush(s string) (engine.NotePush, error) {
+	head, rest, ok1 := strings.Cut(s, "\n")
+	pos, body, ok2 := strings.Cut(rest, "\n")
+	if !ok1 || !ok2 || len(head) < 4 || head[0] < '0' || head[0] > '3' || head[2] != ':' {
+		return engine.NotePush{}, errors.New("not <priority><kind>:<id>\\n<pos>\\n<body>")
+	}
+	p, err := wire.ParsePos(pos)
+	if err != nil {
+		return engine.NotePush{}, err
+	}
+	kind := head[1]
+	if kind != wire.InboxMember && kind != wire.InboxDevice {
+		return engine.NotePush{}, fmt.Errorf("unknown inbox kind %q", kind)
+	}
+	return engine.NotePush{Inbox: engine.Inbox{Kind: kind, ID: head[3:]}, Pos: p,
+		Priority: wire.Priority(head[0] - '0'), Body: []byte(body)}, nil
+}
+
+// ReadInbox returns up to limit unexpired notes of ib after position after,
+// oldest first.
+func (e *Engine) ReadInbox(ctx context.Context, ib engine.Inbox, after wire.Pos, limit int) ([]engine.StoredNote, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	nowMS := e.cfg.Now().UnixMilli()
+	var out []engine.StoredNote
+	start := "-"
+	if !after.IsZero() {
+		start = "(" + after.String()
+	}
+	// Expired notes are skipped, so a page may need more than one read; an
+	// inbox holds at most InboxLen notes, which bounds the loop.
+	for range e.cfg.InboxLen/max(limit, 1) + 2 {
+		entries, err := e.client.Do(ctx, e.client.B().Xrange().Key(inboxKey(ib, "ib")).Start(start).End("+").Count(int64(limit)).Build()).AsXRange()
+		if err != nil {
+			return nil, fmt.Errorf("read inbox %s: %w", ib, err)
+		}
+		for _, en := range entries {
+			p, err := wire.ParsePos(en.ID)
+			if err != nil {
+				continue
+			}
+			exp, _ := strconv.ParseInt(en.FieldValues["e"], 10, 64)
+			if exp > nowMS {
+				out = append(out, engine.StoredNote{Pos: p, Body: []byte(en.FieldValues["b"]), ExpMS: exp})
+				if len(out) == limit {
+					return out, nil
+				}
+			}
+		}
+		if len(entries) < limit {
+			break
+		}
+		start = "(" + entries[len(entries)-1].ID
+	}
+	return out, nil
+}
+
+// MarkRead records that ib's notes up to p were read.
+func (e *Engine) MarkRead(ctx context.Context, ib engine.Inbox, p wire.Pos) error {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	if err := e.noteScripts().markRead.Exec(ctx, e.client, []string{inboxKey(ib, "ix")}, []string{p.String()}).Error(); err != nil {
+		return fmt.Errorf("mark read %s: %w", ib, err)
+	}
+	return nil
+}
+
+// PutNoteDelivery adds a proxy's counts per notification id.
+func (e *Engine) PutNoteDelivery(ctx context.Context, counts map[string]engine.NoteCount) error {
+	if len(counts) == 0 {
+		return nil
+	}
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	execs := make([]rueidis.LuaExec, 0, len(counts))
+	for id, n := range counts {
+		execs = append(execs, rueidis.LuaExec{Keys: []string{recKey(id)},
+			Args: []string{strconv.FormatUint(n.Sent, 10), strconv.FormatUint(n.Acked, 10)}})
+	}
+	for _, r := range e.noteScripts().count.ExecMulti(ctx, e.client, execs...) {
+		if err := r.Error(); err != nil {
+			return fmt.Errorf("note delivery counts: %w", err)
+		}
+	}
+	return nil
+}
+
+// NoteReport returns the delivery report of notification id.
+func (e *Engine) NoteReport(ctx context.Context, id string) (engine.NoteReport, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	c := e.client
+	rec, err := c.Do(ctx, c.B().Hgetall().Key(recKey(id)).Build()).AsStrMap()
+	if err != nil {
+		return engine.NoteReport{}, fmt.Errorf("note report %s: %w", id, err)
+	}
+	if rec["meta"] == "" {
+		return engine.NoteReport{}, engine.ErrNoteNotFound
+	}
+	rep, targets, err := engine.ReportFromMeta(id, []byte(rec["meta"]))
+	if err != nil {
+		return engine.NoteReport{}, fmt.Errorf("note report %s: %w", id, err)
+	}
+	rep.Sent, _ = strconv.ParseUint(rec["sent"], 10, 64)
+	rep.Acked, _ = strconv.ParseUint(rec["acked"], 10, 64)
+	if len(targets) == 0 {
+		return rep, nil
+	}
+	cmds := make(rueidis.Commands, len(targets))
+	for i, ib := range targets {
+		cmds[i] = c.B().Hmget().Key(inboxKey(ib, "ix")).Field("i:"+id, "read").Build()
+	}
+	type state struct {
+		pos, read wire.Pos
+		ok        bool
+	}
+	states := make([]state, len(targets))
+	var reads rueidis.Commands
+	var readIdx []int
+	for i, r := range c.DoMulti(ctx, cmds...) {
+		vals, err := r.ToArray()
+		if err != nil || len(vals) != 2 {
+			return engine.NoteReport{}, fmt.Errorf("note report %s: inbox %s: %v", id, targets[i], err)
+		}
+		ps, err := vals[0].ToString()
+		if err != nil {
+			continue // never stored there, or its index entry was pruned: gone
+		}
+		p, err := wire.ParsePos(ps)
+		if err != nil {
+			continue
+		}
+		rs, _ := vals[1].ToString()
+		rp, _ := wire.ParsePos(rs)
+		states[i] = state{pos: p, read: rp, ok: true}
+		reads = append(reads, c.B().Xrange().Key(inboxKey(targets[i], "ib")).Start(ps).End(ps).Build())
+		readIdx = append(readIdx, i)
+	}
+	nowMS := e.cfg.Now().UnixMilli()
+	kept := make([]bool, len(targets))
+	if len(reads) > 0 {
+		for j, r := range c.DoMulti(ctx, reads...) {
+			entries, err := r.AsXRange()
+			if err != nil {
+				return engine.NoteReport{}, fmt.Errorf("note report %s: %w", id, err)
+			}
+			if len(entries) == 1 {
+				exp, _ := strconv.ParseInt(entries[0].FieldValues["e"], 10, 64)
+				kept[readIdx[j]] = exp > nowMS
+			}
+		}
+	}
+	for i := range targets {
+		switch {
+		case !states[i].ok || !kept[i]:
+			rep.Gone++
+		case !states[i].read.Less(states[i].pos):
+			rep.Read++
+		default:
+			rep.Pending++
+		}
+	}
+	return rep, nil
+}
+
+// scriptOut is one inbox script's reply.
+type scriptOut struct {
+	vals []rueidis.RedisMessage
+	err  error
+}
