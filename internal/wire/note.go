@@ -53,10 +53,10 @@ func ParsePriority(s string) (Priority, error) {
 
 // Limits of one notification request (the producer API answers 4xx above them).
 const (
-	MaxNoteTargets = 1000      // members + devices per request
-	MaxNotePayload = 4096      // bytes of the payload's JSON
-	MaxDedupKey    = 256       // bytes
-	MaxRecipientID = 128       // bytes of a member or device id
+	MaxNoteTargets = 1000 // members + devices per request
+	MaxNotePayload = 4096 // bytes of the payload's JSON
+	MaxDedupKey    = 256  // bytes
+	MaxRecipientID = 128  // bytes of a member or device id
 	DefaultNoteTTL = 7 * 24 * time.Hour
 	MaxNoteTTL     = 30 * 24 * time.Hour
 	MaxNoteBody    = 16 * 1024 // bytes of a whole POST /v1/notifications body
