@@ -19,6 +19,7 @@ import (
 // reports, stored maps) share one. A slow report never blocks a stage change.
 type bulkheads struct {
 	maps, reads *gobreaker.CircuitBreaker[any]
+	notes       *gobreaker.CircuitBreaker[any]
 	stages      *lru.Cache[string, *gobreaker.CircuitBreaker[any]]
 	settings    func(name string) gobreaker.Settings
 	openEvents  atomic.Int64
@@ -40,7 +41,7 @@ func newBulkheads(cfg Config, s *Server, state *prometheus.GaugeVec) *bulkheads 
 			// Runs under the breaker's lock: only count, set a metric and log.
 			OnStateChange: func(name string, from, to gobreaker.State) {
 				switch name {
-				case "maps", "reads":
+				case "maps", "reads", "notes":
 					state.WithLabelValues(name).Set(float64(to))
 				default:
 					if to == gobreaker.StateOpen {
@@ -61,6 +62,8 @@ func newBulkheads(cfg Config, s *Server, state *prometheus.GaugeVec) *bulkheads 
 	b.reads = gobreaker.NewCircuitBreaker[any](b.settings("reads"))
 	state.WithLabelValues("maps").Set(0)
 	state.WithLabelValues("reads").Set(0)
+	b.notes = gobreaker.NewCircuitBreaker[any](b.settings("notes"))
+	state.WithLabelValues("notes").Set(0)
 	b.stages, _ = lru.NewWithEvict(maxEventBreakers, func(_ string, cb *gobreaker.CircuitBreaker[any]) {
 		if cb.State() == gobreaker.StateOpen {
 			b.openEvents.Add(-1)

@@ -33,6 +33,8 @@ type Engine interface {
 	PutStageMap(ctx context.Context, event string, raw []byte, updatedMS int64) (uint64, error)
 	SetLive(ctx context.Context, event string, live bool) error
 	Snapshot(ctx context.Context, event string) (engine.Snapshot, error)
+	Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteResult, error)
+	NoteReport(ctx context.Context, id string) (engine.NoteReport, error)
 }
 
 // Config configures the broadcaster. Zero values are the documented defaults.
@@ -61,6 +63,9 @@ type Config struct {
 	ReportStaleAfter time.Duration
 	// MaxMapBytes is the largest stage map accepted (413 above). Default 1 MiB.
 	MaxMapBytes int64
+	// Lanes size the notification lanes, by wire.Priority; zero fields take
+	// DefaultLanes.
+	Lanes [wire.NumPriorities]LaneConfig
 	Registerer  prometheus.Registerer
 	Logger      *slog.Logger
 	Now         func() time.Time
@@ -93,6 +98,9 @@ func (c *Config) Validate() error {
 	if c.MaxMapBytes <= 0 {
 		c.MaxMapBytes = wire.DefaultMaxMapSize
 	}
+	if err := validateLanes(&c.Lanes); err != nil {
+		return err
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -111,6 +119,9 @@ type Server struct {
 	breakers  *bulkheads
 	reg       *prometheus.Registry
 	m         metrics
+	lanes     *lanes
+	nm        noteMetrics
+	stop      context.CancelFunc
 }
 
 type metrics struct {
@@ -150,8 +161,15 @@ func New(cfg Config, eng Engine) (*Server, error) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "broadcaster", Name: "open_event_breakers",
 			Help: "Events whose stage-change breaker is open (their engine shard failed repeatedly)."},
 			func() float64 { return float64(s.breakers.openEvents.Load()) }))
+	ctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	s.lanes = s.startLanes(ctx)
+	s.nm = newNoteMetrics(reg, s.lanes)
 	return s, nil
 }
+
+// Close stops the notification lanes' workers. Serve nothing after it.
+func (s *Server) Close() { s.stop() }
 
 // Registry returns the broadcaster's own registry (nil if Config.Registerer was set).
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
@@ -165,6 +183,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("PUT /v1/events/{event}/stages", s.route("put_stage_map", true, s.putStageMap))
 	mux.HandleFunc("GET /v1/events/{event}/stages", s.route("get_stage_map", !s.cfg.PublicReads, s.getStageMap))
 	mux.HandleFunc("PUT /v1/events/{event}/window", s.route("set_window", true, s.setWindow))
+	mux.HandleFunc("POST /v1/notifications", s.route("notify", true, s.notify))
+	mux.HandleFunc("GET /v1/notifications/{id}/report", s.route("note_report", true, s.noteReport))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.breakers.reads.State() == gobreaker.StateOpen {
@@ -218,11 +238,12 @@ func (s *Server) route(name string, auth bool, h func(*http.Request) (any, error
 			r = r.WithContext(context.WithValue(r.Context(), producerKey{}, p))
 		}
 		ev := r.PathValue("event")
-		if err := wire.CheckID("event", ev); err != nil {
+		eventRoute := strings.Contains(r.Pattern, "{event}")
+		if err := wire.CheckID("event", ev); eventRoute && err != nil {
 			writeError(sw, http.StatusBadRequest, "bad_request", err.Error())
 			return
 		}
-		if p != nil && !p.events.Match(ev) {
+		if p != nil && eventRoute && !p.events.Match(ev) {
 			s.log.Warn("audit", "producer", p.name, "route", name, "event", ev, "result", "forbidden")
 			writeError(sw, http.StatusForbidden, "forbidden", "producer "+p.name+" may not act on event "+ev)
 			return
@@ -244,6 +265,10 @@ func (s *Server) route(name string, auth bool, h func(*http.Request) (any, error
 		}
 		sw.Header().Set("Content-Type", "application/json")
 		sw.Header().Set("Cache-Control", "no-store")
+		if sr, ok := out.(statusReply); ok {
+			sw.WriteHeader(sr.status)
+			out = sr.body
+		}
 		_ = json.NewEncoder(sw).Encode(out)
 	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"github.com/stagecast/stagecast/internal/engine"
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
@@ -99,6 +100,28 @@ type Config struct {
 	// AcceptOptions.OriginPatterns) allowed besides the proxy's own host. Requests
 	// without an Origin header (native devices) are not affected. Default none.
 	OriginPatterns []string
+	// TrustDeviceIDs gives a device without a token the notes of the device
+	// inbox named by its ?device= id. Off by default: anyone can claim any id,
+	// so only a deployment whose devices cannot be impersonated (the dev server,
+	// a closed network) turns it on. Members' inboxes always need a token's mid.
+	TrustDeviceIDs bool
+	// MaxPendingNotes bounds the notes queued on one connection; past half of it
+	// low notes are shed, past it the oldest low note makes room, and a device
+	// with only higher ones queued is closed (it resumes from its cursor). Default 512.
+	MaxPendingNotes int
+	// InboxLen is the most notes one resume reads per inbox (as many as an inbox
+	// keeps). Default engine.DefaultInboxLen.
+	InboxLen int
+	// MaxResumes bounds backlog reads in flight per proxy; an inbox op past it
+	// gets unavailable (retry). Default 256. ResumeBudget caps inbox ops per
+	// connection per minute (rate_limited past it). Default 10.
+	MaxResumes   int
+	ResumeBudget int
+	// Low pushes are shed while more than ShedNoteBytes of notes wait on
+	// connections, or more than ShedWaiting connections wait for a writer.
+	// Defaults 256 MiB, 10000.
+	ShedNoteBytes int64
+	ShedWaiting   int
 	// Registerer for Prometheus metrics. Default: a fresh registry (see Server.Registry).
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -134,6 +157,14 @@ func (c *Config) Validate() error {
 	def(&c.MaxEvents, 10000)
 	def(&c.SubscribeBudget, 60)
 	def(&c.ErrorBudget, 30)
+	def(&c.MaxPendingNotes, 512)
+	def(&c.InboxLen, engine.DefaultInboxLen)
+	def(&c.MaxResumes, 256)
+	def(&c.ResumeBudget, 10)
+	def(&c.ShedWaiting, 10000)
+	if c.ShedNoteBytes == 0 {
+		c.ShedNoteBytes = 256 << 20
+	}
 	def(&c.MaxConnsPerIP, 1000)
 	def(&c.IPAdmitBurst, 100)
 	if c.IPAdmitRate == 0 {
@@ -163,7 +194,9 @@ func (c *Config) Validate() error {
 	for name, v := range map[string]int{"MaxConnections": c.MaxConnections, "MaxSubscriptions": c.MaxSubscriptions,
 		"MaxFramesPerSecond": c.MaxFramesPerSecond, "AdmitBurst": c.AdmitBurst, "Writers": c.Writers,
 		"MaxWriters": c.MaxWriters, "HistoryLen": c.HistoryLen, "StatsVersions": c.StatsVersions,
-		"MaxEvents": c.MaxEvents, "SubscribeBudget": c.SubscribeBudget, "ErrorBudget": c.ErrorBudget} {
+		"MaxEvents": c.MaxEvents, "SubscribeBudget": c.SubscribeBudget, "ErrorBudget": c.ErrorBudget,
+		"MaxPendingNotes": c.MaxPendingNotes, "InboxLen": c.InboxLen, "MaxResumes": c.MaxResumes,
+		"ResumeBudget": c.ResumeBudget, "ShedWaiting": c.ShedWaiting} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("proxy config: %s = %d must be > 0", name, v))
 		}
@@ -176,6 +209,9 @@ func (c *Config) Validate() error {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("proxy config: %s = %v must be > 0", name, v))
 		}
+	}
+	if c.ShedNoteBytes < 0 {
+		errs = append(errs, fmt.Errorf("proxy config: ShedNoteBytes = %d must be > 0", c.ShedNoteBytes))
 	}
 	if c.ReadLimit < 64 {
 		errs = append(errs, fmt.Errorf("proxy config: ReadLimit = %d must be >= 64", c.ReadLimit))

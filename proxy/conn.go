@@ -10,6 +10,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
@@ -29,14 +30,16 @@ type conn struct {
 
 	// Budgets, touched only by whoever processes this conn's frames (its reader,
 	// then one frame handler or sub goroutine at a time: see readLoop).
-	subWin, errWin     time.Time
-	subCount, errCount int
+	subWin, errWin, inboxWin        time.Time
+	subCount, errCount, inboxCount int
 	errored            bool // the frame being processed earned an error frame
 
 	mu        sync.Mutex  // guards the fields below
 	pingTimer *time.Timer // runtime timer; fires ping() in its own short goroutine
 	expTimer  *time.Timer // closes with 4003 at the token's exp (nil without a token)
 	subs      []subEntry  // one per subscribed event; small, scanned linearly
+	inboxes   [2]*connInbox                    // member and device inbox (nil: none)
+	notes     [wire.NumPriorities][]*noteOut // queued notes per priority
 	ctrl      [][]byte    // control frames (error, reconnect) waiting for the writer
 	queued    bool        // in the writer queue or being written by a writer
 	closed    bool        // no more offers or writes (set by kill or unregister)
@@ -156,20 +159,37 @@ func (c *conn) flush(w *writer) {
 				c.subs[i].pending = nil
 			}
 		}
+		nb := &w.nb
+		nb.take(c)
 		closing, reason := c.closing, c.reason
-		if len(batch) == 0 && len(ctrl) == 0 && closing == 0 {
+		if len(batch) == 0 && len(nb.notes) == 0 && len(ctrl) == 0 && closing == 0 {
 			c.queued = false
 			c.mu.Unlock()
 			return
 		}
 		c.mu.Unlock()
 
-		for _, p := range batch {
-			if !c.write(w.slot, p.frame) {
+		// Priority order: critical stages, critical notes, other stages, then
+		// high, normal and low notes, then control frames.
+		for pass := 0; pass < 2; pass++ {
+			for _, p := range batch {
+				if p.critical != (pass == 0) {
+					continue
+				}
+				if !c.write(w.slot, p.frame) {
+					return
+				}
+				w.recordSend(p.stats, c.s.cfg.Now().UnixMilli()-p.stage.TS)
+			}
+			from, to := 0, nb.critical()
+			if pass == 1 {
+				from, to = to, len(nb.notes)
+			}
+			if !nb.write(c, w.slot, from, to) {
 				return
 			}
-			w.recordSend(p.stats, c.s.cfg.Now().UnixMilli()-p.stage.TS)
 		}
+		nb.commit(c)
 		for _, f := range ctrl {
 			if !c.write(w.slot, f) {
 				return
@@ -291,10 +311,21 @@ func (c *conn) unregister() {
 	for i, e := range c.subs {
 		events[i] = e.t.event
 	}
+	var inboxes []engine.Inbox
+	for _, ci := range c.inboxes {
+		if ci != nil {
+			inboxes = append(inboxes, ci.ib)
+		}
+	}
+	c.dropQueued(wire.InboxMember)
+	c.dropQueued(wire.InboxDevice)
 	c.mu.Unlock()
 	c.stopTimers()
 	for _, ev := range events {
 		c.s.hub.unsubscribe(c, ev)
+	}
+	for _, ib := range inboxes {
+		c.s.notes.leave(c, ib)
 	}
 	c.s.removeConn(c)
 }

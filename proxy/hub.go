@@ -43,9 +43,10 @@ func (h *hub) shard(event string) *hubShard {
 
 // prepared is one stage change encoded once for every device of this proxy.
 type prepared struct {
-	stage wire.Stage
-	frame []byte
-	stats *versionStats
+	stage    wire.Stage
+	frame    []byte
+	stats    *versionStats
+	critical bool // the producer marked the change critical: written before other frames
 }
 
 // topic is one event on this proxy: its subscribers, its recent history, and its
@@ -421,7 +422,7 @@ func (t *topic) insert(stages []wire.Stage, fromLog bool) []*prepared {
 				t.s.log.Error("version conflict: one version, two stages", "event", t.event, "v", s.V,
 					"held", old.Key, "received", s.Key, "from_log", fromLog)
 				if fromLog {
-					t.hist[i] = &prepared{stage: s, frame: wire.AppendStage(make([]byte, 0, 96), &s), stats: t.statsFor(s)}
+					t.hist[i] = &prepared{stage: s, frame: wire.AppendStage(make([]byte, 0, 96), &s), stats: t.statsFor(s), critical: s.Priority != ""}
 				} else {
 					t.requestResync()
 				}
@@ -431,7 +432,7 @@ func (t *topic) insert(stages []wire.Stage, fromLog bool) []*prepared {
 		if len(t.hist) >= t.s.cfg.HistoryLen && i == 0 {
 			continue // older than everything we keep
 		}
-		p := &prepared{stage: s, frame: wire.AppendStage(make([]byte, 0, 96), &s), stats: t.statsFor(s)}
+		p := &prepared{stage: s, frame: wire.AppendStage(make([]byte, 0, 96), &s), stats: t.statsFor(s), critical: s.Priority != ""}
 		t.hist = slices.Insert(t.hist, i, p)
 		if len(t.hist) > t.s.cfg.HistoryLen {
 			t.hist = slices.Delete(t.hist, 0, len(t.hist)-t.s.cfg.HistoryLen)

@@ -1,6 +1,10 @@
 package proxy
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stagecast/stagecast/internal/wire"
+)
 
 type metrics struct {
 	connections        *prometheus.GaugeVec
@@ -25,6 +29,14 @@ type metrics struct {
 	skippedEntries     prometheus.Counter
 	versionConflicts   prometheus.Counter
 	eventLimit         prometheus.Counter
+	notePushes         prometheus.Counter
+	notesSent          [wire.NumPriorities]prometheus.Counter
+	notesShed          prometheus.Counter
+	noteDuplicates     prometheus.Counter
+	noteResyncs        prometheus.Counter
+	registrations      prometheus.Counter
+	backlogNotes       prometheus.Counter
+	resumes            *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -76,6 +88,26 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		eventLimit: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "event_limit_total",
 			Help: "Subscriptions refused because the proxy held MaxEvents events."}),
 	}
+	m.notePushes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "note_pushes_total",
+		Help: "Notes pushed to this proxy by the engine (one per inbox held here)."})
+	sent := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "notes_sent_total",
+		Help: "Note frames written to devices, by priority."}, []string{"priority"})
+	for p := range wire.NumPriorities {
+		m.notesSent[p] = sent.WithLabelValues(wire.Priority(p).String())
+	}
+	m.notesShed = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "notes_shed_total",
+		Help: "Low-priority note pushes shed under overload (they stay in the inbox; the device's resume cursor stays before them)."})
+	m.noteDuplicates = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "note_duplicates_total",
+		Help: "Pushed notes a connection already had (dropped)."})
+	m.noteResyncs = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "note_resyncs_total",
+		Help: "Push subscriptions re-established: the shard's inboxes were re-read."})
+	m.registrations = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "inbox_registrations_total",
+		Help: "Inboxes registered with the engine (first connection of an inbox on this proxy)."})
+	m.backlogNotes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "backlog_notes_total",
+		Help: "Notes read from inboxes for resumes and resyncs."})
+	m.resumes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "inbox_resumes_total",
+		Help: "Inbox ops by result (ok, rate_limited, busy, no_inbox)."}, []string{"result"})
+	reg.MustRegister(m.notePushes, sent, m.notesShed, m.noteDuplicates, m.noteResyncs, m.registrations, m.backlogNotes, m.resumes)
 	reg.MustRegister(m.connections, m.subscriptions, m.topics, m.broadcasts, m.deliveries, m.skipped, m.acks,
 		m.sendLatency, m.slowConsumerCloses, m.pingTimeouts, m.writeErrors, m.rejected, m.badFrames,
 		m.engineErrors, m.inboxOverflow, m.catchupRereads, m.writersSpawned, m.draining, m.tokenExpired, m.eventLimit, m.skippedEntries, m.versionConflicts)

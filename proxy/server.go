@@ -36,6 +36,12 @@ type Engine interface {
 	Subscribe(ctx context.Context, event string, onStage func(wire.Stage), onSubscribed func()) error
 	PutDelivery(ctx context.Context, r engine.DeliveryReport) error
 	Exists(ctx context.Context, event string) (bool, error)
+	// Notifications.
+	Register(ctx context.Context, proxy string, add, remove []engine.Inbox) error
+	SubscribeNotes(ctx context.Context, proxy string, onPush func(engine.NotePush), onSubscribed func(shard int)) error
+	ReadInbox(ctx context.Context, ib engine.Inbox, after wire.Pos, limit int) ([]engine.StoredNote, error)
+	MarkRead(ctx context.Context, marks map[engine.Inbox]wire.Pos) error
+	PutNoteDelivery(ctx context.Context, counts map[string]engine.NoteCount) error
 }
 
 // Server is one WebSocket proxy. Create it with New, serve Handler, and end it
@@ -47,6 +53,7 @@ type Server struct {
 	metrics *metrics
 	reg     *prometheus.Registry // nil when cfg.Registerer was given
 	hub     *hub
+	notes   *noteHub
 	writers *writerPool
 	frames  chan frameJob // device frames to the frame handlers (see readLoop)
 	admit   *rate.Limiter
@@ -91,6 +98,8 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	s.metrics = newMetrics(reg)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.hub = newHub(s)
+	s.notes = newNoteHub(s)
+	s.notes.run(s.ctx)
 	s.writers = newWriterPool(cfg.Writers, cfg.MaxWriters, cfg.WriteTimeout, s.metrics)
 	s.frames = make(chan frameJob)
 	for i := 0; i < 2*runtimeProcs(); i++ {
@@ -123,6 +132,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.draining.Load() || s.closed.Load() {
 			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		if !s.notes.ready() {
+			http.Error(w, "note push subscriptions not up yet", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = io.WriteString(w, "ready\n")
@@ -207,6 +220,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	c := &conn{s: s, device: device, platform: platform, segment: segment, label: platformLabel(platform),
 		ip: ip, ipLimit: limitIP && s.cfg.MaxConnsPerIP > 0, events: claims.Events}
+	c.setInboxes(claims.Member, device, claims.Device != "")
 	// Reserve the place before the handshake, so concurrent upgrades cannot
 	// overshoot MaxConnections or MaxConnsPerIP.
 	if reason := s.reserve(c); reason != "" {
@@ -243,7 +257,19 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		})
 	}
 	c.mu.Unlock()
+	// Inboxes join before the conn is published, so an unregister (drain,
+	// close) always finds them to leave.
+	for _, ci := range c.inboxes {
+		if ci != nil {
+			s.notes.join(c, ci.ib)
+		}
+	}
 	if !s.publish(c) {
+		for _, ci := range c.inboxes {
+			if ci != nil {
+				s.notes.leave(c, ci.ib)
+			}
+		}
 		c.stopTimers()
 		_ = ws.Close(websocket.StatusCode(wire.CloseServiceRestart), "proxy is draining")
 		return
@@ -452,7 +478,15 @@ func (c *conn) handle(f wire.DeviceFrame) {
 				c.sendEventError(wire.CodeUnknownEvent, ev, "not subscribed to "+ev)
 			}
 		}
+	case wire.OpInbox:
+		c.handleInbox(f.After)
 	case wire.OpAck:
+		if f.NoteAck {
+			if !c.ackNote(f.Note) {
+				c.sendError(wire.CodeBadRequest, "ack for a note of an inbox this connection does not hold")
+			}
+			return
+		}
 		if !c.ack(f.Event, f.V) {
 			c.sendEventError(wire.CodeUnknownEvent, f.Event, "ack for an event not subscribed: "+f.Event)
 		}

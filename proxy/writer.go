@@ -151,6 +151,7 @@ func (p *writerPool) start(extra bool) {
 type writer struct {
 	slot  *writerSlot
 	batch []*prepared
+	nb    noteBatch
 	m     *metrics
 	// sends counted locally and committed in batches, so writers do not contend
 	// on one version's histogram lock and counters for every delivery.

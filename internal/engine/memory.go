@@ -114,6 +114,9 @@ func (m *Memory) SetStage(ctx context.Context, req SetRequest) (SetResult, error
 	if !req.Target.IsZero() {
 		st.Target = req.Target
 	}
+	if req.Critical {
+		st.Priority = wire.PriorityCritical.String()
+	}
 	e.log = append(e.log, st)
 	if len(e.log) > m.cfg.LogLen {
 		e.log = append(e.log[:0], e.log[len(e.log)-m.cfg.LogLen:]...)

@@ -254,15 +254,17 @@ func (m *Memory) ReadInbox(ctx context.Context, ib Inbox, after wire.Pos, limit 
 	return out, nil
 }
 
-// MarkRead records that ib's notes up to p were read.
-func (m *Memory) MarkRead(ctx context.Context, ib Inbox, p wire.Pos) error {
+// MarkRead records, per inbox, that its notes up to the position were read.
+func (m *Memory) MarkRead(ctx context.Context, marks map[Inbox]wire.Pos) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	m.nmu.Lock()
 	defer m.nmu.Unlock()
-	if b := m.notes().inboxes[ib]; b != nil && b.read.Less(p) {
-		b.read = p
+	for ib, p := range marks {
+		if b := m.notes().inboxes[ib]; b != nil && b.read.Less(p) {
+			b.read = p
+		}
 	}
 	return nil
 }

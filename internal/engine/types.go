@@ -13,6 +13,8 @@ type SetRequest struct {
 	Event  string
 	Key    string
 	Target *wire.Target
+	// Critical marks the change critical: proxies write it first (wire.Stage.Priority).
+	Critical bool
 	// TS is the broadcaster's wall clock, Unix milliseconds.
 	TS int64
 	// IdempotencyKey, when set, makes a retry with the same key return the first

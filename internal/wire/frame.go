@@ -209,6 +209,11 @@ func AppendStage(dst []byte, s *Stage) []byte {
 	dst = strconv.AppendUint(dst, s.V, 10)
 	dst = append(dst, `,"ts":`...)
 	dst = strconv.AppendInt(dst, s.TS, 10)
+	if s.Priority != "" {
+		dst = append(dst, `,"priority":"`...)
+		dst = append(dst, s.Priority...)
+		dst = append(dst, '"')
+	}
 	return append(dst, '}')
 }
 
@@ -253,7 +258,7 @@ type ProxyFrame struct {
 	AfterMS int64  `json:"after_ms,omitempty"`
 	Code    Code   `json:"code,omitempty"`
 	Msg     string `json:"msg,omitempty"`
-	// Note frames.
+	// Note frames (and Priority on stage frames of critical changes).
 	ID       string          `json:"id,omitempty"`
 	NID      string          `json:"nid,omitempty"`
 	Type     string          `json:"type,omitempty"`

@@ -17,6 +17,9 @@ type Stage struct {
 	TS int64 `json:"ts"`
 	// Target, when set, restricts delivery to matching devices (extension).
 	Target *Target `json:"target,omitempty"`
+	// Priority (extension) is "critical" for a change the producer marked
+	// critical: proxies write it before other frames. Empty otherwise.
+	Priority string `json:"priority,omitempty"`
 }
 
 // Target selects devices by platform and segment (a contract extension). An empty
@@ -87,6 +90,9 @@ func (s *Stage) Validate() error {
 	}
 	if s.V == 0 {
 		return fmt.Errorf("stage %s/%s has version 0", s.Event, s.Key)
+	}
+	if s.Priority != "" && s.Priority != PriorityCritical.String() {
+		return fmt.Errorf("stage %s/%s: priority %q (only critical is kept)", s.Event, s.Key, truncate(s.Priority, 32))
 	}
 	return s.Target.Validate()
 }

@@ -19,7 +19,7 @@ type NoteEngine interface {
 	Register(ctx context.Context, proxy string, add, remove []engine.Inbox) error
 	SubscribeNotes(ctx context.Context, proxy string, onPush func(engine.NotePush), onSubscribed func(shard int)) error
 	ReadInbox(ctx context.Context, ib engine.Inbox, after wire.Pos, limit int) ([]engine.StoredNote, error)
-	MarkRead(ctx context.Context, ib engine.Inbox, p wire.Pos) error
+	MarkRead(ctx context.Context, marks map[engine.Inbox]wire.Pos) error
 	PutNoteDelivery(ctx context.Context, counts map[string]engine.NoteCount) error
 	NoteReport(ctx context.Context, id string) (engine.NoteReport, error)
 }
@@ -327,7 +327,7 @@ func testNoteReport(t *testing.T, e NoteEngine) {
 	if len(got) != 1 {
 		t.Fatalf("r1 holds %d notes", len(got))
 	}
-	if err := e.MarkRead(ctx(t), r1, got[0].Pos); err != nil {
+	if err := e.MarkRead(ctx(t), map[engine.Inbox]wire.Pos{r1: got[0].Pos}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.PutNoteDelivery(ctx(t), map[string]engine.NoteCount{w.ID: {Sent: 3, Acked: 1}, "unknown": {Sent: 1}}); err != nil {

@@ -410,12 +410,21 @@ func (e *Engine) ReadInbox(ctx context.Context, ib engine.Inbox, after wire.Pos,
 	return out, nil
 }
 
-// MarkRead records that ib's notes up to p were read.
-func (e *Engine) MarkRead(ctx context.Context, ib engine.Inbox, p wire.Pos) error {
+// MarkRead records, per inbox, that its notes up to the position were read.
+func (e *Engine) MarkRead(ctx context.Context, marks map[engine.Inbox]wire.Pos) error {
+	if len(marks) == 0 {
+		return nil
+	}
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
-	if err := e.noteScripts().markRead.Exec(ctx, e.client, []string{inboxKey(ib, "ix")}, []string{p.String()}).Error(); err != nil {
-		return fmt.Errorf("mark read %s: %w", ib, err)
+	execs := make([]rueidis.LuaExec, 0, len(marks))
+	for ib, p := range marks {
+		execs = append(execs, rueidis.LuaExec{Keys: []string{inboxKey(ib, "ix")}, Args: []string{p.String()}})
+	}
+	for _, r := range e.noteScripts().markRead.ExecMulti(ctx, e.client, execs...) {
+		if err := r.Error(); err != nil {
+			return fmt.Errorf("mark %d inboxes read: %w", len(marks), err)
+		}
 	}
 	return nil
 }

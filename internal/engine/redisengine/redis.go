@@ -241,13 +241,18 @@ func stagePrefix(req engine.SetRequest) (string, error) {
 		Event  string       `json:"event"`
 		Key    string       `json:"key"`
 		TS     int64        `json:"ts"`
-		Target *wire.Target `json:"target,omitempty"`
+		Target   *wire.Target `json:"target,omitempty"`
+		Priority string       `json:"priority,omitempty"`
 	}
 	t := req.Target
 	if t.IsZero() {
 		t = nil
 	}
-	b, err := json.Marshal(noV{Event: req.Event, Key: req.Key, TS: req.TS, Target: t})
+	prio := ""
+	if req.Critical {
+		prio = wire.PriorityCritical.String()
+	}
+	b, err := json.Marshal(noV{Event: req.Event, Key: req.Key, TS: req.TS, Target: t, Priority: prio})
 	if err != nil {
 		return "", err
 	}

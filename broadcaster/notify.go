@@ -1,0 +1,289 @@
+package broadcaster
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// Notifications go through one lane per priority: a bounded queue and its own
+// workers. A flood of low notes fills the low lane (and is refused with 503
+// once it is full) while critical ones keep their queue and workers. A request
+// is answered 202 only after its note is stored in every target inbox; its
+// worker holds no lock while it waits on the engine.
+
+// LaneConfig sizes one priority's lane.
+type LaneConfig struct {
+	Queue   int // notes waiting; a full queue answers 503 overloaded
+	Workers int // engine calls in flight
+}
+
+// DefaultLanes are the lanes' defaults, by wire.Priority (low first).
+var DefaultLanes = [wire.NumPriorities]LaneConfig{
+	wire.PriorityLow:      {Queue: 2048, Workers: 8},
+	wire.PriorityNormal:   {Queue: 4096, Workers: 32},
+	wire.PriorityHigh:     {Queue: 4096, Workers: 32},
+	wire.PriorityCritical: {Queue: 4096, Workers: 32},
+}
+
+type noteJob struct {
+	ctx  context.Context
+	w    engine.NoteWrite
+	enq  time.Time
+	done chan noteOut // buffered: the worker never waits on the handler
+}
+
+type noteOut struct {
+	res engine.NoteResult
+	err error
+}
+
+type lanes struct {
+	q   [wire.NumPriorities]chan *noteJob
+	ctx context.Context
+}
+
+type noteMetrics struct {
+	notes   *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+}
+
+func newNoteMetrics(reg prometheus.Registerer, l *lanes) noteMetrics {
+	m := noteMetrics{
+		notes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "broadcaster",
+			Name: "notifications_total", Help: "Notification requests by priority and result (stored, replayed, shed, failed, invalid)."},
+			[]string{"priority", "result"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "stagecast", Subsystem: "broadcaster",
+			Name: "notification_seconds", Help: "Time from a notification request's arrival in its lane to stored and pushed, by priority.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"priority"}),
+	}
+	reg.MustRegister(m.notes, m.latency)
+	for p := range wire.NumPriorities {
+		q := l.q[p]
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "broadcaster",
+			Name: "notification_queue", Help: "Notifications waiting in a priority's lane.",
+			ConstLabels: prometheus.Labels{"priority": wire.Priority(p).String()}},
+			func() float64 { return float64(len(q)) }))
+	}
+	return m
+}
+
+// startLanes starts each lane's workers; they end with ctx.
+func (s *Server) startLanes(ctx context.Context) *lanes {
+	l := &lanes{ctx: ctx}
+	for p := range wire.NumPriorities {
+		lc := s.cfg.Lanes[p]
+		l.q[p] = make(chan *noteJob, lc.Queue)
+		for range lc.Workers {
+			go s.laneWorker(ctx, l.q[p])
+		}
+	}
+	return l
+}
+
+func (s *Server) laneWorker(ctx context.Context, q chan *noteJob) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case j := <-q:
+			if err := j.ctx.Err(); err != nil {
+				j.done <- noteOut{err: err} // the producer left: nothing stored
+				continue
+			}
+			res, err := s.notifyRetry(j.ctx, j.w)
+			s.nm.latency.WithLabelValues(j.w.Note.Priority.String()).Observe(time.Since(j.enq).Seconds())
+			j.done <- noteOut{res, err}
+		}
+	}
+}
+
+// notifyRetry runs one Notify through the notes breaker, retrying a failing
+// engine with full-jitter backoff under the same note id and idempotency key
+// (a retry stores nothing twice) until StageBudget is spent.
+func (s *Server) notifyRetry(ctx context.Context, w engine.NoteWrite) (engine.NoteResult, error) {
+	deadline := s.cfg.Now().Add(s.cfg.StageBudget)
+	out, err := s.breakers.notes.Execute(func() (any, error) {
+		var res engine.NoteResult
+		var err error
+		for attempt := 0; ; attempt++ {
+			left := deadline.Sub(s.cfg.Now())
+			actx, cancel := context.WithTimeout(ctx, min(s.cfg.EngineTimeout, left))
+			res, err = s.eng.Notify(actx, w)
+			cancel()
+			if err == nil || errors.Is(err, engine.ErrIdempotencyConflict) || ctx.Err() != nil {
+				return res, err
+			}
+			s.m.engErr.Inc()
+			wait := time.Duration(mrand.Int64N(int64(min(400*time.Millisecond, 50*time.Millisecond<<min(attempt, 4))) + 1))
+			if left = deadline.Sub(s.cfg.Now()); wait+50*time.Millisecond > left {
+				return res, err
+			}
+			select {
+			case <-ctx.Done():
+				return res, err
+			case <-time.After(wait):
+			}
+		}
+	})
+	if out == nil {
+		return engine.NoteResult{}, err
+	}
+	return out.(engine.NoteResult), err
+}
+
+// NotifyReply is the 202 reply of POST /v1/notifications: the contract's fields
+// and how many inboxes stored it and push messages went to proxies (extension).
+type NotifyReply struct {
+	wire.NotifyReply
+	Priority string `json:"priority"`
+	Stored   int    `json:"stored"`
+	Pushes   int    `json:"pushes"`
+	Replayed bool   `json:"replayed,omitempty"`
+}
+
+type statusReply struct {
+	status int
+	body   any
+}
+
+func newNoteID() string {
+	var b [10]byte
+	_, _ = rand.Read(b[:])
+	return "n" + hex.EncodeToString(b[:])
+}
+
+func (s *Server) notify(r *http.Request) (any, error) {
+	p, _ := r.Context().Value(producerKey{}).(*producerEntry)
+	if p != nil && p.events != nil {
+		return nil, errf(http.StatusForbidden, "forbidden", "producer %s is limited to some events; notifications need a producer token allowed every event", p.name)
+	}
+	raw, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, wire.MaxNoteBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			s.nm.notes.WithLabelValues("unknown", "invalid").Inc()
+			return nil, errf(http.StatusRequestEntityTooLarge, "too_large", "body larger than %d bytes (payload at most %d)", wire.MaxNoteBody, wire.MaxNotePayload)
+		}
+		return nil, errf(http.StatusBadRequest, "bad_request", "reading body: %v", err)
+	}
+	n, err := wire.ParseNotifyRequest(raw)
+	if err != nil {
+		s.nm.notes.WithLabelValues("unknown", "invalid").Inc()
+		status := http.StatusBadRequest
+		if strings.HasPrefix(err.Error(), "payload is") {
+			status = http.StatusRequestEntityTooLarge
+		}
+		return nil, errf(status, "bad_request", "%v", err)
+	}
+	idem := r.Header.Get("Idempotency-Key")
+	if len(idem) > 200 || strings.ContainsFunc(idem, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return nil, errf(http.StatusBadRequest, "bad_request", "Idempotency-Key must be 1-200 printable ASCII characters without spaces")
+	}
+	sum := sha256.Sum256(raw)
+	w := engine.NoteWrite{ID: newNoteID(), IdempotencyKey: idem, BodyHash: hex.EncodeToString(sum[:16]),
+		Note: n, TS: s.cfg.Now().UnixMilli()}
+	if idem == "" {
+		// A keyless request gets an internal key, so the lane's retries never
+		// store the note twice.
+		w.IdempotencyKey = "auto-" + w.ID
+	}
+	prio := n.Priority.String()
+	j := &noteJob{ctx: r.Context(), w: w, enq: time.Now(), done: make(chan noteOut, 1)}
+	select {
+	case s.lanes.q[n.Priority] <- j:
+	default:
+		s.nm.notes.WithLabelValues(prio, "shed").Inc()
+		return nil, errf(http.StatusServiceUnavailable, "overloaded", "the %s lane is full (%d notifications queued); nothing was stored; retry later", prio, cap(s.lanes.q[n.Priority]))
+	}
+	var out noteOut
+	select {
+	case out = <-j.done:
+	case <-r.Context().Done():
+		return nil, r.Context().Err()
+	}
+	if errors.Is(out.err, engine.ErrIdempotencyConflict) {
+		s.nm.notes.WithLabelValues(prio, "invalid").Inc()
+		return nil, errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key %q was used for another notification (%s); use a new key", idem, out.res.ID)
+	}
+	if out.err != nil {
+		s.nm.notes.WithLabelValues(prio, "failed").Inc()
+		s.audit(r, "notify", "id", w.ID, "priority", prio, "result", "error", "err", out.err.Error())
+		ae := s.outcomeUnknown(out.err, w.IdempotencyKey)
+		if strings.HasPrefix(w.IdempotencyKey, "auto-") {
+			ae.(*apiError).idemKey = ""
+		}
+		return nil, ae
+	}
+	result := "stored"
+	if out.res.Replayed {
+		result = "replayed"
+	}
+	s.nm.notes.WithLabelValues(prio, result).Inc()
+	s.audit(r, "notify", "id", out.res.ID, "type", n.Type, "priority", prio, "members", len(n.Members), "devices", len(n.Devices),
+		"stored", out.res.Stored, "pushes", out.res.Pushes, "result", result)
+	return statusReply{http.StatusAccepted, NotifyReply{
+		NotifyReply: wire.NotifyReply{ID: out.res.ID, Members: len(n.Members), Devices: len(n.Devices)},
+		Priority:    prio, Stored: out.res.Stored, Pushes: out.res.Pushes, Replayed: out.res.Replayed}}, nil
+}
+
+func (s *Server) noteReport(r *http.Request) (any, error) {
+	id := r.PathValue("id")
+	if err := wire.CheckID("notification", id); err != nil {
+		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
+	}
+	rep, err := call(s, s.breakers.reads, r, func(ctx context.Context) (engine.NoteReport, error) { return s.eng.NoteReport(ctx, id) })
+	if errors.Is(err, engine.ErrNoteNotFound) {
+		return nil, errf(http.StatusNotFound, "not_found", "no notification %s is kept (unknown, or past its ttl)", id)
+	}
+	return rep, err
+}
+
+// Notify sends a notification (POST /v1/notifications). idemKey may be "".
+func (c *Client) Notify(ctx context.Context, req wire.NotifyRequest, idemKey string) (NotifyReply, error) {
+	var out NotifyReply
+	var hdr http.Header
+	if idemKey != "" {
+		hdr = http.Header{"Idempotency-Key": {idemKey}}
+	}
+	err := c.do(ctx, http.MethodPost, "/v1/notifications", req, hdr, &out)
+	return out, err
+}
+
+// NoteReport fetches a notification's delivery report.
+func (c *Client) NoteReport(ctx context.Context, id string) (engine.NoteReport, error) {
+	var out engine.NoteReport
+	err := c.do(ctx, http.MethodGet, "/v1/notifications/"+id+"/report", nil, nil, &out)
+	return out, err
+}
+
+func validateLanes(l *[wire.NumPriorities]LaneConfig) error {
+	for p := range l {
+		if l[p].Queue == 0 {
+			l[p].Queue = DefaultLanes[p].Queue
+		}
+		if l[p].Workers == 0 {
+			l[p].Workers = DefaultLanes[p].Workers
+		}
+		if l[p].Queue < 0 || l[p].Workers < 0 || l[p].Workers > 1024 {
+			return fmt.Errorf("broadcaster: lane %s: queue %d and workers %d must be > 0 (workers at most 1024)",
+				wire.Priority(p), l[p].Queue, l[p].Workers)
+		}
+	}
+	return nil
+}
+
+
