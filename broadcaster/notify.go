@@ -285,5 +285,3 @@ func validateLanes(l *[wire.NumPriorities]LaneConfig) error {
 	}
 	return nil
 }
-
-

@@ -65,10 +65,10 @@ type Config struct {
 	MaxMapBytes int64
 	// Lanes size the notification lanes, by wire.Priority; zero fields take
 	// DefaultLanes.
-	Lanes [wire.NumPriorities]LaneConfig
-	Registerer  prometheus.Registerer
-	Logger      *slog.Logger
-	Now         func() time.Time
+	Lanes      [wire.NumPriorities]LaneConfig
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+	Now        func() time.Time
 }
 
 // Validate fills defaults and checks the config.

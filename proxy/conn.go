@@ -30,21 +30,21 @@ type conn struct {
 
 	// Budgets, touched only by whoever processes this conn's frames (its reader,
 	// then one frame handler or sub goroutine at a time: see readLoop).
-	subWin, errWin, inboxWin        time.Time
+	subWin, errWin, inboxWin       time.Time
 	subCount, errCount, inboxCount int
-	errored            bool // the frame being processed earned an error frame
+	errored                        bool // the frame being processed earned an error frame
 
-	mu        sync.Mutex  // guards the fields below
-	pingTimer *time.Timer // runtime timer; fires ping() in its own short goroutine
-	expTimer  *time.Timer // closes with 4003 at the token's exp (nil without a token)
-	subs      []subEntry  // one per subscribed event; small, scanned linearly
-	inboxes   [2]*connInbox                    // member and device inbox (nil: none)
+	mu        sync.Mutex                     // guards the fields below
+	pingTimer *time.Timer                    // runtime timer; fires ping() in its own short goroutine
+	expTimer  *time.Timer                    // closes with 4003 at the token's exp (nil without a token)
+	subs      []subEntry                     // one per subscribed event; small, scanned linearly
+	inboxes   [2]*connInbox                  // member and device inbox (nil: none)
 	notes     [wire.NumPriorities][]*noteOut // queued notes per priority
-	ctrl      [][]byte    // control frames (error, reconnect) waiting for the writer
-	queued    bool        // in the writer queue or being written by a writer
-	closed    bool        // no more offers or writes (set by kill or unregister)
-	gone      bool        // unregistered: removed from every topic and the server
-	closing   int         // after the mailbox drains, close with this status (0: no)
+	ctrl      [][]byte                       // control frames (error, reconnect) waiting for the writer
+	queued    bool                           // in the writer queue or being written by a writer
+	closed    bool                           // no more offers or writes (set by kill or unregister)
+	gone      bool                           // unregistered: removed from every topic and the server
+	closing   int                            // after the mailbox drains, close with this status (0: no)
 	reason    string
 
 	// Frame rate limiting (reader goroutine only).

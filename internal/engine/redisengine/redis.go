@@ -238,9 +238,9 @@ func (e *Engine) opCtx(ctx context.Context) (context.Context, context.CancelFunc
 // appends ,"v":N}.
 func stagePrefix(req engine.SetRequest) (string, error) {
 	type noV struct {
-		Event  string       `json:"event"`
-		Key    string       `json:"key"`
-		TS     int64        `json:"ts"`
+		Event    string       `json:"event"`
+		Key      string       `json:"key"`
+		TS       int64        `json:"ts"`
 		Target   *wire.Target `json:"target,omitempty"`
 		Priority string       `json:"priority,omitempty"`
 	}
