@@ -100,6 +100,17 @@ func (c *Client) SetStage(ctx context.Context, event, stage string, target *wire
 	return out, err
 }
 
+// SetStageWith changes a stage with every field of StageRequest (priority included).
+func (c *Client) SetStageWith(ctx context.Context, event string, req StageRequest, idemKey string) (StageReply, error) {
+	var out StageReply
+	var hdr http.Header
+	if idemKey != "" {
+		hdr = http.Header{"Idempotency-Key": {idemKey}}
+	}
+	err := c.do(ctx, http.MethodPost, "/v1/events/"+url.PathEscape(event)+"/stage", req, hdr, &out)
+	return out, err
+}
+
 // Get returns event's current stage.
 func (c *Client) Get(ctx context.Context, event string) (StageReply, error) {
 	var out StageReply

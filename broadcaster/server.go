@@ -337,6 +337,9 @@ func call[T any](s *Server, cb *gobreaker.CircuitBreaker[any], r *http.Request, 
 type StageRequest struct {
 	Stage  string       `json:"stage"`
 	Target *wire.Target `json:"target,omitempty"`
+	// Priority (extension): "critical" makes proxies write this change before
+	// other frames (notes, other events' stages); "" or "normal" otherwise.
+	Priority string `json:"priority,omitempty"`
 }
 
 // StageReply is the reply of a stage change and of GET /v1/events/{event}.
@@ -379,6 +382,9 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 	if err := req.Target.Validate(); err != nil {
 		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
 	}
+	if req.Priority != "" && req.Priority != "normal" && req.Priority != "critical" {
+		return nil, errf(http.StatusBadRequest, "bad_request", "stage priority %q: only critical or normal", req.Priority)
+	}
 	idem := r.Header.Get("Idempotency-Key")
 	if len(idem) > 200 || strings.ContainsFunc(idem, func(r rune) bool { return r <= ' ' || r > '~' }) {
 		return nil, errf(http.StatusBadRequest, "bad_request", "Idempotency-Key must be 1-200 printable ASCII characters without spaces")
@@ -391,7 +397,8 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 		key = "auto-" + strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
 	}
 	ts := s.cfg.Now().UnixMilli()
-	res, err := s.changeStage(r.Context(), engine.SetRequest{Event: event, Key: req.Stage, Target: req.Target, TS: ts, IdempotencyKey: key})
+	res, err := s.changeStage(r.Context(), engine.SetRequest{Event: event, Key: req.Stage, Target: req.Target, TS: ts, IdempotencyKey: key,
+		Critical: req.Priority == "critical"})
 	if err != nil {
 		s.audit(r, "set_stage", "stage", req.Stage, "idempotency_key", key, "result", "error", "err", err.Error())
 	}

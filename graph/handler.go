@@ -25,6 +25,8 @@ import (
 
 // Config configures the GraphQL handler. Zero values are defaults.
 type Config struct {
+	// Inbox serves the inbox query (nil: the query answers UNAUTHENTICATED).
+	Inbox *prefetch.InboxReader
 	// MaxQueryLength in bytes. Default 4096.
 	MaxQueryLength int
 	// MaxDepth of a query. Default 6.
@@ -98,7 +100,7 @@ type template struct {
 // New builds the schema (it panics only on a schema bug, caught by tests).
 func New(cfg Config, cache *prefetch.Cache, shed *prefetch.Shedder) (*Handler, error) {
 	cfg.defaults()
-	schema, err := graphql.ParseSchema(schemaSDL, &resolver{cache: cache},
+	schema, err := graphql.ParseSchema(schemaSDL, &resolver{cache: cache, inbox: cfg.Inbox},
 		graphql.MaxQueryLength(cfg.MaxQueryLength), graphql.MaxDepth(cfg.MaxDepth),
 		graphql.MaxSelections(cfg.MaxSelections), graphql.MaxParallelism(cfg.MaxParallelism),
 		graphql.UseFieldResolvers())
@@ -307,10 +309,17 @@ func (h *Handler) execute(w http.ResponseWriter, ctx context.Context, key [32]by
 		gqlError(w, http.StatusOK, fmt.Sprintf("response larger than %d bytes", h.cfg.MaxResponseBytes), "RESPONSE_TOO_LARGE")
 		return
 	}
-	if len(t.body) <= h.cfg.MaxCachedResponse && !t.errorOnly {
+	if len(t.body) <= h.cfg.MaxCachedResponse && !t.errorOnly && !rd.private {
 		h.remember(key, t)
 	} else {
 		h.qc.WithLabelValues("uncacheable").Inc()
+	}
+	if rd.private {
+		// One device's notes: no shared cache may keep or serve them.
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "private, no-store")
+		_, _ = w.Write(h.substitute(t, current))
+		return
 	}
 	h.write(w, t, current)
 }

@@ -115,6 +115,27 @@ type render struct {
 	// bytes, against the handler's limits.
 	events, lists, bytes          int
 	maxEvents, maxLists, maxBytes int
+	inboxes                       int
+	private                       bool // per-device data: never cached
+}
+
+// spendInbox charges one inbox selection (at most one per query) and marks the
+// response private.
+func (r *render) spendInbox() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.private = true
+	r.inboxes++
+	if r.inboxes > 1 {
+		return &codedError{"COST_LIMIT", "at most 1 inbox selection per query"}
+	}
+	return nil
+}
+
+func (r *render) markUnavailable() {
+	r.mu.Lock()
+	r.unavailable = true
+	r.mu.Unlock()
 }
 
 // spend charges one liveEvent (lists == 0) or one stages list of n payload
@@ -167,7 +188,68 @@ func (r *render) use(res prefetch.Result) *dep {
 }
 
 // resolver is the root resolver.
+// Inbox resolves the calling device's notifications. The response is private:
+// never cached, here or by anyone on the way.
+func (q *resolver) Inbox(ctx context.Context, args struct {
+	After *string
+	Limit *int32
+}) (*inboxPage, error) {
+	rd := renderFrom(ctx)
+	if err := rd.spendInbox(); err != nil {
+		return nil, err
+	}
+	claims, ok := prefetch.Device(ctx)
+	if !ok || q.inbox == nil {
+		return nil, &codedError{"UNAUTHENTICATED", prefetch.ErrNoInbox.Error()}
+	}
+	after, limit := "", 0
+	if args.After != nil {
+		after = *args.After
+	}
+	if args.Limit != nil {
+		if *args.Limit < 1 || *args.Limit > prefetch.MaxInboxPage {
+			return nil, &codedError{"BAD_REQUEST", fmt.Sprintf("limit must be 1 to %d", prefetch.MaxInboxPage)}
+		}
+		limit = int(*args.Limit)
+	}
+	page, err := q.inbox.Read(ctx, claims.Member, claims.Device, after, limit)
+	if err != nil {
+		if errors.Is(err, prefetch.ErrBadCursor) {
+			return nil, badID(err)
+		}
+		rd.markUnavailable()
+		return nil, unavailable()
+	}
+	return &inboxPage{page}, nil
+}
+
+type inboxPage struct{ p prefetch.InboxPage }
+
+func (p *inboxPage) Notes() []*note {
+	out := make([]*note, len(p.p.Notes))
+	for i := range p.p.Notes {
+		out[i] = &note{&p.p.Notes[i]}
+	}
+	return out
+}
+func (p *inboxPage) Next() string { return p.p.Next }
+
+type note struct{ n *prefetch.InboxNote }
+
+func (n *note) ID() string       { return n.n.ID }
+func (n *note) NID() string      { return n.n.NID }
+func (n *note) Type() string     { return n.n.Type }
+func (n *note) Priority() string { return n.n.Priority }
+func (n *note) Payload() JSON {
+	if len(n.n.Payload) == 0 {
+		return JSON("null")
+	}
+	return JSON(n.n.Payload)
+}
+func (n *note) TS() Int64 { return Int64(n.n.TS) }
+
 type resolver struct {
+	inbox *prefetch.InboxReader
 	cache *prefetch.Cache
 }
 

@@ -45,6 +45,12 @@ func NewServer(cfg ServerConfig, store prefetch.Store) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if is, ok := store.(prefetch.InboxStore); ok && cfg.GraphQL.Inbox == nil {
+		pulls := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "prefetch", Name: "inbox_pulls_total",
+			Help: "Inbox pulls (the inbox query) by result (ok, error)."}, []string{"result"})
+		reg.MustRegister(pulls)
+		cfg.GraphQL.Inbox = &prefetch.InboxReader{Store: is, Pulls: pulls}
+	}
 	h, err := New(cfg.GraphQL, cache, shed)
 	if err != nil {
 		return nil, err

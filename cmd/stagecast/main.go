@@ -19,7 +19,8 @@ Servers:
   prefetch      prefetch API (GraphQL), on Redis
 Tools:
   stage         producer CLI: stage set|get|report|map|live
-  watch         connect as a device and print every stage of an event
+  notify        producer CLI: notify send (to members/devices), notify report ID
+  watch         connect as a device and print every stage and notification
   prefetch-get  prefetch an event's stage map as a device would and print it
   loadgen       game-day rehearsal: loadgen simulate (full scale, no sockets)
   token         device identity: token keygen (Ed25519 key pair), token mint (a device JWT)
@@ -40,6 +41,7 @@ func main() {
 		"broadcaster":  runBroadcaster,
 		"stage":        runStage,
 		"watch":        runWatch,
+		"notify":       runNotify,
 		"prefetch":     runPrefetch,
 		"prefetch-get": runPrefetchGet,
 		"loadgen":      runLoadgen,

@@ -46,6 +46,8 @@ func runDev(args []string) error {
 	dk.register(fs)
 	// The dev server's devices (watch, loadgen live) all come from loopback.
 	pc.IPLimitExempt = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	// Everything is on loopback: device ids name their inbox without a token.
+	pc.TrustDeviceIDs = true
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -73,6 +75,7 @@ func runDev(args []string) error {
 	if err != nil {
 		return err
 	}
+	defer bc.Close()
 	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: log}, Identity: ident}, eng)
 	if err != nil {
 		return err
@@ -117,6 +120,10 @@ Trigger a stage:
 
 Delivery report:
   go run ./cmd/stagecast stage --broadcaster http://%[2]s report fight-2026-11-15
+
+Notify a device (watch with --device d7 to see it), then its delivery:
+  go run ./cmd/stagecast notify --broadcaster http://%[2]s send --device d7 --type profile-updated --priority high --payload '{"name":"Ana"}'
+  go run ./cmd/stagecast notify --broadcaster http://%[2]s report <id>
 
 `, proxyAddr, bcAddr, token, pfAddr)
 }
@@ -196,6 +203,7 @@ func runBroadcaster(args []string) error {
 	if err != nil {
 		return err
 	}
+	defer bc.Close()
 	if *tokensFile != "" {
 		wctx, stopWatch := context.WithCancel(context.Background())
 		defer stopWatch()

@@ -178,6 +178,8 @@ func runWatch(args []string) error {
 	segment := fs.String("segment", "", "device segment")
 	token := fs.String("device-token", "", "device token (a JWT from stagecast token mint), sent as Authorization: Bearer to the proxy and the prefetch API")
 	gqlURL := fs.String("graphql", "", "prefetch API URL (e.g. http://127.0.0.1:8082/graphql): prefetch the stage map and show each stage's payload")
+	deviceID := fs.String("device", "", "device id (default: random; a device token's sub overrides it); notes to it show where the deployment trusts device ids (make run does)")
+	notes := fs.Bool("notes", true, "resume the device's inboxes and print notifications (with --device-token and --graphql, pull the inbox first)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -199,8 +201,19 @@ func runWatch(args []string) error {
 		}
 		go func() { _ = pf.Run(ctx) }()
 	}
-	d, err := device.New(device.Config{URLs: splitAddrs(*proxyURL), Device: "watch-" + randomToken()[4:12], Platform: *platform,
+	if *deviceID == "" {
+		*deviceID = "watch-" + randomToken()[4:12]
+	}
+	inboxURL := ""
+	if *notes && *token != "" {
+		inboxURL = *gqlURL
+	}
+	d, err := device.New(device.Config{URLs: splitAddrs(*proxyURL), Device: *deviceID, Platform: *platform,
 		Segment: *segment, Token: *token, Events: map[string]uint64{event: 0}, Ack: true,
+		Notes: *notes, InboxURL: inboxURL, AckNotes: true,
+		OnNote: func(f wire.ProxyFrame, at time.Time) {
+			fmt.Printf("%s  note %s [%s] %s %s (id %s)\n", at.Format("15:04:05.000"), f.Type, f.Priority, f.Payload, f.NID, f.ID)
+		},
 		OnStage: func(f wire.ProxyFrame, at time.Time) {
 			fmt.Printf("%s  %s -> %s (v%d, %v after the change)\n", at.Format("15:04:05.000"), f.Event, f.Key, f.V, at.Sub(time.UnixMilli(f.TS)).Round(time.Millisecond))
 			if pf != nil {
@@ -222,7 +235,7 @@ func runWatch(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("watching %s on %s as a %s device (Ctrl-C to stop)\n", event, *proxyURL, *platform)
+	fmt.Printf("watching %s on %s as %s device %s (Ctrl-C to stop)\n", event, *proxyURL, *platform, *deviceID)
 	if err := d.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}

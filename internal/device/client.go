@@ -49,6 +49,18 @@ type Config struct {
 	// OnConnect is called each time a connection is established (the first
 	// and every reconnect).
 	OnConnect func()
+	// Notes makes the device resume its inboxes on every connection
+	// ({"op":"inbox","after":<its resume cursor>}); NoteCursor is where it
+	// starts ("" = from the oldest kept). InboxURL, when set (a prefetch
+	// server's /graphql), is pulled once before the first connection (the
+	// offline path; needs Token). AckNotes acks each new note.
+	Notes      bool
+	NoteCursor string
+	InboxURL   string
+	AckNotes   bool
+	// OnNote is called once per note cursor (duplicates over a reconnect are
+	// dropped; OnFrame sees them).
+	OnNote func(f wire.ProxyFrame, received time.Time)
 	// Rand draws the backoff jitter. Default: a private PCG.
 	Rand *rand.Rand
 	// Sleep waits (injected in tests). Default: a timer that honours ctx.
@@ -65,8 +77,15 @@ type Client struct {
 	urlIdx int
 	resub  map[string]bool // events waiting for a retried sub (see retrySub)
 
+	noteResume string
+	seenNotes  map[string]struct{} // note cursors seen, bounded (see markSeen)
+	seenOrder  []string
+
 	connected  atomic.Bool
 	Reconnects atomic.Int64 // reconnect frames honoured
+	// PullErr is the first inbox pull's error (nil: pulled, or no InboxURL).
+	// Set before Run connects; read it after Run returned or from OnConnect.
+	PullErr error
 }
 
 // New validates cfg and returns a device; call Run to connect.
@@ -97,7 +116,10 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Sleep == nil {
 		cfg.Sleep = Sleep
 	}
-	c := &Client{cfg: cfg, state: make(map[string]wire.ProxyFrame)}
+	if _, err := wire.ParseAfter(cfg.NoteCursor); err != nil {
+		return nil, fmt.Errorf("device: note cursor: %w", err)
+	}
+	c := &Client{cfg: cfg, state: make(map[string]wire.ProxyFrame), noteResume: cfg.NoteCursor, seenNotes: map[string]struct{}{}}
 	for ev, v := range cfg.Events {
 		if v > 0 {
 			c.state[ev] = wire.ProxyFrame{Op: wire.OpStage, Event: ev, V: v}
@@ -133,6 +155,11 @@ func (c *Client) Connected() bool { return c.connected.Load() }
 // backoff (or after the proxy's hint). It returns ctx's error, or an error the
 // device cannot recover from (4500: credentials rejected).
 func (c *Client) Run(ctx context.Context) error {
+	if c.cfg.InboxURL != "" {
+		// A failed pull is not fatal: the connection's resume reads from the
+		// same cursor.
+		c.PullErr = c.pullInbox(ctx)
+	}
 	attempt := 0
 	for {
 		hint, established, err := c.session(ctx)
@@ -213,6 +240,11 @@ func (c *Client) session(ctx context.Context) (hint time.Duration, established b
 			return -1, true, fmt.Errorf("device sub: %w", err)
 		}
 	}
+	if c.cfg.Notes {
+		if err := ws.Write(ctx, websocket.MessageText, wire.AppendInbox(nil, c.NoteCursor())); err != nil {
+			return -1, true, fmt.Errorf("device inbox: %w", err)
+		}
+	}
 	// Close the socket when ctx ends so Read returns.
 	stop := context.AfterFunc(ctx, func() { ws.CloseNow() })
 	defer stop()
@@ -253,6 +285,13 @@ func (c *Client) session(ctx context.Context) (hint time.Duration, established b
 			}
 			if c.cfg.Ack {
 				if err := ws.Write(ctx, websocket.MessageText, wire.AppendAck(nil, f.Event, f.V)); err != nil {
+					return -1, true, err
+				}
+			}
+		case wire.OpNote:
+			if c.note(f, time.Now()) && c.cfg.AckNotes {
+				cur, _ := wire.ParseCursor(f.ID)
+				if err := ws.Write(ctx, websocket.MessageText, wire.AppendNoteAck(nil, cur)); err != nil {
 					return -1, true, err
 				}
 			}
@@ -352,4 +391,57 @@ func (c *Client) Drop() bool {
 	}
 	_ = ws.CloseNow()
 	return true
+}
+
+// NoteCursor returns where the device resumes its inboxes.
+func (c *Client) NoteCursor() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.noteResume
+}
+
+// maxSeenNotes bounds the cursors remembered for dropping duplicates.
+const maxSeenNotes = 4096
+
+// note records a note frame; it reports whether the note is new.
+func (c *Client) note(f wire.ProxyFrame, now time.Time) bool {
+	c.mu.Lock()
+	if f.Resume != "" {
+		c.noteResume = f.Resume
+	}
+	_, dup := c.seenNotes[f.ID]
+	if !dup {
+		c.seenNotes[f.ID] = struct{}{}
+		c.seenOrder = append(c.seenOrder, f.ID)
+		if len(c.seenOrder) > maxSeenNotes {
+			delete(c.seenNotes, c.seenOrder[0])
+			c.seenOrder = c.seenOrder[1:]
+		}
+	}
+	c.mu.Unlock()
+	if !dup && c.cfg.OnNote != nil {
+		c.cfg.OnNote(f, now)
+	}
+	return !dup
+}
+
+// pullInbox pulls everything after the resume cursor through the prefetch API
+// (pages of 100, at most 10) and moves the cursor.
+func (c *Client) pullInbox(ctx context.Context) error {
+	for range 10 {
+		page, err := PullInbox(ctx, c.cfg.HTTPClient, c.cfg.InboxURL, c.cfg.Token, c.NoteCursor(), 100)
+		if err != nil {
+			return err
+		}
+		for _, f := range page.Notes {
+			c.note(f, time.Now())
+		}
+		c.mu.Lock()
+		c.noteResume = page.Next
+		c.mu.Unlock()
+		if len(page.Notes) < 100 {
+			return nil
+		}
+	}
+	return nil
 }
