@@ -106,8 +106,9 @@ type Config struct {
 	// a closed network) turns it on. Members' inboxes always need a token's mid.
 	TrustDeviceIDs bool
 	// MaxPendingNotes bounds the notes queued on one connection; past half of it
-	// low notes are shed, past it the oldest low note makes room, and a device
-	// with only higher ones queued is closed (it resumes from its cursor). Default 512.
+	// low pushes are shed, past it the oldest low note makes room, and a device
+	// with only higher ones queued is closed (it resumes from its cursor). At
+	// least 2*InboxLen+16, so a resume's backlog always fits. Default 512.
 	MaxPendingNotes int
 	// InboxLen is the most notes one resume reads per inbox (as many as an inbox
 	// keeps). Default engine.DefaultInboxLen.
@@ -209,6 +210,9 @@ func (c *Config) Validate() error {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("proxy config: %s = %v must be > 0", name, v))
 		}
+	}
+	if c.MaxPendingNotes < 2*c.InboxLen+16 {
+		errs = append(errs, fmt.Errorf("proxy config: MaxPendingNotes = %d must be >= 2*InboxLen+16 = %d (a resume's backlog must fit)", c.MaxPendingNotes, 2*c.InboxLen+16))
 	}
 	if c.ShedNoteBytes < 0 {
 		errs = append(errs, fmt.Errorf("proxy config: ShedNoteBytes = %d must be > 0", c.ShedNoteBytes))

@@ -312,13 +312,14 @@ const maxReadMarks = 100000
 
 // flushCounts sends the counts and read marks gathered since the last report.
 func (h *noteHub) flushCounts(ctx context.Context) {
+	var counts map[string]engine.NoteCount
+	var reads map[engine.Inbox]wire.Pos
 	h.cmu.Lock()
-	counts, reads := h.counts, h.reads
-	if len(counts) > 0 {
-		h.counts = make(map[string]engine.NoteCount)
+	if len(h.counts) > 0 {
+		counts, h.counts = h.counts, make(map[string]engine.NoteCount)
 	}
-	if len(reads) > 0 {
-		h.reads = make(map[engine.Inbox]wire.Pos)
+	if len(h.reads) > 0 {
+		reads, h.reads = h.reads, make(map[engine.Inbox]wire.Pos)
 	}
 	h.cmu.Unlock()
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -432,7 +433,10 @@ func (c *conn) offerNote(n *noteOut, live bool) {
 	for _, q := range c.notes {
 		pending += len(q)
 	}
-	shed := n.prio == wire.PriorityLow && (pending >= s.cfg.MaxPendingNotes/2 || s.notes.overloaded())
+	// Only live pushes are shed: a backlog (at most 2*InboxLen notes, which
+	// MaxPendingNotes exceeds) always fits, or a resume could shed again what
+	// the last one shed.
+	shed := live && n.prio == wire.PriorityLow && (pending >= s.cfg.MaxPendingNotes/2 || s.notes.overloaded())
 	if !shed && pending >= s.cfg.MaxPendingNotes {
 		if q := c.notes[wire.PriorityLow]; len(q) > 0 { // make room: the oldest low goes
 			c.notes[wire.PriorityLow] = q[1:]
@@ -786,3 +790,6 @@ func (c *conn) setInboxes(member, device string, token bool) {
 		c.inboxes[1] = &connInbox{ib: engine.Inbox{Kind: wire.InboxDevice, ID: device}}
 	}
 }
+
+// resumesInFlight is the number of backlog reads running.
+func (h *noteHub) resumesInFlight() int { return len(h.resumes) }

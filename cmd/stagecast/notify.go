@@ -35,6 +35,15 @@ func runNotify(args []string) error {
 	token := fs.String("producer-token", "", "producer token")
 	timeout := fs.Duration("timeout", 10*time.Second, "request timeout")
 	asJSON := fs.Bool("json", false, "print the raw JSON reply")
+	var members, devices multiFlag
+	fs.Var(&members, "member", "send: target member id (repeat or comma-separate)")
+	fs.Var(&devices, "device", "send: target device id (repeat or comma-separate)")
+	typ := fs.String("type", "", "send: notification type, e.g. profile-updated (required)")
+	prio := fs.String("priority", "normal", "send: critical, high, normal or low")
+	payload := fs.String("payload", "", "send: JSON payload")
+	dedup := fs.String("dedup-key", "", "send: a later note with the same key replaces this one in each inbox")
+	ttl := fs.Duration("ttl", 0, "send: how long inboxes keep it (default 7 days, at most 30)")
+	idem := fs.String("idempotency-key", "", "send: Idempotency-Key (a retried send with it stores nothing twice)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -57,19 +66,6 @@ func runNotify(args []string) error {
 	}
 	switch rest[0] {
 	case "send":
-		sf := flag.NewFlagSet("notify send", flag.ContinueOnError)
-		var members, devices multiFlag
-		sf.Var(&members, "member", "target member id (repeat or comma-separate)")
-		sf.Var(&devices, "device", "target device id (repeat or comma-separate)")
-		typ := sf.String("type", "", "notification type, e.g. profile-updated (required)")
-		prio := sf.String("priority", "normal", "critical, high, normal or low")
-		payload := sf.String("payload", "", "JSON payload")
-		dedup := sf.String("dedup-key", "", "a later note with the same key replaces this one in each inbox")
-		ttl := sf.Duration("ttl", 0, "how long inboxes keep it (default 7 days, at most 30)")
-		idem := sf.String("idempotency-key", "", "Idempotency-Key (a retried send with it stores nothing twice)")
-		if err := sf.Parse(rest[1:]); err != nil {
-			return err
-		}
 		req := wire.NotifyRequest{To: wire.NotifyTargets{Members: members, Devices: devices}, Type: *typ,
 			Priority: *prio, DedupKey: *dedup, TTLSeconds: int64(ttl.Seconds())}
 		if *payload != "" {

@@ -1,0 +1,201 @@
+package broadcaster_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+func post(t *testing.T, url, body string, hdr map[string]string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url+"/v1/notifications", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// Every bad request is refused with a 4xx naming the limit, and stores nothing.
+func TestNotifyValidation(t *testing.T) {
+	_, eng, url := start(t)
+	many := make([]string, wire.MaxNoteTargets+1)
+	for i := range many {
+		many[i] = fmt.Sprintf("m%d", i)
+	}
+	manyJSON, _ := json.Marshal(many)
+	for _, tc := range []struct {
+		body   string
+		status int
+		want   string
+	}{
+		{`{"to":{"members":["m1"]},"type":"t","priority":"urgent"}`, 400, "not one of critical, high, normal, low"},
+		{`{"to":{},"type":"t"}`, 400, "names no member and no device"},
+		{`{"to":{"members":[]},"devices":[],"type":"t"}`, 400, "unknown field"},
+		{`{"to":{"members":["m1"]},"type":"Bad Type"}`, 400, "type id"},
+		{`{"to":{"members":["m 1"]},"type":"t"}`, 400, "printable ASCII"},
+		{`{"to":{"members":` + string(manyJSON) + `},"type":"t"}`, 400, "at most 1000"},
+		{`{"to":{"members":["m1"]},"type":"t","payload":{"x":"` + strings.Repeat("a", wire.MaxNotePayload) + `"}}`, 413, "at most 4096"},
+		{`{"to":{"members":["m1"]},"type":"t","payload":"` + strings.Repeat("a", wire.MaxNoteBody) + `"}`, 413, "larger than"},
+		{`{"to":{"members":["m1"]},"type":"t","ttl_seconds":99999999}`, 400, "at most 2592000"},
+		{`{"to":{"members":["m1"]},"type":"t","dedup_key":"` + strings.Repeat("k", 300) + `"}`, 400, "at most 256"},
+		{`not json`, 400, "body"},
+	} {
+		status, body := post(t, url, tc.body, nil)
+		if status != tc.status || !strings.Contains(body, tc.want) {
+			t.Errorf("%.80s...: %d %s, want %d containing %q", tc.body, status, body, tc.status, tc.want)
+		}
+	}
+	if got, _ := eng.ReadInbox(context.Background(), engine.Inbox{Kind: wire.InboxMember, ID: "m1"}, wire.Pos{}, 10); len(got) != 0 {
+		t.Fatalf("a refused request stored %d notes", len(got))
+	}
+	// A producer limited to some events may not notify.
+	s, err := broadcaster.New(broadcaster.Config{Producers: []broadcaster.Producer{{Name: "ev-only", Token: "0ld-7c6b5a4f3e2d1c0b9a8f7e6d", Events: []string{"fight-*"}}},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, engine.NewMemory(engine.MemoryConfig{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	c := &broadcaster.Client{BaseURL: httptest.NewServer(s.Handler()).URL, Token: "0ld-7c6b5a4f3e2d1c0b9a8f7e6d"}
+	_, err = c.Notify(context.Background(), wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m1"}}, Type: "t"}, "")
+	apiErr(t, err, 403, "forbidden")
+}
+
+// 202 with counts; the same Idempotency-Key again returns the same id and
+// stores nothing twice; another body under it is a conflict; the report counts.
+func TestNotifyAcceptedAndIdempotent(t *testing.T) {
+	c, eng, _ := start(t)
+	ctx := context.Background()
+	req := wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m1", "m1", "m2"}, Devices: []string{"d7"}},
+		Type: "profile-updated", Priority: "high", Payload: json.RawMessage(`{"name": "Ana"}`), DedupKey: "profile:m1"}
+	r, err := c.Notify(ctx, req, "key-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ID == "" || r.Members != 2 || r.Devices != 1 || r.Stored != 3 || r.Priority != "high" || r.Replayed {
+		t.Fatalf("reply %+v", r)
+	}
+	again, err := c.Notify(ctx, req, "key-1")
+	if err != nil || again.ID != r.ID || !again.Replayed {
+		t.Fatalf("retry: %+v, %v", again, err)
+	}
+	got, _ := eng.ReadInbox(ctx, engine.Inbox{Kind: wire.InboxMember, ID: "m1"}, wire.Pos{}, 10)
+	if len(got) != 1 || !strings.Contains(string(got[0].Body), `"payload":{"name":"Ana"}`) || !strings.Contains(string(got[0].Body), `"priority":"high"`) {
+		t.Fatalf("m1 inbox: %d notes %v", len(got), got)
+	}
+	req.Type = "other"
+	_, err = c.Notify(ctx, req, "key-1")
+	apiErr(t, err, 409, "idempotency_conflict")
+	rep, err := c.NoteReport(ctx, r.ID)
+	if err != nil || rep.Pending != 3 || rep.Members != 2 || rep.Devices != 1 {
+		t.Fatalf("report %+v, %v", rep, err)
+	}
+	_, err = c.NoteReport(ctx, "n000")
+	apiErr(t, err, 404, "not_found")
+}
+
+// gate holds Notify calls of one priority until released.
+type gate struct {
+	*engine.Memory
+	prio    wire.Priority
+	release chan struct{}
+	entered chan struct{}
+}
+
+func (g *gate) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteResult, error) {
+	if w.Note.Priority == g.prio {
+		g.entered <- struct{}{}
+		select {
+		case <-g.release:
+		case <-ctx.Done():
+			return engine.NoteResult{}, ctx.Err()
+		}
+	}
+	return g.Memory.Notify(ctx, w)
+}
+
+// A flood of low notes fills the low lane (then 503, nothing stored) while a
+// critical one goes through its own lane at once.
+func TestNotifyLanes(t *testing.T) {
+	g := &gate{Memory: engine.NewMemory(engine.MemoryConfig{}), prio: wire.PriorityLow,
+		release: make(chan struct{}), entered: make(chan struct{}, 16)}
+	var lanes [wire.NumPriorities]broadcaster.LaneConfig
+	lanes[wire.PriorityLow] = broadcaster.LaneConfig{Queue: 2, Workers: 1}
+	s, err := broadcaster.New(broadcaster.Config{Token: token, Lanes: lanes, StageBudget: 5 * time.Second, EngineTimeout: 5 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	ts := httptest.NewServer(s.Handler())
+	t.Cleanup(ts.Close)
+	low := `{"to":{"members":["m1"]},"type":"t","priority":"low"}`
+	results := make(chan int, 3)
+	go func() { st, _ := post(t, ts.URL, low, nil); results <- st }()
+	<-g.entered // one low in the worker, blocked in the engine
+	for range 2 {
+		go func() { st, _ := post(t, ts.URL, low, nil); results <- st }()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for queued(t, s) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the low lane never filled")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st, body := post(t, ts.URL, low, nil); st != 503 || !strings.Contains(body, "overloaded") || !strings.Contains(body, "low lane is full") {
+		t.Fatalf("a low note past the full lane: %d %s, want 503 overloaded", st, body)
+	}
+	start := time.Now()
+	st, body := post(t, ts.URL, `{"to":{"members":["m1"]},"type":"t","priority":"critical"}`, nil)
+	if st != 202 {
+		t.Fatalf("critical during a low flood: %d %s", st, body)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("critical waited %v behind the low lane", took)
+	}
+	close(g.release)
+	for range 3 {
+		if st := <-results; st != 202 {
+			t.Fatalf("a queued low note got %d", st)
+		}
+	}
+}
+
+// queued reads the low lane's queue gauge.
+func queued(t *testing.T, s *broadcaster.Server) float64 {
+	mfs, err := s.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "stagecast_broadcaster_notification_queue" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "priority" && l.GetValue() == "low" {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return -1
+}
