@@ -1,23 +1,19 @@
 package fanoutbench
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/internal/benchproc"
 	"github.com/stagecast/stagecast/internal/redistest"
 )
 
@@ -58,12 +54,14 @@ type Result struct {
 	Missed        int64   // deliveries that never arrived
 }
 
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	in   io.WriteCloser
-	out  *bufio.Scanner
-}
+type proc = benchproc.Proc
+
+var (
+	start    = benchproc.Start
+	freeAddr = benchproc.FreeAddr
+	procCPU  = benchproc.CPU
+	procRSS  = benchproc.RSS
+)
 
 func (c *Config) logf(format string, args ...any) {
 	if c.Log != nil {
@@ -71,100 +69,17 @@ func (c *Config) logf(format string, args ...any) {
 	}
 }
 
-func start(name string, logDir string, argv []string, env []string) (*proc, error) {
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), env...)
-	lf, err := os.Create(filepath.Join(logDir, name+".log"))
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stderr = lf
-	in, _ := cmd.StdinPipe()
-	out, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	sc := bufio.NewScanner(out)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	return &proc{name: name, cmd: cmd, in: in, out: sc}, nil
-}
-
-func (p *proc) stop() {
-	_ = p.in.Close()
-	_ = p.cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-done
-	}
-}
-
 // next reads the next JSON message from p (with a timeout).
-func (p *proc) next(timeout time.Duration) (msg, error) {
-	type res struct {
-		m   msg
-		err error
+func next(p *proc, timeout time.Duration) (msg, error) {
+	var m msg
+	_, err := p.NextLine(timeout, func(b []byte) bool {
+		m = msg{}
+		return json.Unmarshal(b, &m) == nil && m.Type != ""
+	})
+	if err == nil && m.Type == "error" {
+		return m, fmt.Errorf("%s: %s", p.Name, m.Err)
 	}
-	ch := make(chan res, 1)
-	go func() {
-		for p.out.Scan() {
-			var m msg
-			if json.Unmarshal(p.out.Bytes(), &m) == nil && m.Type != "" {
-				ch <- res{m: m}
-				return
-			}
-		}
-		ch <- res{err: fmt.Errorf("%s exited: %v", p.name, p.out.Err())}
-	}()
-	select {
-	case r := <-ch:
-		if r.err == nil && r.m.Type == "error" {
-			return r.m, fmt.Errorf("%s: %s", p.name, r.m.Err)
-		}
-		return r.m, r.err
-	case <-time.After(timeout):
-		return msg{}, fmt.Errorf("%s: no message within %v", p.name, timeout)
-	}
-}
-
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// procCPU returns user+system CPU of pid from /proc (clock ticks of 10ms).
-func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
-}
-
-// procRSS returns VmRSS of pid in KiB.
-func procRSS(pid int) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			n, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
-			return n
-		}
-	}
-	return 0
+	return m, err
 }
 
 var srcSeq int
@@ -242,12 +157,12 @@ func startClients(cfg Config, logDir string, targets []string, perTarget int, ra
 func waitAll(procs []*proc, typ string, timeout time.Duration) ([]msg, error) {
 	var ms []msg
 	for _, p := range procs {
-		m, err := p.next(timeout)
+		m, err := next(p, timeout)
 		if err != nil {
 			return nil, err
 		}
 		if m.Type != typ {
-			return nil, fmt.Errorf("%s: got %q, want %q", p.name, m.Type, typ)
+			return nil, fmt.Errorf("%s: got %q, want %q", p.Name, m.Type, typ)
 		}
 		ms = append(ms, m)
 	}
@@ -268,22 +183,14 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	var all []*proc
 	defer func() {
 		for i := len(all) - 1; i >= 0; i-- {
-			all[i].stop()
+			all[i].Stop()
 		}
 	}()
-	raddr := freeAddr()
-	_, rport, _ := net.SplitHostPort(raddr)
-	redis, err := start("redis", logDir, []string{"redis-server", "--port", rport, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", logDir}, nil)
+	redis, raddr, err := benchproc.StartRedis(logDir, redistest.Ping)
 	if err != nil {
 		return res, err
 	}
 	all = append(all, redis)
-	for i := 0; redistest.Ping(raddr) != nil; i++ {
-		if i > 200 {
-			return res, errors.New("redis did not start")
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
 	env := []string{"STAGECAST_PRODUCER_TOKEN=" + benchToken, "STAGECAST_REDIS=" + raddr, "STAGECAST_LOG_LEVEL=warn"}
 	baddr := freeAddr()
 	bc, err := start("broadcaster", logDir, []string{cfg.Stagecast, "broadcaster", "--addr", baddr}, env)
@@ -327,7 +234,7 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	time.Sleep(300 * time.Millisecond) // proxies listening
 	rss0 := make([]int64, len(proxies))
 	for i, p := range proxies {
-		rss0[i] = procRSS(p.cmd.Process.Pid)
+		rss0[i] = procRSS(p.Cmd.Process.Pid)
 	}
 	clients, err := startClients(cfg, logDir, urls, sc.Devices/sc.Proxies, false, event)
 	all = append(all, clients...)
@@ -340,17 +247,17 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	time.Sleep(2 * time.Second) // let the connect burst's garbage be collected
 	var rss int64
 	for i, p := range proxies {
-		rss += procRSS(p.cmd.Process.Pid) - rss0[i]
+		rss += procRSS(p.Cmd.Process.Pid) - rss0[i]
 	}
 	res.RSSKiBPer = float64(rss) / float64(sc.Devices)
 
 	cpu0 := make([]time.Duration, len(proxies))
 	for i, p := range proxies {
-		cpu0[i] = procCPU(p.cmd.Process.Pid)
+		cpu0[i] = procCPU(p.Cmd.Process.Pid)
 	}
 	cl0 := make([]time.Duration, len(clients))
 	for i, c := range clients {
-		cl0[i] = procCPU(c.cmd.Process.Pid)
+		cl0[i] = procCPU(c.Cmd.Process.Pid)
 	}
 	profDone := make(chan struct{})
 	if cfg.PprofAddr != "" {
@@ -397,10 +304,10 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	}
 	var cpu, ccpu time.Duration
 	for i, p := range proxies {
-		cpu += procCPU(p.cmd.Process.Pid) - cpu0[i]
+		cpu += procCPU(p.Cmd.Process.Pid) - cpu0[i]
 	}
 	for i, c := range clients {
-		ccpu += procCPU(c.cmd.Process.Pid) - cl0[i]
+		ccpu += procCPU(c.Cmd.Process.Pid) - cl0[i]
 	}
 	deliveries := float64(sc.Devices * cfg.Broadcasts)
 	res.P50MS, res.P99MS, res.MaxMS = percentile(lats, 0.5), percentile(lats, 0.99), percentile(lats, 1)
@@ -422,15 +329,15 @@ func runFloor(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	defer srv.stop()
-	if !srv.out.Scan() { // its address line
-		return res, errors.New("floor server did not start")
+	defer srv.Stop()
+	if _, err := srv.NextLine(30*time.Second, func([]byte) bool { return true }); err != nil { // its address line
+		return res, fmt.Errorf("floor server did not start: %w", err)
 	}
-	rss0 := procRSS(srv.cmd.Process.Pid)
+	rss0 := procRSS(srv.Cmd.Process.Pid)
 	clients, err := startClients(cfg, logDir, []string{addr}, n, true, "bench")
 	defer func() {
 		for _, c := range clients {
-			c.stop()
+			c.Stop()
 		}
 	}()
 	if err != nil {
@@ -439,21 +346,21 @@ func runFloor(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	if _, err := waitAll(clients, "ready", 180*time.Second); err != nil {
 		return res, err
 	}
-	if _, err := srv.next(60 * time.Second); err != nil {
+	if _, err := next(srv, 60*time.Second); err != nil {
 		return res, err
 	}
 	time.Sleep(time.Second)
-	res.RSSKiBPer = float64(procRSS(srv.cmd.Process.Pid)-rss0) / float64(n)
-	cpu0 := procCPU(srv.cmd.Process.Pid)
+	res.RSSKiBPer = float64(procRSS(srv.Cmd.Process.Pid)-rss0) / float64(n)
+	cpu0 := procCPU(srv.Cmd.Process.Pid)
 	cl0 := make([]time.Duration, len(clients))
 	for i, c := range clients {
-		cl0[i] = procCPU(c.cmd.Process.Pid)
+		cl0[i] = procCPU(c.Cmd.Process.Pid)
 	}
 	var lats []float64
 	for b := 0; b < cfg.Broadcasts; b++ {
 		v := uint64(b + 2)
 		t0 := time.Now()
-		if _, err := fmt.Fprintf(srv.in, "send %d\n", v); err != nil {
+		if _, err := fmt.Fprintf(srv.In, "send %d\n", v); err != nil {
 			return res, err
 		}
 		ms, err := waitAll(clients, "done", 30*time.Second)
@@ -467,10 +374,10 @@ func runFloor(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 		lats = append(lats, float64(last-t0.UnixNano())/1e6)
 		time.Sleep(100 * time.Millisecond)
 	}
-	cpu := procCPU(srv.cmd.Process.Pid) - cpu0
+	cpu := procCPU(srv.Cmd.Process.Pid) - cpu0
 	var ccpu time.Duration
 	for i, c := range clients {
-		ccpu += procCPU(c.cmd.Process.Pid) - cl0[i]
+		ccpu += procCPU(c.Cmd.Process.Pid) - cl0[i]
 	}
 	deliveries := float64(n * cfg.Broadcasts)
 	res.P50MS, res.P99MS, res.MaxMS = percentile(lats, 0.5), percentile(lats, 0.99), percentile(lats, 1)
