@@ -104,7 +104,7 @@ func (c *conn) offer(t *topic, p *prepared) {
 	c.queued = true
 	c.mu.Unlock()
 	if enqueue {
-		c.s.writers.push(c)
+		c.s.writers.push(c, p.critical)
 	}
 }
 
@@ -131,7 +131,7 @@ func (c *conn) sendControl(frame []byte, closeWith int, reason string) {
 	c.queued = true
 	c.mu.Unlock()
 	if enqueue {
-		c.s.writers.push(c)
+		c.s.writers.push(c, false)
 	}
 }
 

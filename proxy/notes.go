@@ -466,7 +466,7 @@ func (c *conn) offerNote(n *noteOut, live bool) {
 	c.queued = true
 	c.mu.Unlock()
 	if enqueue {
-		s.writers.push(c)
+		s.writers.push(c, n.prio >= wire.PriorityHigh)
 	}
 }
 

@@ -95,7 +95,7 @@ func (r *noteRig) hold() {
 }
 
 // release hands c to the writers with everything that queued meanwhile.
-func (r *noteRig) release() { r.s.writers.push(r.c) }
+func (r *noteRig) release() { r.s.writers.push(r.c, false) }
 
 // When notes of several priorities and critical and normal stage changes wait
 // for one device, they go out as: critical stage, critical note, other stages,

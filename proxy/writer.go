@@ -9,7 +9,9 @@ import (
 // writerPool is the shared set of goroutines that write to devices.
 //
 // Conns with something to send are queued (each at most once while it is
-// queued or being written). The queue is a FIFO under a mutex: pushing never
+// queued or being written), in one of two FIFOs: urgent (a critical stage or a
+// critical/high note was the reason to queue it) or normal; writers take urgent
+// conns first. The queues are FIFOs under a mutex: pushing never
 // blocks, so the fanout never waits on a writer, whatever the number of conns
 // (closed conns still in the queue included). A fixed core of writers serves
 // the queue; a writer that pops a conn and sees more waiting wakes another. The
@@ -21,10 +23,12 @@ import (
 //     devices), starts extra writers, up to MaxWriters; they exit when the queue is
 //     empty.
 type writerPool struct {
-	qmu  sync.Mutex
-	q    []*conn       // FIFO; q[head:] are waiting
-	head int           // first waiting element of q
-	wake chan struct{} // a token: work may be waiting
+	qmu   sync.Mutex
+	q     []*conn // FIFO; q[head:] are waiting
+	head  int     // first waiting element of q
+	uq    []*conn // the urgent FIFO; uq[uhead:] are waiting
+	uhead int
+	wake  chan struct{} // a token: work may be waiting
 
 	core         int
 	max          int
@@ -65,10 +69,14 @@ func newWriterPool(core, maxWriters int, writeTimeout time.Duration, m *metrics)
 	return p
 }
 
-// push queues c; it never blocks.
-func (p *writerPool) push(c *conn) {
+// push queues c (on the urgent FIFO when urgent); it never blocks.
+func (p *writerPool) push(c *conn, urgent bool) {
 	p.qmu.Lock()
-	p.q = append(p.q, c)
+	if urgent {
+		p.uq = append(p.uq, c)
+	} else {
+		p.q = append(p.q, c)
+	}
 	p.qmu.Unlock()
 	p.signal()
 }
@@ -84,24 +92,31 @@ func (p *writerPool) signal() {
 // when more wait, so idle writers join in.
 func (p *writerPool) pop() *conn {
 	p.qmu.Lock()
-	if p.head == len(p.q) {
-		p.qmu.Unlock()
-		return nil
+	var c *conn
+	if p.uhead < len(p.uq) {
+		c = take(&p.uq, &p.uhead)
+	} else if p.head < len(p.q) {
+		c = take(&p.q, &p.head)
 	}
-	c := p.q[p.head]
-	p.q[p.head] = nil
-	p.head++
-	more := p.head < len(p.q)
-	if !more {
-		p.q, p.head = p.q[:0], 0 // reuse the array
-	} else if p.head > 1024 && p.head*2 > len(p.q) {
-		n := copy(p.q, p.q[p.head:])
-		clear(p.q[n:])
-		p.q, p.head = p.q[:n], 0
-	}
+	more := p.uhead < len(p.uq) || p.head < len(p.q)
 	p.qmu.Unlock()
 	if more {
 		p.signal()
+	}
+	return c
+}
+
+// take pops the first waiting conn of the FIFO q[*head:] (non-empty).
+func take(q *[]*conn, head *int) *conn {
+	c := (*q)[*head]
+	(*q)[*head] = nil
+	*head++
+	if *head == len(*q) {
+		*q, *head = (*q)[:0], 0 // reuse the array
+	} else if *head > 1024 && *head*2 > len(*q) {
+		n := copy(*q, (*q)[*head:])
+		clear((*q)[n:])
+		*q, *head = (*q)[:n], 0
 	}
 	return c
 }
@@ -110,7 +125,7 @@ func (p *writerPool) pop() *conn {
 func (p *writerPool) waiting() int {
 	p.qmu.Lock()
 	defer p.qmu.Unlock()
-	return len(p.q) - p.head
+	return len(p.q) - p.head + len(p.uq) - p.uhead
 }
 
 func (p *writerPool) start(extra bool) {

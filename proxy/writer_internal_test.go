@@ -16,7 +16,7 @@ func TestWriterQueueNeverBlocks(t *testing.T) {
 	go func() {
 		for i := range conns {
 			conns[i] = &conn{}
-			p.push(conns[i])
+			p.push(conns[i], false)
 		}
 		close(done)
 	}()
@@ -35,5 +35,28 @@ func TestWriterQueueNeverBlocks(t *testing.T) {
 	}
 	if p.pop() != nil || p.waiting() != 0 {
 		t.Fatal("queue not empty after popping everything")
+	}
+}
+
+// Urgent conns (a critical stage or a high/critical note) are taken before
+// every normal one already waiting.
+func TestWriterUrgentFirst(t *testing.T) {
+	p := &writerPool{wake: make(chan struct{}, 1)}
+	normal := []*conn{{}, {}, {}}
+	for _, c := range normal {
+		p.push(c, false)
+	}
+	urgent := &conn{}
+	p.push(urgent, true)
+	if got := p.pop(); got != urgent {
+		t.Fatal("an urgent conn waited behind normal ones")
+	}
+	for i, c := range normal {
+		if got := p.pop(); got != c {
+			t.Fatalf("normal pop %d: not FIFO", i)
+		}
+	}
+	if p.pop() != nil {
+		t.Fatal("queues not empty")
 	}
 }

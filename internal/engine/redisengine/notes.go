@@ -174,6 +174,9 @@ func (e *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteRes
 	defer cancel()
 	res := engine.NoteResult{ID: w.ID}
 	c := e.client
+	if w.Note.Priority >= wire.PriorityHigh {
+		c = e.fast
+	}
 	if w.IdempotencyKey != "" {
 		prev, err := c.Do(ctx, c.B().Set().Key(idemKey(w.IdempotencyKey)).Value(w.ID+"\n"+w.BodyHash).
 			Nx().Get().Ex(e.cfg.IdempotencyTTL).Build()).ToString()
@@ -217,7 +220,7 @@ func (e *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteRes
 	}
 	var results []scriptOut
 	if e.cfg.WaitReplicas > 0 {
-		results = e.notifyDurable(ctx, execs)
+		results = e.notifyDurable(ctx, c, execs)
 	} else {
 		for _, r := range e.noteScripts().notify.ExecMulti(ctx, c, execs...) {
 			vals, err := r.ToArray()
@@ -245,7 +248,7 @@ func (e *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteRes
 
 // notifyDurable runs each inbox's script and then WAIT on one dedicated
 // connection, concurrently across inboxes.
-func (e *Engine) notifyDurable(ctx context.Context, execs []rueidis.LuaExec) []scriptOut {
+func (e *Engine) notifyDurable(ctx context.Context, c rueidis.Client, execs []rueidis.LuaExec) []scriptOut {
 	out := make([]scriptOut, len(execs))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
@@ -255,7 +258,7 @@ func (e *Engine) notifyDurable(ctx context.Context, execs []rueidis.LuaExec) []s
 		go func(i int) {
 			defer func() { <-sem; wg.Done() }()
 			x := execs[i]
-			err := e.client.Dedicated(func(dc rueidis.DedicatedClient) error {
+			err := c.Dedicated(func(dc rueidis.DedicatedClient) error {
 				vals, err := dc.Do(ctx, dc.B().Eval().Script(notifyScript).Numkeys(int64(len(x.Keys))).Key(x.Keys...).Arg(x.Args...).Build()).ToArray()
 				out[i].vals = vals
 				if err != nil {

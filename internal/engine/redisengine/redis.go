@@ -151,6 +151,7 @@ func (c *Config) Validate() error {
 type Engine struct {
 	cfg    Config
 	client rueidis.Client
+	fast   rueidis.Client // stage changes and high/critical notes
 	set    *rueidis.Lua
 	putMap *rueidis.Lua
 }
@@ -202,7 +203,7 @@ func New(cfg Config) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	client, err := rueidis.NewClient(rueidis.ClientOption{
+	opt := rueidis.ClientOption{
 		Dialer:        net.Dialer{Timeout: cfg.DialTimeout},
 		ClusterOption: rueidis.ClusterOption{ShardsRefreshInterval: cfg.TopologyRefresh},
 		InitAddress:   cfg.Addrs,
@@ -212,15 +213,24 @@ func New(cfg Config) (*Engine, error) {
 		DisableCache:  !cfg.ClientCache,
 		// Sharded pub/sub works on standalone Redis 7 too, so one code path
 		// serves both; rueidis routes by slot on a cluster.
-	})
+	}
+	client, err := rueidis.NewClient(opt)
 	if err != nil {
 		return nil, fmt.Errorf("redis engine: connect %v: %w", cfg.Addrs, err)
 	}
-	return &Engine{cfg: cfg, client: client, set: rueidis.NewLuaScript(setScript), putMap: rueidis.NewLuaScript(putMapScript)}, nil
+	// Stage changes and high/critical notes ride their own connections, so they
+	// never queue behind a deep pipeline of low-priority notes.
+	opt.DisableCache = true
+	fast, err := rueidis.NewClient(opt)
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("redis engine: connect %v: %w", cfg.Addrs, err)
+	}
+	return &Engine{cfg: cfg, client: client, fast: fast, set: rueidis.NewLuaScript(setScript), putMap: rueidis.NewLuaScript(putMapScript)}, nil
 }
 
 // Close closes the Redis client.
-func (e *Engine) Close() { e.client.Close() }
+func (e *Engine) Close() { e.client.Close(); e.fast.Close() }
 
 // Client exposes the underlying client (for prefetch's client-side cache).
 func (e *Engine) Client() rueidis.Client { return e.client }
@@ -285,7 +295,7 @@ func (e *Engine) SetStage(ctx context.Context, req engine.SetRequest) (engine.Se
 	if e.cfg.WaitReplicas > 0 {
 		res, err = e.setDurable(ctx, keys, args)
 	} else {
-		res, err = e.set.Exec(ctx, e.client, keys, args).ToArray()
+		res, err = e.set.Exec(ctx, e.fast, keys, args).ToArray()
 	}
 	if err != nil {
 		return engine.SetResult{}, fmt.Errorf("set stage %s: %w", req.Event, err)
@@ -328,7 +338,7 @@ func (e *Engine) waitTimeout() time.Duration {
 // (WAIT counts the replicas that acknowledged this connection's writes).
 func (e *Engine) setDurable(ctx context.Context, keys, args []string) ([]rueidis.RedisMessage, error) {
 	var res []rueidis.RedisMessage
-	err := e.client.Dedicated(func(dc rueidis.DedicatedClient) error {
+	err := e.fast.Dedicated(func(dc rueidis.DedicatedClient) error {
 		var err error
 		res, err = dc.Do(ctx, dc.B().Eval().Script(setScript).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()).ToArray()
 		if err != nil {

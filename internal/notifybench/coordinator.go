@@ -1,0 +1,509 @@
+package notifybench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/internal/benchproc"
+	"github.com/stagecast/stagecast/internal/device"
+	"github.com/stagecast/stagecast/internal/devicetoken"
+	"github.com/stagecast/stagecast/internal/redistest"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// Config configures a run. Zero values are the defaults of make bench-notify.
+type Config struct {
+	Stagecast string // stagecast binary
+	Self      string // this binary (client processes)
+	OutDir    string
+	Devices   int           // online devices, two per member; default 20000
+	PerClient int           // devices per client process; default 10000
+	Rates     []int         // steady rates tried in order, notes/s; default 2000, 5000, 10000, 15000
+	Duration  time.Duration // per rate; default 60s
+	P99Budget time.Duration // POST -> device; default 250ms
+	Flood     int           // low notes in the flood; default 50000
+	Critical  int           // critical notes/s during the priority phase; default 200
+	Log       io.Writer
+}
+
+func (c *Config) defaults() {
+	if c.Devices <= 0 {
+		c.Devices = 20000
+	}
+	if c.PerClient <= 0 {
+		c.PerClient = 10000
+	}
+	if len(c.Rates) == 0 {
+		c.Rates = []int{2000, 5000, 10000, 15000}
+	}
+	if c.Duration <= 0 {
+		c.Duration = 60 * time.Second
+	}
+	if c.P99Budget <= 0 {
+		c.P99Budget = 250 * time.Millisecond
+	}
+	if c.Flood <= 0 {
+		c.Flood = 50000
+	}
+	if c.Critical <= 0 {
+		c.Critical = 200
+	}
+}
+
+func (c *Config) logf(format string, args ...any) {
+	if c.Log != nil {
+		fmt.Fprintf(c.Log, format+"\n", args...)
+	}
+}
+
+// Step is one steady rate.
+type Step struct {
+	Rate      int     `json:"rate"`
+	Achieved  float64 `json:"achieved_per_s"` // 202s per second
+	Refused   int64   `json:"refused"`        // non-202 answers
+	Expected  int64   `json:"expected"`       // 202s x 2 devices
+	Received  int64   `json:"received"`
+	Lost      int64   `json:"lost"`
+	P50MS     float64 `json:"p50_ms"`
+	P99MS     float64 `json:"p99_ms"`
+	MaxMS     float64 `json:"max_ms"`
+	PostP99MS float64 `json:"post_p99_ms"`
+	Pass      bool    `json:"pass"`
+}
+
+// Results are a run's figures.
+type Results struct {
+	Devices            int     `json:"devices"`
+	Members            int     `json:"members"`
+	Steps              []Step  `json:"steps"`
+	BestRate           float64 `json:"best_rate_per_s"` // highest achieved rate of a passing step
+	CriticalAloneP99MS float64 `json:"critical_alone_p99_ms"`
+	CriticalFloodP99MS float64 `json:"critical_flood_p99_ms"`
+	FloodRatio         float64 `json:"flood_ratio"`
+	FloodSeconds       float64 `json:"flood_seconds"`
+	LowAccepted        int64   `json:"low_accepted"`
+	LowRefused         int64   `json:"low_refused"`
+	LowReceived        int64   `json:"low_received"`
+	CriticalLost       int64   `json:"critical_lost"`
+	RedisBytesPerNote  float64 `json:"redis_bytes_per_note"`
+	PullsPerSec        float64 `json:"inbox_pulls_per_s"`
+	PullP50MS          float64 `json:"inbox_pull_p50_ms"`
+	PullP99MS          float64 `json:"inbox_pull_p99_ms"`
+}
+
+const benchToken = "notifybench-token-0123456789"
+
+type run struct {
+	cfg     Config
+	bc      *broadcaster.Client
+	clients []*benchproc.Proc
+	redis   string
+	gql     string
+	signer  *devicetoken.Signer
+	members int
+}
+
+// Run starts everything, runs every phase and returns the figures.
+func Run(ctx context.Context, cfg Config) (Results, error) {
+	cfg.defaults()
+	res := Results{Devices: cfg.Devices, Members: cfg.Devices / 2}
+	if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
+		return res, err
+	}
+	var all []*benchproc.Proc
+	defer func() {
+		for i := len(all) - 1; i >= 0; i-- {
+			all[i].Stop()
+		}
+	}()
+	redis, raddr, err := benchproc.StartRedis(cfg.OutDir, redistest.Ping)
+	if err != nil {
+		return res, err
+	}
+	all = append(all, redis)
+	keyDir := filepath.Join(cfg.OutDir, "keys")
+	if out, err := exec.Command(cfg.Stagecast, "token", "keygen", "--out", keyDir).CombinedOutput(); err != nil {
+		return res, fmt.Errorf("keygen: %v: %s", err, out)
+	}
+	signer, err := devicetoken.LoadSigner(filepath.Join(keyDir, "device-signing.jwk"))
+	if err != nil {
+		return res, err
+	}
+	env := []string{"STAGECAST_PRODUCER_TOKEN=" + benchToken, "STAGECAST_REDIS=" + raddr, "STAGECAST_LOG_LEVEL=warn",
+		"STAGECAST_DEVICE_KEYS=" + filepath.Join(keyDir, "device-keys.jwks")}
+	baddr := benchproc.FreeAddr()
+	p, err := benchproc.Start("broadcaster", cfg.OutDir, []string{cfg.Stagecast, "broadcaster", "--addr", baddr}, env)
+	if err != nil {
+		return res, err
+	}
+	all = append(all, p)
+	var urls []string
+	for i := range 2 {
+		paddr := benchproc.FreeAddr()
+		p, err := benchproc.Start(fmt.Sprintf("proxy-%d", i), cfg.OutDir, []string{cfg.Stagecast, "proxy", "--addr", paddr,
+			"--proxy-id", fmt.Sprintf("nb-%d", i), "--max-connections", "20000", "--admit-rate", "100000", "--admit-burst", "100000",
+			"--ping-interval", "10m", "--ip-limit-exempt", "127.0.0.0/8"}, env)
+		if err != nil {
+			return res, err
+		}
+		all = append(all, p)
+		urls = append(urls, "ws://"+paddr+"/v1/ws")
+		if err := waitReady("http://" + paddr + "/readyz"); err != nil {
+			return res, err
+		}
+	}
+	gaddr := benchproc.FreeAddr()
+	if p, err = benchproc.Start("prefetch", cfg.OutDir, []string{cfg.Stagecast, "prefetch", "--addr", gaddr}, env); err != nil {
+		return res, err
+	}
+	all = append(all, p)
+	if err := waitReady("http://" + gaddr + "/readyz"); err != nil {
+		return res, err
+	}
+	r := &run{cfg: cfg, bc: &broadcaster.Client{BaseURL: "http://" + baddr, Token: benchToken,
+		HTTP: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}},
+		redis: raddr, gql: "http://" + gaddr + "/graphql", signer: signer, members: cfg.Devices / 2}
+	for from := 0; from < cfg.Devices; from += cfg.PerClient {
+		n := min(cfg.PerClient, cfg.Devices-from)
+		c, err := benchproc.Start(fmt.Sprintf("clients-%d", from), cfg.OutDir, []string{cfg.Self, "clients",
+			"--urls", strings.Join(urls, ","), "--from", strconv.Itoa(from), "--n", strconv.Itoa(n),
+			"--key", filepath.Join(keyDir, "device-signing.jwk")}, nil)
+		if err != nil {
+			return res, err
+		}
+		all = append(all, c)
+		r.clients = append(r.clients, c)
+	}
+	for _, c := range r.clients {
+		if _, err := c.NextLine(3*time.Minute, isType("ready")); err != nil {
+			return res, err
+		}
+	}
+	cfg.logf("%d devices of %d members connected to 2 proxies", cfg.Devices, r.members)
+
+	mem0 := redisMemory(raddr)
+	stored := int64(0)
+	for _, rate := range cfg.Rates {
+		st, err := r.steady(ctx, rate)
+		if err != nil {
+			return res, err
+		}
+		stored += st.Expected / 2
+		res.Steps = append(res.Steps, st)
+		cfg.logf("rate %6d/s: achieved %7.0f/s  refused %d  lost %d of %d  POST->device p50 %.1f ms p99 %.1f ms max %.1f ms  POST p99 %.1f ms  %s",
+			st.Rate, st.Achieved, st.Refused, st.Lost, st.Expected, st.P50MS, st.P99MS, st.MaxMS, st.PostP99MS, map[bool]string{true: "PASS", false: "FAIL"}[st.Pass])
+		if st.Pass {
+			res.BestRate = max(res.BestRate, st.Achieved)
+		} else {
+			break
+		}
+	}
+	if stored > 0 {
+		res.RedisBytesPerNote = float64(redisMemory(raddr)-mem0) / float64(stored)
+	}
+	if err := r.priorities(ctx, &res); err != nil {
+		return res, err
+	}
+	cfg.logf("critical p99 alone %.1f ms, during a flood of %d low %.1f ms (x%.2f); flood took %.1f s: %d low accepted, %d refused (503), %d delivered; critical lost %d",
+		res.CriticalAloneP99MS, cfg.Flood, res.CriticalFloodP99MS, res.FloodRatio, res.FloodSeconds, res.LowAccepted, res.LowRefused, res.LowReceived, res.CriticalLost)
+	cfg.logf("Redis memory per stored note: %.0f bytes", res.RedisBytesPerNote)
+	if err := r.pulls(ctx, &res); err != nil {
+		return res, err
+	}
+	cfg.logf("inbox pulls: %.0f/s, p50 %.1f ms, p99 %.1f ms", res.PullsPerSec, res.PullP50MS, res.PullP99MS)
+	return res, nil
+}
+
+func isType(t string) func([]byte) bool {
+	return func(b []byte) bool {
+		var m struct {
+			Type string `json:"type"`
+		}
+		return json.Unmarshal(b, &m) == nil && m.Type == t
+	}
+}
+
+func waitReady(url string) error {
+	for i := 0; i < 400; i++ {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		time.Sleep(25 * time.Millisecond) // polling a starting process
+	}
+	return fmt.Errorf("%s never ready", url)
+}
+
+// redisMemory is Redis's used_memory in bytes.
+func redisMemory(addr string) int64 {
+	host, port, _ := net.SplitHostPort(addr)
+	out, err := exec.Command("redis-cli", "-h", host, "-p", port, "info", "memory").Output()
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// report merges the client processes' reports.
+func (r *run) report() (received [wire.NumPriorities]int64, hist [wire.NumPriorities]*hdrhistogram.Histogram, err error) {
+	for p := range hist {
+		hist[p] = newHist()
+	}
+	for _, c := range r.clients {
+		if _, err := fmt.Fprintln(c.In, "report"); err != nil {
+			return received, hist, err
+		}
+		b, err := c.NextLine(30*time.Second, isType("report"))
+		if err != nil {
+			return received, hist, err
+		}
+		var rep clientReport
+		if err := json.Unmarshal(b, &rep); err != nil {
+			return received, hist, err
+		}
+		for p := range received {
+			received[p] += rep.Received[p]
+			if rep.Hist[p] != nil {
+				hist[p].Merge(hdrhistogram.Import(rep.Hist[p]))
+			}
+		}
+	}
+	return received, hist, nil
+}
+
+func (r *run) reset() error {
+	for _, c := range r.clients {
+		if _, err := fmt.Fprintln(c.In, "reset"); err != nil {
+			return err
+		}
+		if _, err := c.NextLine(30*time.Second, isType("reset")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// producer sends notes to random members at a paced rate (0: as fast as the
+// workers go) until n are sent (n > 0) or ctx ends.
+type producer struct {
+	r        *run
+	prio     string
+	rate     int
+	n        int64
+	workers  int
+	accepted atomic.Int64
+	refused  atomic.Int64
+	mu       sync.Mutex
+	post     *hdrhistogram.Histogram
+}
+
+func (p *producer) run(ctx context.Context) {
+	p.post = newHist()
+	jobs := make(chan struct{}, 1<<16)
+	var wg sync.WaitGroup
+	for range p.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+			for range jobs {
+				start := time.Now()
+				member := "m" + strconv.Itoa(rng.IntN(p.r.members))
+				_, err := p.r.bc.Notify(context.Background(), wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{member}},
+					Type: "bench", Priority: p.prio, Payload: json.RawMessage(`{"t":` + strconv.FormatInt(start.UnixNano(), 10) + `}`)}, "")
+				if err != nil {
+					p.refused.Add(1)
+					continue
+				}
+				p.accepted.Add(1)
+				p.mu.Lock()
+				_ = p.post.RecordValue(max(time.Since(start).Microseconds(), 1))
+				p.mu.Unlock()
+			}
+		}()
+	}
+	issued := int64(0)
+	begin := time.Now()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+loop:
+	for p.n <= 0 || issued < p.n {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-tick.C:
+		}
+		owed := int64(1 << 12)
+		if p.rate > 0 {
+			owed = int64(time.Since(begin).Seconds()*float64(p.rate)) - issued
+		}
+		for ; owed > 0 && (p.n <= 0 || issued < p.n); owed-- {
+			select {
+			case jobs <- struct{}{}:
+				issued++
+			default:
+				owed = 0 // workers are behind: the achieved rate shows it
+			}
+		}
+	}
+	close(jobs)
+	wg.Wait()
+}
+
+// settle waits until the devices received want notes of prio (or 15 s).
+func (r *run) settle(prio wire.Priority, want int64) ([wire.NumPriorities]int64, [wire.NumPriorities]*hdrhistogram.Histogram, error) {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		rec, hist, err := r.report()
+		if err != nil || rec[prio] >= want || time.Now().After(deadline) {
+			return rec, hist, err
+		}
+		time.Sleep(250 * time.Millisecond) // polling the clients
+	}
+}
+
+func ms(us int64) float64 { return float64(us) / 1000 }
+
+func (r *run) steady(ctx context.Context, rate int) (Step, error) {
+	st := Step{Rate: rate}
+	if err := r.reset(); err != nil {
+		return st, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, r.cfg.Duration)
+	p := &producer{r: r, prio: "normal", rate: rate, workers: 256}
+	start := time.Now()
+	p.run(pctx)
+	cancel()
+	st.Achieved = float64(p.accepted.Load()) / time.Since(start).Seconds()
+	st.Refused = p.refused.Load()
+	st.Expected = 2 * p.accepted.Load()
+	rec, hist, err := r.settle(wire.PriorityNormal, st.Expected)
+	if err != nil {
+		return st, err
+	}
+	h := hist[wire.PriorityNormal]
+	st.Received = rec[wire.PriorityNormal]
+	st.Lost = max(st.Expected-st.Received, 0)
+	st.P50MS, st.P99MS, st.MaxMS = ms(h.ValueAtQuantile(50)), ms(h.ValueAtQuantile(99)), ms(h.Max())
+	st.PostP99MS = ms(p.post.ValueAtQuantile(99))
+	st.Pass = st.Lost == 0 && st.Refused == 0 && st.P99MS <= float64(r.cfg.P99Budget.Milliseconds()) && st.Achieved >= 0.95*float64(rate)
+	return st, nil
+}
+
+// priorities measures critical latency alone, then during a flood of low notes.
+func (r *run) priorities(ctx context.Context, res *Results) error {
+	if err := r.reset(); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	crit := &producer{r: r, prio: "critical", rate: r.cfg.Critical, workers: 16}
+	crit.run(cctx)
+	cancel()
+	_, hist, err := r.settle(wire.PriorityCritical, 2*crit.accepted.Load())
+	if err != nil {
+		return err
+	}
+	res.CriticalAloneP99MS = ms(hist[wire.PriorityCritical].ValueAtQuantile(99))
+
+	if err := r.reset(); err != nil {
+		return err
+	}
+	low := &producer{r: r, prio: "low", n: int64(r.cfg.Flood), workers: 256}
+	crit = &producer{r: r, prio: "critical", rate: r.cfg.Critical, workers: 16}
+	fctx, stopCrit := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); crit.run(fctx) }()
+	start := time.Now()
+	low.run(ctx)
+	res.FloodSeconds = time.Since(start).Seconds()
+	stopCrit()
+	wg.Wait()
+	rec, hist, err := r.settle(wire.PriorityCritical, 2*crit.accepted.Load())
+	if err != nil {
+		return err
+	}
+	res.CriticalFloodP99MS = ms(hist[wire.PriorityCritical].ValueAtQuantile(99))
+	if res.CriticalAloneP99MS > 0 {
+		res.FloodRatio = res.CriticalFloodP99MS / res.CriticalAloneP99MS
+	}
+	res.LowAccepted, res.LowRefused, res.LowReceived = low.accepted.Load(), low.refused.Load(), rec[wire.PriorityLow]
+	res.CriticalLost = max(2*crit.accepted.Load()-rec[wire.PriorityCritical], 0)
+	return nil
+}
+
+// pulls runs inbox queries for 10 s from 64 workers, each as a random member's device.
+func (r *run) pulls(ctx context.Context, res *Results) error {
+	tokens := make([]string, 1000)
+	for i := range tokens {
+		m := rand.IntN(r.members)
+		tok, err := r.signer.Mint(devicetoken.Claims{Device: "d" + strconv.Itoa(2*m), Member: "m" + strconv.Itoa(m)}, time.Hour)
+		if err != nil {
+			return err
+		}
+		tokens[i] = tok
+	}
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}, Timeout: 10 * time.Second}
+	h := newHist()
+	var mu sync.Mutex
+	var n, failed atomic.Int64
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; pctx.Err() == nil; i += 64 {
+				t0 := time.Now()
+				_, err := device.PullInbox(pctx, hc, r.gql, tokens[i%len(tokens)], "", 20)
+				if err != nil {
+					if pctx.Err() == nil {
+						failed.Add(1)
+					}
+					continue
+				}
+				n.Add(1)
+				mu.Lock()
+				_ = h.RecordValue(max(time.Since(t0).Microseconds(), 1))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if n.Load() == 0 {
+		return errors.New("no inbox pull succeeded")
+	}
+	res.PullsPerSec = float64(n.Load()) / time.Since(start).Seconds()
+	res.PullP50MS, res.PullP99MS = ms(h.ValueAtQuantile(50)), ms(h.ValueAtQuantile(99))
+	if f := failed.Load(); f > 0 {
+		r.cfg.logf("inbox pulls: %d failed", f)
+	}
+	return nil
+}
