@@ -6,7 +6,7 @@ SUDO      := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PKGS      := ./...
 
 .DEFAULT_GOAL := help
-.PHONY: help build run cluster test deps bench bench-micro bench-fanout bench-prefetch fuzz vet clean
+.PHONY: help build run cluster test deps bench bench-micro bench-fanout bench-prefetch bench-notify fuzz vet clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,7 +40,7 @@ fuzz: ## fuzz the device frame decoder and the device token verifier, 30s each
 	$(GO) test ./internal/wire -run XXX -fuzz FuzzParseDeviceFrame -fuzztime 30s
 	$(GO) test ./internal/devicetoken -run XXX -fuzz FuzzVerify -fuzztime 30s
 
-bench: bench-micro bench-fanout bench-prefetch ## all benchmarks (see docs/benchmarks.md)
+bench: bench-micro bench-fanout bench-prefetch bench-notify ## all benchmarks (see docs/benchmarks.md)
 
 bench-micro: ## Go micro-benchmarks (encode, decode, in-process fanout, device token verification)
 	$(GO) test -run XXX -bench . -benchmem -count 5 ./internal/wire ./internal/devicetoken
@@ -48,6 +48,10 @@ bench-micro: ## Go micro-benchmarks (encode, decode, in-process fanout, device t
 bench-fanout: build deps ## loopback fanout: 1 proxy x 10k and 19k, 3 proxies x 15k via Redis, plus the raw-TCP floor
 	$(GO) build -o bin/fanoutbench ./cmd/fanoutbench
 	./bin/fanoutbench --stagecast $(BIN) --out out/bench
+
+bench-notify: build deps ## notifications on loopback: Redis, broadcaster, 2 proxies, 20k devices of 10k members in 2 client processes
+	$(GO) build -o bin/notifybench ./cmd/notifybench
+	./bin/notifybench --stagecast $(BIN) --out out/bench/notify
 
 bench-prefetch: build ## prefetch on cache hits: plain JSON vs GraphQL POST and GET, side by side
 	$(GO) build -o bin/prefetchbench ./cmd/prefetchbench

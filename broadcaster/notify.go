@@ -196,11 +196,8 @@ func (s *Server) notify(r *http.Request) (any, error) {
 	sum := sha256.Sum256(raw)
 	w := engine.NoteWrite{ID: newNoteID(), IdempotencyKey: idem, BodyHash: hex.EncodeToString(sum[:16]),
 		Note: n, TS: s.cfg.Now().UnixMilli()}
-	if idem == "" {
-		// A keyless request gets an internal key, so the lane's retries never
-		// store the note twice.
-		w.IdempotencyKey = "auto-" + w.ID
-	}
+	// A keyless request needs no idempotency record: the lane's retries reuse
+	// the note id, and each inbox stores an id once.
 	prio := n.Priority.String()
 	j := &noteJob{ctx: r.Context(), w: w, enq: time.Now(), done: make(chan noteOut, 1)}
 	select {
@@ -222,11 +219,13 @@ func (s *Server) notify(r *http.Request) (any, error) {
 	if out.err != nil {
 		s.nm.notes.WithLabelValues(prio, "failed").Inc()
 		s.audit(r, "notify", "id", w.ID, "priority", prio, "result", "error", "err", out.err.Error())
-		ae := s.outcomeUnknown(out.err, w.IdempotencyKey)
-		if strings.HasPrefix(w.IdempotencyKey, "auto-") {
-			ae.(*apiError).idemKey = ""
+		if idem == "" {
+			ae := s.engineError(out.err)
+			ae.code = "outcome_unknown"
+			ae.msg = fmt.Sprintf("the engine did not confirm notification %s within %v (%v); it may be stored in some inboxes: send requests with an Idempotency-Key to retry safely", w.ID, s.cfg.StageBudget, out.err)
+			return nil, ae
 		}
-		return nil, ae
+		return nil, s.outcomeUnknown(out.err, idem)
 	}
 	result := "stored"
 	if out.res.Replayed {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,6 +87,9 @@ type Step struct {
 	MaxMS     float64 `json:"max_ms"`
 	PostP99MS float64 `json:"post_p99_ms"`
 	Pass      bool    `json:"pass"`
+	// CPUPerNote is each process's CPU per accepted note, microseconds
+	// ("producers" is this coordinator).
+	CPUPerNote map[string]float64 `json:"cpu_us_per_note"`
 }
 
 // Results are a run's figures.
@@ -112,6 +116,7 @@ const benchToken = "notifybench-token-0123456789"
 
 type run struct {
 	cfg     Config
+	procs   []*benchproc.Proc
 	bc      *broadcaster.Client
 	clients []*benchproc.Proc
 	redis   string
@@ -191,6 +196,7 @@ func Run(ctx context.Context, cfg Config) (Results, error) {
 		all = append(all, c)
 		r.clients = append(r.clients, c)
 	}
+	r.procs = all
 	for _, c := range r.clients {
 		if _, err := c.NextLine(3*time.Minute, isType("ready")); err != nil {
 			return res, err
@@ -209,6 +215,7 @@ func Run(ctx context.Context, cfg Config) (Results, error) {
 		res.Steps = append(res.Steps, st)
 		cfg.logf("rate %6d/s: achieved %7.0f/s  refused %d  lost %d of %d  POST->device p50 %.1f ms p99 %.1f ms max %.1f ms  POST p99 %.1f ms  %s",
 			st.Rate, st.Achieved, st.Refused, st.Lost, st.Expected, st.P50MS, st.P99MS, st.MaxMS, st.PostP99MS, map[bool]string{true: "PASS", false: "FAIL"}[st.Pass])
+		cfg.logf("  CPU per note (us): %s", formatCPU(st.CPUPerNote))
 		if st.Pass {
 			res.BestRate = max(res.BestRate, st.Achieved)
 		} else {
@@ -396,9 +403,17 @@ func (r *run) steady(ctx context.Context, rate int) (Step, error) {
 	}
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.Duration)
 	p := &producer{r: r, prio: "normal", rate: rate, workers: 256}
+	cpu0 := r.cpu()
 	start := time.Now()
 	p.run(pctx)
 	cancel()
+	cpu1 := r.cpu()
+	st.CPUPerNote = map[string]float64{}
+	if n := p.accepted.Load(); n > 0 {
+		for name, c := range cpu1 {
+			st.CPUPerNote[name] = float64((c - cpu0[name]).Microseconds()) / float64(n)
+		}
+	}
 	st.Achieved = float64(p.accepted.Load()) / time.Since(start).Seconds()
 	st.Refused = p.refused.Load()
 	st.Expected = 2 * p.accepted.Load()
@@ -506,4 +521,29 @@ func (r *run) pulls(ctx context.Context, res *Results) error {
 		r.cfg.logf("inbox pulls: %d failed", f)
 	}
 	return nil
+}
+
+// cpu returns every process's CPU time so far, by name.
+func (r *run) cpu() map[string]time.Duration {
+	out := map[string]time.Duration{"producers": benchproc.CPU(os.Getpid())}
+	for _, p := range r.procs {
+		out[p.Name] = benchproc.CPU(p.Cmd.Process.Pid)
+	}
+	return out
+}
+
+func formatCPU(m map[string]float64) string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var b strings.Builder
+	total := 0.0
+	for _, n := range names {
+		fmt.Fprintf(&b, "%s %.0f  ", n, m[n])
+		total += m[n]
+	}
+	fmt.Fprintf(&b, "total %.0f", total)
+	return b.String()
 }
