@@ -49,6 +49,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.P99Budget, "p99", 250*time.Millisecond, "p99 budget from POST to device")
 	fs.IntVar(&cfg.Flood, "flood", 50000, "low notes flooded while critical ones go out")
 	fs.IntVar(&cfg.Critical, "critical-rate", 200, "critical notes/s in the priority phase")
+	fs.StringVar(&cfg.Pprof, "pprof", "", "profile the broadcaster during the first rate (its --debug-addr, e.g. 127.0.0.1:6061)")
 	_ = fs.Parse(args)
 	for _, s := range strings.Split(*rates, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))

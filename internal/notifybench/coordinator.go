@@ -41,7 +41,10 @@ type Config struct {
 	P99Budget time.Duration // POST -> device; default 250ms
 	Flood     int           // low notes in the flood; default 50000
 	Critical  int           // critical notes/s during the priority phase; default 200
-	Log       io.Writer
+	// Pprof, if set (e.g. 127.0.0.1:6061), is the broadcaster's --debug-addr, and
+	// a 10 s CPU profile of the first rate is written to OutDir/broadcaster.cpu.pprof.
+	Pprof string
+	Log   io.Writer
 }
 
 func (c *Config) defaults() {
@@ -154,7 +157,11 @@ func Run(ctx context.Context, cfg Config) (Results, error) {
 	env := []string{"STAGECAST_PRODUCER_TOKEN=" + benchToken, "STAGECAST_REDIS=" + raddr, "STAGECAST_LOG_LEVEL=warn",
 		"STAGECAST_DEVICE_KEYS=" + filepath.Join(keyDir, "device-keys.jwks")}
 	baddr := benchproc.FreeAddr()
-	p, err := benchproc.Start("broadcaster", cfg.OutDir, []string{cfg.Stagecast, "broadcaster", "--addr", baddr}, env)
+	bargv := []string{cfg.Stagecast, "broadcaster", "--addr", baddr}
+	if cfg.Pprof != "" {
+		bargv = append(bargv, "--debug-addr", cfg.Pprof)
+	}
+	p, err := benchproc.Start("broadcaster", cfg.OutDir, bargv, env)
 	if err != nil {
 		return res, err
 	}
@@ -405,6 +412,9 @@ func (r *run) steady(ctx context.Context, rate int) (Step, error) {
 	p := &producer{r: r, prio: "normal", rate: rate, workers: 256}
 	cpu0 := r.cpu()
 	start := time.Now()
+	if r.cfg.Pprof != "" && rate == r.cfg.Rates[0] {
+		go r.profile()
+	}
 	p.run(pctx)
 	cancel()
 	cpu1 := r.cpu()
@@ -546,4 +556,20 @@ func formatCPU(m map[string]float64) string {
 	}
 	fmt.Fprintf(&b, "total %.0f", total)
 	return b.String()
+}
+
+// profile writes a 10 s CPU profile of the broadcaster.
+func (r *run) profile() {
+	resp, err := http.Get("http://" + r.cfg.Pprof + "/debug/pprof/profile?seconds=10")
+	if err != nil {
+		r.cfg.logf("profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(filepath.Join(r.cfg.OutDir, "broadcaster.cpu.pprof"))
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_, _ = io.Copy(f, resp.Body)
 }
