@@ -35,6 +35,10 @@ type Engine interface {
 	Snapshot(ctx context.Context, event string) (engine.Snapshot, error)
 	Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteResult, error)
 	NoteReport(ctx context.Context, id string) (engine.NoteReport, error)
+	// The console's reads.
+	Events(ctx context.Context, limit int) ([]engine.EventSummary, error)
+	PutAudit(ctx context.Context, event string, a engine.AuditEntry) error
+	Audit(ctx context.Context, event string, n int) ([]engine.AuditEntry, error)
 }
 
 // Config configures the broadcaster. Zero values are the documented defaults.
@@ -184,6 +188,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/events/{event}/stages", s.route("get_stage_map", !s.cfg.PublicReads, s.getStageMap))
 	mux.HandleFunc("PUT /v1/events/{event}/window", s.route("set_window", true, s.setWindow))
 	mux.HandleFunc("POST /v1/notifications", s.route("notify", true, s.notify))
+	mux.HandleFunc("GET /v1/whoami", s.route("whoami", true, s.whoami))
+	mux.HandleFunc("GET /v1/events", s.route("list_events", true, s.listEvents))
+	mux.HandleFunc("GET /v1/events/{event}/audit", s.route("audit", true, s.auditTrail))
+	mux.Handle("GET /console", consoleHandler())
+	mux.Handle("GET /console/", consoleHandler())
 	mux.HandleFunc("GET /v1/notifications/{id}/report", s.route("note_report", true, s.noteReport))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -401,6 +410,7 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 		Critical: req.Priority == "critical"})
 	if err != nil {
 		s.audit(r, "set_stage", "stage", req.Stage, "idempotency_key", key, "result", "error", "err", err.Error())
+		s.trail(r, engine.AuditEntry{Action: "set_stage", Stage: req.Stage, Result: "error", Detail: err.Error()})
 	}
 	if errors.Is(err, engine.ErrIdempotencyConflict) {
 		return nil, errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key %q was used for stage %q (v%d); use a new key", idem, res.Stage.Key, res.Stage.V)
@@ -411,9 +421,11 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 	if res.Replayed {
 		s.m.changes.WithLabelValues("replayed").Inc()
 		s.audit(r, "set_stage", "stage", res.Stage.Key, "v", res.Stage.V, "idempotency_key", idem, "result", "replayed")
+		s.trail(r, engine.AuditEntry{Action: "set_stage", Stage: res.Stage.Key, V: res.Stage.V, Result: "replayed"})
 	} else {
 		s.m.changes.WithLabelValues("created").Inc()
 		s.audit(r, "set_stage", "stage", res.Stage.Key, "v", res.Stage.V, "target", res.Stage.Target, "idempotency_key", idem, "result", "created")
+		s.trail(r, engine.AuditEntry{Action: "set_stage", Stage: res.Stage.Key, V: res.Stage.V, Result: "created", Detail: targetDetail(res.Stage.Target, req.Priority)})
 	}
 	return replyOf(res.Stage), nil
 }
@@ -504,6 +516,40 @@ type Report struct {
 	SentMS       map[string]*int64 `json:"sent_ms"`
 	Proxies      int               `json:"proxies"`
 	StaleProxies int               `json:"stale_proxies"`
+	// PerProxy (extension) is each proxy's share, for the console.
+	PerProxy []ProxyReport `json:"per_proxy"`
+}
+
+// ProxyReport is one proxy's figures for the version.
+type ProxyReport struct {
+	Proxy   string            `json:"proxy"`
+	Devices int64             `json:"devices"`
+	Sent    uint64            `json:"sent"`
+	Acked   uint64            `json:"acked"`
+	Stale   bool              `json:"stale,omitempty"`
+	SentMS  map[string]*int64 `json:"sent_ms"`
+}
+
+// percentiles fills the time from ts to 50/90/99/100 % of denom sent.
+func percentiles(buckets []engine.Bucket, denom uint64) map[string]*int64 {
+	out := map[string]*int64{"p50": nil, "p90": nil, "p99": nil, "p100": nil}
+	if denom == 0 {
+		return out
+	}
+	sort.Slice(buckets, func(i, j int) bool { return buckets[i].UpperMS < buckets[j].UpperMS })
+	for name, pct := range map[string]float64{"p50": 50, "p90": 90, "p99": 99, "p100": 100} {
+		need := uint64(float64(denom)*pct/100 + 0.999999)
+		var cum uint64
+		for _, b := range buckets {
+			cum += b.Count
+			if cum >= need {
+				ms := b.UpperMS
+				out[name] = &ms
+				break
+			}
+		}
+	}
+	return out
 }
 
 func (s *Server) report(r *http.Request) (any, error) {
@@ -541,37 +587,31 @@ func (s *Server) report(r *http.Request) (any, error) {
 // thresholds from the merged latency buckets.
 func mergeReport(rep Report, pds []engine.ProxyDelivery, freshAfterMS int64) Report {
 	var buckets []engine.Bucket
+	rep.PerProxy = []ProxyReport{}
 	for _, pd := range pds {
 		rep.Proxies++
+		pr := ProxyReport{Proxy: pd.Proxy, Sent: pd.Version.Sent, Acked: pd.Version.Acked}
 		if pd.AtMS >= freshAfterMS {
 			rep.Devices += pd.Devices
+			pr.Devices = pd.Devices
 		} else {
 			rep.StaleProxies++
+			pr.Stale = true
 		}
 		rep.Sent += pd.Version.Sent
 		rep.Acked += pd.Version.Acked
 		buckets = append(buckets, pd.Version.Latency...)
+		pr.SentMS = percentiles(append([]engine.Bucket(nil), pd.Version.Latency...), max(uint64(pr.Devices), pr.Sent))
+		rep.PerProxy = append(rep.PerProxy, pr)
 	}
-	sort.Slice(buckets, func(i, j int) bool { return buckets[i].UpperMS < buckets[j].UpperMS })
+	sort.Slice(rep.PerProxy, func(i, j int) bool { return rep.PerProxy[i].Proxy < rep.PerProxy[j].Proxy })
 	denom := max(uint64(rep.Devices), rep.Sent)
-	rep.SentMS = map[string]*int64{"p50": nil, "p90": nil, "p99": nil, "p100": nil}
+	rep.SentMS = percentiles(buckets, denom)
 	if denom == 0 {
 		return rep
 	}
 	rep.SentPct = 100 * float64(rep.Sent) / float64(denom)
 	rep.AckedPct = 100 * float64(rep.Acked) / float64(denom)
-	for name, pct := range map[string]float64{"p50": 50, "p90": 90, "p99": 99, "p100": 100} {
-		need := uint64(float64(denom)*pct/100 + 0.999999)
-		var cum uint64
-		for _, b := range buckets {
-			cum += b.Count
-			if cum >= need {
-				ms := b.UpperMS
-				rep.SentMS[name] = &ms
-				break
-			}
-		}
-	}
 	return rep
 }
 
@@ -604,6 +644,7 @@ func (s *Server) putStageMap(r *http.Request) (any, error) {
 		return nil, err
 	}
 	s.audit(r, "put_stage_map", "version", v, "stages", len(m.Stages), "bytes", len(raw), "result", "stored")
+	s.trail(r, engine.AuditEntry{Action: "put_stage_map", V: v, Result: "stored", Detail: fmt.Sprintf("%d stages, %d bytes", len(m.Stages), len(raw))})
 	return MapReply{Event: event, Version: v, Stages: len(m.Stages), Bytes: len(raw), UpdatedMS: now}, nil
 }
 
@@ -645,5 +686,6 @@ func (s *Server) setWindow(r *http.Request) (any, error) {
 		return nil, err
 	}
 	s.audit(r, "set_window", "live", *req.Live, "result", "stored")
+	s.trail(r, engine.AuditEntry{Action: "set_window", Result: "stored", Detail: fmt.Sprintf("live=%v", *req.Live)})
 	return map[string]any{"event": event, "live": *req.Live}, nil
 }

@@ -31,15 +31,17 @@ type Memory struct {
 }
 
 type memEvent struct {
-	v        uint64
-	log      []wire.Stage // ascending by V, at most cfg.LogLen
-	subs     map[int]memSub
-	idem     map[string]idemEntry
-	delivery map[uint64]map[string]VersionDelivery // v -> proxy -> counters
-	devices  map[string]presence                   // proxy -> devices
-	stageMap *StageMapRecord
-	mapV     uint64
-	live     bool
+	v         uint64
+	log       []wire.Stage // ascending by V, at most cfg.LogLen
+	subs      map[int]memSub
+	idem      map[string]idemEntry
+	delivery  map[uint64]map[string]VersionDelivery // v -> proxy -> counters
+	devices   map[string]presence                   // proxy -> devices
+	stageMap  *StageMapRecord
+	mapV      uint64
+	live      bool
+	updatedMS int64        // last stage change or map store (the event list's order)
+	audit     []AuditEntry // oldest first, at most MaxAudit
 }
 
 type memSub struct {
@@ -118,6 +120,7 @@ func (m *Memory) SetStage(ctx context.Context, req SetRequest) (SetResult, error
 		st.Priority = wire.PriorityCritical.String()
 	}
 	e.log = append(e.log, st)
+	e.updatedMS = now.UnixMilli()
 	if len(e.log) > m.cfg.LogLen {
 		e.log = append(e.log[:0], e.log[len(e.log)-m.cfg.LogLen:]...)
 	}
@@ -252,6 +255,7 @@ func (m *Memory) PutStageMap(ctx context.Context, event string, raw []byte, upda
 	e := m.event(event)
 	e.mapV++
 	e.stageMap = &StageMapRecord{Version: e.mapV, UpdatedMS: updatedMS, Raw: append([]byte(nil), raw...)}
+	e.updatedMS = m.cfg.Now().UnixMilli()
 	return e.mapV, nil
 }
 

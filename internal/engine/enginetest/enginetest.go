@@ -25,6 +25,9 @@ type Engine interface {
 	SetLive(ctx context.Context, event string, live bool) error
 	Snapshot(ctx context.Context, event string) (engine.Snapshot, error)
 	Exists(ctx context.Context, event string) (bool, error)
+	Events(ctx context.Context, limit int) ([]engine.EventSummary, error)
+	PutAudit(ctx context.Context, event string, a engine.AuditEntry) error
+	Audit(ctx context.Context, event string, n int) ([]engine.AuditEntry, error)
 }
 
 // Run runs the suite. newEngine returns a fresh, empty engine with a log length
@@ -40,6 +43,44 @@ func Run(t *testing.T, newEngine func(t *testing.T, logLen int) Engine) {
 	t.Run("Target", func(t *testing.T) { testTarget(t, newEngine(t, 8)) })
 	t.Run("StageMapSnapshot", func(t *testing.T) { testSnapshot(t, newEngine(t, 8)) })
 	t.Run("Exists", func(t *testing.T) { testExists(t, newEngine(t, 8)) })
+	t.Run("EventsAndAudit", func(t *testing.T) { testEventsAndAudit(t, newEngine(t, 8)) })
+}
+
+// testEventsAndAudit: the console's list (events with a stage or a map, most
+// recently changed first, with current stage and window) and audit trail
+// (newest first, bounded).
+func testEventsAndAudit(t *testing.T, e Engine) {
+	if _, err := e.PutStageMap(ctx(t), "list-a", []byte(`{"stages":{"x":{"default":{}}}}`), 1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Millisecond) // distinct millisecond stamps for the order
+	set(t, e, engine.SetRequest{Event: "list-b", Key: "round-1"})
+	if err := e.SetLive(ctx(t), "list-b", true); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := e.Events(ctx(t), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 2 || evs[0].Event != "list-b" || evs[0].Current == nil || evs[0].Current.Key != "round-1" || !evs[0].Live ||
+		evs[1].Event != "list-a" || evs[1].Current != nil || !evs[1].HasMap || evs[1].Live {
+		t.Fatalf("events %+v", evs)
+	}
+	if one, _ := e.Events(ctx(t), 1); len(one) != 1 {
+		t.Fatalf("limit 1 gave %d", len(one))
+	}
+	for i := range engine.MaxAudit + 5 {
+		if err := e.PutAudit(ctx(t), "list-b", engine.AuditEntry{AtMS: int64(i), Producer: "alice", Action: "set_stage", Stage: fmt.Sprint(i), Result: "created"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := e.Audit(ctx(t), "list-b", 1000)
+	if err != nil || len(got) != engine.MaxAudit || got[0].AtMS != engine.MaxAudit+4 || got[0].Producer != "alice" {
+		t.Fatalf("audit: %d entries (newest %+v), %v", len(got), got[0], err)
+	}
+	if few, _ := e.Audit(ctx(t), "list-b", 3); len(few) != 3 {
+		t.Fatalf("audit n=3 gave %d", len(few))
+	}
 }
 
 // testExists: an event exists once it has a stage or a stage map; subscribing,

@@ -323,6 +323,7 @@ func (e *Engine) SetStage(ctx context.Context, req engine.SetRequest) (engine.Se
 	if err != nil {
 		return engine.SetResult{}, fmt.Errorf("set stage %s: %w", req.Event, err)
 	}
+	e.touch(ctx, req.Event)
 	return engine.SetResult{Stage: st}, nil
 }
 
@@ -558,6 +559,7 @@ func (e *Engine) PutStageMap(ctx context.Context, event string, raw []byte, upda
 	if err != nil {
 		return 0, fmt.Errorf("put stage map %s: %w", event, err)
 	}
+	e.touch(ctx, event)
 	return uint64(v), nil
 }
 

@@ -1,0 +1,112 @@
+package redisengine
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/redis/rueidis"
+
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// The console's reads. Keys:
+//
+//	sc:events          sorted set: event -> last stage change or map store (ms),
+//	                   the newest engine.MaxIndexedEvents kept
+//	sc:{E}:audit       list of audit entries (JSON), newest first, engine.MaxAudit kept
+
+const eventIndex = "sc:events"
+
+// touch records event's activity in the event index. Best effort: the index
+// only orders the console's list; a failure is logged, never returned.
+func (e *Engine) touch(ctx context.Context, event string) {
+	c := e.client
+	now := float64(e.cfg.Now().UnixMilli())
+	for _, r := range c.DoMulti(ctx,
+		c.B().Zadd().Key(eventIndex).ScoreMember().ScoreMember(now, event).Build(),
+		c.B().Zremrangebyrank().Key(eventIndex).Start(0).Stop(-int64(engine.MaxIndexedEvents)-1).Build()) {
+		if err := r.Error(); err != nil {
+			e.cfg.Logger.Warn("event index not updated", "event", event, "err", err)
+			return
+		}
+	}
+}
+
+// Events lists up to limit events, the most recently changed first.
+func (e *Engine) Events(ctx context.Context, limit int) ([]engine.EventSummary, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	c := e.client
+	zs, err := c.Do(ctx, c.B().Zrevrange().Key(eventIndex).Start(0).Stop(int64(limit)-1).Withscores().Build()).AsZScores()
+	if err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	cmds := make(rueidis.Commands, 0, 3*len(zs))
+	for _, z := range zs {
+		cmds = append(cmds,
+			c.B().Xrevrange().Key(key(z.Member, "log")).End("+").Start("-").Count(1).Build(),
+			c.B().Exists().Key(key(z.Member, "live")).Build(),
+			c.B().Exists().Key(key(z.Member, "map")).Build())
+	}
+	res := c.DoMulti(ctx, cmds...)
+	out := make([]engine.EventSummary, 0, len(zs))
+	for i, z := range zs {
+		s := engine.EventSummary{Event: z.Member, UpdatedMS: int64(z.Score)}
+		if entries, err := res[3*i].AsXRange(); err == nil && len(entries) == 1 {
+			if st, err := wire.UnmarshalStage([]byte(entries[0].FieldValues["s"])); err == nil {
+				s.Current = &st
+			}
+		} else if err != nil {
+			return nil, fmt.Errorf("events: %s: %w", z.Member, err)
+		}
+		live, _ := res[3*i+1].AsInt64()
+		hasMap, _ := res[3*i+2].AsInt64()
+		s.Live, s.HasMap = live == 1, hasMap == 1
+		if s.Current == nil && !s.HasMap {
+			continue // expired since it was indexed
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// PutAudit adds an entry to the event's audit trail.
+func (e *Engine) PutAudit(ctx context.Context, event string, a engine.AuditEntry) error {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	b, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	c, k := e.client, key(event, "audit")
+	for _, r := range c.DoMulti(ctx,
+		c.B().Lpush().Key(k).Element(string(b)).Build(),
+		c.B().Ltrim().Key(k).Start(0).Stop(engine.MaxAudit-1).Build(),
+		c.B().Pexpire().Key(k).Milliseconds(e.cfg.EventTTL.Milliseconds()).Build()) {
+		if err := r.Error(); err != nil {
+			return fmt.Errorf("audit %s: %w", event, err)
+		}
+	}
+	return nil
+}
+
+// Audit returns up to n of the event's audit entries, newest first.
+func (e *Engine) Audit(ctx context.Context, event string, n int) ([]engine.AuditEntry, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	items, err := e.client.Do(ctx, e.client.B().Lrange().Key(key(event, "audit")).Start(0).Stop(int64(n)-1).Build()).AsStrSlice()
+	if err != nil {
+		return nil, fmt.Errorf("audit %s: %w", event, err)
+	}
+	out := make([]engine.AuditEntry, 0, len(items))
+	for _, it := range items {
+		var a engine.AuditEntry
+		if json.Unmarshal([]byte(it), &a) == nil {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
