@@ -162,4 +162,3 @@ func targetDetail(t *wire.Target, prio string) string {
 	}
 	return strings.Join(parts, "; ")
 }
-

@@ -109,4 +109,3 @@ func (e *Engine) Audit(ctx context.Context, event string, n int) ([]engine.Audit
 	}
 	return out, nil
 }
-
