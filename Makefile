@@ -22,11 +22,15 @@ cluster: build deps ## supervised local fleet: Redis Cluster 7001-7006, broadcas
 	$(GO) build -o bin/localcluster ./cmd/localcluster
 	./bin/localcluster --stagecast $(BIN)
 
-deps: ## install what the tests need (redis-server via apt-get when missing)
+deps: ## install what the tests need (redis-server and chromium via apt-get when missing)
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server (Debian package) for the Redis tests"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package) for the console's browser tests"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	@redis-server --version
+	@chromium --version 2>/dev/null
 
 vet: ## go vet and gofmt check
 	$(GO) vet $(PKGS)

@@ -170,7 +170,8 @@ function checkMap() {
     parsed = JSON.parse(text);
   } catch (e) {
     const m = /position (\d+)/.exec(e.message);
-    const line = m ? lineOf(text, Number(m[1])) : null;
+    const pos = m ? Number(m[1]) : jsonErrorAt(text);
+    const line = pos >= 0 ? lineOf(text, pos) : null;
     $('map-error').textContent = (line ? `Line ${line}: ` : '') + e.message;
     if (line) selectLine(line);
     $('map-save').disabled = true;
@@ -185,6 +186,40 @@ function checkMap() {
   }
   $('map-save').disabled = false;
   return text;
+}
+
+// jsonErrorAt returns the offset of the first JSON syntax error in text (-1 if
+// none): browsers do not all say where JSON.parse failed.
+function jsonErrorAt(text) {
+  let i = 0;
+  const ws = () => { while (i < text.length && ' \t\r\n'.includes(text[i])) i++; };
+  const fail = () => { throw i; };
+  const lit = (w) => { if (text.startsWith(w, i)) i += w.length; else fail(); };
+  const str = () => {
+    i++;
+    while (i < text.length && text[i] !== '"') { if (text[i] === '\\') i++; else if (text.charCodeAt(i) < 0x20) fail(); i++; }
+    if (i >= text.length) fail();
+    i++;
+  };
+  const num = () => { const m = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/.exec(text.slice(i)); if (!m) fail(); i += m[0].length; };
+  const value = () => {
+    ws();
+    const c = text[i];
+    if (c === '{') {
+      i++; ws();
+      if (text[i] === '}') { i++; return; }
+      for (;;) { ws(); if (text[i] !== '"') fail(); str(); ws(); if (text[i] !== ':') fail(); i++; value(); ws(); if (text[i] === ',') { i++; continue; } if (text[i] === '}') { i++; return; } fail(); }
+    } else if (c === '[') {
+      i++; ws();
+      if (text[i] === ']') { i++; return; }
+      for (;;) { value(); ws(); if (text[i] === ',') { i++; continue; } if (text[i] === ']') { i++; return; } fail(); }
+    } else if (c === '"') str();
+    else if (c === 't') lit('true');
+    else if (c === 'f') lit('false');
+    else if (c === 'n') lit('null');
+    else num();
+  };
+  try { value(); ws(); if (i < text.length) fail(); return -1; } catch (pos) { return typeof pos === 'number' ? pos : -1; }
 }
 
 function selectLine(n) {
@@ -241,8 +276,14 @@ async function saveMap() {
 
 function renderButtons() {
   const box = $('stage-buttons');
-  box.replaceChildren();
   const keys = stageKeys();
+  const have = [...box.querySelectorAll('button')].map((b) => b.dataset.stage);
+  if (have.length && have.join('\n') === keys.join('\n')) {
+    // Same buttons: only the highlight moves (focus and pending clicks stay).
+    for (const b of box.querySelectorAll('button')) b.setAttribute('aria-pressed', String(!!st.current && st.current.stage === b.dataset.stage));
+    return;
+  }
+  box.replaceChildren();
   if (!keys.length) box.appendChild(el('p', 'Store a stage map to get one button per stage.', { class: 'hint' }));
   keys.forEach((key, i) => {
     const b = el('button', key, { type: 'button', 'data-stage': key, 'aria-pressed': String(!!st.current && st.current.stage === key) });
@@ -263,17 +304,23 @@ function target() {
 async function goLive(stage) {
   const tgt = target();
   const critical = $('critical').checked;
-  // One key per intent: the same stage, targeting and the version the producer
-  // saw. A double press or a retry reuses it; the next change has a new version.
+  // One key per intent: the stage, its targeting and the version the producer
+  // saw. A second press before the reply has the same key; a press on the stage
+  // this console just made live reuses that change's key. Either way a double
+  // press or a retry replays the change: never a second version.
+  const intent = [stage, JSON.stringify(tgt || {}), critical ? 'c' : ''].join(':');
   const seen = st.current ? st.current.v : 0;
-  const key = ['console', st.event, stage, seen, JSON.stringify(tgt || {}), critical ? 'c' : ''].join(':').slice(0, 200);
+  let key = ['console', st.event, seen, intent].join(':');
+  if (st.last && st.last.event === st.event && st.last.intent === intent && st.current && st.current.v === st.last.v) key = st.last.key;
+  key = key.replace(/[^\x21-\x7e]/g, '').slice(0, 200);
   $('change-error').textContent = '';
   try {
     const body = { stage };
     if (tgt) body.target = tgt;
     if (critical) body.priority = 'critical';
-    const r = await api('POST', `/v1/events/${enc(st.event)}/stage`, body, { 'Idempotency-Key': key.replace(/[^\x21-\x7e]/g, '') });
+    const r = await api('POST', `/v1/events/${enc(st.event)}/stage`, body, { 'Idempotency-Key': key });
     st.current = { stage: r.stage, v: r.v, ts: r.ts };
+    st.last = { event: st.event, intent, v: r.v, key };
     $('change-result').textContent = `${r.stage} is live: v${r.v}`;
     $('current').textContent = `Current stage: ${r.stage} (v${r.v}, ${fmtTime(r.ts)})`;
     renderButtons();
@@ -357,9 +404,9 @@ function drawChart() {
     if (!points.length) return;
     c.appendChild(svg('polyline', { points: points.map((p) => `${x(p.t).toFixed(1)},${y(p[key]).toFixed(1)}`).join(' '), class: cls }));
   };
-  line(prev, 'sent', 'prev');
   line(pts, 'sent', 'sent');
   line(pts, 'acked', 'acked');
+  line(prev, 'sent', 'prev');
   const last = pts[pts.length - 1];
   c.dataset.sent = last ? String(last.sent) : '0';
   c.dataset.acked = last ? String(last.acked) : '0';
