@@ -200,9 +200,20 @@ func TestNotificationsSurviveDropsAndProxyKill(t *testing.T) {
 	for i := 0; i < n; i++ {
 		switch i {
 		case 30, 100:
+			eventually(t, 10*time.Second, "device connected", d.c.Connected)
 			d.c.Drop()
 		case 60:
-			r.f.proxies[0].Close() // killed: the device moves to proxy 1
+			var holder *proxy.Server
+			eventually(t, 10*time.Second, "a proxy holds the device", func() bool {
+				for _, p := range r.f.proxies {
+					if p.Connections() == 1 {
+						holder = p
+						return true
+					}
+				}
+				return false
+			})
+			holder.Close() // killed: the device moves to the other proxy
 		}
 		r.notify(ctx, t, wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m-k"}}, Type: "t",
 			Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))})
