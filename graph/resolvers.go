@@ -341,5 +341,6 @@ func (s *stage) TS() Int64   { return Int64(s.s.TS) }
 
 type payload struct{ p prefetch.StagePayload }
 
-func (p *payload) Key() string   { return p.p.Key }
-func (p *payload) Payload() JSON { return JSON(p.p.Payload) }
+func (p *payload) Key() string    { return p.p.Key }
+func (p *payload) Payload() JSON  { return JSON(p.p.Payload) }
+func (p *payload) Digest() string { return p.p.Digest }

@@ -196,6 +196,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 			urls := append(append([]string(nil), cfg.ProxyURLs[int(idx)%len(cfg.ProxyURLs):]...), cfg.ProxyURLs[:int(idx)%len(cfg.ProxyURLs)]...)
 			pf, err := device.NewPrefetcher(device.PrefetchConfig{URL: cfg.GraphQLURL, Event: sc.Event, Segment: segment, Critical: true,
 				HTTPClient: hc, MissDelayMax: time.Duration(float64(5*time.Second) / cfg.TimeScale),
+				DeviceID: fmt.Sprintf("lg-%d", idx),
 				Sleep: func(ctx context.Context, d time.Duration) error {
 					return device.Sleep(ctx, time.Duration(float64(d)/cfg.TimeScale))
 				},
@@ -233,7 +234,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 						l.mu.Unlock()
 					}
 					if dev != nil && dev.pf != nil {
-						dev.pf.OnStage(runCtx, f.Key)
+						dev.pf.OnStageDigest(runCtx, f.Key, f.D)
 					}
 				}})
 			if err != nil {

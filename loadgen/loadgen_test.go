@@ -229,3 +229,30 @@ func TestArrivalModel(t *testing.T) {
 		}
 	}
 }
+
+// A changed stage (its digest differs from what devices hold) brings a flat
+// refetch curve: 100,000 devices over the 30 s window in their hashed slots,
+// every second within 10 % of the mean, every device once.
+func TestSimulateChangedStageRefetchIsFlat(t *testing.T) {
+	sc := base(100000)
+	sc.Stages[0].Changed = true
+	r := Simulate(sc, SimOptions{})
+	b := r.Broadcasts[0]
+	if len(b.Refetch) != 30 {
+		t.Fatalf("refetch curve of %d seconds, want 30", len(b.Refetch))
+	}
+	total := 0.0
+	for _, p := range b.Refetch {
+		total += p.V
+	}
+	if math.Abs(total-100000) > 1 || b.RefetchFlatness > 0.10 {
+		t.Fatalf("refetches %.0f (want 100000), flatness %.3f (want <= 0.10)", total, b.RefetchFlatness)
+	}
+	if b.RefetchPeakRPS > 1.1*100000/30 {
+		t.Fatalf("refetch peak %.0f/s, want <= %.0f", b.RefetchPeakRPS, 1.1*100000/30)
+	}
+	// Unchanged stages bring no refetch.
+	if r2 := Simulate(base(100000), SimOptions{}); r2.Broadcasts[0].Refetch != nil {
+		t.Fatal("an unchanged stage modelled refetches")
+	}
+}

@@ -84,6 +84,11 @@ type BroadcastStats struct {
 	T100MS  float64 `json:"t100_ms"`
 	Missed  int64   `json:"missed"`
 	Curve   []Point `json:"curve"` // share of devices on the version, by seconds after the change
+	// For a changed stage: the refetch rate over the window (requests/s, per
+	// second after the change), its peak and its flatness (max |rate/mean - 1|).
+	Refetch         []Point `json:"refetch,omitempty"`
+	RefetchPeakRPS  float64 `json:"refetch_peak_rps,omitempty"`
+	RefetchFlatness float64 `json:"refetch_flatness,omitempty"`
 }
 
 // PrefetchStats is the prefetch load.

@@ -72,12 +72,21 @@ type Prefetch struct {
 	RefreshLo float64  `yaml:"refresh_lo"`
 	RefreshHi float64  `yaml:"refresh_hi"`
 	NoJitter  bool     `yaml:"no_jitter"`
+	// A stage marked changed makes every device refetch in its hashed slot
+	// (wire.RefetchDelay) over RefetchWindow split in RefetchSlots. Defaults
+	// 30s and 300, as the device client.
+	RefetchWindow Duration `yaml:"refetch_window"`
+	RefetchSlots  int      `yaml:"refetch_slots"`
 }
 
 // StageAt is a stage change at an offset.
 type StageAt struct {
 	At    Duration `yaml:"at"`
 	Stage string   `yaml:"stage"`
+	// Changed: the stage's payload changed after devices prefetched it (or the
+	// key is not in their map): the frame's digest differs from what they hold
+	// and each refetches in its slot.
+	Changed bool `yaml:"changed"`
 }
 
 // Drop disconnects a fraction of the connected devices at an offset; they
@@ -222,6 +231,12 @@ func (sc *Scenario) defaults() {
 	}
 	if sc.Prefetch.Jitter == 0 && !sc.Prefetch.NoJitter {
 		sc.Prefetch.Jitter = 0.5
+	}
+	if sc.Prefetch.RefetchWindow.D() <= 0 {
+		sc.Prefetch.RefetchWindow = Duration(30 * time.Second)
+	}
+	if sc.Prefetch.RefetchSlots <= 0 {
+		sc.Prefetch.RefetchSlots = 300
 	}
 	if sc.Prefetch.RefreshLo == 0 && sc.Prefetch.RefreshHi == 0 {
 		sc.Prefetch.RefreshLo, sc.Prefetch.RefreshHi = 0.5, 0.9

@@ -3,7 +3,10 @@ package loadgen
 import (
 	"fmt"
 	"math"
+	"strconv"
 	"time"
+
+	"github.com/stagecast/stagecast/internal/wire"
 )
 
 // SimOptions override a scenario for a simulation run.
@@ -131,8 +134,22 @@ func Simulate(sc *Scenario, o SimOptions) *Report {
 			tau := b.T100MS / 1000 * float64(k) / 60
 			b.Curve = append(b.Curve, Point{T: tau, V: cdf(tau)})
 		}
+		if st.Changed {
+			b.Refetch, b.RefetchPeakRPS, b.RefetchFlatness = refetchCurve(served, int(math.Min(served, refetchSample)), sc.Prefetch.RefetchWindow.D(), sc.Prefetch.RefetchSlots)
+			for _, p := range b.Refetch {
+				if t := at + int(p.T); t < T {
+					prefetch[t] += p.V
+				}
+			}
+		}
 		rep.Broadcasts = append(rep.Broadcasts, b)
 	}
+	requests, peakRPS = 0, 0
+	for _, p := range prefetch { // with the refetches of changed stages
+		requests += p
+		peakRPS = max(peakRPS, p)
+	}
+	rep.Prefetch.Requests, rep.Prefetch.PeakRPS, rep.Prefetch.MeanRPS = int64(requests), peakRPS, requests/float64(T)
 	rep.Series = Series{Connected: downsample(connected, 1000), Reconnects: downsample(reconnects, 1000), PrefetchRPS: downsample(prefetch, 1000)}
 	if !o.NoJitter && !sc.Prefetch.NoJitter {
 		herd := renewal(arrivals, refreshKernel(sc.Prefetch, true))
@@ -337,4 +354,33 @@ func proxyLoss(f Fault, connected float64, proxies int, fleet Fleet) (RecoveryMo
 		m.Window, m.Jitter = f.Window.D().Seconds(), 2 // the proxy's drain window; reconnect after U(0, 2 s)
 	}
 	return m, true
+}
+
+// refetchSample bounds the device ids whose slots are hashed to model a
+// population's refetch curve (scaled up to the population).
+const refetchSample = 200000
+
+// refetchCurve is the refetch rate per second after a changed stage reaches n
+// devices: the slots of sample device ids ("lg-<i>", as the live loadgen names
+// them) through wire.RefetchDelay, the device client's own formula, scaled to n.
+func refetchCurve(n float64, sample int, window time.Duration, slots int) (curve []Point, peak, flatness float64) {
+	secs := int(math.Ceil(window.Seconds()))
+	if sample <= 0 || secs <= 0 {
+		return nil, 0, 0
+	}
+	bins := make([]float64, secs)
+	for i := 0; i < sample; i++ {
+		d := wire.RefetchDelay("lg-"+strconv.Itoa(i), window, slots)
+		bins[min(int(d.Seconds()), secs-1)]++
+	}
+	mean := n / float64(secs)
+	for s, c := range bins {
+		rate := c * n / float64(sample)
+		curve = append(curve, Point{T: float64(s), V: rate})
+		peak = max(peak, rate)
+		if mean > 0 {
+			flatness = max(flatness, math.Abs(rate/mean-1))
+		}
+	}
+	return curve, peak, flatness
 }

@@ -106,8 +106,9 @@ type Entry struct {
 	Event string
 	// Gen is unique per load: a new Gen means the data may have changed.
 	Gen        uint64
-	Map        *wire.StageMap // nil: no stage map
-	Keys       []string       // Map's stage keys, sorted
+	Map        *wire.StageMap    // nil: no stage map
+	Keys       []string          // Map's stage keys, sorted
+	Digests    map[string]string // Map's payload digest per stage key (wire.StageDigest)
 	MapVersion uint64
 	Current    *wire.Stage
 	Live       bool
@@ -283,7 +284,7 @@ func (c *Cache) load(event string) (*Entry, error) {
 			// Stored maps were validated on PUT; a bad one is a bug or tampering.
 			c.log.Error("stored stage map does not parse; serving without it", "event", event, "err", err)
 		} else {
-			e.Map, e.MapVersion = &m, snap.Map.Version
+			e.Map, e.MapVersion, e.Digests = &m, snap.Map.Version, m.Digests()
 			for k := range m.Stages {
 				e.Keys = append(e.Keys, k)
 			}

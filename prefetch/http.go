@@ -55,6 +55,9 @@ func WriteError(w http.ResponseWriter, status int, code, msg string) {
 type StagePayload struct {
 	Key     string          `json:"key"`
 	Payload json.RawMessage `json:"payload"`
+	// Digest (extension) is the key's wire.StageDigest: stage frames carry the
+	// same value, so a device knows whether what it holds is current.
+	Digest string `json:"digest"`
 }
 
 // View is one event as a device prefetches it: the same fields as the GraphQL
@@ -83,7 +86,7 @@ func (e *Entry) Stages(segment string) []StagePayload {
 	out := make([]StagePayload, 0, len(e.Keys))
 	for _, k := range e.Keys {
 		p, _ := e.Map.Payload(k, segment)
-		out = append(out, StagePayload{Key: k, Payload: p})
+		out = append(out, StagePayload{Key: k, Payload: p, Digest: e.Digests[k]})
 	}
 	return out
 }

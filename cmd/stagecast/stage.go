@@ -192,17 +192,17 @@ func runWatch(args []string) error {
 	}
 	ctx, stop := signalContext()
 	defer stop()
+	if *deviceID == "" {
+		*deviceID = "watch-" + randomToken()[4:12]
+	}
 	var pf *device.Prefetcher
 	if *gqlURL != "" {
 		var err error
-		pf, err = device.NewPrefetcher(device.PrefetchConfig{URL: *gqlURL, Event: event, Segment: *segment, Critical: true, Token: *token})
+		pf, err = device.NewPrefetcher(device.PrefetchConfig{URL: *gqlURL, Event: event, Segment: *segment, Critical: true, Token: *token, DeviceID: *deviceID})
 		if err != nil {
 			return err
 		}
 		go func() { _ = pf.Run(ctx) }()
-	}
-	if *deviceID == "" {
-		*deviceID = "watch-" + randomToken()[4:12]
 	}
 	inboxURL := ""
 	if *notes && *token != "" {
@@ -217,10 +217,14 @@ func runWatch(args []string) error {
 		OnStage: func(f wire.ProxyFrame, at time.Time) {
 			fmt.Printf("%s  %s -> %s (v%d, %v after the change)\n", at.Format("15:04:05.000"), f.Event, f.Key, f.V, at.Sub(time.UnixMilli(f.TS)).Round(time.Millisecond))
 			if pf != nil {
-				if payload, ok := pf.OnStage(ctx, f.Key); ok {
+				payload, ok, refetch := pf.OnStageDigest(ctx, f.Key, f.D)
+				switch {
+				case ok && refetch < 0:
 					fmt.Printf("              showing (prefetched): %s\n", payload)
-				} else {
-					fmt.Printf("              %s is not in the prefetched map: fetching it once, after a jittered delay\n", f.Key)
+				case ok:
+					fmt.Printf("              showing (prefetched, changed since: refetching in %v, this device's slot): %s\n", refetch.Round(time.Millisecond), payload)
+				default:
+					fmt.Printf("              %s is not in the prefetched map: fetching it once, in %v\n", f.Key, refetch.Round(time.Millisecond))
 				}
 			}
 		},

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/stagecast/stagecast/internal/wire"
 )
 
 // PrefetchQuery is the contract's prefetch query.
@@ -21,6 +23,18 @@ const PrefetchQuery = `query Prefetch($event: ID!, $segment: String) {
     id
     current { key v ts }
     stages(segment: $segment) { key payload }
+    ttlSeconds
+    refreshAfterSeconds
+  }
+}`
+
+// prefetchQueryDigests is the contract's query plus each key's payload digest
+// (an extension field), which stage frames carry as "d".
+const prefetchQueryDigests = `query Prefetch($event: ID!, $segment: String) {
+  liveEvent(id: $event) {
+    id
+    current { key v ts }
+    stages(segment: $segment) { key payload digest }
     ttlSeconds
     refreshAfterSeconds
   }
@@ -41,6 +55,13 @@ type PrefetchConfig struct {
 	// U(0, MissDelayMax), so a broadcast of an unknown key does not make every
 	// device fetch at the same instant. Default 5s.
 	MissDelayMax time.Duration
+	// DeviceID picks the device's refetch slot: a stage frame whose digest
+	// differs from the payload held (or names a key not held) makes the device
+	// refetch after wire.RefetchDelay(DeviceID, RefetchWindow, RefetchSlots), a
+	// slot fixed per device and uniform over devices. Defaults 30s, 300 slots.
+	DeviceID      string
+	RefetchWindow time.Duration
+	RefetchSlots  int
 	// BackoffBase, BackoffCap for failed fetches (full jitter). Defaults 1s, 60s.
 	BackoffBase, BackoffCap time.Duration
 	Rand                    *rand.Rand
@@ -55,6 +76,7 @@ type Prefetcher struct {
 
 	mu       sync.Mutex
 	payloads map[string]json.RawMessage
+	digests  map[string]string
 	refresh  time.Duration
 	randMu   sync.Mutex
 
@@ -88,6 +110,12 @@ func NewPrefetcher(cfg PrefetchConfig) (*Prefetcher, error) {
 	if cfg.BackoffBase <= 0 {
 		cfg.BackoffBase = time.Second
 	}
+	if cfg.RefetchWindow <= 0 {
+		cfg.RefetchWindow = 30 * time.Second
+	}
+	if cfg.RefetchSlots <= 0 {
+		cfg.RefetchSlots = 300
+	}
 	if cfg.BackoffCap <= 0 {
 		cfg.BackoffCap = time.Minute
 	}
@@ -97,7 +125,7 @@ func NewPrefetcher(cfg PrefetchConfig) (*Prefetcher, error) {
 	if cfg.Sleep == nil {
 		cfg.Sleep = Sleep
 	}
-	return &Prefetcher{cfg: cfg, payloads: map[string]json.RawMessage{}}, nil
+	return &Prefetcher{cfg: cfg, payloads: map[string]json.RawMessage{}, digests: map[string]string{}}, nil
 }
 
 func (p *Prefetcher) uniform() float64 {
@@ -112,6 +140,7 @@ type prefetchResponse struct {
 			Stages []struct {
 				Key     string          `json:"key"`
 				Payload json.RawMessage `json:"payload"`
+				Digest  string          `json:"digest"`
 			} `json:"stages"`
 			TTLSeconds          int `json:"ttlSeconds"`
 			RefreshAfterSeconds int `json:"refreshAfterSeconds"`
@@ -139,7 +168,7 @@ func (p *Prefetcher) Fetch(ctx context.Context) (refreshAfter time.Duration, err
 	if p.cfg.Segment != "" {
 		vars["segment"] = p.cfg.Segment
 	}
-	body, _ := json.Marshal(map[string]any{"query": PrefetchQuery, "operationName": "Prefetch", "variables": vars})
+	body, _ := json.Marshal(map[string]any{"query": prefetchQueryDigests, "operationName": "Prefetch", "variables": vars})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.cfg.URL, bytes.NewReader(body))
 	if err != nil {
 		return 0, err
@@ -170,12 +199,14 @@ func (p *Prefetcher) Fetch(ctx context.Context) (refreshAfter time.Duration, err
 	}
 	if le := out.Data.LiveEvent; le != nil {
 		m := make(map[string]json.RawMessage, len(le.Stages))
+		dg := make(map[string]string, len(le.Stages))
 		for _, s := range le.Stages {
 			m[s.Key] = s.Payload
+			dg[s.Key] = s.Digest
 		}
 		refresh := time.Duration(le.RefreshAfterSeconds) * time.Second
 		p.mu.Lock()
-		p.payloads, p.refresh = m, refresh
+		p.payloads, p.digests, p.refresh = m, dg, refresh
 		p.mu.Unlock()
 		return refresh, nil
 	}
@@ -231,19 +262,47 @@ func (p *Prefetcher) Len() int {
 // the key is missing it fetches once, after U(0, MissDelayMax), in the
 // background; further misses while that fetch is pending add nothing.
 func (p *Prefetcher) OnStage(ctx context.Context, key string) (json.RawMessage, bool) {
-	if v, ok := p.Lookup(key); ok {
-		return v, true
+	v, ok, _ := p.OnStageDigest(ctx, key, "")
+	return v, ok
+}
+
+// OnStageDigest is OnStage for a frame that carries the payload digest (its
+// "d"): when the held payload's digest differs, or the key is missing, the
+// device refetches once in its own slot, wire.RefetchDelay(DeviceID, ...),
+// not at random, and keeps showing what it holds meanwhile. It returns the
+// held payload, whether there is one, and the refetch delay (-1: none).
+func (p *Prefetcher) OnStageDigest(ctx context.Context, key, digest string) (json.RawMessage, bool, time.Duration) {
+	p.mu.Lock()
+	v, ok := p.payloads[key]
+	held := p.digests[key]
+	p.mu.Unlock()
+	stale := digest != "" && held != digest
+	if ok && !stale {
+		return v, true, -1
 	}
-	if p.missPending.CompareAndSwap(false, true) {
-		d := time.Duration(p.uniform() * float64(p.cfg.MissDelayMax))
-		go func() {
-			defer p.missPending.Store(false)
-			if p.cfg.Sleep(ctx, d) == nil {
-				_, _ = p.Fetch(ctx)
-			}
-		}()
+	var d time.Duration
+	if digest != "" {
+		d = wire.RefetchDelay(p.cfg.DeviceID, p.cfg.RefetchWindow, p.cfg.RefetchSlots)
+	} else {
+		d = time.Duration(p.uniform() * float64(p.cfg.MissDelayMax))
 	}
-	return nil, false
+	if !p.missPending.CompareAndSwap(false, true) {
+		return v, ok, d // a refetch is already on its way
+	}
+	go func() {
+		defer p.missPending.Store(false)
+		if p.cfg.Sleep(ctx, d) == nil {
+			_, _ = p.Fetch(ctx)
+		}
+	}()
+	return v, ok, d
+}
+
+// Digest returns the digest of the held payloads of key ("" when none).
+func (p *Prefetcher) Digest(key string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.digests[key]
 }
 
 // Keys returns the stage keys held.

@@ -18,6 +18,7 @@ import (
 	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/waitfor"
+	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/prefetch"
 	"github.com/stagecast/stagecast/proxy"
 )
@@ -215,5 +216,56 @@ func TestBackoffResetsAfterAnEstablishedConnection(t *testing.T) {
 		if d >= 100*time.Millisecond {
 			t.Fatalf("reconnect %d after a drop waited %v: the backoff did not start afresh (%v)", i, d, sleeps)
 		}
+	}
+}
+
+// A stage frame whose digest differs from the payload held makes the device
+// refetch once, in its own hashed slot (not at random); a matching digest
+// makes nothing; the digest the engine puts on a stage change is the one the
+// prefetch API returned for that key.
+func TestPrefetcherDigestRefetchInSlot(t *testing.T) {
+	eng, url, clock := prefetchServer(t)
+	var mu sync.Mutex
+	var delays []time.Duration
+	p, err := device.NewPrefetcher(device.PrefetchConfig{URL: url, Event: "ev", DeviceID: "tv-42", RefetchWindow: 30 * time.Second, RefetchSlots: 300,
+		Sleep: func(ctx context.Context, d time.Duration) error {
+			mu.Lock()
+			delays = append(delays, d)
+			mu.Unlock()
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Fetch(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	held := p.Digest("a")
+	r, err := eng.SetStage(context.Background(), engine.SetRequest{Event: "ev", Key: "a", TS: 1})
+	if err != nil || r.Stage.Digest != held || held == "" {
+		t.Fatalf("stage digest %q, prefetched %q (%v)", r.Stage.Digest, held, err)
+	}
+	if _, ok, refetch := p.OnStageDigest(context.Background(), "a", r.Stage.Digest); !ok || refetch != -1 {
+		t.Fatalf("a current payload: ok=%v refetch=%v", ok, refetch)
+	}
+	// The producer changes a's payload after devices prefetched.
+	if _, err := eng.PutStageMap(context.Background(), "ev", []byte(`{"stages":{"a":{"default":"A-new"},"b":{"default":"B"}}}`), 2); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(time.Minute)
+	r, _ = eng.SetStage(context.Background(), engine.SetRequest{Event: "ev", Key: "a", TS: 2})
+	v, ok, refetch := p.OnStageDigest(context.Background(), "a", r.Stage.Digest)
+	want := wire.RefetchDelay("tv-42", 30*time.Second, 300)
+	if !ok || string(v) != `"A"` || refetch != want {
+		t.Fatalf("stale payload: %s ok=%v refetch %v, want the old payload shown and refetch at %v", v, ok, refetch, want)
+	}
+	waitfor.True(t, 5*time.Second, "the refetch landed", func() bool { return p.Digest("a") == r.Stage.Digest })
+	if got, _ := p.Lookup("a"); string(got) != `"A-new"` {
+		t.Fatalf("after the refetch a = %s", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(delays) != 1 || delays[0] != want {
+		t.Fatalf("refetch sleeps %v, want one of %v", delays, want)
 	}
 }

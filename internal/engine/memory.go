@@ -40,8 +40,9 @@ type memEvent struct {
 	stageMap  *StageMapRecord
 	mapV      uint64
 	live      bool
-	updatedMS int64        // last stage change or map store (the event list's order)
-	audit     []AuditEntry // oldest first, at most MaxAudit
+	updatedMS int64             // last stage change or map store (the event list's order)
+	digests   map[string]string // stage key -> payload digest of the stored map
+	audit     []AuditEntry      // oldest first, at most MaxAudit
 }
 
 type memSub struct {
@@ -119,6 +120,7 @@ func (m *Memory) SetStage(ctx context.Context, req SetRequest) (SetResult, error
 	if req.Critical {
 		st.Priority = wire.PriorityCritical.String()
 	}
+	st.Digest = e.digests[req.Key]
 	e.log = append(e.log, st)
 	e.updatedMS = now.UnixMilli()
 	if len(e.log) > m.cfg.LogLen {
@@ -255,6 +257,10 @@ func (m *Memory) PutStageMap(ctx context.Context, event string, raw []byte, upda
 	e := m.event(event)
 	e.mapV++
 	e.stageMap = &StageMapRecord{Version: e.mapV, UpdatedMS: updatedMS, Raw: append([]byte(nil), raw...)}
+	e.digests = nil
+	if sm, err := wire.ParseStageMap(raw); err == nil {
+		e.digests = sm.Digests()
+	}
 	e.updatedMS = m.cfg.Now().UnixMilli()
 	return e.mapV, nil
 }

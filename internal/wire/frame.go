@@ -214,6 +214,11 @@ func AppendStage(dst []byte, s *Stage) []byte {
 		dst = append(dst, s.Priority...)
 		dst = append(dst, '"')
 	}
+	if s.Digest != "" {
+		dst = append(dst, `,"d":"`...)
+		dst = append(dst, s.Digest...)
+		dst = append(dst, '"')
+	}
 	return append(dst, '}')
 }
 
@@ -258,6 +263,8 @@ type ProxyFrame struct {
 	AfterMS int64  `json:"after_ms,omitempty"`
 	Code    Code   `json:"code,omitempty"`
 	Msg     string `json:"msg,omitempty"`
+	// D is the payload digest on stage frames (extension).
+	D string `json:"d,omitempty"`
 	// Note frames (and Priority on stage frames of critical changes).
 	ID       string          `json:"id,omitempty"`
 	NID      string          `json:"nid,omitempty"`

@@ -3,8 +3,11 @@ package wire
 import (
 	"encoding/json"
 	"errors"
+	"math"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -258,5 +261,43 @@ func TestPatterns(t *testing.T) {
 	}
 	if !Patterns(nil).Match("any") || (Patterns{}).Match("any") {
 		t.Error("nil must match all, empty none")
+	}
+}
+
+// Hashed refetch slots: reproducible per device, within the window, and
+// uniform over 100,000 devices (each second of a 30 s window within 10 % of
+// the mean).
+func TestRefetchDelayUniform(t *testing.T) {
+	const n, window, slots = 100000, 30 * time.Second, 300
+	bins := make([]int, 30)
+	for i := 0; i < n; i++ {
+		id := "d" + strconv.Itoa(i)
+		d := RefetchDelay(id, window, slots)
+		if d < 0 || d >= window || d != RefetchDelay(id, window, slots) {
+			t.Fatalf("%s: delay %v", id, d)
+		}
+		bins[int(d.Seconds())]++
+	}
+	mean := float64(n) / 30
+	for s, c := range bins {
+		if math.Abs(float64(c)/mean-1) > 0.10 {
+			t.Fatalf("second %d holds %d refetches, mean %.0f: not within 10%%", s, c, mean)
+		}
+	}
+}
+
+func TestStageFrameDigest(t *testing.T) {
+	s := Stage{Event: "ev", Key: "k", V: 7, TS: 1, Digest: "0123456789ab"}
+	f, err := ParseProxyFrame(AppendStage(nil, &s))
+	if err != nil || f.D != "0123456789ab" {
+		t.Fatalf("%+v %v", f, err)
+	}
+	m, _ := ParseStageMap([]byte(`{"stages":{"k":{"default":{"a": 1},"segments":{"s2":2,"s1":1}}}}`))
+	m2, _ := ParseStageMap([]byte(`{"stages":{"k":{"default":{"a":1},"segments":{"s1":1,"s2":2}}}}`))
+	if d := m.Digests()["k"]; d != m2.Digests()["k"] || !ValidDigest(d) {
+		t.Fatalf("digest depends on formatting or key order: %s vs %s", d, m2.Digests()["k"])
+	}
+	if (&Stage{Event: "ev", Key: "k", V: 1, Digest: "zz"}).Validate() == nil {
+		t.Fatal("a bad digest validated")
 	}
 }

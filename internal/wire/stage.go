@@ -20,6 +20,9 @@ type Stage struct {
 	// Priority (extension) is "critical" for a change the producer marked
 	// critical: proxies write it before other frames. Empty otherwise.
 	Priority string `json:"priority,omitempty"`
+	// Digest (extension) is the StageDigest of the key's payloads in the stored
+	// stage map when the change was made; empty when the map has no such key.
+	Digest string `json:"d,omitempty"`
 }
 
 // Target selects devices by platform and segment (a contract extension). An empty
@@ -90,6 +93,9 @@ func (s *Stage) Validate() error {
 	}
 	if s.V == 0 {
 		return fmt.Errorf("stage %s/%s has version 0", s.Event, s.Key)
+	}
+	if s.Digest != "" && !ValidDigest(s.Digest) {
+		return fmt.Errorf("stage %s/%s: digest %q is not %d hex characters", s.Event, s.Key, truncate(s.Digest, 32), DigestLen)
 	}
 	if s.Priority != "" && s.Priority != PriorityCritical.String() {
 		return fmt.Errorf("stage %s/%s: priority %q (only critical is kept)", s.Event, s.Key, truncate(s.Priority, 32))

@@ -44,6 +44,38 @@ func Run(t *testing.T, newEngine func(t *testing.T, logLen int) Engine) {
 	t.Run("StageMapSnapshot", func(t *testing.T) { testSnapshot(t, newEngine(t, 8)) })
 	t.Run("Exists", func(t *testing.T) { testExists(t, newEngine(t, 8)) })
 	t.Run("EventsAndAudit", func(t *testing.T) { testEventsAndAudit(t, newEngine(t, 8)) })
+	t.Run("Digest", func(t *testing.T) { testDigest(t, newEngine(t, 8)) })
+}
+
+// testDigest: a stage change carries the digest of its key's payloads in the
+// map stored at that moment (none for a key the map lacks).
+func testDigest(t *testing.T, e Engine) {
+	put := func(raw string) wire.StageMap {
+		t.Helper()
+		if _, err := e.PutStageMap(ctx(t), "dg", []byte(raw), 1); err != nil {
+			t.Fatal(err)
+		}
+		m, err := wire.ParseStageMap([]byte(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	m1 := put(`{"stages":{"a":{"default":{"x":1},"segments":{"s1":{"x":2}}},"b":{"default":{}}}}`)
+	if got := set(t, e, engine.SetRequest{Event: "dg", Key: "a"}).Stage.Digest; got != wire.StageDigest(m1.Stages["a"]) || !wire.ValidDigest(got) {
+		t.Fatalf("digest of a = %q, want %q", got, wire.StageDigest(m1.Stages["a"]))
+	}
+	if got := set(t, e, engine.SetRequest{Event: "dg", Key: "zz"}).Stage.Digest; got != "" {
+		t.Fatalf("a key outside the map has digest %q", got)
+	}
+	m2 := put(`{"stages":{"a":{"default":{"x":1},"segments":{"s1":{"x":3}}}}}`)
+	got := set(t, e, engine.SetRequest{Event: "dg", Key: "a"}).Stage.Digest
+	if got != wire.StageDigest(m2.Stages["a"]) || got == wire.StageDigest(m1.Stages["a"]) {
+		t.Fatalf("after a segment changed, digest %q (old %q)", got, wire.StageDigest(m1.Stages["a"]))
+	}
+	if rec, _ := e.Recent(ctx(t), "dg", 1); len(rec) != 1 || rec[0].Digest != got {
+		t.Fatalf("the log lost the digest: %+v", rec)
+	}
 }
 
 // testEventsAndAudit: the console's list (events with a stage or a map, most

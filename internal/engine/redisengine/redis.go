@@ -156,18 +156,24 @@ type Engine struct {
 	putMap *rueidis.Lua
 }
 
-// putMapScript: KEYS map, mapv. ARGV raw JSON, updatedMS, eventTTLms.
-// The map is one string value, so a replace is atomic: readers get the old map
-// or the new one, never a mix.
+// putMapScript: KEYS map, mapv, dig. ARGV raw JSON, updatedMS, eventTTLms,
+// then stage key and digest pairs. The map is one string value, so a replace is
+// atomic: readers get the old map or the new one, never a mix; the digests
+// (which stage changes copy into their frames) change in the same step.
 const putMapScript = `
 local v = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], v .. '\n' .. ARGV[2] .. '\n' .. ARGV[1], 'PX', ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('DEL', KEYS[3])
+for i = 4, #ARGV, 2 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return v
 `
 
-// setScript: KEYS log, idem, channel. ARGV stage-prefix, logLen, floor,
-// idemTTLsec, eventTTLms, useIdem, reqKey.
+// setScript: KEYS log, idem, channel, dig. ARGV stage-prefix, logLen, floor,
+// idemTTLsec, eventTTLms, useIdem, reqKey (the stage key).
 //
 // Versions are below 2^53 (a microsecond clock reaches it in the year 2255), so
 // Lua's doubles hold them exactly; they are formatted with %.0f, never by
@@ -188,7 +194,10 @@ local t = redis.call('TIME')
 local clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if clock > v then v = clock end
 local vs = string.format('%.0f', v)
-local s = ARGV[1] .. ',"v":' .. vs .. '}'
+local d = redis.call('HGET', KEYS[4], ARGV[7])
+local s = ARGV[1]
+if d then s = s .. ',"d":"' .. d .. '"' end
+s = s .. ',"v":' .. vs .. '}'
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], vs .. '-0', 's', s)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 if useIdem then
@@ -287,7 +296,7 @@ func (e *Engine) SetStage(ctx context.Context, req engine.SetRequest) (engine.Se
 		cancel = func() {}
 	}
 	defer cancel()
-	keys := []string{key(req.Event, "log"), idemKey, key(req.Event, "stage")}
+	keys := []string{key(req.Event, "log"), idemKey, key(req.Event, "stage"), key(req.Event, "dig")}
 	args := []string{prefix, strconv.Itoa(e.cfg.LogLen), strconv.FormatUint(req.MinVersion, 10),
 		strconv.FormatInt(int64(e.cfg.IdempotencyTTL/time.Second), 10),
 		strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10), useIdem, req.Key}
@@ -554,8 +563,13 @@ func (e *Engine) Ping(ctx context.Context) error {
 func (e *Engine) PutStageMap(ctx context.Context, event string, raw []byte, updatedMS int64) (uint64, error) {
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
-	v, err := e.putMap.Exec(ctx, e.client, []string{key(event, "map"), key(event, "mapv")},
-		[]string{string(raw), strconv.FormatInt(updatedMS, 10), strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10)}).AsInt64()
+	args := []string{string(raw), strconv.FormatInt(updatedMS, 10), strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10)}
+	if m, err := wire.ParseStageMap(raw); err == nil {
+		for k, d := range m.Digests() {
+			args = append(args, k, d)
+		}
+	}
+	v, err := e.putMap.Exec(ctx, e.client, []string{key(event, "map"), key(event, "mapv"), key(event, "dig")}, args).AsInt64()
 	if err != nil {
 		return 0, fmt.Errorf("put stage map %s: %w", event, err)
 	}
