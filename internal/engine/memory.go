@@ -40,9 +40,10 @@ type memEvent struct {
 	stageMap  *StageMapRecord
 	mapV      uint64
 	live      bool
-	updatedMS int64             // last stage change or map store (the event list's order)
-	digests   map[string]string // stage key -> payload digest of the stored map
-	audit     []AuditEntry      // oldest first, at most MaxAudit
+	updatedMS int64                 // last stage change or map store (the event list's order)
+	digests   map[string]string     // stage key -> payload digest of the stored map
+	audit     []AuditEntry          // oldest first, at most MaxAudit
+	sched     map[string]wire.Stage // armed schedules by id (Arm set)
 }
 
 type memSub struct {

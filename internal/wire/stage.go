@@ -23,6 +23,17 @@ type Stage struct {
 	// Digest (extension) is the StageDigest of the key's payloads in the stored
 	// stage map when the change was made; empty when the map has no such key.
 	Digest string `json:"d,omitempty"`
+	// Arm, on engine messages only (never sent to devices), makes this an
+	// armed stage (to fire at Arm.At with version V) or its cancellation.
+	Arm *Arm `json:"arm,omitempty"`
+}
+
+// Arm is a scheduled stage as proxies hold it: fire at At (Unix ms), or, with
+// Cancel, the schedule ID is cancelled.
+type Arm struct {
+	ID     string `json:"id"`
+	At     int64  `json:"at"`
+	Cancel bool   `json:"cancel,omitempty"`
 }
 
 // Target selects devices by platform and segment (a contract extension). An empty

@@ -28,6 +28,12 @@ type Engine interface {
 	Events(ctx context.Context, limit int) ([]engine.EventSummary, error)
 	PutAudit(ctx context.Context, event string, a engine.AuditEntry) error
 	Audit(ctx context.Context, event string, n int) ([]engine.AuditEntry, error)
+	Arm(ctx context.Context, req engine.ArmRequest) (wire.Stage, error)
+	Schedules(ctx context.Context, event string) ([]wire.Stage, error)
+	CancelSchedule(ctx context.Context, event, id string, v uint64) error
+	DueSchedules(ctx context.Context, nowMS int64, limit int) ([]engine.ScheduleRef, error)
+	FireSchedule(ctx context.Context, event, id string) (wire.Stage, error)
+	Time(ctx context.Context) (time.Time, error)
 }
 
 // Run runs the suite. newEngine returns a fresh, empty engine with a log length
@@ -45,6 +51,97 @@ func Run(t *testing.T, newEngine func(t *testing.T, logLen int) Engine) {
 	t.Run("Exists", func(t *testing.T) { testExists(t, newEngine(t, 8)) })
 	t.Run("EventsAndAudit", func(t *testing.T) { testEventsAndAudit(t, newEngine(t, 8)) })
 	t.Run("Digest", func(t *testing.T) { testDigest(t, newEngine(t, 8)) })
+	t.Run("Schedules", func(t *testing.T) { testSchedules(t, newEngine(t, 8)) })
+}
+
+// testSchedules: arming assigns the version of the fire time (newer than any
+// change before it), publishes the arm, lists it, is idempotent by id; firing
+// writes exactly that version once; a cancel (of the right version) wins; a
+// newer change supersedes.
+func testSchedules(t *testing.T, e Engine) {
+	got := make(chan wire.Stage, 16)
+	sctx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	subscribed := make(chan struct{}, 4)
+	go func() {
+		_ = e.Subscribe(sctx, "sch", func(s wire.Stage) { got <- s }, func() { subscribed <- struct{}{} })
+	}()
+	<-subscribed
+	next := func() wire.Stage {
+		t.Helper()
+		select {
+		case s := <-got:
+			return s
+		case <-time.After(5 * time.Second):
+			t.Fatal("no message")
+			return wire.Stage{}
+		}
+	}
+	at := time.Now().Add(time.Hour).UnixMilli()
+	armed, err := e.Arm(ctx(t), engine.ArmRequest{ID: "s1", Event: "sch", Key: "knockout", AtMS: at, Critical: true})
+	if err != nil || armed.V != uint64(at)*1000 || armed.Arm == nil || armed.Arm.ID != "s1" || armed.TS != at || armed.Priority != "critical" {
+		t.Fatalf("arm: %+v %v", armed, err)
+	}
+	if m := next(); m.Arm == nil || m.V != armed.V || m.Arm.Cancel {
+		t.Fatalf("published %+v, want the arm", m)
+	}
+	if again, _ := e.Arm(ctx(t), engine.ArmRequest{ID: "s1", Event: "sch", Key: "other", AtMS: at + 5}); again.V != armed.V || again.Key != "knockout" {
+		t.Fatalf("re-arming the same id: %+v", again)
+	}
+	if list, _ := e.Schedules(ctx(t), "sch"); len(list) != 1 || list[0].V != armed.V {
+		t.Fatalf("schedules %+v", list)
+	}
+	before := set(t, e, engine.SetRequest{Event: "sch", Key: "round-9"}) // a change before T
+	next()
+	if before.Stage.V >= armed.V {
+		t.Fatalf("a change before T got v%d >= the armed v%d", before.Stage.V, armed.V)
+	}
+	due, _ := e.DueSchedules(ctx(t), at, 10)
+	if len(due) != 1 || due[0].ID != "s1" || due[0].Event != "sch" {
+		t.Fatalf("due %+v", due)
+	}
+	fired, err := e.FireSchedule(ctx(t), "sch", "s1")
+	if err != nil || fired.V != armed.V || fired.Arm != nil || fired.Key != "knockout" {
+		t.Fatalf("fire: %+v %v", fired, err)
+	}
+	if m := next(); m.Arm != nil || m.V != armed.V {
+		t.Fatalf("published %+v, want the fired stage", m)
+	}
+	if rec, _ := e.Recent(ctx(t), "sch", 1); len(rec) != 1 || rec[0].V != armed.V || rec[0].Arm != nil {
+		t.Fatalf("log %+v", rec)
+	}
+	if _, err := e.FireSchedule(ctx(t), "sch", "s1"); !errors.Is(err, engine.ErrScheduleNotFound) {
+		t.Fatalf("second fire: %v", err)
+	}
+	// Cancel: the version must match; the cancel is published; nothing fires.
+	s2, _ := e.Arm(ctx(t), engine.ArmRequest{ID: "s2", Event: "sch", Key: "x", AtMS: at + 1000})
+	next()
+	if err := e.CancelSchedule(ctx(t), "sch", "s2", s2.V+1); !errors.Is(err, engine.ErrScheduleChanged) {
+		t.Fatalf("cancel with another version: %v", err)
+	}
+	if err := e.CancelSchedule(ctx(t), "sch", "s2", s2.V); err != nil {
+		t.Fatal(err)
+	}
+	if m := next(); m.Arm == nil || !m.Arm.Cancel || m.Arm.ID != "s2" {
+		t.Fatalf("published %+v, want the cancel", m)
+	}
+	if _, err := e.FireSchedule(ctx(t), "sch", "s2"); !errors.Is(err, engine.ErrScheduleNotFound) {
+		t.Fatalf("fire after cancel: %v", err)
+	}
+	if due, _ := e.DueSchedules(ctx(t), at+5000, 10); len(due) != 0 {
+		t.Fatalf("due after cancel %+v", due)
+	}
+	// Superseded: a newer change before the fire.
+	s3, _ := e.Arm(ctx(t), engine.ArmRequest{ID: "s3", Event: "sch", Key: "y", AtMS: at + 2000})
+	next()
+	set(t, e, engine.SetRequest{Event: "sch", Key: "later", MinVersion: s3.V + 1})
+	next()
+	if _, err := e.FireSchedule(ctx(t), "sch", "s3"); !errors.Is(err, engine.ErrScheduleSuperseded) {
+		t.Fatalf("fire of a superseded schedule: %v", err)
+	}
+	if now, err := e.Time(ctx(t)); err != nil || now.Sub(time.Now()).Abs() > 5*time.Second {
+		t.Fatalf("engine time %v %v", now, err)
+	}
 }
 
 // testDigest: a stage change carries the digest of its key's payloads in the

@@ -1,0 +1,237 @@
+package redisengine
+
+// Armed stages on Redis. Per event E (hash tag {E}):
+//
+//	sc:{E}:sched   hash: schedule id -> the armed stage message (stage JSON with "arm")
+//
+// and one global index sc:schedules (sorted set "<E>\n<id>" -> fire time, ms),
+// which broadcasters poll to fire due schedules centrally.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+const scheduleIndex = "sc:schedules"
+
+// armScript: KEYS log, sched, channel, dig. ARGV id, stage key, atMS,
+// stage-prefix (no d, no v, no closing brace), eventTTLms, maxSchedules.
+// Returns the armed message (the existing one for a known id), or an error.
+const armScript = `
+local prev = redis.call('HGET', KEYS[2], ARGV[1])
+if prev then return prev end
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[6]) then return redis.error_reply('too many schedules for this event') end
+local v = tonumber(ARGV[3]) * 1000
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #top > 0 then
+  local last = tonumber(string.match(top[1][1], '^(%d+)'))
+  if last and last + 1 > v then v = last + 1 end
+end
+local s = ARGV[4]
+local d = redis.call('HGET', KEYS[4], ARGV[2])
+if d then s = s .. ',"d":"' .. d .. '"' end
+s = s .. ',"v":' .. string.format('%.0f', v) .. '}'
+redis.call('HSET', KEYS[2], ARGV[1], s)
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('SPUBLISH', KEYS[3], s)
+return s
+`
+
+// cancelScript: KEYS sched, channel. ARGV id, v ("" = any). 1 cancelled, 0
+// not found, -1 another version.
+const cancelScript = `
+local s = redis.call('HGET', KEYS[1], ARGV[1])
+if not s then return 0 end
+if ARGV[2] ~= '' and string.match(s, '"v":(%d+)') ~= ARGV[2] then return -1 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local c = string.gsub(s, '"arm":{', '"arm":{"cancel":true,', 1)
+redis.call('SPUBLISH', KEYS[2], c)
+return 1
+`
+
+// fireScript: KEYS log, sched, channel. ARGV id, logLen, eventTTLms. Returns
+// {1, stage JSON} fired, {0, ”} not found, {2, ”} superseded.
+const fireScript = `
+local s = redis.call('HGET', KEYS[2], ARGV[1])
+if not s then return {0, ''} end
+redis.call('HDEL', KEYS[2], ARGV[1])
+local vs = string.match(s, '"v":(%d+)')
+local v = tonumber(vs)
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #top > 0 then
+  local last = tonumber(string.match(top[1][1], '^(%d+)'))
+  if last and last >= v then return {2, ''} end
+end
+local st = string.gsub(s, ',"arm":{[^}]*}', '', 1)
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], vs .. '-0', 's', st)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SPUBLISH', KEYS[3], st)
+return {1, st}
+`
+
+var (
+	armLua    = rueidis.NewLuaScript(armScript)
+	cancelLua = rueidis.NewLuaScript(cancelScript)
+	fireLua   = rueidis.NewLuaScript(fireScript)
+)
+
+func indexMember(event, id string) string { return event + "\n" + id }
+
+// Arm stores and publishes a schedule; it returns the armed stage message.
+func (e *Engine) Arm(ctx context.Context, req engine.ArmRequest) (wire.Stage, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	type prefix struct {
+		Event    string       `json:"event"`
+		Key      string       `json:"key"`
+		TS       int64        `json:"ts"`
+		Target   *wire.Target `json:"target,omitempty"`
+		Priority string       `json:"priority,omitempty"`
+		Arm      wire.Arm     `json:"arm"`
+	}
+	p := prefix{Event: req.Event, Key: req.Key, TS: req.AtMS, Arm: wire.Arm{ID: req.ID, At: req.AtMS}}
+	if !req.Target.IsZero() {
+		p.Target = req.Target
+	}
+	if req.Critical {
+		p.Priority = wire.PriorityCritical.String()
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		return wire.Stage{}, err
+	}
+	raw, err := armLua.Exec(ctx, e.fast,
+		[]string{key(req.Event, "log"), key(req.Event, "sched"), key(req.Event, "stage"), key(req.Event, "dig")},
+		[]string{req.ID, req.Key, strconv.FormatInt(req.AtMS, 10), string(b[:len(b)-1]),
+			strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10), strconv.Itoa(engine.MaxSchedules)}).ToString()
+	if err != nil {
+		return wire.Stage{}, fmt.Errorf("arm %s/%s: %w", req.Event, req.ID, err)
+	}
+	st, err := wire.UnmarshalStage([]byte(raw))
+	if err != nil {
+		return wire.Stage{}, fmt.Errorf("arm %s/%s: %w", req.Event, req.ID, err)
+	}
+	// The due index (another slot): without it only the proxies fire, so its
+	// failure is the caller's error; arming again with the same id is safe.
+	if err := e.fast.Do(ctx, e.fast.B().Zadd().Key(scheduleIndex).ScoreMember().
+		ScoreMember(float64(st.Arm.At), indexMember(req.Event, req.ID)).Build()).Error(); err != nil {
+		return st, fmt.Errorf("arm %s/%s: due index: %w", req.Event, req.ID, err)
+	}
+	return st, nil
+}
+
+// Schedules lists an event's armed schedules, by fire time.
+func (e *Engine) Schedules(ctx context.Context, event string) ([]wire.Stage, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	vals, err := e.client.Do(ctx, e.client.B().Hvals().Key(key(event, "sched")).Build()).AsStrSlice()
+	if err != nil {
+		return nil, fmt.Errorf("schedules %s: %w", event, err)
+	}
+	out := make([]wire.Stage, 0, len(vals))
+	for _, v := range vals {
+		if st, err := wire.UnmarshalStage([]byte(v)); err == nil && st.Arm != nil {
+			out = append(out, st)
+		}
+	}
+	sortByAt(out)
+	return out, nil
+}
+
+func sortByAt(s []wire.Stage) {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j].Arm.At < s[j-1].Arm.At; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}
+
+// CancelSchedule cancels schedule id of event if it has version v (0: any).
+func (e *Engine) CancelSchedule(ctx context.Context, event, id string, v uint64) error {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	want := ""
+	if v != 0 {
+		want = strconv.FormatUint(v, 10)
+	}
+	n, err := cancelLua.Exec(ctx, e.fast, []string{key(event, "sched"), key(event, "stage")}, []string{id, want}).AsInt64()
+	if err != nil {
+		return fmt.Errorf("cancel %s/%s: %w", event, id, err)
+	}
+	switch n {
+	case 0:
+		return engine.ErrScheduleNotFound
+	case -1:
+		return engine.ErrScheduleChanged
+	}
+	_ = e.fast.Do(ctx, e.fast.B().Zrem().Key(scheduleIndex).Member(indexMember(event, id)).Build()).Error()
+	return nil
+}
+
+// DueSchedules lists schedules due at nowMS (at most limit).
+func (e *Engine) DueSchedules(ctx context.Context, nowMS int64, limit int) ([]engine.ScheduleRef, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	zs, err := e.fast.Do(ctx, e.fast.B().Zrangebyscore().Key(scheduleIndex).Min("-inf").Max(strconv.FormatInt(nowMS, 10)).
+		Withscores().Limit(0, int64(limit)).Build()).AsZScores()
+	if err != nil {
+		return nil, fmt.Errorf("due schedules: %w", err)
+	}
+	out := make([]engine.ScheduleRef, 0, len(zs))
+	for _, z := range zs {
+		ev, id, ok := strings.Cut(z.Member, "\n")
+		if ok {
+			out = append(out, engine.ScheduleRef{Event: ev, ID: id, AtMS: int64(z.Score)})
+		}
+	}
+	return out, nil
+}
+
+// FireSchedule makes schedule id a stage change with its armed version.
+func (e *Engine) FireSchedule(ctx context.Context, event, id string) (wire.Stage, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	res, err := fireLua.Exec(ctx, e.fast,
+		[]string{key(event, "log"), key(event, "sched"), key(event, "stage")},
+		[]string{id, strconv.Itoa(e.cfg.LogLen), strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10)}).ToArray()
+	if err != nil || len(res) != 2 {
+		return wire.Stage{}, fmt.Errorf("fire %s/%s: %v", event, id, err)
+	}
+	_ = e.fast.Do(ctx, e.fast.B().Zrem().Key(scheduleIndex).Member(indexMember(event, id)).Build()).Error()
+	code, _ := res[0].AsInt64()
+	switch code {
+	case 0:
+		return wire.Stage{}, engine.ErrScheduleNotFound
+	case 2:
+		return wire.Stage{}, engine.ErrScheduleSuperseded
+	}
+	raw, _ := res[1].ToString()
+	st, err := wire.UnmarshalStage([]byte(raw))
+	if err != nil {
+		return wire.Stage{}, fmt.Errorf("fire %s/%s: %w", event, id, err)
+	}
+	e.touch(ctx, event)
+	return st, nil
+}
+
+// Time is Redis's clock (TIME).
+func (e *Engine) Time(ctx context.Context) (time.Time, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	vals, err := e.fast.Do(ctx, e.fast.B().Time().Build()).AsStrSlice()
+	if err != nil || len(vals) != 2 {
+		return time.Time{}, fmt.Errorf("redis time: %v", err)
+	}
+	sec, _ := strconv.ParseInt(vals[0], 10, 64)
+	usec, _ := strconv.ParseInt(vals[1], 10, 64)
+	return time.Unix(sec, usec*1000), nil
+}
