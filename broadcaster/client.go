@@ -147,3 +147,19 @@ func (c *Client) GetStageMap(ctx context.Context, event string) (StoredMap, erro
 func (c *Client) SetLive(ctx context.Context, event string, live bool) error {
 	return c.do(ctx, http.MethodPut, "/v1/events/"+url.PathEscape(event)+"/window", WindowRequest{Live: &live}, nil, nil)
 }
+
+// Arm schedules a stage (POST /v1/events/{event}/schedule).
+func (c *Client) Arm(ctx context.Context, event string, req ScheduleRequest, idemKey string) (ScheduleReply, error) {
+	var out ScheduleReply
+	var hdr http.Header
+	if idemKey != "" {
+		hdr = http.Header{"Idempotency-Key": {idemKey}}
+	}
+	err := c.do(ctx, http.MethodPost, "/v1/events/"+url.PathEscape(event)+"/schedule", req, hdr, &out)
+	return out, err
+}
+
+// CancelSchedule cancels schedule id of version v.
+func (c *Client) CancelSchedule(ctx context.Context, event, id string, v uint64) error {
+	return c.do(ctx, http.MethodDelete, "/v1/events/"+url.PathEscape(event)+"/schedule/"+url.PathEscape(id)+"?v="+strconv.FormatUint(v, 10), nil, nil, nil)
+}

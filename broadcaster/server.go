@@ -39,6 +39,12 @@ type Engine interface {
 	Events(ctx context.Context, limit int) ([]engine.EventSummary, error)
 	PutAudit(ctx context.Context, event string, a engine.AuditEntry) error
 	Audit(ctx context.Context, event string, n int) ([]engine.AuditEntry, error)
+	// Armed stages.
+	Arm(ctx context.Context, req engine.ArmRequest) (wire.Stage, error)
+	Schedules(ctx context.Context, event string) ([]wire.Stage, error)
+	CancelSchedule(ctx context.Context, event, id string, v uint64) error
+	DueSchedules(ctx context.Context, nowMS int64, limit int) ([]engine.ScheduleRef, error)
+	FireSchedule(ctx context.Context, event, id string) (wire.Stage, error)
 }
 
 // Config configures the broadcaster. Zero values are the documented defaults.
@@ -168,6 +174,7 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	ctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	s.lanes = s.startLanes(ctx)
+	go s.fireLoop(ctx)
 	s.nm = newNoteMetrics(reg, s.lanes)
 	return s, nil
 }
@@ -189,6 +196,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("PUT /v1/events/{event}/window", s.route("set_window", true, s.setWindow))
 	mux.HandleFunc("POST /v1/notifications", s.route("notify", true, s.notify))
 	mux.HandleFunc("GET /v1/whoami", s.route("whoami", true, s.whoami))
+	mux.HandleFunc("POST /v1/events/{event}/schedule", s.route("arm_stage", true, s.armStage))
+	mux.HandleFunc("GET /v1/events/{event}/schedule", s.route("list_schedules", true, s.listSchedules))
+	mux.HandleFunc("DELETE /v1/events/{event}/schedule/{id}", s.route("cancel_schedule", true, s.cancelSchedule))
 	mux.HandleFunc("GET /v1/events", s.route("list_events", true, s.listEvents))
 	mux.HandleFunc("GET /v1/events/{event}/audit", s.route("audit", true, s.auditTrail))
 	mux.Handle("GET /console", consoleHandler())

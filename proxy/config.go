@@ -123,6 +123,10 @@ type Config struct {
 	// Defaults 256 MiB, 10000.
 	ShedNoteBytes int64
 	ShedWaiting   int
+	// MaxClockSkew: armed stages fire from this proxy's clock only while it is
+	// within this of the engine's (measured every ~30 s); past it the proxy
+	// waits for the central fire. Default 250ms.
+	MaxClockSkew time.Duration
 	// Registerer for Prometheus metrics. Default: a fresh registry (see Server.Registry).
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -191,6 +195,7 @@ func (c *Config) Validate() error {
 	defD(&c.ReportInterval, time.Second)
 	defD(&c.ReconcileInterval, 30*time.Second)
 	defD(&c.TopicLinger, 60*time.Second)
+	defD(&c.MaxClockSkew, 250*time.Millisecond)
 	var errs []error
 	for name, v := range map[string]int{"MaxConnections": c.MaxConnections, "MaxSubscriptions": c.MaxSubscriptions,
 		"MaxFramesPerSecond": c.MaxFramesPerSecond, "AdmitBurst": c.AdmitBurst, "Writers": c.Writers,

@@ -68,6 +68,9 @@ type topic struct {
 	removed    bool      // swept: a subscribe that finds it must look the event up again
 
 	fanBuf []*conn // fanout's copy of list (run goroutine only)
+
+	armed map[string]*armedStage // armed schedules by id (run goroutine only)
+	fire  chan string            // schedule ids whose time came (timers -> run)
 }
 
 // addConn adds c to the subscribers. Caller holds t.mu.
@@ -262,6 +265,7 @@ func (h *hub) newTopic(event string) *topic {
 		event:  event,
 		inbox:  make(chan wire.Stage, 256),
 		resync: make(chan struct{}, 1),
+		fire:   make(chan string, 64),
 		cancel: cancel,
 		idx:    make(map[*conn]int),
 		stats:  make(map[uint64]*versionStats),
@@ -309,6 +313,7 @@ func (t *topic) requestResync() {
 // rereadResult is one history read, handed from its goroutine to run.
 type rereadResult struct {
 	stages []wire.Stage
+	armed  []wire.Stage // the engine's schedules (nil when that read failed)
 	err    error
 }
 
@@ -333,15 +338,28 @@ func (t *topic) run(ctx context.Context) {
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			st, err := t.s.eng.Recent(rctx, t.event, t.s.cfg.HistoryLen)
-			results <- rereadResult{st, err}
+			armed, aerr := t.s.eng.Schedules(rctx, t.event)
+			if aerr != nil {
+				armed = nil
+			} else if armed == nil {
+				armed = []wire.Stage{}
+			}
+			results <- rereadResult{st, armed, err}
 		}()
 	}
+	defer t.stopArmed()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case id := <-t.fire:
+			t.fireArmed(id)
 		case s := <-t.inbox:
 			if s.Event != t.event {
+				continue
+			}
+			if s.Arm != nil {
+				t.handleArm(s)
 				continue
 			}
 			if p := t.insert([]wire.Stage{s}, false); len(p) > 0 {
@@ -370,6 +388,9 @@ func (t *topic) run(ctx context.Context) {
 				continue
 			}
 			attempt = 0
+			if res.armed != nil {
+				t.syncArmed(res.armed)
+			}
 			var se *engine.SkippedError
 			if errors.As(res.err, &se) {
 				t.s.metrics.skippedEntries.Add(float64(len(se.IDs)))

@@ -37,6 +37,8 @@ type metrics struct {
 	registrations      prometheus.Counter
 	backlogNotes       prometheus.Counter
 	resumes            *prometheus.CounterVec
+	armed              *prometheus.CounterVec
+	clockSkew          prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -107,6 +109,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Notes read from inboxes for resumes and resyncs."})
 	m.resumes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "inbox_resumes_total",
 		Help: "Inbox ops by result (ok, rate_limited, busy, no_inbox)."}, []string{"result"})
+	m.armed = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "armed_stages_total",
+		Help: "Armed stages by outcome here: armed, fired (locally, at their time), cancelled, not_armed_skew (clock off the engine's: the central fire delivers)."}, []string{"outcome"})
+	m.clockSkew = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "clock_skew_seconds",
+		Help: "This proxy's clock minus the engine's (Redis TIME), after half the round trip."})
+	reg.MustRegister(m.armed, m.clockSkew)
 	reg.MustRegister(m.notePushes, sent, m.notesShed, m.noteDuplicates, m.noteResyncs, m.registrations, m.backlogNotes, m.resumes)
 	reg.MustRegister(m.connections, m.subscriptions, m.topics, m.broadcasts, m.deliveries, m.skipped, m.acks,
 		m.sendLatency, m.slowConsumerCloses, m.pingTimeouts, m.writeErrors, m.rejected, m.badFrames,

@@ -42,6 +42,9 @@ type Engine interface {
 	ReadInbox(ctx context.Context, ib engine.Inbox, after wire.Pos, limit int) ([]engine.StoredNote, error)
 	MarkRead(ctx context.Context, marks map[engine.Inbox]wire.Pos) error
 	PutNoteDelivery(ctx context.Context, counts map[string]engine.NoteCount) error
+	// Armed stages.
+	Schedules(ctx context.Context, event string) ([]wire.Stage, error)
+	Time(ctx context.Context) (time.Time, error)
 }
 
 // Server is one WebSocket proxy. Create it with New, serve Handler, and end it
@@ -67,12 +70,14 @@ type Server struct {
 
 	randMu sync.Mutex
 
-	connsMu  sync.Mutex
-	conns    map[*conn]struct{}
-	perIP    map[netip.Addr]int // open and reserved connections per source IP (non-exempt only)
-	reserved int                // connections in their handshake
-	draining atomic.Bool
-	closed   atomic.Bool
+	connsMu      sync.Mutex
+	conns        map[*conn]struct{}
+	perIP        map[netip.Addr]int // open and reserved connections per source IP (non-exempt only)
+	reserved     int                // connections in their handshake
+	draining     atomic.Bool
+	closed       atomic.Bool
+	skewOK       atomic.Bool // the clock is within MaxClockSkew of the engine's: armed stages fire here
+	skewMeasured atomic.Bool
 }
 
 // New validates cfg and starts a proxy's background work (writers, reports).
@@ -108,6 +113,8 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	}
 	s.wg.Add(1)
 	go s.reportLoop()
+	s.wg.Add(1)
+	go s.skewLoop()
 	return s, nil
 }
 

@@ -1,0 +1,174 @@
+package broadcaster
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// Armed stages: POST /v1/events/{event}/schedule arms "stage K at T". Proxies
+// fire it from their clocks at T; this broadcaster fires it centrally as well
+// (fireLoop), with the version assigned at arming, so a proxy that missed the
+// arming still delivers and nothing is delivered twice as two versions.
+
+// ScheduleRequest is the body of POST /v1/events/{event}/schedule.
+type ScheduleRequest struct {
+	Stage    string       `json:"stage"`
+	At       int64        `json:"at"` // Unix ms
+	Target   *wire.Target `json:"target,omitempty"`
+	Priority string       `json:"priority,omitempty"`
+}
+
+// ScheduleReply describes an armed schedule.
+type ScheduleReply struct {
+	ID     string       `json:"id"`
+	Event  string       `json:"event"`
+	Stage  string       `json:"stage"`
+	V      uint64       `json:"v"`
+	At     int64        `json:"at"`
+	Target *wire.Target `json:"target,omitempty"`
+	State  string       `json:"state"` // armed, cancelled
+}
+
+// Bounds of a schedule's time.
+const (
+	minLead     = 200 * time.Millisecond // at least this far ahead: time to reach every proxy
+	maxLead     = 7 * 24 * time.Hour
+	fireEvery   = 20 * time.Millisecond
+	maxDuePerGo = 100
+)
+
+func scheduleReply(st wire.Stage, state string) ScheduleReply {
+	return ScheduleReply{ID: st.Arm.ID, Event: st.Event, Stage: st.Key, V: st.V, At: st.Arm.At, Target: st.Target, State: state}
+}
+
+func (s *Server) armStage(r *http.Request) (any, error) {
+	event := r.PathValue("event")
+	var req ScheduleRequest
+	if err := decodeJSON(r, maxStageBody, &req); err != nil {
+		return nil, err
+	}
+	if err := wire.CheckID("stage", req.Stage); err != nil {
+		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
+	}
+	if err := req.Target.Validate(); err != nil {
+		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
+	}
+	if req.Priority != "" && req.Priority != "normal" && req.Priority != "critical" {
+		return nil, errf(http.StatusBadRequest, "bad_request", "stage priority %q: only critical or normal", req.Priority)
+	}
+	now := s.cfg.Now()
+	at := time.UnixMilli(req.At)
+	if lead := at.Sub(now); lead < minLead || lead > maxLead {
+		return nil, errf(http.StatusBadRequest, "bad_request", "at must be %v to %v ahead (it is %v ahead): for now, POST .../stage", minLead, maxLead, lead.Round(time.Millisecond))
+	}
+	idem := r.Header.Get("Idempotency-Key")
+	if len(idem) > 200 {
+		return nil, errf(http.StatusBadRequest, "bad_request", "Idempotency-Key longer than 200 characters")
+	}
+	// The schedule id is the key's hash (a retry arms nothing twice) or random.
+	var id string
+	if idem != "" {
+		sum := sha256.Sum256([]byte(event + "\n" + idem))
+		id = "s" + hex.EncodeToString(sum[:8])
+	} else {
+		id = "s" + strconv.FormatUint(uint64(now.UnixNano()), 36) + newNoteID()[1:9]
+	}
+	st, err := call(s, s.breakers.stage(event), r, func(ctx context.Context) (wire.Stage, error) {
+		return s.eng.Arm(ctx, engine.ArmRequest{ID: id, Event: event, Key: req.Stage, Target: req.Target,
+			Critical: req.Priority == "critical", AtMS: req.At})
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.audit(r, "arm_stage", "stage", st.Key, "v", st.V, "at", st.Arm.At, "schedule", st.Arm.ID, "result", "armed")
+	s.trail(r, engine.AuditEntry{Action: "arm_stage", Stage: st.Key, V: st.V, Result: "armed", Detail: "at " + time.UnixMilli(st.Arm.At).UTC().Format(time.RFC3339Nano) + " id " + st.Arm.ID})
+	return statusReply{http.StatusCreated, scheduleReply(st, "armed")}, nil
+}
+
+func (s *Server) listSchedules(r *http.Request) (any, error) {
+	event := r.PathValue("event")
+	list, err := call(s, s.breakers.reads, r, func(ctx context.Context) ([]wire.Stage, error) { return s.eng.Schedules(ctx, event) })
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ScheduleReply, 0, len(list))
+	for _, st := range list {
+		out = append(out, scheduleReply(st, "armed"))
+	}
+	return map[string]any{"event": event, "schedules": out}, nil
+}
+
+func (s *Server) cancelSchedule(r *http.Request) (any, error) {
+	event, id := r.PathValue("event"), r.PathValue("id")
+	if err := wire.CheckID("schedule", id); err != nil {
+		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
+	}
+	var v uint64
+	if q := r.URL.Query().Get("v"); q != "" {
+		var err error
+		if v, err = strconv.ParseUint(q, 10, 64); err != nil || v == 0 {
+			return nil, errf(http.StatusBadRequest, "bad_request", "v must be the schedule's version")
+		}
+	} else {
+		return nil, errf(http.StatusBadRequest, "bad_request", "cancel needs ?v=<the schedule's version> (what you are cancelling)")
+	}
+	_, err := call(s, s.breakers.stage(event), r, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, s.eng.CancelSchedule(ctx, event, id, v)
+	})
+	switch {
+	case errors.Is(err, engine.ErrScheduleNotFound):
+		return nil, errf(http.StatusNotFound, "not_found", "no armed schedule %s (cancelled, fired, or never armed)", id)
+	case errors.Is(err, engine.ErrScheduleChanged):
+		return nil, errf(http.StatusConflict, "conflict", "schedule %s has another version than v%d", id, v)
+	case err != nil:
+		return nil, err
+	}
+	s.audit(r, "cancel_schedule", "schedule", id, "v", v, "result", "cancelled")
+	s.trail(r, engine.AuditEntry{Action: "cancel_schedule", V: v, Result: "cancelled", Detail: "id " + id})
+	return map[string]any{"id": id, "event": event, "v": v, "state": "cancelled"}, nil
+}
+
+// fireLoop fires due schedules centrally until ctx ends. Several broadcasters
+// may run it: the engine fires each schedule once.
+func (s *Server) fireLoop(ctx context.Context) {
+	t := time.NewTicker(fireEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		dctx, cancel := context.WithTimeout(ctx, s.cfg.EngineTimeout)
+		due, err := s.eng.DueSchedules(dctx, s.cfg.Now().UnixMilli(), maxDuePerGo)
+		cancel()
+		if err != nil {
+			s.log.Warn("due schedules not read; retrying", "err", err)
+			continue
+		}
+		for _, d := range due {
+			fctx, cancel := context.WithTimeout(ctx, s.cfg.EngineTimeout)
+			st, err := s.eng.FireSchedule(fctx, d.Event, d.ID)
+			cancel()
+			switch {
+			case err == nil:
+				s.m.changes.WithLabelValues("scheduled").Inc()
+				s.log.Info("audit", "producer", "scheduler", "action", "fire_schedule", "event", d.Event, "schedule", d.ID,
+					"stage", st.Key, "v", st.V, "late_ms", s.cfg.Now().UnixMilli()-d.AtMS, "result", "created")
+			case errors.Is(err, engine.ErrScheduleNotFound):
+			case errors.Is(err, engine.ErrScheduleSuperseded):
+				s.log.Warn("schedule superseded by a newer stage change; not fired", "event", d.Event, "schedule", d.ID)
+			default:
+				s.log.Warn("schedule not fired; retrying", "event", d.Event, "schedule", d.ID, "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,82 @@
+package broadcaster_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stagecast/stagecast/internal/waitfor"
+)
+
+// POST .../schedule arms a stage (validated: a time 200 ms to 7 days ahead);
+// the broadcaster fires it centrally at its time with the armed version;
+// DELETE needs the version and wins before the time.
+func TestScheduleAPI(t *testing.T) {
+	_, eng, url := start(t)
+	do := func(method, path, body string) (int, string) {
+		req, _ := http.NewRequest(method, url+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Idempotency-Key", "k-"+body)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		_, _ = fmt.Fprint(&b, readAll(resp))
+		return resp.StatusCode, b.String()
+	}
+	now := time.Now()
+	if code, body := do("POST", "/v1/events/fight/schedule", fmt.Sprintf(`{"stage":"ko","at":%d}`, now.UnixMilli())); code != 400 || !strings.Contains(body, "ahead") {
+		t.Fatalf("a schedule in the past: %d %s", code, body)
+	}
+	at := now.Add(400 * time.Millisecond).UnixMilli()
+	code, body := do("POST", "/v1/events/fight/schedule", fmt.Sprintf(`{"stage":"ko","at":%d}`, at))
+	if code != 201 || !strings.Contains(body, `"state":"armed"`) || !strings.Contains(body, fmt.Sprintf(`"v":%d`, at*1000)) {
+		t.Fatalf("arm: %d %s", code, body)
+	}
+	// The same key again: the same schedule.
+	if code2, body2 := do("POST", "/v1/events/fight/schedule", fmt.Sprintf(`{"stage":"ko","at":%d}`, at)); code2 != 201 || body2 != body {
+		t.Fatalf("re-arm with the same key: %d %s", code2, body2)
+	}
+	later := now.Add(time.Hour).UnixMilli()
+	_, body = do("POST", "/v1/events/fight/schedule", fmt.Sprintf(`{"stage":"never","at":%d}`, later))
+	var id string
+	if i := strings.Index(body, `"id":"`); i >= 0 {
+		id = body[i+6 : i+6+strings.Index(body[i+6:], `"`)]
+	}
+	if code, _ := do("DELETE", "/v1/events/fight/schedule/"+id, ""); code != 400 {
+		t.Fatalf("cancel without v: %d", code)
+	}
+	if code, _ := do("DELETE", fmt.Sprintf("/v1/events/fight/schedule/%s?v=%d", id, later*1000+1), ""); code != 409 {
+		t.Fatalf("cancel with another v: %d", code)
+	}
+	if code, body := do("DELETE", fmt.Sprintf("/v1/events/fight/schedule/%s?v=%d", id, later*1000), ""); code != 200 || !strings.Contains(body, "cancelled") {
+		t.Fatalf("cancel: %d %s", code, body)
+	}
+	if code, _ := do("DELETE", fmt.Sprintf("/v1/events/fight/schedule/%s?v=%d", id, later*1000), ""); code != 404 {
+		t.Fatalf("cancel again: %d", code)
+	}
+	waitfor.True(t, 5*time.Second, "the central fire", func() bool {
+		rec, _ := eng.Recent(context.Background(), "fight", 5)
+		return len(rec) == 1 && rec[0].Key == "ko" && rec[0].V == uint64(at)*1000
+	})
+	if code, body := do("GET", "/v1/events/fight/schedule", ""); code != 200 || !strings.Contains(body, `"schedules":[]`) {
+		t.Fatalf("list after fire and cancel: %d %s", code, body)
+	}
+}
+
+func readAll(resp *http.Response) string {
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			return b.String()
+		}
+	}
+}
