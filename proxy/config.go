@@ -123,6 +123,10 @@ type Config struct {
 	// Defaults 256 MiB, 10000.
 	ShedNoteBytes int64
 	ShedWaiting   int
+	// PublicURL is where devices reach this proxy (ws://host:port/v1/ws, or
+	// wss://...), published with its load so draining proxies can direct
+	// devices here. Empty: never a drain target.
+	PublicURL string
 	// MaxClockSkew: armed stages fire from this proxy's clock only while it is
 	// within this of the engine's (measured every ~30 s); past it the proxy
 	// waits for the central fire. Default 250ms.

@@ -79,6 +79,7 @@ func (s *Server) reportLoop() {
 		s.hub.sweep(s.cfg.Now())
 		s.flushReport(s.ctx)
 		s.notes.flushCounts(s.ctx)
+		s.publishLoad(s.ctx)
 	}
 }
 

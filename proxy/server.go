@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -45,6 +44,9 @@ type Engine interface {
 	// Armed stages.
 	Schedules(ctx context.Context, event string) ([]wire.Stage, error)
 	Time(ctx context.Context) (time.Time, error)
+	// Directed drain.
+	PutProxyLoad(ctx context.Context, l engine.ProxyLoad) error
+	ProxyLoads(ctx context.Context, nowMS int64) ([]engine.ProxyLoad, error)
 }
 
 // Server is one WebSocket proxy. Create it with New, serve Handler, and end it
@@ -547,25 +549,23 @@ func (s *Server) Drain(ctx context.Context) error {
 	conns := s.snapshotConns()
 	s.randMu.Lock()
 	s.cfg.Rand.Shuffle(len(conns), func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
-	// Uniform moments over the window, sorted: the i-th of n sorted uniforms.
-	at := make([]time.Duration, len(conns))
-	for i := range at {
-		at[i] = time.Duration(s.cfg.Rand.Int64N(int64(s.cfg.DrainWindow) + 1))
-	}
 	s.randMu.Unlock()
-	slices.Sort(at)
-	s.log.Info("draining", "devices", len(conns), "window", s.cfg.DrainWindow.String())
+	plans, targets := s.planDrain(ctx, len(conns))
+	s.log.Info("draining", "devices", len(conns), "window", s.cfg.DrainWindow.String(), "directed_to", targets)
 	start := time.Now()
 	for i, c := range conns {
-		if d := at[i] - time.Since(start); d > 0 {
+		if d := plans[i].send - time.Since(start); d > 0 {
 			select {
 			case <-ctx.Done():
 				return fmt.Errorf("proxy drain: %d of %d devices not yet told: %w", len(conns)-i, len(conns), ctx.Err())
 			case <-time.After(d):
 			}
 		}
-		after := s.jitterBetween(0, s.cfg.ReconnectJitter)
-		c.sendControl(wire.AppendReconnect(nil, after.Milliseconds()), wire.CloseServiceRestart, "proxy draining")
+		frame := wire.AppendReconnect(nil, plans[i].afterMS)
+		if plans[i].to != "" {
+			frame = wire.AppendReconnectTo(nil, plans[i].afterMS, plans[i].to)
+		}
+		c.sendControl(frame, wire.CloseServiceRestart, "proxy draining")
 	}
 	for s.Connections() > 0 {
 		select {

@@ -77,6 +77,7 @@ type Client struct {
 	urlIdx int
 	resub  map[string]bool // events waiting for a retried sub (see retrySub)
 
+	redirect   string // a directed drain's target: the next dial goes there
 	noteResume string
 	seenNotes  map[string]struct{} // note cursors seen, bounded (see markSeen)
 	seenOrder  []string
@@ -194,6 +195,9 @@ var errUnauthorized = errors.New("device: credentials rejected")
 func (c *Client) dialURL() string {
 	c.mu.Lock()
 	base := c.cfg.URLs[c.urlIdx]
+	if c.redirect != "" { // a directed drain named the proxy: go there once
+		base, c.redirect = c.redirect, ""
+	}
 	c.mu.Unlock()
 	u, _ := url.Parse(base)
 	q := u.Query()
@@ -297,6 +301,11 @@ func (c *Client) session(ctx context.Context) (hint time.Duration, established b
 			}
 		case wire.OpReconnect:
 			hint = time.Duration(f.AfterMS) * time.Millisecond
+			if u, err := url.Parse(f.To); err == nil && f.To != "" && (u.Scheme == "ws" || u.Scheme == "wss") && u.Host != "" {
+				c.mu.Lock()
+				c.redirect = f.To
+				c.mu.Unlock()
+			}
 		case wire.OpError:
 			c.retrySub(ctx, ws, f)
 		}

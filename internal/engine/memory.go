@@ -26,6 +26,8 @@ type Memory struct {
 	events map[string]*memEvent
 	nextID int
 
+	loads map[string]ProxyLoad // proxy -> its last load (under mu)
+
 	nmu sync.Mutex // guards n (notifications); held while calling push handlers
 	n   memNotes
 }

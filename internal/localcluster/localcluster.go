@@ -155,6 +155,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		addr := "127.0.0.1:" + strconv.Itoa(port)
 		// A local fleet's devices (watch, loadgen) all come from loopback.
 		if err := start(fmt.Sprintf("proxy-%d", i+1), "proxy", addr, env, cfg.Stagecast, "proxy", "--addr", addr, "--proxy-id", fmt.Sprintf("proxy-%d", i+1), "--drain-window", "3s",
+			"--public-url", "ws://"+addr+"/v1/ws",
 			"--ip-limit-exempt", "127.0.0.0/8"); err != nil {
 			return err
 		}

@@ -222,6 +222,16 @@ func AppendStage(dst []byte, s *Stage) []byte {
 	return append(dst, '}')
 }
 
+// AppendReconnectTo appends {"op":"reconnect","after_ms":N,"to":"<url>"}: a
+// directed drain's frame (extension); to is the proxy to reconnect to.
+func AppendReconnectTo(dst []byte, afterMS int64, to string) []byte {
+	dst = append(dst, `{"op":"reconnect","after_ms":`...)
+	dst = strconv.AppendInt(dst, afterMS, 10)
+	dst = append(dst, `,"to":`...)
+	dst = strconv.AppendQuote(dst, to)
+	return append(dst, '}')
+}
+
 // AppendReconnect appends {"op":"reconnect","after_ms":N}.
 func AppendReconnect(dst []byte, afterMS int64) []byte {
 	dst = append(dst, `{"op":"reconnect","after_ms":`...)
@@ -261,6 +271,7 @@ type ProxyFrame struct {
 	V       uint64 `json:"v,omitempty"`
 	TS      int64  `json:"ts,omitempty"`
 	AfterMS int64  `json:"after_ms,omitempty"`
+	To      string `json:"to,omitempty"` // reconnect: the proxy to go to (directed drain, extension)
 	Code    Code   `json:"code,omitempty"`
 	Msg     string `json:"msg,omitempty"`
 	// D is the payload digest on stage frames (extension).

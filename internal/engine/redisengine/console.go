@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sort"
 
 	"github.com/redis/rueidis"
 
@@ -107,5 +108,42 @@ func (e *Engine) Audit(ctx context.Context, event string, n int) ([]engine.Audit
 			out = append(out, a)
 		}
 	}
+	return out, nil
+}
+
+const proxyLoads = "sc:proxies"
+
+// PutProxyLoad stores a proxy's load (a field of one hash; entries of proxies
+// gone for good are pruned by ProxyLoads).
+func (e *Engine) PutProxyLoad(ctx context.Context, l engine.ProxyLoad) error {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	b, err := json.Marshal(l)
+	if err != nil {
+		return err
+	}
+	return e.client.Do(ctx, e.client.B().Hset().Key(proxyLoads).FieldValue().FieldValue(l.ID, string(b)).Build()).Error()
+}
+
+// ProxyLoads returns every proxy's load reported within engine.ProxyLoadTTL.
+func (e *Engine) ProxyLoads(ctx context.Context, nowMS int64) ([]engine.ProxyLoad, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	m, err := e.client.Do(ctx, e.client.B().Hgetall().Key(proxyLoads).Build()).AsStrMap()
+	if err != nil {
+		return nil, fmt.Errorf("proxy loads: %w", err)
+	}
+	var out []engine.ProxyLoad
+	for id, v := range m {
+		var l engine.ProxyLoad
+		if json.Unmarshal([]byte(v), &l) != nil || nowMS-l.AtMS > 10*engine.ProxyLoadTTL {
+			_ = e.client.Do(ctx, e.client.B().Hdel().Key(proxyLoads).Field(id).Build()).Error()
+			continue
+		}
+		if nowMS-l.AtMS <= engine.ProxyLoadTTL {
+			out = append(out, l)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
