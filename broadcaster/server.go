@@ -359,6 +359,10 @@ type StageRequest struct {
 	// Priority (extension): "critical" makes proxies write this change before
 	// other frames (notes, other events' stages); "" or "normal" otherwise.
 	Priority string `json:"priority,omitempty"`
+	// Paced (extension): proxies release the change in waves at their
+	// --paced-rate, slower while the prefetch tier sheds; for a stage devices
+	// do not hold, so their fetches do not come at once.
+	Paced bool `json:"paced,omitempty"`
 }
 
 // StageReply is the reply of a stage change and of GET /v1/events/{event}.
@@ -417,7 +421,7 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 	}
 	ts := s.cfg.Now().UnixMilli()
 	res, err := s.changeStage(r.Context(), engine.SetRequest{Event: event, Key: req.Stage, Target: req.Target, TS: ts, IdempotencyKey: key,
-		Critical: req.Priority == "critical"})
+		Critical: req.Priority == "critical", Paced: req.Paced})
 	if err != nil {
 		s.audit(r, "set_stage", "stage", req.Stage, "idempotency_key", key, "result", "error", "err", err.Error())
 		s.trail(r, engine.AuditEntry{Action: "set_stage", Stage: req.Stage, Result: "error", Detail: err.Error()})

@@ -1,13 +1,16 @@
 package graph
 
 import (
+	"context"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/prefetch"
 )
 
@@ -71,4 +74,26 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ready\n") })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	return mux
+}
+
+// LoadPublisher stores a server's load where proxies read it (the engines).
+type LoadPublisher interface {
+	PutProxyLoad(ctx context.Context, l engine.ProxyLoad) error
+}
+
+// PublishLoad reports this server's shedding level every interval until ctx
+// ends, so proxies slow paced broadcasts while the prefetch tier sheds.
+func (s *Server) PublishLoad(ctx context.Context, pub LoadPublisher, id string, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		_ = pub.PutProxyLoad(pctx, engine.ProxyLoad{ID: id, Tier: "prefetch", Shedding: s.Shedder.Level(), AtMS: time.Now().UnixMilli()})
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -262,7 +262,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 			i, st := i, st
 			ticks = append(ticks, tick{scale(st.At), func() {
 				t0 := time.Now()
-				r, err := bc.setStageRetrying(ctx, sc.Event, st.Stage, fmt.Sprintf("loadgen-%d-%d", wallStart.UnixNano(), i), 20*time.Second)
+				r, err := bc.setStageRetrying(ctx, sc.Event, st.Stage, fmt.Sprintf("loadgen-%d-%d", wallStart.UnixNano(), i), st.Paced, 20*time.Second)
 				posts.add(t0, time.Since(t0))
 				if err != nil {
 					errs.Add(1)
@@ -538,6 +538,9 @@ func (p *progress) update(mu *sync.Mutex, devices *[]*liveDevice, pps []atomic.I
 func putMap(ctx context.Context, bc *producer, sc *Scenario) error {
 	stages := map[string]any{}
 	for _, st := range sc.Stages {
+		if st.Changed {
+			continue // devices do not hold it: its broadcast makes them fetch
+		}
 		stages[st.Stage] = map[string]any{"default": map[string]any{"rows": []string{st.Stage + "-rows"}}}
 	}
 	b, _ := json.Marshal(map[string]any{"stages": stages, "ttl_seconds": int(sc.Prefetch.TTL.D().Seconds())})

@@ -63,8 +63,12 @@ func (p *producer) setLive(ctx context.Context, event string, live bool) error {
 	return p.do(ctx, http.MethodPut, "/v1/events/"+url.PathEscape(event)+"/window", b, "", nil)
 }
 
-func (p *producer) setStage(ctx context.Context, event, stage, idem string) (stageReply, error) {
-	b, _ := json.Marshal(map[string]string{"stage": stage})
+func (p *producer) setStage(ctx context.Context, event, stage, idem string, paced bool) (stageReply, error) {
+	body := map[string]any{"stage": stage}
+	if paced {
+		body["paced"] = true
+	}
+	b, _ := json.Marshal(body)
 	var r stageReply
 	err := p.do(ctx, http.MethodPost, "/v1/events/"+url.PathEscape(event)+"/stage", b, idem, &r)
 	return r, err
@@ -72,10 +76,10 @@ func (p *producer) setStage(ctx context.Context, event, stage, idem string) (sta
 
 // setStageRetrying retries a failed stage change with the same key (a 503
 // outcome_unknown while a Redis master fails over) for up to within.
-func (p *producer) setStageRetrying(ctx context.Context, event, stage, idem string, within time.Duration) (stageReply, error) {
+func (p *producer) setStageRetrying(ctx context.Context, event, stage, idem string, paced bool, within time.Duration) (stageReply, error) {
 	deadline := time.Now().Add(within)
 	for {
-		r, err := p.setStage(ctx, event, stage, idem)
+		r, err := p.setStage(ctx, event, stage, idem, paced)
 		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
 			return r, err
 		}

@@ -87,6 +87,9 @@ type StageAt struct {
 	// key is not in their map): the frame's digest differs from what they hold
 	// and each refetches in its slot.
 	Changed bool `yaml:"changed"`
+	// Paced: the change is released by proxies in waves (live runs send
+	// "paced": true with it).
+	Paced bool `yaml:"paced"`
 }
 
 // Drop disconnects a fraction of the connected devices at an offset; they

@@ -69,6 +69,8 @@ type Shedder struct {
 	mu       sync.Mutex
 	inFlight int
 	ewma     float64 // seconds; alpha 0.1 per completed request
+	// when work of each priority was last shed (Level)
+	lastNormalShed, lastCriticalShed time.Time
 
 	shed     *prometheus.CounterVec
 	admitted *prometheus.CounterVec
@@ -107,6 +109,12 @@ func (s *Shedder) Admit(p Priority) (done func(), ok bool, reason string) {
 		reason = "latency"
 	}
 	if reason != "" {
+		now := s.cfg.Now()
+		if p == Normal {
+			s.lastNormalShed = now
+		} else {
+			s.lastCriticalShed = now
+		}
 		s.mu.Unlock()
 		s.shed.WithLabelValues(p.String(), reason).Inc()
 		return nil, false, reason
@@ -124,6 +132,22 @@ func (s *Shedder) Admit(p Priority) (done func(), ok bool, reason string) {
 		s.mu.Unlock()
 		s.inflight.Dec()
 	}, true, ""
+}
+
+// Level is the shedder's pressure for the stage tier to see: 2 when critical
+// work was shed in the last 2 s, 1 when normal work was (or half the normal
+// in-flight budget is in use), else 0. Proxies slow paced broadcasts with it.
+func (s *Shedder) Level() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.cfg.Now()
+	switch {
+	case !s.lastCriticalShed.IsZero() && now.Sub(s.lastCriticalShed) < 2*time.Second:
+		return 2
+	case (!s.lastNormalShed.IsZero() && now.Sub(s.lastNormalShed) < 2*time.Second) || s.inFlight >= s.cfg.NormalInFlight/2:
+		return 1
+	}
+	return 0
 }
 
 // RetryAfter is the configured base of Retry-After.

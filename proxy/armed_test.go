@@ -147,3 +147,58 @@ func labeled(t *testing.T, p *proxy.Server, name, label, value string) float64 {
 	}
 	return 0
 }
+
+// A paced change reaches a proxy's devices in waves at PacedRate (here 100/s:
+// 40 devices over >= 300 ms), five times slower while the prefetch tier
+// reports shedding critical work; an unpaced one goes to all at once.
+func TestPacedBroadcast(t *testing.T) {
+	eng := memEngine(t)
+	p, url := startProxy(t, eng, proxy.Config{PacedRate: 100, ReportInterval: 50 * time.Millisecond})
+	const n = 40
+	var rs []*received
+	for range n {
+		rs = append(rs, watchDevice(t, url))
+	}
+	subscribed(t, p, n)
+	ctx := context.Background()
+	span := func(key string) time.Duration {
+		var first, last time.Time
+		eventually(t, 20*time.Second, "all devices got "+key, func() bool {
+			for _, r := range rs {
+				if _, _, ok := r.get(key); !ok {
+					return false
+				}
+			}
+			return true
+		})
+		for _, r := range rs {
+			_, at, _ := r.get(key)
+			if first.IsZero() || at.Before(first) {
+				first = at
+			}
+			if at.After(last) {
+				last = at
+			}
+		}
+		return last.Sub(first)
+	}
+	if _, err := eng.SetStage(ctx, engine.SetRequest{Event: "fight", Key: "paced-1", TS: 1, Paced: true}); err != nil {
+		t.Fatal(err)
+	}
+	if s := span("paced-1"); s < 300*time.Millisecond {
+		t.Fatalf("a paced change to %d devices at 100/s spread over %v, want >= 300ms", n, s)
+	}
+	// The prefetch tier sheds critical work: a fifth of the rate.
+	if err := eng.PutProxyLoad(ctx, engine.ProxyLoad{ID: "pf-1", Tier: "prefetch", Shedding: 2, AtMS: time.Now().UnixMilli()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the proxy saw the prefetch tier's level", func() bool {
+		return p.PrefetchLevel() == 2
+	})
+	if _, err := eng.SetStage(ctx, engine.SetRequest{Event: "fight", Key: "paced-2", TS: 2, Paced: true}); err != nil {
+		t.Fatal(err)
+	}
+	if s := span("paced-2"); s < 1500*time.Millisecond {
+		t.Fatalf("paced at a fifth of 100/s, %d devices spread over %v, want >= 1.5s", n, s)
+	}
+}

@@ -127,6 +127,11 @@ type Config struct {
 	// wss://...), published with its load so draining proxies can direct
 	// devices here. Empty: never a drain target.
 	PublicURL string
+	// PacedRate is how many devices a second this proxy releases a paced
+	// change to (halved while the prefetch tier sheds normal work, a fifth
+	// while it sheds critical work); 0 releases paced changes at once.
+	// Default 1000.
+	PacedRate int
 	// MaxClockSkew: armed stages fire from this proxy's clock only while it is
 	// within this of the engine's (measured every ~30 s); past it the proxy
 	// waits for the central fire. Default 250ms.
@@ -167,6 +172,7 @@ func (c *Config) Validate() error {
 	def(&c.SubscribeBudget, 60)
 	def(&c.ErrorBudget, 30)
 	def(&c.MaxPendingNotes, 512)
+	def(&c.PacedRate, 1000)
 	def(&c.InboxLen, engine.DefaultInboxLen)
 	def(&c.MaxResumes, 256)
 	def(&c.ResumeBudget, 10)

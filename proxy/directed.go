@@ -53,7 +53,7 @@ func (s *Server) planDrain(ctx context.Context, n int) ([]drainPlan, int) {
 	total := 0.0
 	if err == nil {
 		for _, l := range loads {
-			if l.ID == s.cfg.ID || l.Draining || l.URL == "" || l.AdmitRate <= 0 || l.Capacity <= l.Connections {
+			if l.ID == s.cfg.ID || l.Tier != "" || l.Draining || l.URL == "" || l.AdmitRate <= 0 || l.Capacity <= l.Connections {
 				continue
 			}
 			t := &target{url: l.URL, spare: float64(l.Capacity - l.Connections), rate: 0.8 * l.AdmitRate}

@@ -69,8 +69,9 @@ type topic struct {
 
 	fanBuf []*conn // fanout's copy of list (run goroutine only)
 
-	armed map[string]*armedStage // armed schedules by id (run goroutine only)
-	fire  chan string            // schedule ids whose time came (timers -> run)
+	armed      map[string]*armedStage // armed schedules by id (run goroutine only)
+	paceCancel context.CancelFunc     // stops the current paced waves (run goroutine only)
+	fire       chan string            // schedule ids whose time came (timers -> run)
 }
 
 // addConn adds c to the subscribers. Caller holds t.mu.
@@ -364,7 +365,15 @@ func (t *topic) run(ctx context.Context) {
 			}
 			if p := t.insert([]wire.Stage{s}, false); len(p) > 0 {
 				t.s.metrics.broadcasts.Inc()
-				t.fanout(p[0])
+				if s.Paced && t.s.cfg.PacedRate > 0 {
+					t.startPaced(ctx, p[0])
+				} else {
+					if t.paceCancel != nil {
+						t.paceCancel() // a newer change goes to everyone now
+						t.paceCancel = nil
+					}
+					t.fanout(p[0])
+				}
 			}
 		case <-t.resync:
 			start()

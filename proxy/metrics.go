@@ -38,6 +38,8 @@ type metrics struct {
 	backlogNotes       prometheus.Counter
 	resumes            *prometheus.CounterVec
 	armed              *prometheus.CounterVec
+	pacedBroadcasts    prometheus.Counter
+	pacedOffers        prometheus.Counter
 	clockSkew          prometheus.Gauge
 }
 
@@ -113,7 +115,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Armed stages by outcome here: armed, fired (locally, at their time), cancelled, not_armed_skew (clock off the engine's: the central fire delivers)."}, []string{"outcome"})
 	m.clockSkew = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "clock_skew_seconds",
 		Help: "This proxy's clock minus the engine's (Redis TIME), after half the round trip."})
-	reg.MustRegister(m.armed, m.clockSkew)
+	m.pacedBroadcasts = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "paced_broadcasts_total",
+		Help: "Stage changes released in waves (paced)."})
+	m.pacedOffers = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "paced_offers_total",
+		Help: "Devices a paced change was released to."})
+	reg.MustRegister(m.armed, m.clockSkew, m.pacedBroadcasts, m.pacedOffers)
 	reg.MustRegister(m.notePushes, sent, m.notesShed, m.noteDuplicates, m.noteResyncs, m.registrations, m.backlogNotes, m.resumes)
 	reg.MustRegister(m.connections, m.subscriptions, m.topics, m.broadcasts, m.deliveries, m.skipped, m.acks,
 		m.sendLatency, m.slowConsumerCloses, m.pingTimeouts, m.writeErrors, m.rejected, m.badFrames,

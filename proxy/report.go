@@ -80,6 +80,7 @@ func (s *Server) reportLoop() {
 		s.flushReport(s.ctx)
 		s.notes.flushCounts(s.ctx)
 		s.publishLoad(s.ctx)
+		s.readTierLoad(s.ctx)
 	}
 }
 

@@ -72,14 +72,15 @@ type Server struct {
 
 	randMu sync.Mutex
 
-	connsMu      sync.Mutex
-	conns        map[*conn]struct{}
-	perIP        map[netip.Addr]int // open and reserved connections per source IP (non-exempt only)
-	reserved     int                // connections in their handshake
-	draining     atomic.Bool
-	closed       atomic.Bool
-	skewOK       atomic.Bool // the clock is within MaxClockSkew of the engine's: armed stages fire here
-	skewMeasured atomic.Bool
+	connsMu       sync.Mutex
+	conns         map[*conn]struct{}
+	perIP         map[netip.Addr]int // open and reserved connections per source IP (non-exempt only)
+	reserved      int                // connections in their handshake
+	draining      atomic.Bool
+	closed        atomic.Bool
+	skewOK        atomic.Bool // the clock is within MaxClockSkew of the engine's: armed stages fire here
+	skewMeasured  atomic.Bool
+	prefetchLevel atomic.Int32 // the prefetch tier's shedding level (paced broadcasts)
 }
 
 // New validates cfg and starts a proxy's background work (writers, reports).

@@ -93,6 +93,7 @@ func proxyFlags(fs *flag.FlagSet, c *proxy.Config) {
 	fs.DurationVar(&c.DrainWindow, "drain-window", 30*time.Second, "on SIGTERM, spread devices' reconnects over this window")
 	fs.DurationVar(&c.ReconnectJitter, "reconnect-jitter", 2*time.Second, "max after_ms of reconnect frames")
 	fs.IntVar(&c.Writers, "writers", 0, "writer goroutines kept (default 4*GOMAXPROCS, min 8)")
+	fs.IntVar(&c.PacedRate, "paced-rate", 1000, "devices per second a paced stage change is released to (halved while the prefetch tier sheds, a fifth while it sheds critical work)")
 	fs.StringVar(&c.PublicURL, "public-url", "", "where devices reach this proxy (ws://host:port/v1/ws), published so draining proxies direct devices here; empty: never a drain target")
 	fs.DurationVar(&c.MaxClockSkew, "max-clock-skew", 250*time.Millisecond, "armed stages fire from this proxy's clock only within this of Redis's")
 	fs.BoolVar(&c.TrustDeviceIDs, "trust-device-ids", false, "give devices without a token the notes of the ?device= inbox (only where ids cannot be impersonated; make run does)")

@@ -80,6 +80,7 @@ func runDev(args []string) error {
 	if err != nil {
 		return err
 	}
+	go pf.PublishLoad(ctx, eng, "prefetch-dev", time.Second)
 	bound, err := serve.Listen(append(append([]serve.Server{}, []serve.Server{
 		{Name: "proxy", Addr: *proxyAddr, Handler: p.Handler(), Upgrades: true},
 		{Name: "broadcaster", Addr: *bcAddr, Handler: bc.Handler()},
@@ -285,6 +286,8 @@ func runPrefetch(args []string) error {
 	if err != nil {
 		return err
 	}
+	h, _ := os.Hostname()
+	go pf.PublishLoad(kctx, eng, fmt.Sprintf("prefetch-%s-%d", h, os.Getpid()), time.Second)
 	return serveUntilSignal(log, serve.Server{Name: "prefetch", Addr: *addr, Handler: pf.Handler()}, *debugAddr, 10*time.Second, nil)
 }
 

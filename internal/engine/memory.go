@@ -124,6 +124,7 @@ func (m *Memory) SetStage(ctx context.Context, req SetRequest) (SetResult, error
 		st.Priority = wire.PriorityCritical.String()
 	}
 	st.Digest = e.digests[req.Key]
+	st.Paced = req.Paced
 	e.log = append(e.log, st)
 	e.updatedMS = now.UnixMilli()
 	if len(e.log) > m.cfg.LogLen {

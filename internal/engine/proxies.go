@@ -15,6 +15,10 @@ type ProxyLoad struct {
 	Capacity    int64   `json:"cap"`   // MaxConnections
 	AdmitRate   float64 `json:"admit"` // new connections per second it admits
 	Draining    bool    `json:"draining,omitempty"`
+	// Tier is "" for a proxy, "prefetch" for a prefetch server, which reports
+	// Shedding: 0 none, 1 normal work shed lately, 2 critical work shed lately.
+	Tier     string `json:"tier,omitempty"`
+	Shedding int    `json:"shedding,omitempty"`
 	AtMS        int64   `json:"at"`
 }
 

@@ -15,6 +15,8 @@ type SetRequest struct {
 	Target *wire.Target
 	// Critical marks the change critical: proxies write it first (wire.Stage.Priority).
 	Critical bool
+	// Paced: proxies release it in waves (wire.Stage.Paced).
+	Paced bool
 	// TS is the broadcaster's wall clock, Unix milliseconds.
 	TS int64
 	// IdempotencyKey, when set, makes a retry with the same key return the first

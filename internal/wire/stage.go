@@ -23,6 +23,9 @@ type Stage struct {
 	// Digest (extension) is the StageDigest of the key's payloads in the stored
 	// stage map when the change was made; empty when the map has no such key.
 	Digest string `json:"d,omitempty"`
+	// Paced (extension): proxies release this change in waves (see the proxy's
+	// PacedRate); the frame devices get is the same, later. Not in frames.
+	Paced bool `json:"paced,omitempty"`
 	// Arm, on engine messages only (never sent to devices), makes this an
 	// armed stage (to fire at Arm.At with version V) or its cancellation.
 	Arm *Arm `json:"arm,omitempty"`

@@ -262,6 +262,7 @@ func stagePrefix(req engine.SetRequest) (string, error) {
 		TS       int64        `json:"ts"`
 		Target   *wire.Target `json:"target,omitempty"`
 		Priority string       `json:"priority,omitempty"`
+		Paced    bool         `json:"paced,omitempty"`
 	}
 	t := req.Target
 	if t.IsZero() {
@@ -271,7 +272,7 @@ func stagePrefix(req engine.SetRequest) (string, error) {
 	if req.Critical {
 		prio = wire.PriorityCritical.String()
 	}
-	b, err := json.Marshal(noV{Event: req.Event, Key: req.Key, TS: req.TS, Target: t, Priority: prio})
+	b, err := json.Marshal(noV{Event: req.Event, Key: req.Key, TS: req.TS, Target: t, Priority: prio, Paced: req.Paced})
 	if err != nil {
 		return "", err
 	}
