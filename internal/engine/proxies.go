@@ -19,7 +19,7 @@ type ProxyLoad struct {
 	// Shedding: 0 none, 1 normal work shed lately, 2 critical work shed lately.
 	Tier     string `json:"tier,omitempty"`
 	Shedding int    `json:"shedding,omitempty"`
-	AtMS        int64   `json:"at"`
+	AtMS     int64  `json:"at"`
 }
 
 // ProxyLoadTTL: loads older than this are ignored (the proxy is gone).
