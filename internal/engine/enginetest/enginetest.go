@@ -34,6 +34,8 @@ type Engine interface {
 	DueSchedules(ctx context.Context, nowMS int64, limit int) ([]engine.ScheduleRef, error)
 	FireSchedule(ctx context.Context, event, id string) (wire.Stage, error)
 	Time(ctx context.Context) (time.Time, error)
+	PutProxyLoad(ctx context.Context, l engine.ProxyLoad) error
+	ProxyLoads(ctx context.Context, nowMS int64) ([]engine.ProxyLoad, error)
 }
 
 // Run runs the suite. newEngine returns a fresh, empty engine with a log length
@@ -52,6 +54,27 @@ func Run(t *testing.T, newEngine func(t *testing.T, logLen int) Engine) {
 	t.Run("EventsAndAudit", func(t *testing.T) { testEventsAndAudit(t, newEngine(t, 8)) })
 	t.Run("Digest", func(t *testing.T) { testDigest(t, newEngine(t, 8)) })
 	t.Run("Schedules", func(t *testing.T) { testSchedules(t, newEngine(t, 8)) })
+	t.Run("ProxyLoads", func(t *testing.T) { testProxyLoads(t, newEngine(t, 8)) })
+}
+
+// testProxyLoads: the latest load of each proxy (and prefetch server), stale
+// ones left out.
+func testProxyLoads(t *testing.T, e Engine) {
+	now := time.Now().UnixMilli()
+	for _, l := range []engine.ProxyLoad{
+		{ID: "p1", URL: "ws://a/v1/ws", Connections: 5, Capacity: 10, AdmitRate: 100, AtMS: now - 100},
+		{ID: "p1", URL: "ws://a/v1/ws", Connections: 6, Capacity: 10, AdmitRate: 100, AtMS: now},
+		{ID: "old", AtMS: now - 2*engine.ProxyLoadTTL},
+		{ID: "pf", Tier: "prefetch", Shedding: 2, AtMS: now},
+	} {
+		if err := e.PutProxyLoad(ctx(t), l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := e.ProxyLoads(ctx(t), now)
+	if err != nil || len(got) != 2 || got[0].ID != "p1" || got[0].Connections != 6 || got[1].ID != "pf" || got[1].Shedding != 2 {
+		t.Fatalf("loads %+v %v", got, err)
+	}
 }
 
 // testSchedules: arming assigns the version of the fire time (newer than any
