@@ -137,6 +137,11 @@ type Fleet struct {
 	// proxy admits (its --admit-rate, --admit-burst). Defaults 2000, 2000.
 	AdmitRate  float64 `yaml:"admit_rate"`
 	AdmitBurst float64 `yaml:"admit_burst"`
+	// DirectedDrain: proxies have --public-url, so a drain directs devices to
+	// the survivors, paced under 80 % of their admission over the window
+	// (make cluster's fleets do). Else devices are told at U(0, window) and
+	// wait U(0, 2 s).
+	DirectedDrain bool `yaml:"directed_drain"`
 }
 
 // Network is the delay model: publish hop, and the device's last-mile delay,

@@ -352,6 +352,11 @@ func proxyLoss(f Fault, connected float64, proxies int, fleet Fleet) (RecoveryMo
 		Admit: fleet.AdmitRate * survivors, Burst: fleet.AdmitBurst * survivors, CatchUpSecs: 0.005}
 	if f.Action == "proxy-drain" {
 		m.Window, m.Jitter = f.Window.D().Seconds(), 2 // the proxy's drain window; reconnect after U(0, 2 s)
+		if fleet.DirectedDrain {
+			// Arrivals planned uniformly over the window, no faster than 80 %
+			// of the survivors' admission: no jitter on top.
+			m.Window, m.Jitter = math.Max(m.Window, m.Devices/(0.8*m.Admit)), 0
+		}
 	}
 	return m, true
 }

@@ -45,6 +45,7 @@ duration: 40m
 devices: 300
 connect: {start: 0s, ramp: 5m}
 prefetch: {ttl: 3600s}
+fleet: {directed_drain: true}  # the local fleet's proxies publish --public-url
 stages:
   - {at: 6m, stage: round-1}
   - {at: 12m, stage: round-2}
