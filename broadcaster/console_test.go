@@ -89,3 +89,28 @@ func TestConsoleEndpoints(t *testing.T) {
 		t.Fatalf("audit of another producer's event: %d", code)
 	}
 }
+
+// The delivery report as HTML: summary, the time-to-device chart with a curve
+// per proxy, the per-proxy table, nothing from outside the file.
+func TestReportHTML(t *testing.T) {
+	p50, p99, p100 := int64(120), int64(480), int64(900)
+	r := broadcaster.Report{Event: "fight", V: 7, Stage: "knockout", TS: 1764316800000, Devices: 2_500_000, Sent: 2_500_000, Acked: 2_400_000,
+		SentPct: 100, AckedPct: 96, SentMS: map[string]*int64{"p50": &p50, "p90": &p99, "p99": &p99, "p100": &p100}, Proxies: 2,
+		PerProxy: []broadcaster.ProxyReport{{Proxy: "p-1", Devices: 1_250_000, Sent: 1_250_000, SentMS: map[string]*int64{"p50": &p50, "p99": &p99, "p100": &p100}},
+			{Proxy: "p-2", Devices: 1_250_000, Sent: 1_250_000, SentMS: map[string]*int64{"p50": &p50, "p99": &p99, "p100": &p100}}}}
+	var b strings.Builder
+	if err := broadcaster.WriteReportHTML(&b, r); err != nil {
+		t.Fatal(err)
+	}
+	html := b.String()
+	for _, want := range []string{`id="summary"`, "2.5M devices", "96.0%", "120 ms", "900 ms", "<svg ", ">p-1<", ">p-2<", "after the change"} {
+		if !strings.Contains(html, want) {
+			t.Errorf("report HTML lacks %q", want)
+		}
+	}
+	for _, bad := range []string{"<script", " src=", "@import", "url(http"} {
+		if strings.Contains(html, bad) {
+			t.Errorf("report HTML references something outside: %q", bad)
+		}
+	}
+}

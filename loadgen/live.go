@@ -46,6 +46,10 @@ type LiveConfig struct {
 	// (default: now).
 	StartAt time.Time
 	Log     io.Writer
+	// Progress is how the run shows progress on Log: "bar" (a redrawn bar, for
+	// a terminal), "lines" (one line every 5 s, for files and CI logs) or
+	// "none". Default "lines".
+	Progress string
 	// Fleet is the control interface of a fleet this run may hurt (make
 	// cluster's control.json): the scenario's faults are injected through it.
 	// A scenario with faults and no Fleet is refused.
@@ -322,7 +326,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 	sort.Slice(ticks, func(i, j int) bool { return ticks[i].at < ticks[j].at })
 	ticker := time.NewTicker(time.Second)
 	defer ticker.Stop()
-	bar := newProgress(cfg.Log, wallStart, total)
+	bar := newProgress(cfg.Log, cfg.Progress, wallStart, total)
 	for _, tk := range ticks {
 		for time.Until(wallStart.Add(tk.at)) > 0 {
 			select {
@@ -346,8 +350,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 		}
 	}
 
-	_ = bar.bar.Finish()
-	fmt.Fprintln(cfg.Log)
+	bar.finish()
 	// Count at the end, then stop every device.
 	mu.Lock()
 	ds := append([]*liveDevice(nil), devices...)
@@ -509,16 +512,36 @@ func (p *postLog) longest(from, to time.Time) float64 {
 	return ms
 }
 
-// progress shows a bar of the run's timeline with the current rates.
+// progress shows the run's timeline with the current rates: a bar on a
+// terminal, a line every 5 s elsewhere, or nothing.
 type progress struct {
-	bar   *progressbar.ProgressBar
-	start time.Time
+	mode     string
+	w        io.Writer
+	bar      *progressbar.ProgressBar
+	start    time.Time
+	total    time.Duration
+	lastLine time.Time
 }
 
-func newProgress(w io.Writer, start time.Time, total time.Duration) *progress {
-	return &progress{start: start, bar: progressbar.NewOptions64(max(1, total.Milliseconds()/100),
-		progressbar.OptionSetWriter(w), progressbar.OptionSetWidth(30), progressbar.OptionThrottle(500*time.Millisecond),
-		progressbar.OptionShowElapsedTimeOnFinish(), progressbar.OptionSetPredictTime(false))}
+func newProgress(w io.Writer, mode string, start time.Time, total time.Duration) *progress {
+	p := &progress{mode: mode, w: w, start: start, total: total}
+	if mode == "bar" {
+		p.bar = progressbar.NewOptions64(max(1, total.Milliseconds()/100),
+			progressbar.OptionSetWriter(w), progressbar.OptionSetWidth(30), progressbar.OptionThrottle(500*time.Millisecond),
+			progressbar.OptionShowElapsedTimeOnFinish(), progressbar.OptionSetPredictTime(false))
+	}
+	return p
+}
+
+func (p *progress) finish() {
+	switch p.mode {
+	case "bar":
+		_ = p.bar.Finish()
+		fmt.Fprintln(p.w)
+	case "none":
+	default:
+		fmt.Fprintf(p.w, "%s  done\n", time.Since(p.start).Round(time.Second))
+	}
 }
 
 func (p *progress) update(mu *sync.Mutex, devices *[]*liveDevice, pps []atomic.Int64, bin func(time.Time) int) {
@@ -530,8 +553,19 @@ func (p *progress) update(mu *sync.Mutex, devices *[]*liveDevice, pps []atomic.I
 		}
 	}
 	mu.Unlock()
-	p.bar.Describe(fmt.Sprintf("%6d connected %6d prefetch/s", up, pps[max(0, bin(time.Now())-1)].Load()))
-	_ = p.bar.Set64(min(p.bar.GetMax64(), time.Since(p.start).Milliseconds()/100))
+	status := fmt.Sprintf("%6d connected %6d prefetch/s", up, pps[max(0, bin(time.Now())-1)].Load())
+	switch p.mode {
+	case "bar":
+		p.bar.Describe(status)
+		_ = p.bar.Set64(min(p.bar.GetMax64(), time.Since(p.start).Milliseconds()/100))
+	case "none":
+	default:
+		if time.Since(p.lastLine) >= 5*time.Second {
+			p.lastLine = time.Now()
+			el := time.Since(p.start)
+			fmt.Fprintf(p.w, "%s of %s (%3.0f%%) %s\n", el.Round(time.Second), p.total.Round(time.Second), 100*min(1, el.Seconds()/max(p.total.Seconds(), 1e-9)), status)
+		}
+	}
 }
 
 // putMap stores a stage map with one payload per scenario stage.

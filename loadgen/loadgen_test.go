@@ -2,10 +2,13 @@ package loadgen
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -192,8 +195,54 @@ func TestReportFiles(t *testing.T) {
 		}
 	}
 	html, _ := os.ReadFile(filepath.Join(dir, "report.html"))
-	if strings.Count(string(html), "<svg") != 4 || strings.Contains(string(html), "http://") && !strings.Contains(string(html), "xmlns=\"http://www.w3.org/2000/svg\"") {
-		t.Fatalf("report.html: want 4 inline SVG plots and no external assets")
+	checkReportStructure(t, string(html), sc)
+}
+
+// checkReportStructure is the golden structure of a report: the summary's
+// answers, every timeline with time ticks and a labelled marker per stage
+// change and drop, one convergence panel per fanout (the arrival-driven first
+// stage left out and said so), the latency chart, and nothing fetched from
+// outside the file.
+func checkReportStructure(t *testing.T, html string, sc *Scenario) {
+	t.Helper()
+	for _, want := range []string{`id="summary"`, "Every device got every stage", "How fast", "Prefetch: peak", "What jitter saved",
+		`aria-label="Connected devices"`, `aria-label="Reconnects per second`, `aria-label="Prefetch requests per second"`,
+		"scenario time (h:mm:ss)", "Time to device at", `id="arrival-note"`} {
+		if !strings.Contains(html, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	for _, st := range sc.Stages {
+		if !strings.Contains(html, ">"+st.Stage+"<") {
+			t.Errorf("no marker or label for stage %s", st.Stage)
+		}
+	}
+	for _, d := range sc.Drops {
+		if !strings.Contains(html, fmt.Sprintf("drop %.0f%%", 100*d.Fraction)) {
+			t.Errorf("no marker for the drop at %v", d.At.D())
+		}
+	}
+	if !strings.Contains(html, "2:00:00") {
+		t.Error("no h:mm:ss tick on the timelines")
+	}
+	fanouts := 0
+	for _, st := range sc.Stages {
+		if st.At.D() >= sc.Connect.Start.D()+sc.Connect.Ramp.D() {
+			fanouts++
+		}
+	}
+	grid := html[strings.Index(html, `<div class="multiples">`):]
+	grid = grid[:strings.Index(grid, "</div>")]
+	if n := strings.Count(grid, `<svg `); n != fanouts {
+		t.Errorf("%d convergence panels, want %d (one per fanout)", n, fanouts)
+	}
+	for _, bad := range []string{"<script", " src=", "href=\"http", "@import", "url(http"} {
+		if strings.Contains(html, bad) {
+			t.Errorf("the report references something outside the file: %q", bad)
+		}
+	}
+	if strings.Contains(html, "e+0") {
+		t.Error("a number in scientific notation")
 	}
 }
 
@@ -254,5 +303,27 @@ func TestSimulateChangedStageRefetchIsFlat(t *testing.T) {
 	// Unchanged stages bring no refetch.
 	if r2 := Simulate(base(100000), SimOptions{}); r2.Broadcasts[0].Refetch != nil {
 		t.Fatal("an unchanged stage modelled refetches")
+	}
+}
+
+// Progress fits where it goes: "lines" writes whole lines (no carriage
+// returns for a CI log), "none" writes nothing, "bar" redraws.
+func TestProgressModes(t *testing.T) {
+	var mu sync.Mutex
+	devices := []*liveDevice{}
+	pps := make([]atomic.Int64, 4)
+	bin := func(time.Time) int { return 1 }
+	for _, tc := range []struct {
+		mode       string
+		want, deny string
+	}{{"lines", "connected", "\r"}, {"none", "", "connected"}, {"bar", "\r", ""}} {
+		var buf strings.Builder
+		p := newProgress(&buf, tc.mode, time.Now(), time.Minute)
+		p.update(&mu, &devices, pps, bin)
+		p.finish()
+		out := buf.String()
+		if (tc.want != "" && !strings.Contains(out, tc.want)) || (tc.deny != "" && strings.Contains(out, tc.deny)) || (tc.mode == "none" && out != "") {
+			t.Errorf("%s: %q", tc.mode, out)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/stagecast/stagecast/internal/chart"
 	"math"
 	"os"
 
@@ -79,7 +80,8 @@ func Merge(sc *Scenario, parts []*Partial) (*Report, error) {
 	if len(parts) != lead.Segments {
 		return nil, fmt.Errorf("merge: %d of %d shares: a missing share would undercount devices", len(parts), lead.Segments)
 	}
-	rep := &Report{Mode: "live", Scenario: sc.Name, Proxies: lead.Proxies}
+	rep := &Report{Mode: "live", Scenario: sc.Name, Proxies: lead.Proxies,
+		Marks: scenarioMarks(sc), ArrivalEndS: (sc.Connect.Start.D() + sc.Connect.Ramp.D()).Seconds()}
 	held := map[uint64]int64{}
 	lat := map[uint64]*hdrhistogram.Histogram{}
 	var connects, prefetch []int64
@@ -149,8 +151,9 @@ func Merge(sc *Scenario, parts []*Partial) (*Report, error) {
 	}
 	if len(rep.Broadcasts) > 0 {
 		last := rep.Broadcasts[len(rep.Broadcasts)-1]
-		rep.Headline = fmt.Sprintf("%d devices, %d connected at the end; the last stage reached 50%% in %.0f ms, 99%% in %.0f ms, all who got it in %.0f ms; %d missed it",
-			rep.Devices, rep.Connected, last.T50MS, last.T99MS, last.T100MS, last.Missed)
+		rep.Headline = fmt.Sprintf("%s devices, %s connected at the end; the last stage reached 50%% in %s, 99%% in %s, all who got it in %s; %d missed it",
+			chart.Human(float64(rep.Devices)), chart.Human(float64(rep.Connected)), chart.Duration(last.T50MS/1000), chart.Duration(last.T99MS/1000),
+			chart.Duration(last.T100MS/1000), last.Missed)
 	}
 	rep.Calibration = CalibrateFrom(sc, rep, func(BroadcastStats) bool { return true })
 	rep.Faults, rep.TimeScale = lead.Faults, lead.TimeScale

@@ -6,7 +6,8 @@ import (
 	"html/template"
 	"os"
 	"path/filepath"
-	"strings"
+
+	"github.com/stagecast/stagecast/internal/chart"
 )
 
 // Report is what a run writes to report.json (live and simulate share it).
@@ -32,27 +33,28 @@ type Report struct {
 	// scenario compressed; 1 for simulate).
 	TimeScale float64 `json:"time_scale,omitempty"`
 	Series    Series  `json:"series"`
+	// Marks are the scenario's stage changes and drops (the timelines' markers);
+	// ArrivalEndS is when devices stopped arriving (scenario seconds): a stage
+	// before it is arrival-driven.
+	Marks       []Mark  `json:"marks,omitempty"`
+	ArrivalEndS float64 `json:"arrival_end_s,omitempty"`
 }
 
-// marker is a labelled vertical line on a timeline plot.
-type marker struct {
-	x     float64
-	label string
+// Mark is a labelled moment of the scenario on the timelines.
+type Mark struct {
+	AtS   float64 `json:"at_s"`
+	Label string  `json:"label"`
+	Kind  string  `json:"kind"` // stage, drop
 }
 
-// faultMarkers places the faults on the timeline plots.
-func (r *Report) faultMarkers() []marker {
-	scale := r.TimeScale
-	if scale <= 0 {
-		scale = 1
+// scenarioMarks are a scenario's stage changes and drops.
+func scenarioMarks(sc *Scenario) []Mark {
+	var ms []Mark
+	for _, st := range sc.Stages {
+		ms = append(ms, Mark{AtS: st.At.D().Seconds(), Label: st.Stage, Kind: "stage"})
 	}
-	var ms []marker
-	for _, f := range r.Faults {
-		label := f.Action
-		if f.Member != "" {
-			label += " " + f.Member
-		}
-		ms = append(ms, marker{x: f.AtS / scale, label: label})
+	for _, d := range sc.Drops {
+		ms = append(ms, Mark{AtS: d.At.D().Seconds(), Label: fmt.Sprintf("drop %.0f%%", 100*d.Fraction), Kind: "drop"})
 	}
 	return ms
 }
@@ -144,106 +146,214 @@ func (r *Report) Write(dir string) error {
 	return reportTmpl.Execute(f, r)
 }
 
-// svgPlot draws curves as an inline SVG (no external assets).
-func svgPlot(title, xLabel, yLabel string, curves map[string][]Point, markers ...marker) template.HTML {
-	const w, h, pad = 640.0, 240.0, 48.0
-	var maxX, maxY float64
-	for _, c := range curves {
-		for _, p := range c {
-			maxX, maxY = max(maxX, p.T), max(maxY, p.V)
+// markers places the scenario's stage changes, drops and faults on the
+// timelines (scenario time).
+func (r *Report) markers() []chart.Marker {
+	var ms []chart.Marker
+	for _, m := range r.Marks {
+		ms = append(ms, chart.Marker{X: m.AtS, Label: m.Label, Kind: m.Kind})
+	}
+	for _, f := range r.Faults {
+		label := f.Action
+		if f.Member != "" {
+			label += " " + f.Member
 		}
+		ms = append(ms, chart.Marker{X: f.AtS, Label: label, Kind: "fault"})
 	}
-	for _, m := range markers {
-		maxX = max(maxX, m.x)
-	}
-	if maxX == 0 {
-		maxX = 1
-	}
-	if maxY == 0 {
-		maxY = 1
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" role="img" aria-label="%s">`, w, h, template.HTMLEscapeString(title))
-	fmt.Fprintf(&b, `<text x="%.0f" y="16" font-size="13" font-weight="bold">%s</text>`, pad, template.HTMLEscapeString(title))
-	fmt.Fprintf(&b, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="#333"/><line x1="%.0f" y1="24" x2="%.0f" y2="%.0f" stroke="#333"/>`, pad, h-pad, w-10, h-pad, pad, pad, h-pad)
-	fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" font-size="11">%s (max %.4g)</text><text x="4" y="36" font-size="11">%s (max %.4g)</text>`, w/2-60, h-12, template.HTMLEscapeString(xLabel), maxX, template.HTMLEscapeString(yLabel), maxY)
-	colors := []string{"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"}
-	i := 0
-	for _, name := range sortedKeys(curves) {
-		var pts strings.Builder
-		for _, p := range curves[name] {
-			fmt.Fprintf(&pts, "%.1f,%.1f ", pad+(p.T/maxX)*(w-pad-10), (h-pad)-(p.V/maxY)*(h-pad-24))
-		}
-		c := colors[i%len(colors)]
-		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="1.5" points="%s"/>`, c, pts.String())
-		fmt.Fprintf(&b, `<text x="%.0f" y="%d" font-size="11" fill="%s">%s</text>`, w-170, 40+14*i, c, template.HTMLEscapeString(name))
-		i++
-	}
-	for k, m := range markers {
-		x := pad + (m.x/maxX)*(w-pad-10)
-		fmt.Fprintf(&b, `<line x1="%.1f" y1="24" x2="%.1f" y2="%.0f" stroke="#c00" stroke-dasharray="4 3"/><text x="%.1f" y="%d" font-size="10" fill="#c00">%s</text>`,
-			x, x, h-pad, x+3, 30+12*(k%4), template.HTMLEscapeString(m.label))
-	}
-	b.WriteString(`</svg>`)
-	return template.HTML(b.String())
+	return ms
 }
 
-func sortedKeys(m map[string][]Point) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+// scenarioTime maps a series (wall seconds for live runs) to scenario seconds.
+func (r *Report) scenarioTime(ps []Point) []chart.Point {
+	scale := r.TimeScale
+	if scale <= 0 {
+		scale = 1
 	}
-	for i := range keys {
-		for j := i + 1; j < len(keys); j++ {
-			if keys[j] < keys[i] {
-				keys[i], keys[j] = keys[j], keys[i]
-			}
+	out := make([]chart.Point, len(ps))
+	for i, p := range ps {
+		out[i] = chart.Point{X: p.T * scale, Y: p.V}
+	}
+	return out
+}
+
+func points(ps []Point, xScale, yScale float64) []chart.Point {
+	out := make([]chart.Point, len(ps))
+	for i, p := range ps {
+		out[i] = chart.Point{X: p.T * xScale, Y: p.V * yScale}
+	}
+	return out
+}
+
+// arrivalDriven reports whether a broadcast came while devices were still
+// arriving: its curve is the arrival curve, not a fanout.
+func (r *Report) arrivalDriven(b BroadcastStats) bool { return b.AtS < r.ArrivalEndS }
+
+// fanouts are the broadcasts that measure a fanout.
+func (r *Report) fanouts() []BroadcastStats {
+	var out []BroadcastStats
+	for _, b := range r.Broadcasts {
+		if !r.arrivalDriven(b) {
+			out = append(out, b)
 		}
 	}
-	return keys
+	return out
+}
+
+// keyStage is the knockout-like fanout: the one that reached the most
+// devices; among equals, one that came with a drop wave (the moment a game
+// day is about), else the latest.
+func (r *Report) keyStage() *BroadcastStats {
+	withDrop := func(b BroadcastStats) bool {
+		for _, m := range r.Marks {
+			if m.Kind == "drop" && m.AtS == b.AtS {
+				return true
+			}
+		}
+		return false
+	}
+	var best *BroadcastStats
+	for _, b := range r.fanouts() {
+		if best == nil || b.Devices > best.Devices || (b.Devices == best.Devices && (withDrop(b) || !withDrop(*best))) {
+			b := b
+			best = &b
+		}
+	}
+	return best
+}
+
+// Summary answers the questions an SRE asks after a game day.
+type Summary struct {
+	AllDelivered bool
+	Missed       int64
+	WorstP99     string
+	WorstStage   string
+	PrefetchPeak string
+	PrefetchMean string
+	JitterSaved  string
+}
+
+func (r *Report) summary() Summary {
+	var s Summary
+	var worst float64
+	for _, b := range r.Broadcasts {
+		s.Missed += b.Missed
+	}
+	for _, b := range r.fanouts() {
+		if b.T99MS >= worst {
+			worst, s.WorstStage = b.T99MS, b.Stage
+		}
+	}
+	s.AllDelivered = s.Missed == 0
+	s.WorstP99 = chart.Duration(worst / 1000)
+	s.PrefetchPeak, s.PrefetchMean = chart.Rate(r.Prefetch.PeakRPS), chart.Rate(r.Prefetch.MeanRPS)
+	if r.NoJitter != nil {
+		s.JitterSaved = fmt.Sprintf("without jitter refreshes would peak at %s, x%.1f the %s with it", chart.Rate(r.NoJitter.RefreshPeakRPS), r.NoJitter.Ratio, chart.Rate(r.Prefetch.RefreshPeakRPS))
+	}
+	return s
+}
+
+func must(h template.HTML, err error) template.HTML {
+	if err != nil {
+		return template.HTML("<p>chart error: " + template.HTMLEscapeString(err.Error()) + "</p>")
+	}
+	return h
 }
 
 var reportTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
+	"human":   func(v any) string { return chart.Human(toF(v)) },
+	"rate":    func(v float64) string { return chart.Rate(v) },
+	"ms":      func(v float64) string { return chart.Duration(v / 1000) },
+	"clock":   chart.Clock,
+	"summary": func(r *Report) Summary { return r.summary() },
+	"arrivals": func(r *Report) []BroadcastStats {
+		var out []BroadcastStats
+		for _, b := range r.Broadcasts {
+			if r.arrivalDriven(b) {
+				out = append(out, b)
+			}
+		}
+		return out
+	},
 	"connectPlot": func(r *Report) template.HTML {
-		return svgPlot("Connected devices", "seconds", "devices", map[string][]Point{"connected": r.Series.Connected}, r.faultMarkers()...)
+		return must(chart.SVG(chart.Plot{Title: "Connected devices", XKind: chart.ClockAxis, XLabel: "scenario time (h:mm:ss)", YLabel: "devices",
+			Series: []chart.Series{{Name: "connected", Points: r.scenarioTime(r.Series.Connected)}}, Marks: r.markers()}))
 	},
 	"reconnectPlot": func(r *Report) template.HTML {
 		if len(r.Series.Reconnects) == 0 {
 			return ""
 		}
-		return svgPlot("Reconnects per second (drops, drains, faults)", "seconds", "reconnects/s", map[string][]Point{"reconnects/s": r.Series.Reconnects}, r.faultMarkers()...)
+		return must(chart.SVG(chart.Plot{Title: "Reconnects per second (drops, drains, faults)", XKind: chart.ClockAxis, XLabel: "scenario time (h:mm:ss)", YLabel: "reconnects/s",
+			Series: []chart.Series{{Name: "reconnects/s", Points: r.scenarioTime(r.Series.Reconnects)}}, Marks: r.markers()}))
 	},
 	"prefetchPlot": func(r *Report) template.HTML {
-		c := map[string][]Point{"with jitter": r.Series.PrefetchRPS}
+		ss := []chart.Series{{Name: "with jitter", Points: r.scenarioTime(r.Series.PrefetchRPS)}}
 		if r.NoJitter != nil {
-			c["without jitter"] = r.NoJitter.PrefetchRPS
+			ss = append(ss, chart.Series{Name: "without jitter", Points: r.scenarioTime(r.NoJitter.PrefetchRPS), Dashed: true})
 		}
-		return svgPlot("Prefetch requests per second", "seconds", "requests/s", c, r.faultMarkers()...)
+		return must(chart.SVG(chart.Plot{Title: "Prefetch requests per second", XKind: chart.ClockAxis, XLabel: "scenario time (h:mm:ss)", YLabel: "requests/s",
+			Series: ss, Marks: r.markers()}))
 	},
-	"deliveryPlot": func(r *Report) template.HTML {
-		c := map[string][]Point{}
-		for _, b := range r.Broadcasts {
-			c[fmt.Sprintf("v%d %s", b.V, b.Stage)] = b.Curve
+	"convergence": func(r *Report) []template.HTML {
+		var out []template.HTML
+		for _, b := range r.fanouts() {
+			out = append(out, must(chart.SVG(chart.Plot{Title: fmt.Sprintf("%s at %s", b.Stage, chart.Clock(b.AtS)), XKind: chart.DurationAxis,
+				XLabel: "after the change", YLabel: "% of devices", YMax: 100, Width: 300, Height: 190,
+				Series: []chart.Series{{Name: "received", Points: points(b.Curve, 1, 100)}}})))
 		}
-		return svgPlot("Share of devices on each new stage", "seconds after the change", "share", c)
+		return out
 	},
-}).Parse(`<!doctype html><html><head><meta charset="utf-8"><title>stagecast {{.Mode}}: {{.Scenario}}</title>
-<style>body{font:14px system-ui,sans-serif;margin:24px;max-width:900px}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}</style></head><body>
+	"latencyPlot": func(r *Report) template.HTML {
+		b := r.keyStage()
+		if b == nil || len(b.Curve) < 2 {
+			return ""
+		}
+		var bars []chart.Point
+		for i := 1; i < len(b.Curve); i++ {
+			bars = append(bars, chart.Point{X: b.Curve[i].T, Y: 100 * (b.Curve[i].V - b.Curve[i-1].V)})
+		}
+		return must(chart.SVG(chart.Plot{Title: fmt.Sprintf("Time to device at %s: share of devices per interval", b.Stage), XKind: chart.DurationAxis,
+			XLabel: "after the change", YLabel: "% of devices", Bars: true, Series: []chart.Series{{Name: "devices", Points: bars}}}))
+	},
+}).Parse(reportHTML))
+
+func toF(v any) float64 {
+	switch x := v.(type) {
+	case int64:
+		return float64(x)
+	case int:
+		return float64(x)
+	case float64:
+		return x
+	}
+	return 0
+}
+
+const reportHTML = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>stagecast {{.Mode}}: {{.Scenario}}</title>
+<style>body{font:14px system-ui,sans-serif;margin:24px;max-width:1000px;color:#111}table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}
+.summary{border:2px solid #333;padding:8px 16px;border-radius:6px}.summary li{margin:4px 0}.ok{color:#0a6b2d;font-weight:700}.bad{color:#b3261e;font-weight:700}
+svg.chart{width:100%;height:auto}.multiples{display:grid;grid-template-columns:repeat(3,1fr);gap:8px}.note{color:#444}</style></head><body>
 <h1>stagecast {{.Mode}}: {{.Scenario}}</h1>
-<p><b>{{.Headline}}</b></p>
-<p>{{.Devices}} devices, {{.Connected}} connected at the end, {{.Proxies}} proxies ({{.ProxiesNeeded}} needed at peak); {{printf "%.2f" .WallSeconds}} s of wall time; {{.Errors}} errors.</p>
+{{$s := summary .}}<div class="summary" id="summary"><h2>Summary</h2><ul>
+<li>Every device got every stage: {{if $s.AllDelivered}}<span class="ok">yes</span>{{else}}<span class="bad">no: {{human $s.Missed}} missed</span>{{end}} ({{human .Devices}} devices, {{human .Connected}} connected at the end, {{len .Broadcasts}} stage changes).</li>
+<li>How fast: the slowest p99 of a broadcast was <b>{{$s.WorstP99}}</b>{{if $s.WorstStage}} ({{$s.WorstStage}}){{end}}.</li>
+<li>Prefetch: peak <b>{{$s.PrefetchPeak}}</b>, mean {{$s.PrefetchMean}}, {{human .Prefetch.Errors}} errors; fleet {{.Proxies}} proxies{{if .ProxiesNeeded}} ({{.ProxiesNeeded}} needed at the peak of connections){{end}}.</li>
+{{if $s.JitterSaved}}<li>What jitter saved: {{$s.JitterSaved}}.</li>{{end}}
+<li>{{.Headline}}</li></ul></div>
+<h2>Timeline</h2>
+<p class="note">Dashed vertical lines: stage changes (grey), drops (orange), faults (red), at scenario time.</p>
 {{connectPlot .}}
 {{reconnectPlot .}}
-<h2>Prefetch</h2>
-<p>{{.Prefetch.Requests}} requests, peak {{printf "%.0f" .Prefetch.PeakRPS}}/s, mean {{printf "%.0f" .Prefetch.MeanRPS}}/s, {{.Prefetch.Errors}} errors.{{if .NoJitter}} Refreshes (every prefetch after a device's first) peak at {{printf "%.0f" .Prefetch.RefreshPeakRPS}}/s; without jitter they would peak at {{printf "%.0f" .NoJitter.RefreshPeakRPS}}/s: <b>{{printf "%.1f" .NoJitter.Ratio}}x</b> the herd.{{end}}</p>
 {{prefetchPlot .}}
 <h2>Broadcasts</h2>
-<table><tr><th>v</th><th>stage</th><th>at (s)</th><th>devices</th><th>50%</th><th>99%</th><th>100%</th><th>missed</th></tr>
-{{range .Broadcasts}}<tr><td>{{.V}}</td><td>{{.Stage}}</td><td>{{printf "%.0f" .AtS}}</td><td>{{.Devices}}</td><td>{{printf "%.0f" .T50MS}} ms</td><td>{{printf "%.0f" .T99MS}} ms</td><td>{{printf "%.0f" .T100MS}} ms</td><td>{{.Missed}}</td></tr>
+<table><tr><th>v</th><th>stage</th><th>at</th><th>devices</th><th>50%</th><th>99%</th><th>100%</th><th>missed</th></tr>
+{{range .Broadcasts}}<tr><td>{{.V}}</td><td>{{.Stage}}</td><td>{{clock .AtS}}</td><td>{{human .Devices}}</td><td>{{ms .T50MS}}</td><td>{{ms .T99MS}}</td><td>{{ms .T100MS}}</td><td>{{.Missed}}</td></tr>
 {{end}}</table>
-{{deliveryPlot .}}
+<h3>Convergence per broadcast</h3>
+{{with arrivals .}}<p class="note" id="arrival-note">Left out: {{range .}}{{.Stage}} (at {{clock .AtS}}) {{end}}came while devices were still arriving, so its curve is the arrival curve, not a fanout.</p>{{end}}
+<div class="multiples">{{range convergence .}}{{.}}{{end}}</div>
+{{latencyPlot .}}
 {{if .Faults}}<h2>Faults</h2>
-<table><tr><th>at (s)</th><th>fault</th><th>member</th><th>devices affected</th><th>reconnects</th><th>peak/s</th><th>recovered</th><th>producer blocked</th><th>missed</th></tr>
-{{range .Faults}}<tr><td>{{printf "%.0f" .AtS}}</td><td>{{.Action}}</td><td>{{.Member}}{{.Error}}</td><td>{{.DevicesAffected}}</td><td>{{.Reconnects}}</td><td>{{printf "%.0f" .ReconnectPeakPerS}}</td><td>{{if ge .RecoveredMS 0.0}}{{printf "%.0f" .RecoveredMS}} ms{{else}}<b>not recovered</b>{{end}}</td><td>{{printf "%.0f" .ProducerBlockedMS}} ms</td><td>{{.Missed}}</td></tr>
+<table><tr><th>at</th><th>fault</th><th>member</th><th>devices affected</th><th>reconnects</th><th>peak</th><th>recovered</th><th>producer blocked</th><th>missed</th></tr>
+{{range .Faults}}<tr><td>{{clock .AtS}}</td><td>{{.Action}}</td><td>{{.Member}}{{.Error}}</td><td>{{human .DevicesAffected}}</td><td>{{human .Reconnects}}</td><td>{{rate .ReconnectPeakPerS}}</td><td>{{if ge .RecoveredMS 0.0}}{{ms .RecoveredMS}}{{else}}<b>not recovered</b>{{end}}</td><td>{{ms .ProducerBlockedMS}}</td><td>{{.Missed}}</td></tr>
 {{end}}</table>{{end}}
-</body></html>`))
+</body></html>`

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/stagecast/stagecast/internal/chart"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
@@ -118,6 +119,7 @@ func Simulate(sc *Scenario, o SimOptions) *Report {
 	rep := &Report{Mode: "simulate", Scenario: sc.Name, Devices: int64(n), Proxies: proxies, ProxiesNeeded: needed,
 		Prefetch: PrefetchStats{Requests: int64(requests), PeakRPS: peakRPS, MeanRPS: requests / float64(T), RefreshPeakRPS: refreshPeak}}
 	rep.Connected = int64(connected[T-1])
+	rep.Marks, rep.ArrivalEndS = scenarioMarks(sc), (sc.Connect.Start.D() + sc.Connect.Ramp.D()).Seconds()
 	rep.Faults = faults
 	delay := logNormalQuantiles(p50, p99, 400)
 	for i, st := range sc.Stages {
@@ -162,8 +164,9 @@ func Simulate(sc *Scenario, o SimOptions) *Report {
 	}
 	// The headline: 100M devices (or the scenario's), this fleet.
 	last := rep.Broadcasts[len(rep.Broadcasts)-1]
-	rep.Headline = fmt.Sprintf("with %d proxies of %d connections, %.0f devices hold the new stage after %.2f s (99%% after %.2f s, half after %.2f s); %d proxies needed at peak",
-		proxies, fleet.Capacity, float64(last.Devices-last.Missed), last.T100MS/1000, last.T99MS/1000, last.T50MS/1000, needed)
+	rep.Headline = fmt.Sprintf("with %d proxies of %s connections, %s devices hold the new stage after %s (99%% after %s, half after %s); %d proxies needed at peak",
+		proxies, chart.Human(float64(fleet.Capacity)), chart.Human(float64(last.Devices-last.Missed)), chart.Duration(last.T100MS/1000),
+		chart.Duration(last.T99MS/1000), chart.Duration(last.T50MS/1000), needed)
 	rep.WallSeconds = time.Since(start).Seconds()
 	return rep
 }

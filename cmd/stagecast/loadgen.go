@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"golang.org/x/term"
 	"io"
 	"os"
 	"os/exec"
@@ -147,6 +148,15 @@ func runLive(args []string) error {
 		if cfg.Fleet, err = loadgen.OpenFleetControl(*fleet); err != nil {
 			return err
 		}
+	}
+	// Progress fits where it goes: a bar on a terminal, a line every 5 s in a
+	// file or CI log, nothing with --quiet.
+	cfg.Progress = "lines"
+	if term.IsTerminal(int(os.Stdout.Fd())) {
+		cfg.Progress = "bar"
+	}
+	if *quiet {
+		cfg.Progress = "none"
 	}
 	if *partialOut != "" { // a worker or one machine's share: raw results only
 		cfg.Log = os.Stderr

@@ -38,6 +38,7 @@ func runStage(args []string) error {
 	platforms := fs.String("platforms", "", "set: deliver only to these platforms (comma-separated)")
 	segments := fs.String("segments", "", "set: deliver only to these segments (comma-separated)")
 	asJSON := fs.Bool("json", false, "print the raw JSON reply")
+	htmlOut := fs.String("html", "", "report: also write the delivery report as one HTML page (charts inline) to this file")
 	timeout := fs.Duration("timeout", 10*time.Second, "request timeout")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -99,6 +100,20 @@ func runStage(args []string) error {
 		r, err := c.Report(ctx, event, v)
 		if err != nil {
 			return err
+		}
+		if *htmlOut != "" {
+			f, err := os.Create(*htmlOut)
+			if err != nil {
+				return err
+			}
+			if err := broadcaster.WriteReportHTML(f, r); err != nil {
+				f.Close()
+				return err
+			}
+			if err := f.Close(); err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "wrote %s\n", *htmlOut)
 		}
 		return out(r, func() { printReport(r) })
 	case "map":
