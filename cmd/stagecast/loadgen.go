@@ -170,7 +170,7 @@ func runLive(args []string) error {
 		return p.WriteFile(*partialOut)
 	}
 	cfg.Log = os.Stdout
-	fmt.Printf("%s: %d devices in %d process(es), %v of scenario in %.0f s (time scale %.0fx)\n", sc.Name, max(cfg.Devices, sc.Devices), *procs, sc.Duration.D(), sc.Duration.D().Seconds()/cfg.TimeScale, cfg.TimeScale)
+	fmt.Printf("%s: %d devices in %d process(es), %v of scenario in %.0f s (time scale %.0fx)\n", sc.Name, devicesOf(cfg.Devices, sc.Devices), *procs, sc.Duration.D(), sc.Duration.D().Seconds()/cfg.TimeScale, cfg.TimeScale)
 	var parts []*loadgen.Partial
 	if *procs > 1 {
 		if cfg.Segments != 1 {
@@ -361,4 +361,12 @@ func printFaults(fs []loadgen.FaultStats) {
 		fmt.Printf("  fault %-18s at %6.0fs  %-14s %8d devices affected, %8d reconnects (peak %.0f/s), recovered in %s, producer blocked %.0f ms, %d missed\n",
 			f.Action, f.AtS, f.Member, f.DevicesAffected, f.Reconnects, f.ReconnectPeakPerS, rec, f.ProducerBlockedMS, f.Missed)
 	}
+}
+
+// devicesOf is the run's population: the --devices override, else the scenario's.
+func devicesOf(override, scenario int64) int64 {
+	if override > 0 {
+		return override
+	}
+	return scenario
 }
