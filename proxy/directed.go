@@ -47,7 +47,6 @@ func (s *Server) planDrain(ctx context.Context, n int) ([]drainPlan, int) {
 		spare float64
 		rate  float64 // arrivals per second
 		share int
-		next  float64 // seconds: next free arrival slot
 	}
 	var ts []*target
 	total := 0.0
