@@ -55,14 +55,8 @@ func (s *Server) armStage(r *http.Request) (any, error) {
 	if err := decodeJSON(r, maxStageBody, &req); err != nil {
 		return nil, err
 	}
-	if err := wire.CheckID("stage", req.Stage); err != nil {
-		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
-	}
-	if err := req.Target.Validate(); err != nil {
-		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
-	}
-	if req.Priority != "" && req.Priority != "normal" && req.Priority != "critical" {
-		return nil, errf(http.StatusBadRequest, "bad_request", "stage priority %q: only critical or normal", req.Priority)
+	if err := checkStageFields(req.Stage, req.Target, req.Priority); err != nil {
+		return nil, err
 	}
 	now := s.cfg.Now()
 	at := time.UnixMilli(req.At)

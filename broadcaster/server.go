@@ -393,20 +393,28 @@ func decodeJSON(r *http.Request, limit int64, dst any) error {
 	return nil
 }
 
+// checkStageFields validates what a stage change and a schedule share.
+func checkStageFields(stage string, target *wire.Target, priority string) error {
+	if err := wire.CheckID("stage", stage); err != nil {
+		return errf(http.StatusBadRequest, "bad_request", "%v", err)
+	}
+	if err := target.Validate(); err != nil {
+		return errf(http.StatusBadRequest, "bad_request", "%v", err)
+	}
+	if priority != "" && priority != "normal" && priority != "critical" {
+		return errf(http.StatusBadRequest, "bad_request", "stage priority %q: only critical or normal", priority)
+	}
+	return nil
+}
+
 func (s *Server) setStage(r *http.Request) (any, error) {
 	event := r.PathValue("event")
 	var req StageRequest
 	if err := decodeJSON(r, maxStageBody, &req); err != nil {
 		return nil, err
 	}
-	if err := wire.CheckID("stage", req.Stage); err != nil {
-		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
-	}
-	if err := req.Target.Validate(); err != nil {
-		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
-	}
-	if req.Priority != "" && req.Priority != "normal" && req.Priority != "critical" {
-		return nil, errf(http.StatusBadRequest, "bad_request", "stage priority %q: only critical or normal", req.Priority)
+	if err := checkStageFields(req.Stage, req.Target, req.Priority); err != nil {
+		return nil, err
 	}
 	idem := r.Header.Get("Idempotency-Key")
 	if len(idem) > 200 || strings.ContainsFunc(idem, func(r rune) bool { return r <= ' ' || r > '~' }) {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
@@ -55,15 +54,7 @@ func runNotify(args []string) error {
 	c := &broadcaster.Client{BaseURL: *base, Token: *token}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	print := func(v any, human func()) error {
-		if *asJSON {
-			e := json.NewEncoder(os.Stdout)
-			e.SetIndent("", "  ")
-			return e.Encode(v)
-		}
-		human()
-		return nil
-	}
+	print := printer(*asJSON)
 	switch rest[0] {
 	case "send":
 		req := wire.NotifyRequest{To: wire.NotifyTargets{Members: members, Devices: devices}, Type: *typ,

@@ -51,15 +51,7 @@ func runStage(args []string) error {
 	c := &broadcaster.Client{BaseURL: *base, Token: *token}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	out := func(v any, human func()) error {
-		if *asJSON {
-			e := json.NewEncoder(os.Stdout)
-			e.SetIndent("", "  ")
-			return e.Encode(v)
-		}
-		human()
-		return nil
-	}
+	out := printer(*asJSON)
 	switch cmd, event := rest[0], rest[1]; cmd {
 	case "set":
 		if len(rest) != 3 {
@@ -259,4 +251,17 @@ func runWatch(args []string) error {
 		return err
 	}
 	return nil
+}
+
+// printer prints a reply as indented JSON (--json) or through human.
+func printer(asJSON bool) func(v any, human func()) error {
+	return func(v any, human func()) error {
+		if asJSON {
+			e := json.NewEncoder(os.Stdout)
+			e.SetIndent("", "  ")
+			return e.Encode(v)
+		}
+		human()
+		return nil
+	}
 }

@@ -264,14 +264,7 @@ func (e *Engine) notifyDurable(ctx context.Context, c rueidis.Client, execs []ru
 				if err != nil {
 					return err
 				}
-				n, err := dc.Do(ctx, dc.B().Wait().Numreplicas(int64(e.cfg.WaitReplicas)).Timeout(e.cfg.WaitTimeout.Milliseconds()).Build()).AsInt64()
-				if err != nil {
-					return fmt.Errorf("wait: %w", err)
-				}
-				if n < int64(e.cfg.WaitReplicas) {
-					return fmt.Errorf("%w: %d of %d replicas acknowledged within %v", engine.ErrNotDurable, n, e.cfg.WaitReplicas, e.cfg.WaitTimeout)
-				}
-				return nil
+				return e.waitReplicas(ctx, dc)
 			})
 			out[i].err = err
 		}(i)

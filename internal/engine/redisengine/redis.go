@@ -358,16 +358,22 @@ func (e *Engine) setDurable(ctx context.Context, keys, args []string) ([]rueidis
 		if replayed, _ := res[0].AsInt64(); replayed == 1 {
 			return nil // nothing new was written
 		}
-		n, err := dc.Do(ctx, dc.B().Wait().Numreplicas(int64(e.cfg.WaitReplicas)).Timeout(e.cfg.WaitTimeout.Milliseconds()).Build()).AsInt64()
-		if err != nil {
-			return fmt.Errorf("wait: %w", err)
-		}
-		if n < int64(e.cfg.WaitReplicas) {
-			return fmt.Errorf("%w: %d of %d replicas acknowledged within %v", engine.ErrNotDurable, n, e.cfg.WaitReplicas, e.cfg.WaitTimeout)
-		}
-		return nil
+		return e.waitReplicas(ctx, dc)
 	})
 	return res, err
+}
+
+// waitReplicas runs WAIT on dc: the connection's writes must reach
+// WaitReplicas replicas within WaitTimeout, else ErrNotDurable.
+func (e *Engine) waitReplicas(ctx context.Context, dc rueidis.DedicatedClient) error {
+	n, err := dc.Do(ctx, dc.B().Wait().Numreplicas(int64(e.cfg.WaitReplicas)).Timeout(e.cfg.WaitTimeout.Milliseconds()).Build()).AsInt64()
+	if err != nil {
+		return fmt.Errorf("wait: %w", err)
+	}
+	if n < int64(e.cfg.WaitReplicas) {
+		return fmt.Errorf("%w: %d of %d replicas acknowledged within %v", engine.ErrNotDurable, n, e.cfg.WaitReplicas, e.cfg.WaitTimeout)
+	}
+	return nil
 }
 
 // Recent returns up to n of the event's most recent changes, oldest first. An
