@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net/http"
 	"strings"
 	"time"
@@ -112,37 +111,11 @@ func (s *Server) laneWorker(ctx context.Context, q chan *noteJob) {
 }
 
 // notifyRetry runs one Notify through the notes breaker, retrying a failing
-// engine with full-jitter backoff under the same note id and idempotency key
-// (a retry stores nothing twice) until StageBudget is spent.
+// engine under the same note id and idempotency key (a retry stores nothing
+// twice) until StageBudget is spent.
 func (s *Server) notifyRetry(ctx context.Context, w engine.NoteWrite) (engine.NoteResult, error) {
-	deadline := s.cfg.Now().Add(s.cfg.StageBudget)
-	out, err := s.breakers.notes.Execute(func() (any, error) {
-		var res engine.NoteResult
-		var err error
-		for attempt := 0; ; attempt++ {
-			left := deadline.Sub(s.cfg.Now())
-			actx, cancel := context.WithTimeout(ctx, min(s.cfg.EngineTimeout, left))
-			res, err = s.eng.Notify(actx, w)
-			cancel()
-			if err == nil || errors.Is(err, engine.ErrIdempotencyConflict) || ctx.Err() != nil {
-				return res, err
-			}
-			s.m.engErr.Inc()
-			wait := time.Duration(mrand.Int64N(int64(min(400*time.Millisecond, 50*time.Millisecond<<min(attempt, 4))) + 1))
-			if left = deadline.Sub(s.cfg.Now()); wait+50*time.Millisecond > left {
-				return res, err
-			}
-			select {
-			case <-ctx.Done():
-				return res, err
-			case <-time.After(wait):
-			}
-		}
-	})
-	if out == nil {
-		return engine.NoteResult{}, err
-	}
-	return out.(engine.NoteResult), err
+	return retrying(s, ctx, s.breakers.notes, "notification", []any{"id", w.ID},
+		func(ctx context.Context) (engine.NoteResult, error) { return s.eng.Notify(ctx, w) })
 }
 
 // NotifyReply is the 202 reply of POST /v1/notifications: the contract's fields
@@ -190,8 +163,8 @@ func (s *Server) notify(r *http.Request) (any, error) {
 		return nil, errf(status, "bad_request", "%v", err)
 	}
 	idem := r.Header.Get("Idempotency-Key")
-	if len(idem) > 200 || strings.ContainsFunc(idem, func(r rune) bool { return r <= ' ' || r > '~' }) {
-		return nil, errf(http.StatusBadRequest, "bad_request", "Idempotency-Key must be 1-200 printable ASCII characters without spaces")
+	if err := checkIdemKey(idem); err != nil {
+		return nil, err
 	}
 	sum := sha256.Sum256(raw)
 	w := engine.NoteWrite{ID: newNoteID(), IdempotencyKey: idem, BodyHash: hex.EncodeToString(sum[:16]),

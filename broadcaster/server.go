@@ -417,8 +417,8 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 		return nil, err
 	}
 	idem := r.Header.Get("Idempotency-Key")
-	if len(idem) > 200 || strings.ContainsFunc(idem, func(r rune) bool { return r <= ' ' || r > '~' }) {
-		return nil, errf(http.StatusBadRequest, "bad_request", "Idempotency-Key must be 1-200 printable ASCII characters without spaces")
+	if err := checkIdemKey(idem); err != nil {
+		return nil, err
 	}
 	// A keyless request gets an internal key, so retries inside the budget (a
 	// pooled Redis connection found dead only on use, a master failing over)
@@ -453,18 +453,26 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 }
 
 // changeStage runs one stage change through the event's breaker, retrying a
-// failing engine with full-jitter backoff (50 ms x 2^attempt, capped by what is
-// left, at most 400 ms) under the same idempotency key until StageBudget is spent. The retries
-// are one outcome for the breaker, so a master failing over does not open it.
+// failing engine under the same idempotency key (see retrying).
 func (s *Server) changeStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error) {
+	return retrying(s, ctx, s.breakers.stage(req.Event), "stage change", []any{"event", req.Event},
+		func(ctx context.Context) (engine.SetResult, error) { return s.eng.SetStage(ctx, req) })
+}
+
+// retrying runs f through breaker cb, retrying a failing engine with
+// full-jitter backoff (50 ms x 2^attempt, capped by what is left, at most
+// 400 ms) until StageBudget is spent. f must be safe to repeat (an idempotency
+// key, a note id). The retries are one outcome for the breaker, so a master
+// failing over does not open it.
+func retrying[T any](s *Server, ctx context.Context, cb *gobreaker.CircuitBreaker[any], what string, attrs []any, f func(context.Context) (T, error)) (T, error) {
 	deadline := s.cfg.Now().Add(s.cfg.StageBudget)
-	out, err := s.breakers.stage(req.Event).Execute(func() (any, error) {
-		var res engine.SetResult
+	out, err := cb.Execute(func() (any, error) {
+		var res T
 		var err error
 		for attempt := 0; ; attempt++ {
 			left := deadline.Sub(s.cfg.Now())
 			actx, cancel := context.WithTimeout(ctx, min(s.cfg.EngineTimeout, left))
-			res, err = s.eng.SetStage(actx, req)
+			res, err = f(actx)
 			cancel()
 			if err == nil || errors.Is(err, engine.ErrIdempotencyConflict) || ctx.Err() != nil {
 				return res, err
@@ -474,7 +482,7 @@ func (s *Server) changeStage(ctx context.Context, req engine.SetRequest) (engine
 			if left = deadline.Sub(s.cfg.Now()); wait+50*time.Millisecond > left {
 				return res, err
 			}
-			s.log.Warn("stage change failed; retrying with the same idempotency key", "event", req.Event, "attempt", attempt+1, "in", wait.String(), "err", err)
+			s.log.Warn(what+" failed; retrying with the same key", append(attrs, "attempt", attempt+1, "in", wait.String(), "err", err)...)
 			select {
 			case <-ctx.Done():
 				return res, err
@@ -483,9 +491,19 @@ func (s *Server) changeStage(ctx context.Context, req engine.SetRequest) (engine
 		}
 	})
 	if out == nil {
-		return engine.SetResult{}, err
+		var zero T
+		return zero, err
 	}
-	return out.(engine.SetResult), err
+	return out.(T), err
+}
+
+// checkIdemKey checks an Idempotency-Key header: at most 200 printable ASCII
+// characters without spaces ("" is allowed: no key).
+func checkIdemKey(idem string) error {
+	if len(idem) > 200 || strings.ContainsFunc(idem, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return errf(http.StatusBadRequest, "bad_request", "Idempotency-Key must be 1-200 printable ASCII characters without spaces")
+	}
+	return nil
 }
 
 // outcomeUnknown turns a failed stage change into the producer's answer: 503,

@@ -96,3 +96,25 @@ func TestInboxQuery(t *testing.T) {
 		}
 	}
 }
+
+// A prefetch server publishes its shedding level through the engine, where
+// proxies read it to pace paced broadcasts.
+func TestPublishLoad(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	s, _ := startServer(t, eng, graph.ServerConfig{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.PublishLoad(ctx, eng, "pf-test", 10*time.Millisecond) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		loads, _ := eng.ProxyLoads(ctx, time.Now().UnixMilli())
+		if len(loads) == 1 && loads[0].ID == "pf-test" && loads[0].Tier == "prefetch" && loads[0].Shedding == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("loads %+v", loads)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the engine
+	}
+}

@@ -344,3 +344,40 @@ func TestNotFoundIsCached(t *testing.T) {
 		t.Fatalf("100 lookups of an unknown event made %d store reads, want 1", n)
 	}
 }
+
+// The shedder's level, which proxies pace paced broadcasts by: 1 while normal
+// work was shed in the last 2 s (or half the normal budget is in flight), 2
+// while critical work was, back to 0 after.
+func TestShedderLevel(t *testing.T) {
+	now := time.Unix(1000, 0)
+	s, err := prefetch.NewShedder(prefetch.ShedConfig{MaxInFlight: 4, NormalInFlight: 2, Now: func() time.Time { return now }}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := s.Level(); l != 0 {
+		t.Fatalf("idle level %d", l)
+	}
+	d1, _, _ := s.Admit(prefetch.Critical) // 1 of 2 normal slots: half the budget
+	if l := s.Level(); l != 1 {
+		t.Fatalf("half the normal budget in flight: level %d, want 1", l)
+	}
+	d2, _, _ := s.Admit(prefetch.Critical)
+	if _, ok, _ := s.Admit(prefetch.Normal); ok {
+		t.Fatal("normal admitted past its budget")
+	}
+	d3, _, _ := s.Admit(prefetch.Critical)
+	d4, _, _ := s.Admit(prefetch.Critical)
+	if _, ok, _ := s.Admit(prefetch.Critical); ok {
+		t.Fatal("critical admitted past MaxInFlight")
+	}
+	if l := s.Level(); l != 2 {
+		t.Fatalf("critical shed: level %d, want 2", l)
+	}
+	for _, d := range []func(){d1, d2, d3, d4} {
+		d()
+	}
+	now = now.Add(3 * time.Second)
+	if l := s.Level(); l != 0 {
+		t.Fatalf("3 s after the last shed, nothing in flight: level %d, want 0", l)
+	}
+}

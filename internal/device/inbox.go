@@ -1,7 +1,6 @@
 package device
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,14 +24,9 @@ func PullInbox(ctx context.Context, hc *http.Client, graphqlURL, token, after st
 	if hc == nil {
 		hc = http.DefaultClient
 	}
-	body, _ := json.Marshal(map[string]any{"query": inboxQuery, "variables": map[string]any{"after": after, "limit": limit}})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, graphqlURL, bytes.NewReader(body))
+	req, err := graphQLRequest(ctx, graphqlURL, token, map[string]any{"query": inboxQuery, "variables": map[string]any{"after": after, "limit": limit}})
 	if err != nil {
 		return InboxPage{}, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

@@ -168,14 +168,10 @@ func (p *Prefetcher) Fetch(ctx context.Context) (refreshAfter time.Duration, err
 	if p.cfg.Segment != "" {
 		vars["segment"] = p.cfg.Segment
 	}
-	body, _ := json.Marshal(map[string]any{"query": prefetchQueryDigests, "operationName": "Prefetch", "variables": vars})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.cfg.URL, bytes.NewReader(body))
+	req, err := graphQLRequest(ctx, p.cfg.URL, p.cfg.Token,
+		map[string]any{"query": prefetchQueryDigests, "operationName": "Prefetch", "variables": vars})
 	if err != nil {
 		return 0, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if p.cfg.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+p.cfg.Token)
 	}
 	if p.cfg.Critical {
 		req.Header.Set("X-Stagecast-Priority", "critical")
@@ -314,4 +310,22 @@ func (p *Prefetcher) Keys() []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// graphQLRequest builds a POST of payload to a prefetch server's /graphql,
+// with the device token when there is one.
+func graphQLRequest(ctx context.Context, url, token string, payload any) (*http.Request, error) {
+	body, err := json.Marshal(payload)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return req, nil
 }

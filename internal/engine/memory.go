@@ -115,7 +115,6 @@ func (m *Memory) SetStage(ctx context.Context, req SetRequest) (SetResult, error
 	// The clock floor keeps versions rising across a restart of the dev server:
 	// its devices still hold the old versions.
 	v := max(e.v+1, req.MinVersion, uint64(now.UnixMicro()))
-	e.v = v
 	st := wire.Stage{Event: req.Event, Key: req.Key, V: v, TS: req.TS}
 	if !req.Target.IsZero() {
 		st.Target = req.Target
@@ -125,11 +124,7 @@ func (m *Memory) SetStage(ctx context.Context, req SetRequest) (SetResult, error
 	}
 	st.Digest = e.digests[req.Key]
 	st.Paced = req.Paced
-	e.log = append(e.log, st)
-	e.updatedMS = now.UnixMilli()
-	if len(e.log) > m.cfg.LogLen {
-		e.log = append(e.log[:0], e.log[len(e.log)-m.cfg.LogLen:]...)
-	}
+	m.appendLog(e, st)
 	if req.IdempotencyKey != "" {
 		for k, ent := range e.idem { // lazy expiry keeps the map bounded by live keys
 			if !now.Before(ent.expires) {
@@ -142,6 +137,16 @@ func (m *Memory) SetStage(ctx context.Context, req SetRequest) (SetResult, error
 		s.onStage(st)
 	}
 	return SetResult{Stage: st}, nil
+}
+
+// appendLog records st as e's newest change (bounded by LogLen). Caller holds m.mu.
+func (m *Memory) appendLog(e *memEvent, st wire.Stage) {
+	e.v = st.V
+	e.log = append(e.log, st)
+	e.updatedMS = m.cfg.Now().UnixMilli()
+	if len(e.log) > m.cfg.LogLen {
+		e.log = append(e.log[:0], e.log[len(e.log)-m.cfg.LogLen:]...)
+	}
 }
 
 // Recent returns up to n of the event's most recent stage changes, oldest first.

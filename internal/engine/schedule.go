@@ -43,7 +43,7 @@ type ScheduleRef struct {
 	AtMS      int64
 }
 
-// Schedule returns the stage a schedule message fires (Arm cleared).
+// Fired returns the stage a schedule message fires (Arm cleared).
 func Fired(s wire.Stage) wire.Stage {
 	s.Arm = nil
 	return s
@@ -170,12 +170,7 @@ func (m *Memory) FireSchedule(ctx context.Context, event, id string) (wire.Stage
 		return wire.Stage{}, ErrScheduleSuperseded
 	}
 	st := Fired(s)
-	e.v = st.V
-	e.log = append(e.log, st)
-	if len(e.log) > m.cfg.LogLen {
-		e.log = append(e.log[:0], e.log[len(e.log)-m.cfg.LogLen:]...)
-	}
-	e.updatedMS = m.cfg.Now().UnixMilli()
+	m.appendLog(e, st)
 	for _, sub := range e.subs {
 		sub.onStage(st)
 	}
