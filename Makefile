@@ -39,6 +39,7 @@ vet: ## go vet and gofmt check
 test: deps vet ## everything the tests need, then every test, with -race (timing tests without it)
 	$(GO) test -race -count=1 -timeout 8m $(PKGS)
 	$(GO) test -count=1 -timeout 3m -run 'TestSimulatorCalibration' ./internal/e2e
+	$(GO) test -count=1 -timeout 3m -run 'TestGameDayFaults' ./internal/localcluster
 
 fuzz: ## fuzz the device frame decoder and the device token verifier, 30s each
 	$(GO) test ./internal/wire -run XXX -fuzz FuzzParseDeviceFrame -fuzztime 30s

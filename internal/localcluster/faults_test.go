@@ -1,3 +1,9 @@
+//go:build !race
+
+// The game day compares the simulator's recovery times with measured ones (30 %
+// band): a timing test, run without the race detector and alone, as the
+// calibration test is (make test's second step).
+
 package localcluster_test
 
 import (
