@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"sort"
 	"time"
 
@@ -22,10 +23,18 @@ type memNotes struct {
 }
 
 type memInbox struct {
-	notes []StoredNote // ascending by Pos, at most InboxLen
-	idx   map[string]wire.Pos
-	read  wire.Pos
-	at    map[string]time.Time // registry: proxy -> expiry
+	notes []memNote // ascending by Pos, at most InboxLen
+	// idx holds "i:<nid>" and "k:<dedup key>" of kept notes only, as the Redis
+	// engine's index does.
+	idx  map[string]wire.Pos
+	gone []string // the GoneRing note ids removed last, newest first
+	read wire.Pos
+	at   map[string]time.Time // registry: proxy -> expiry
+}
+
+type memNote struct {
+	StoredNote
+	nid, key string
 }
 
 type memNoteSub struct {
@@ -73,27 +82,27 @@ func (n *memNotes) nextPos(now time.Time) wire.Pos {
 	return n.last
 }
 
-// prune drops expired and surplus notes of b, and index entries that point at
-// notes no longer kept.
-func (b *memInbox) prune(nowMS int64, maxLen int) {
-	keep := b.notes[:0]
-	for _, sn := range b.notes {
-		if sn.ExpMS > nowMS {
-			keep = append(keep, sn)
-		}
+// prune drops surplus notes of b (the oldest first), keeping room for add
+// more, and notes older than maxAge, with their index fields.
+func (b *memInbox) prune(nowMS int64, maxLen, add int, maxAge time.Duration) {
+	cut := uint64(nowMS - maxAge.Milliseconds())
+	drop := 0
+	for drop < len(b.notes) && (len(b.notes)-drop > maxLen-add || b.notes[drop].Pos.MS < cut) {
+		drop++
 	}
-	clear(b.notes[len(keep):])
-	b.notes = keep
-	if over := len(b.notes) - maxLen; over > 0 {
-		b.notes = append(b.notes[:0], b.notes[over:]...)
+	for _, n := range b.notes[:drop] {
+		b.unindex(n)
 	}
-	if len(b.idx) > 2*maxLen {
-		for k, p := range b.idx {
-			if b.find(p) < 0 {
-				delete(b.idx, k)
-			}
-		}
+	b.notes = append(b.notes[:0], b.notes[drop:]...)
+}
+
+// unindex removes a removed note's index fields and remembers its id.
+func (b *memInbox) unindex(n memNote) {
+	delete(b.idx, "i:"+n.nid)
+	if n.key != "" && b.idx["k:"+n.key] == n.Pos {
+		delete(b.idx, "k:"+n.key)
 	}
+	b.gone = append([]string{n.nid}, b.gone[:min(len(b.gone), GoneRing-1)]...)
 }
 
 func (b *memInbox) find(p wire.Pos) int {
@@ -146,23 +155,32 @@ func (m *Memory) Notify(ctx context.Context, w NoteWrite) (NoteResult, error) {
 	nowMS := now.UnixMilli()
 	for _, ib := range NoteTargets(&w) {
 		b := n.inbox(ib)
-		b.prune(nowMS, m.cfg.InboxLen)
+		var prev wire.Pos
 		pos, seen := b.idx["i:"+res.ID]
-		if !seen || b.find(pos) < 0 {
+		if seen {
+			if i := b.find(pos); i < 0 {
+				continue // the retry of a note that is gone: nothing to push
+			} else if i > 0 {
+				prev = b.notes[i-1].Pos
+			}
+		} else {
+			if slices.Contains(b.gone, res.ID) {
+				continue
+			}
 			if w.Note.DedupKey != "" {
 				if old, ok := b.idx["k:"+w.Note.DedupKey]; ok {
 					if i := b.find(old); i >= 0 {
+						b.unindex(b.notes[i])
 						b.notes = append(b.notes[:i], b.notes[i+1:]...)
 					}
 				}
 			}
-			if seen { // the retry of a note that is gone: nothing to push
-				res.Stored++
-				continue
+			b.prune(nowMS, m.cfg.InboxLen, 1, wire.MaxNoteTTL)
+			if len(b.notes) > 0 {
+				prev = b.notes[len(b.notes)-1].Pos
 			}
 			pos = n.nextPos(now)
-			b.notes = append(b.notes, StoredNote{Pos: pos, Body: body, ExpMS: nowMS + w.Note.TTL.Milliseconds()})
-			b.prune(nowMS, m.cfg.InboxLen)
+			b.notes = append(b.notes, memNote{StoredNote{Pos: pos, Body: body, ExpMS: nowMS + w.Note.TTL.Milliseconds()}, res.ID, w.Note.DedupKey})
 			b.idx["i:"+res.ID] = pos
 			if w.Note.DedupKey != "" {
 				b.idx["k:"+w.Note.DedupKey] = pos
@@ -175,7 +193,7 @@ func (m *Memory) Notify(ctx context.Context, w NoteWrite) (NoteResult, error) {
 				continue
 			}
 			if s, ok := n.subs[px]; ok {
-				s.onPush(NotePush{Inbox: ib, Pos: pos, Priority: w.Note.Priority, Body: body})
+				s.onPush(NotePush{Inbox: ib, Pos: pos, Prev: prev, Priority: w.Note.Priority, Body: body})
 			}
 			res.Pushes++
 		}
@@ -230,6 +248,27 @@ func (m *Memory) SubscribeNotes(ctx context.Context, proxy string, onPush func(N
 	return ctx.Err()
 }
 
+// InboxStats returns the sizes of ib's notes and index.
+func (m *Memory) InboxStats(ctx context.Context, ib Inbox) (InboxStats, error) {
+	if err := ctx.Err(); err != nil {
+		return InboxStats{}, err
+	}
+	m.nmu.Lock()
+	defer m.nmu.Unlock()
+	b := m.notes().inboxes[ib]
+	if b == nil {
+		return InboxStats{}, nil
+	}
+	f := len(b.idx)
+	if !b.read.IsZero() {
+		f++
+	}
+	if len(b.gone) > 0 {
+		f++
+	}
+	return InboxStats{Notes: len(b.notes), IndexFields: f}, nil
+}
+
 // ReadInbox returns up to limit unexpired notes of ib after position after, oldest first.
 func (m *Memory) ReadInbox(ctx context.Context, ib Inbox, after wire.Pos, limit int) ([]StoredNote, error) {
 	if err := ctx.Err(); err != nil {
@@ -245,7 +284,7 @@ func (m *Memory) ReadInbox(ctx context.Context, ib Inbox, after wire.Pos, limit 
 	var out []StoredNote
 	for _, sn := range b.notes {
 		if after.Less(sn.Pos) && sn.ExpMS > nowMS {
-			out = append(out, sn)
+			out = append(out, sn.StoredNote)
 			if len(out) == limit {
 				break
 			}

@@ -83,10 +83,27 @@ type StoredNote struct {
 	ExpMS int64
 }
 
+// GoneRing is how many removed note ids an inbox remembers, so a retry of one
+// (the same note id under an idempotency key) stores nothing instead of
+// bringing back a note that a dedup_key replaced or a bound removed. A retry
+// after more removals than that from the same inbox may store it again.
+const GoneRing = 64
+
+// InboxStats is the size of one inbox's storage.
+type InboxStats struct {
+	Notes       int // entries kept (expired ones included until a bound removes them)
+	IndexFields int // at most 2*Notes + 2 ("read", "gone")
+}
+
 // NotePush is one note pushed to a proxy for one inbox it registered.
 type NotePush struct {
-	Inbox    Inbox
-	Pos      wire.Pos
+	Inbox Inbox
+	Pos   wire.Pos
+	// Prev is the inbox's entry before this note when it was stored (zero:
+	// none). A proxy whose device has seen less than Prev missed a note (a
+	// registration lost in a failover, a push lost while its subscription was
+	// down) and reads the backlog before writing this one.
+	Prev     wire.Pos
 	Priority wire.Priority
 	Body     []byte
 }

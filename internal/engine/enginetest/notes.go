@@ -22,6 +22,7 @@ type NoteEngine interface {
 	MarkRead(ctx context.Context, marks map[engine.Inbox]wire.Pos) error
 	PutNoteDelivery(ctx context.Context, counts map[string]engine.NoteCount) error
 	NoteReport(ctx context.Context, id string) (engine.NoteReport, error)
+	InboxStats(ctx context.Context, ib engine.Inbox) (engine.InboxStats, error)
 }
 
 // RunNotes runs the notification part of the suite. newEngine returns a fresh,
@@ -35,6 +36,91 @@ func RunNotes(t *testing.T, newEngine func(t *testing.T) NoteEngine) {
 	t.Run("RegistryLosesNothing", func(t *testing.T) { testRegistryLosesNothing(t, newEngine(t)) })
 	t.Run("Idempotency", func(t *testing.T) { testNoteIdempotency(t, newEngine(t)) })
 	t.Run("Report", func(t *testing.T) { testNoteReport(t, newEngine(t)) })
+	t.Run("IndexBounded", func(t *testing.T) { testIndexBounded(t, newEngine(t)) })
+	t.Run("ReplayOfReplaced", func(t *testing.T) { testReplayOfReplaced(t, newEngine(t)) })
+	t.Run("PushCarriesPrev", func(t *testing.T) { testPushCarriesPrev(t, newEngine(t)) })
+}
+
+// testIndexBounded (hardening #1): one old note plus many with one dedup_key,
+// then a mix with other keys past the count bound: the index never holds more
+// than 2 fields per kept note plus 2.
+func testIndexBounded(t *testing.T, e NoteEngine) {
+	ib := engine.Inbox{Kind: wire.InboxMember, ID: "dd"}
+	check := func(when string) {
+		t.Helper()
+		st, err := e.InboxStats(ctx(t), ib)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.IndexFields > 2*st.Notes+2 || st.Notes > engine.DefaultInboxLen {
+			t.Fatalf("%s: %d notes, %d index fields (bound: %d notes, 2 per note + 2)", when, st.Notes, st.IndexFields, engine.DefaultInboxLen)
+		}
+	}
+	notify(t, e, note([]string{"dd"}, nil, "old"))
+	for i := 0; i < 600; i++ {
+		notify(t, e, note([]string{"dd"}, nil, "profile", func(w *engine.NoteWrite) { w.Note.DedupKey = "profile" }))
+	}
+	check("after 600 with one dedup_key")
+	if got := readAll(t, e, ib, wire.Pos{}); len(got) != 2 {
+		t.Fatalf("inbox holds %d notes, want 2 (the old one and the last replacement)", len(got))
+	}
+	for i := 0; i < 3*engine.DefaultInboxLen; i++ {
+		notify(t, e, note([]string{"dd"}, nil, "mix", func(w *engine.NoteWrite) {
+			if i%3 == 0 {
+				w.Note.DedupKey = fmt.Sprintf("k%d", i%7)
+			}
+			if i%5 == 0 {
+				w.Note.TTL = time.Millisecond
+			}
+		}))
+	}
+	check("after a mix past the count bound")
+}
+
+// testReplayOfReplaced: a retry (same note id) of a note that a dedup_key
+// replaced stores nothing: the replacement stays the only copy.
+func testReplayOfReplaced(t *testing.T, e NoteEngine) {
+	d := func(w *engine.NoteWrite) { w.Note.DedupKey = "score" }
+	a := note([]string{"rr"}, nil, "t", d)
+	a.IdempotencyKey, a.BodyHash = "replay-a", "ha"
+	notify(t, e, a)
+	notify(t, e, note([]string{"rr"}, nil, "t", d))
+	retry := a
+	retry.ID = "n-new-request"
+	if r := notify(t, e, retry); !r.Replayed || r.Stored != 0 {
+		t.Fatalf("retry of a replaced note: %+v, want a replay that stores nothing", r)
+	}
+	got := readAll(t, e, engine.Inbox{Kind: wire.InboxMember, ID: "rr"}, wire.Pos{})
+	if len(got) != 1 || bodyHas(got[0], a.ID) {
+		t.Fatalf("after the retry the inbox holds %d notes (%v): the replaced note came back", len(got), got)
+	}
+}
+
+// testPushCarriesPrev (hardening #2): each push names the inbox entry before
+// it, so a proxy can tell it missed one.
+func testPushCarriesPrev(t *testing.T, e NoteEngine) {
+	pushes := subscribe(t, e, "pp")
+	ib := engine.Inbox{Kind: wire.InboxMember, ID: "gap"}
+	a := notify(t, e, note([]string{"gap"}, nil, "a")) // not registered: not pushed
+	if a.Pushes != 0 {
+		t.Fatalf("pushed %d before any registration", a.Pushes)
+	}
+	if err := e.Register(ctx(t), "pp", []engine.Inbox{ib}, nil); err != nil {
+		t.Fatal(err)
+	}
+	notify(t, e, note([]string{"gap"}, nil, "b"))
+	stored := readAll(t, e, ib, wire.Pos{})
+	if len(stored) != 2 {
+		t.Fatalf("inbox holds %d notes", len(stored))
+	}
+	select {
+	case p := <-pushes:
+		if p.Pos != stored[1].Pos || p.Prev != stored[0].Pos {
+			t.Fatalf("push at %v prev %v, want at %v prev %v", p.Pos, p.Prev, stored[1].Pos, stored[0].Pos)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no push")
+	}
 }
 
 var noteSeq struct {

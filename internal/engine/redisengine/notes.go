@@ -6,10 +6,12 @@ package redisengine
 // push channels it publishes to live on one Cluster shard:
 //
 //	sc:{n<k>}:ib:<I>      stream of notes, ids "<ms>-<seq>" (the cursors), fields
-//	                      b (body JSON) and e (expiry, Unix ms); exact MAXLEN
-//	                      InboxLen, MINID now - 30 days; expires with its newest note
-//	sc:{n<k>}:ix:<I>      hash: "i:<nid>" -> position, "k:<dedup_key>" -> position,
-//	                      "read" -> the highest position acked
+//	                      b (body JSON), e (expiry, Unix ms), n (note id), k (dedup
+//	                      key, if any); at most InboxLen entries, none older than
+//	                      30 days; expires with its newest note
+//	sc:{n<k>}:ix:<I>      hash: "i:<nid>" -> position, "k:<dedup_key>" -> position
+//	                      (kept notes only), "read" -> the highest position acked,
+//	                      "gone" -> the engine.GoneRing ids removed last
 //	sc:{n<k>}:at:<I>      hash (the registry): proxy id -> expiry, Unix ms
 //	sc:{n<k>}:px:<proxy>  sharded pub/sub channel: pushes to that proxy for the
 //	                      inboxes of shard k
@@ -64,35 +66,106 @@ end
 `
 
 // notifyScript: KEYS ib, ix, at. ARGV body, ttlMS, dedupKey, nid, maxLen,
-// maxAgeMS, pushHeader, channelPrefix. Returns {position, pushes}.
+// maxAgeMS, pushHeader, channelPrefix, goneLen. Returns {position, pushes, prev}:
+// prev is the entry before the note in the stream ("" when none), which the
+// push carries so a proxy can tell it missed one (see engine.NotePush.Prev).
+//
+// The index is exact: each stream entry carries its note id (field n) and
+// dedup key (field k), and whatever removes an entry (a dedup replacement, the
+// count bound, the age bound) removes its index fields in the same step, so
+// the index holds at most 2 fields per kept note plus "read" and "gone".
+// "gone" is a ring of the goneLen note ids removed last: a retry of one of
+// them stores nothing (a replay must not bring back a replaced note).
+// Bounds: one call reads at most the stream (maxLen entries) and the registry.
 const notifyScript = posLua + `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
-local pos = redis.call('HGET', KEYS[2], 'i:' .. ARGV[4])
+local maxLen = tonumber(ARGV[5])
+local goneLen = tonumber(ARGV[9])
+local nid = ARGV[4]
+local function isGone(id)
+  local ring = redis.call('HGET', KEYS[2], 'gone')
+  return ring and string.find(' ' .. ring .. ' ', ' ' .. id .. ' ', 1, true) ~= nil
+end
+local function unindex(entry)
+  local f = entry[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'n' then
+      redis.call('HDEL', KEYS[2], 'i:' .. f[i + 1])
+      local ring = f[i + 1]
+      local kept = 1
+      local old = redis.call('HGET', KEYS[2], 'gone')
+      if old then
+        for id in string.gmatch(old, '%S+') do
+          if kept >= goneLen then break end
+          ring = ring .. ' ' .. id
+          kept = kept + 1
+        end
+      end
+      redis.call('HSET', KEYS[2], 'gone', ring)
+    elseif f[i] == 'k' and redis.call('HGET', KEYS[2], 'k:' .. f[i + 1]) == entry[1] then
+      redis.call('HDEL', KEYS[2], 'k:' .. f[i + 1])
+    end
+  end
+end
+local function last(before)
+  local e = redis.call('XREVRANGE', KEYS[1], before, '-', 'COUNT', 1)
+  if #e > 0 then return e[1][1] end
+  return ''
+end
+local pos = redis.call('HGET', KEYS[2], 'i:' .. nid)
+local prev
 if pos then
   if #redis.call('XRANGE', KEYS[1], pos, pos) == 0 then
-    return {pos, 0} -- a retry of a note that is gone: nothing to push
+    return {'', 0, ''} -- a retry of a note that is gone: nothing to push
   end
+  prev = last('(' .. pos)
+elseif isGone(nid) then
+  return {'', 0, ''}
 else
   if ARGV[3] ~= '' then
     local old = redis.call('HGET', KEYS[2], 'k:' .. ARGV[3])
-    if old then redis.call('XDEL', KEYS[1], old) end
+    if old then
+      local e = redis.call('XRANGE', KEYS[1], old, old)
+      if #e > 0 then unindex(e[1]) end
+      redis.call('XDEL', KEYS[1], old)
+      redis.call('HDEL', KEYS[2], 'k:' .. ARGV[3])
+    end
   end
-  pos = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'b', ARGV[1], 'e', string.format('%.0f', now + ttl))
-  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f', now - tonumber(ARGV[6])))
-  redis.call('HSET', KEYS[2], 'i:' .. ARGV[4], pos)
-  if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], 'k:' .. ARGV[3], pos) end
+  -- the age bound, then the count bound (room for this note)
+  local cut = string.format('%.0f', now - tonumber(ARGV[6]))
+  local aged = redis.call('XRANGE', KEYS[1], '-', '(' .. cut .. '-0', 'COUNT', maxLen)
+  for _, e in ipairs(aged) do unindex(e) end
+  if #aged > 0 then redis.call('XTRIM', KEYS[1], 'MINID', cut) end
+  local over = redis.call('XLEN', KEYS[1]) - maxLen + 1
+  if over > 0 then
+    local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', over)
+    for _, e in ipairs(oldest) do
+      unindex(e)
+      redis.call('XDEL', KEYS[1], e[1])
+    end
+  end
+  prev = last('+')
+  local exp = string.format('%.0f', now + ttl)
+  if ARGV[3] ~= '' then
+    pos = redis.call('XADD', KEYS[1], '*', 'b', ARGV[1], 'e', exp, 'n', nid, 'k', ARGV[3])
+    redis.call('HSET', KEYS[2], 'k:' .. ARGV[3], pos)
+  else
+    pos = redis.call('XADD', KEYS[1], '*', 'b', ARGV[1], 'e', exp, 'n', nid)
+  end
+  redis.call('HSET', KEYS[2], 'i:' .. nid, pos)
   if redis.call('PTTL', KEYS[1]) < ttl then
     redis.call('PEXPIRE', KEYS[1], ttl)
     redis.call('PEXPIRE', KEYS[2], ttl)
   end
-  if redis.call('HLEN', KEYS[2]) > 4 * tonumber(ARGV[5]) + 8 then
-    -- drop index entries of notes no longer kept (older than the oldest kept)
+  if redis.call('HLEN', KEYS[2]) > 2 * maxLen + 8 then
+    -- entries written before the index was exact (no n field): drop index
+    -- fields that point at no kept note
     local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
     local all = redis.call('HGETALL', KEYS[2])
     for i = 1, #all, 2 do
-      if all[i] ~= 'read' and (#first == 0 or lt(all[i + 1], first[1][1])) then
+      if all[i] ~= 'read' and all[i] ~= 'gone' and (#first == 0 or lt(all[i + 1], first[1][1])) then
         redis.call('HDEL', KEYS[2], all[i])
       end
     end
@@ -100,7 +173,7 @@ else
 end
 local at = redis.call('HGETALL', KEYS[3])
 local pushed = 0
-local msg = ARGV[7] .. '\n' .. pos .. '\n' .. ARGV[1]
+local msg = ARGV[7] .. '\n' .. pos .. '\n' .. prev .. '\n' .. ARGV[1]
 for i = 1, #at, 2 do
   if tonumber(at[i + 1]) < now then
     redis.call('HDEL', KEYS[3], at[i])
@@ -109,7 +182,7 @@ for i = 1, #at, 2 do
     pushed = pushed + 1
   end
 end
-return {pos, pushed}
+return {pos, pushed, prev}
 `
 
 // registerScript: KEYS at. ARGV proxy, ttlMS. The expiry comes from Redis's
@@ -215,7 +288,7 @@ func (e *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteRes
 			Keys: []string{inboxKey(ib, "ib"), inboxKey(ib, "ix"), inboxKey(ib, "at")},
 			Args: []string{body, strconv.FormatInt(ttl.Milliseconds(), 10), w.Note.DedupKey, res.ID,
 				strconv.Itoa(e.cfg.InboxLen), strconv.FormatInt(wire.MaxNoteTTL.Milliseconds(), 10),
-				strconv.Itoa(int(w.Note.Priority)) + ib.String(), shardTag(k) + "px:"},
+				strconv.Itoa(int(w.Note.Priority)) + ib.String(), shardTag(k) + "px:", strconv.Itoa(engine.GoneRing)},
 		}
 	}
 	var results []scriptOut
@@ -230,7 +303,7 @@ func (e *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteRes
 	var firstErr error
 	for i, r := range results {
 		vals, err := r.vals, r.err
-		if err == nil && len(vals) != 2 {
+		if err == nil && len(vals) != 3 {
 			err = fmt.Errorf("script returned %d values", len(vals))
 		}
 		if err != nil {
@@ -240,6 +313,9 @@ func (e *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteRes
 			continue
 		}
 		n, _ := vals[1].AsInt64()
+		if p, _ := vals[0].ToString(); p == "" {
+			continue // a replay of a note that is gone from this inbox
+		}
 		res.Stored++
 		res.Pushes += int(n)
 	}
@@ -345,23 +421,48 @@ func (e *Engine) subscribeShard(ctx context.Context, k int, proxy string, onPush
 	})
 }
 
-// parsePush decodes "<priority digit><kind>:<id>\n<position>\n<body>".
+// parsePush decodes "<priority digit><kind>:<id>\n<position>\n<prev>\n<body>".
 func parsePush(s string) (engine.NotePush, error) {
 	head, rest, ok1 := strings.Cut(s, "\n")
-	pos, body, ok2 := strings.Cut(rest, "\n")
-	if !ok1 || !ok2 || len(head) < 4 || head[0] < '0' || head[0] > '3' || head[2] != ':' {
-		return engine.NotePush{}, errors.New("not <priority><kind>:<id>\\n<pos>\\n<body>")
+	pos, rest, ok2 := strings.Cut(rest, "\n")
+	prev, body, ok3 := strings.Cut(rest, "\n")
+	if !ok1 || !ok2 || !ok3 || len(head) < 4 || head[0] < '0' || head[0] > '3' || head[2] != ':' {
+		return engine.NotePush{}, errors.New("not <priority><kind>:<id>\\n<pos>\\n<prev>\\n<body>")
 	}
 	p, err := wire.ParsePos(pos)
 	if err != nil {
 		return engine.NotePush{}, err
 	}
+	var pp wire.Pos
+	if prev != "" {
+		if pp, err = wire.ParsePos(prev); err != nil {
+			return engine.NotePush{}, fmt.Errorf("prev: %w", err)
+		}
+	}
 	kind := head[1]
 	if kind != wire.InboxMember && kind != wire.InboxDevice {
 		return engine.NotePush{}, fmt.Errorf("unknown inbox kind %q", kind)
 	}
-	return engine.NotePush{Inbox: engine.Inbox{Kind: kind, ID: head[3:]}, Pos: p,
+	return engine.NotePush{Inbox: engine.Inbox{Kind: kind, ID: head[3:]}, Pos: p, Prev: pp,
 		Priority: wire.Priority(head[0] - '0'), Body: []byte(body)}, nil
+}
+
+// InboxStats returns the sizes of ib's stream and index (diagnostics: the
+// index stays within 2 fields per kept note plus 2).
+func (e *Engine) InboxStats(ctx context.Context, ib engine.Inbox) (engine.InboxStats, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	c := e.client
+	res := c.DoMulti(ctx, c.B().Xlen().Key(inboxKey(ib, "ib")).Build(), c.B().Hlen().Key(inboxKey(ib, "ix")).Build())
+	n, err := res[0].AsInt64()
+	if err != nil {
+		return engine.InboxStats{}, fmt.Errorf("inbox stats %s: %w", ib, err)
+	}
+	f, err := res[1].AsInt64()
+	if err != nil {
+		return engine.InboxStats{}, fmt.Errorf("inbox stats %s: %w", ib, err)
+	}
+	return engine.InboxStats{Notes: int(n), IndexFields: int(f)}, nil
 }
 
 // ReadInbox returns up to limit unexpired notes of ib after position after,
