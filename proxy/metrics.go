@@ -34,6 +34,8 @@ type metrics struct {
 	notesShed          prometheus.Counter
 	noteDuplicates     prometheus.Counter
 	noteResyncs        prometheus.Counter
+	noteGaps           prometheus.Counter
+	resyncs            prometheus.Counter
 	registrations      prometheus.Counter
 	backlogNotes       prometheus.Counter
 	resumes            *prometheus.CounterVec
@@ -104,7 +106,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.noteDuplicates = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "note_duplicates_total",
 		Help: "Pushed notes a connection already had (dropped)."})
 	m.noteResyncs = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "note_resyncs_total",
-		Help: "Push subscriptions re-established: the shard's inboxes were re-read."})
+		Help: "Push subscriptions re-established: the shard's registrations were written again and its inboxes re-read."})
+	m.noteGaps = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "note_gaps_total",
+		Help: "Pushes whose previous inbox entry the device had not seen (a lost registration or push): the backlog was read first."})
+	m.resyncs = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "inbox_resyncs_total",
+		Help: "Connection inboxes re-read without a device request (after a gap or a resubscribe), each under the backlog-read bound."})
 	m.registrations = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "inbox_registrations_total",
 		Help: "Inboxes registered with the engine (first connection of an inbox on this proxy)."})
 	m.backlogNotes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "backlog_notes_total",
@@ -120,7 +126,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.pacedOffers = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "paced_offers_total",
 		Help: "Devices a paced change was released to."})
 	reg.MustRegister(m.armed, m.clockSkew, m.pacedBroadcasts, m.pacedOffers)
-	reg.MustRegister(m.notePushes, sent, m.notesShed, m.noteDuplicates, m.noteResyncs, m.registrations, m.backlogNotes, m.resumes)
+	reg.MustRegister(m.notePushes, sent, m.notesShed, m.noteDuplicates, m.noteResyncs, m.noteGaps, m.resyncs, m.registrations, m.backlogNotes, m.resumes)
 	reg.MustRegister(m.connections, m.subscriptions, m.topics, m.broadcasts, m.deliveries, m.skipped, m.acks,
 		m.sendLatency, m.slowConsumerCloses, m.pingTimeouts, m.writeErrors, m.rejected, m.badFrames,
 		m.engineErrors, m.inboxOverflow, m.catchupRereads, m.writersSpawned, m.draining, m.tokenExpired, m.eventLimit, m.skippedEntries, m.versionConflicts)

@@ -30,7 +30,21 @@ import (
 // and follow the backlog. That order is why nothing falls between the two (see
 // package engine, "Why the registry cannot lose a note").
 //
-// Lock order: noteHub.mu, then conn.mu. Push handlers never block.
+// Nothing is skipped (hardening #2): every push names the inbox entry before
+// it (engine.NotePush.Prev). A connection whose device has seen less than that
+// missed a note (a registration a failover lost, a push lost while a shard's
+// subscription was down): it holds the push and reads the backlog after what
+// it has seen first, so its resume watermark never passes an unwritten note.
+// When a shard's subscription comes back, the proxy writes its registrations
+// of that shard again, then re-reads the inboxes of that shard that its
+// devices track. Those reads (resyncs) are queued and run off the engine's
+// callback, at most MaxResumes backlog reads in flight in all (resumes
+// included); a failed resync is retried later and never sends the device an
+// error frame it did not ask for. A connection that never resumed and was
+// never pushed a note tracks nothing and is not re-read.
+//
+// Lock order: noteHub.mu, then conn.mu; noteHub.rmu is taken alone. Push
+// handlers never block.
 
 // inboxEntry is one inbox held on this proxy.
 type inboxEntry struct {
@@ -55,6 +69,20 @@ type noteHub struct {
 	cmu    sync.Mutex
 	counts map[string]engine.NoteCount // per notification id, since the last report
 	reads  map[engine.Inbox]wire.Pos   // acks since the last report
+
+	restore [engine.NoteShards]atomic.Bool // shard k's subscription came back: re-register, resync
+
+	rmu      sync.Mutex
+	resyncQ  []resyncReq           // resyncs waiting for a backlog-read slot
+	resyncIn map[*connInbox]bool   // queued or running: at most one per connection inbox
+	rkick    chan struct{}
+}
+
+// resyncReq is one connection inbox to re-read after what it has seen.
+type resyncReq struct {
+	c       *conn
+	ci      *connInbox
+	attempt int
 }
 
 // registerEvery batches registry writes.
@@ -64,7 +92,8 @@ func newNoteHub(s *Server) *noteHub {
 	return &noteHub{s: s, inboxes: make(map[engine.Inbox]*inboxEntry), adds: make(map[engine.Inbox]*inboxEntry),
 		removes: make(map[engine.Inbox]struct{}), kick: make(chan struct{}, 1),
 		resumes: make(chan struct{}, s.cfg.MaxResumes),
-		counts:  make(map[string]engine.NoteCount), reads: make(map[engine.Inbox]wire.Pos)}
+		counts:  make(map[string]engine.NoteCount), reads: make(map[engine.Inbox]wire.Pos),
+		resyncIn: make(map[*connInbox]bool), rkick: make(chan struct{}, 1)}
 }
 
 // ready reports whether every shard's push subscription has been up.
@@ -72,7 +101,11 @@ func (h *noteHub) ready() bool { return h.subscribed.Load() == engine.NoteShards
 
 // run holds the push subscriptions and writes registrations until ctx ends.
 func (h *noteHub) run(ctx context.Context) {
-	h.s.wg.Add(2)
+	h.s.wg.Add(3)
+	go func() {
+		defer h.s.wg.Done()
+		h.resyncer(ctx)
+	}()
 	go func() {
 		defer h.s.wg.Done()
 		_ = h.s.eng.SubscribeNotes(ctx, h.s.cfg.ID, h.onPush, h.onSubscribed)
@@ -88,26 +121,116 @@ func (h *noteHub) onSubscribed(k int) {
 		h.subscribed.Add(1)
 		return
 	}
-	// Pushes published while the subscription was down are lost: every
-	// connection re-reads its inboxes of shard k after what it has seen.
+	// Pushes published while the subscription was down are lost, and a
+	// failover may have lost registrations: the registrar writes this shard's
+	// registrations again, then queues resyncs of its inboxes (off this
+	// callback, which runs on the engine's connection).
 	h.s.metrics.noteResyncs.Inc()
-	h.mu.Lock()
-	var conns []*conn
-	for ib, e := range h.inboxes {
-		if ib.Shard() == k {
-			conns = append(conns, e.conns...)
+	h.restore[k].Store(true)
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+// restoreShards re-registers the inboxes of every shard whose subscription
+// came back, then queues their resyncs. A shard whose registration fails stays
+// pending for the next flush.
+func (h *noteHub) restoreShards(ctx context.Context) {
+	for k := range h.restore {
+		if !h.restore[k].Load() {
+			continue
+		}
+		h.mu.Lock()
+		var ibs []engine.Inbox
+		var conns [][]*conn
+		for ib, e := range h.inboxes {
+			if ib.Shard() == k {
+				ibs = append(ibs, ib)
+				conns = append(conns, slices.Clone(e.conns))
+			}
+		}
+		h.mu.Unlock()
+		if len(ibs) > 0 {
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			err := h.s.eng.Register(rctx, h.s.cfg.ID, ibs, nil)
+			cancel()
+			if err != nil {
+				h.s.metrics.engineErrors.Inc()
+				h.s.log.Warn("note registry not restored after a resubscribe; retrying", "shard", k, "inboxes", len(ibs), "err", err)
+				continue
+			}
+		}
+		h.restore[k].Store(false)
+		for i, ib := range ibs {
+			for _, c := range conns[i] {
+				c.resyncInbox(ib)
+			}
 		}
 	}
-	h.mu.Unlock()
-	for _, c := range conns {
-		c.resyncShard(k)
+}
+
+// queueResync queues a re-read of ci (at most once at a time per inbox).
+func (h *noteHub) queueResync(r resyncReq) {
+	h.rmu.Lock()
+	if h.resyncIn[r.ci] && r.attempt == 0 {
+		h.rmu.Unlock()
+		return
 	}
+	h.resyncIn[r.ci] = true
+	h.resyncQ = append(h.resyncQ, r)
+	h.rmu.Unlock()
+	select {
+	case h.rkick <- struct{}{}:
+	default:
+	}
+}
+
+// resyncer runs queued resyncs, each holding a backlog-read slot, until ctx ends.
+func (h *noteHub) resyncer(ctx context.Context) {
+	for {
+		h.rmu.Lock()
+		var r resyncReq
+		ok := len(h.resyncQ) > 0
+		if ok {
+			r = h.resyncQ[0]
+			h.resyncQ[0] = resyncReq{}
+			h.resyncQ = h.resyncQ[1:]
+		}
+		h.rmu.Unlock()
+		if !ok {
+			select {
+			case <-ctx.Done():
+				return
+			case <-h.rkick:
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case h.resumes <- struct{}{}:
+		}
+		h.s.metrics.resyncs.Inc()
+		go func() {
+			defer func() { <-h.resumes }()
+			r.c.runResync(r)
+		}()
+	}
+}
+
+// resyncsQueued is how many resyncs wait for a slot.
+func (h *noteHub) resyncsQueued() int {
+	h.rmu.Lock()
+	defer h.rmu.Unlock()
+	return len(h.resyncQ)
 }
 
 // onPush offers a pushed note to the inbox's connections. It never blocks.
 func (h *noteHub) onPush(p engine.NotePush) {
 	h.s.metrics.notePushes.Inc()
 	n := newNoteOut(p.Inbox.Kind, p.Pos, p.Priority, p.Body)
+	n.prev = p.Prev
 	h.mu.Lock()
 	e := h.inboxes[p.Inbox]
 	var conns []*conn
@@ -190,6 +313,7 @@ func (h *noteHub) registrar(ctx context.Context) {
 		case <-tick.C:
 		}
 		h.flush(ctx)
+		h.restoreShards(ctx)
 	}
 }
 
@@ -341,6 +465,7 @@ func (h *noteHub) flushCounts(ctx context.Context) {
 type noteOut struct {
 	kind byte
 	pos  wire.Pos
+	prev wire.Pos // the inbox's entry before it (pushes only; zero: unknown or none)
 	prio wire.Priority
 	body []byte
 	nid  string
@@ -368,6 +493,7 @@ type connInbox struct {
 	gap       bool
 	epoch     uint64     // bumped by each resume: a writer's older watermark is void
 	resuming  bool       // a backlog read is in flight: live pushes wait in held
+	tracking  bool       // the device resumed or was pushed a note: a gap is worth a read
 	held      []*noteOut // bounded by MaxPendingNotes
 	recent    [16]sentNote
 	recentN   int
@@ -426,6 +552,16 @@ func (c *conn) offerNote(n *noteOut, live bool) {
 		s.metrics.noteDuplicates.Inc()
 		return
 	}
+	if live && ci.tracking && ci.seen.Less(n.prev) {
+		// The device has not seen the note before this one: read the
+		// backlog from what it has seen first; this push waits for it.
+		ci.resuming, ci.held = true, append(ci.held[:0], n)
+		c.mu.Unlock()
+		s.metrics.noteGaps.Inc()
+		s.notes.queueResync(resyncReq{c: c, ci: ci})
+		return
+	}
+	ci.tracking = true
 	if ci.seen.Less(n.pos) {
 		ci.seen = n.pos
 	}
@@ -488,7 +624,7 @@ func (c *conn) resumeInboxes(after wire.After) {
 			continue
 		}
 		ci.resuming, ci.held = true, ci.held[:0]
-		ci.resume, ci.hasResume, ci.gap = after.Get(ci.ib.Kind), true, false
+		ci.resume, ci.hasResume, ci.gap, ci.tracking = after.Get(ci.ib.Kind), true, false, true
 		ci.epoch++
 		ci.seen = ci.resume
 		c.dropQueued(ci.ib.Kind)
@@ -496,32 +632,62 @@ func (c *conn) resumeInboxes(after wire.After) {
 	}
 	c.mu.Unlock()
 	for _, ci := range todo {
-		c.readBacklog(ci, after.Get(ci.ib.Kind))
+		if err := c.readBacklog(ci, after.Get(ci.ib.Kind)); err != nil {
+			c.sendControl(wire.AppendError(nil, wire.CodeUnavailable, "cannot read the inbox now; send the inbox op again later"), 0, "")
+		}
 	}
 }
 
-// resyncShard re-reads c's inboxes of shard k after what it has seen (the push
-// subscription was down for a while).
-func (c *conn) resyncShard(k int) {
+// resyncInbox queues a re-read of c's inbox ib after what it has seen (the push
+// subscription of its shard was down for a while), if the device tracks it.
+func (c *conn) resyncInbox(ib engine.Inbox) {
 	c.mu.Lock()
-	var todo []*connInbox
-	var from []wire.Pos
-	for _, ci := range c.inboxes {
-		if ci != nil && ci.ib.Shard() == k && !ci.resuming {
-			ci.resuming, ci.held = true, ci.held[:0]
-			todo = append(todo, ci)
-			from = append(from, ci.seen)
-		}
+	ci := c.inbox(ib.Kind)
+	ok := !c.closed && ci != nil && ci.ib == ib && ci.tracking && !ci.resuming
+	if ok {
+		ci.resuming, ci.held = true, ci.held[:0]
 	}
 	c.mu.Unlock()
-	if len(todo) == 0 {
+	if ok {
+		c.s.notes.queueResync(resyncReq{c: c, ci: ci})
+	}
+}
+
+// runResync reads r's inbox after what its device has seen (resuming is set).
+// On failure it is queued again after a jittered backoff; the device is told
+// nothing (it asked for nothing).
+func (c *conn) runResync(r resyncReq) {
+	c.mu.Lock()
+	from := r.ci.seen
+	closed := c.closed
+	c.mu.Unlock()
+	var err error
+	if !closed {
+		err = c.readBacklog(r.ci, from)
+	}
+	h := c.s.notes
+	if err == nil || closed {
+		h.rmu.Lock()
+		delete(h.resyncIn, r.ci)
+		h.rmu.Unlock()
 		return
 	}
-	go func() {
-		for i, ci := range todo {
-			c.readBacklog(ci, from[i])
+	wait := c.s.jitterBetween(time.Second, 2*time.Second) << min(r.attempt, 4)
+	time.AfterFunc(wait, func() {
+		c.mu.Lock()
+		alive := !c.closed
+		if alive && !r.ci.resuming { // (a gap may have set it meanwhile: keep what it holds)
+			r.ci.resuming, r.ci.held = true, r.ci.held[:0]
 		}
-	}()
+		c.mu.Unlock()
+		if !alive {
+			h.rmu.Lock()
+			delete(h.resyncIn, r.ci)
+			h.rmu.Unlock()
+			return
+		}
+		h.queueResync(resyncReq{c: r.c, ci: r.ci, attempt: r.attempt + 1})
+	})
 }
 
 // dropQueued removes c's queued notes of one inbox. Caller holds c.mu.
@@ -541,7 +707,9 @@ func (c *conn) dropQueued(kind byte) {
 }
 
 // readBacklog reads ci's inbox after pos and queues it, then what was held.
-func (c *conn) readBacklog(ci *connInbox, after wire.Pos) {
+// On an error nothing is queued: what the device missed is still in the inbox
+// (the caller resumes or resyncs again).
+func (c *conn) readBacklog(ci *connInbox, after wire.Pos) error {
 	s := c.s
 	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
 	defer cancel()
@@ -576,8 +744,7 @@ func (c *conn) readBacklog(ci *connInbox, after wire.Pos) {
 		c.mu.Unlock()
 		s.metrics.engineErrors.Inc()
 		s.log.Warn("inbox backlog not read", "inbox_kind", string(ci.ib.Kind), "err", err)
-		c.sendControl(wire.AppendError(nil, wire.CodeUnavailable, "cannot read the inbox now; send the inbox op again later"), 0, "")
-		return
+		return err
 	}
 	c.mu.Unlock()
 	s.metrics.backlogNotes.Add(float64(len(notes)))
@@ -587,6 +754,7 @@ func (c *conn) readBacklog(ci *connInbox, after wire.Pos) {
 	for _, n := range held {
 		c.offerNote(n, true)
 	}
+	return nil
 }
 
 // noteBatch is what one flush writes of a connection's notes: highest priority

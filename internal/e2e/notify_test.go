@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -315,5 +316,97 @@ func TestNotificationsClusterFailoverWait(t *testing.T) {
 	}
 	if len(stored) != len(acked) {
 		t.Fatalf("inbox holds %d notes for %d acknowledged (a retry stored twice?)", len(stored), len(acked))
+	}
+}
+
+// regKey is the Redis key of an inbox's registry (see package redisengine).
+func regKey(ib engine.Inbox) string {
+	return fmt.Sprintf("sc:{n%d}:at:%s", ib.Shard(), ib)
+}
+
+// TestLostRegistrationSkipsNothing (hardening #2): a registration lost as a
+// failover would lose it: a note to the member is stored but pushed nowhere.
+// When the registration is back (the proxy's refresh), the next note names the
+// one before it, the proxy sees its device never got that one and reads the
+// backlog first: the device gets both, in order, and its inbox equals what it
+// received. Then the same with the proxy's push subscriptions killed: the
+// proxy writes its registrations again and re-reads the inbox on its own.
+func TestLostRegistrationSkipsNothing(t *testing.T) {
+	r := startNoteRig(t, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := r.startDev(ctx, t, r.f.urls, "dev-g", "m-g", false)
+	eventually(t, 10*time.Second, "registered", registered(t, r.f.proxies[0], 2))
+	ib := engine.Inbox{Kind: wire.InboxMember, ID: "m-g"}
+	send := func(typ string) broadcaster.NotifyReply {
+		return r.notify(ctx, t, wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m-g"}}, Type: typ, Payload: json.RawMessage(`{}`)})
+	}
+	first := send("first")
+	eventually(t, 5*time.Second, "the first note", func() bool { return len(d.distinct(t)) == 1 })
+	reg, err := r.f.redis.Cli(ctx, "HGET", regKey(ib), "proxy-0")
+	if err != nil || strings.TrimSpace(reg) == "" {
+		t.Fatalf("registration of %s: %q %v", ib, reg, err)
+	}
+	if out, err := r.f.redis.Cli(ctx, "DEL", regKey(ib)); err != nil {
+		t.Fatalf("del: %v %s", err, out)
+	}
+	a := send("lost-a")
+	if a.Pushes != 0 {
+		t.Fatalf("A was pushed %d times with no registration", a.Pushes)
+	}
+	// The refresh, as the proxy's registrar writes it (a future expiry).
+	if out, err := r.f.redis.Cli(ctx, "HSET", regKey(ib), "proxy-0", strconv.FormatInt(time.Now().Add(time.Minute).UnixMilli(), 10)); err != nil {
+		t.Fatalf("hset: %v %s", err, out)
+	}
+	b := send("after-b")
+	if b.Pushes != 1 {
+		t.Fatalf("B pushed %d times", b.Pushes)
+	}
+	eventually(t, 5*time.Second, "A and B after the first", func() bool { return len(d.distinct(t)) == 3 })
+	got := d.distinct(t)
+	inbox, err := r.eng.ReadInbox(ctx, ib, wire.Pos{}, 100)
+	if err != nil || len(inbox) != 3 {
+		t.Fatalf("inbox: %d notes, %v", len(inbox), err)
+	}
+	for _, sn := range inbox {
+		if _, ok := got[string(ib.Kind)+sn.Pos.String()]; !ok {
+			t.Fatalf("the device never got the note at %v (got %v)", sn.Pos, got)
+		}
+	}
+	if fs := d.notes(); fs[len(fs)-1].NID != b.ID || got[string(ib.Kind)+inbox[1].Pos.String()] != a.ID || got[string(ib.Kind)+inbox[0].Pos.String()] != first.ID {
+		t.Fatalf("order: %v", fs)
+	}
+	if metricValue(t, r.f.proxies[0], "stagecast_proxy_note_gaps_total") < 1 {
+		t.Fatal("no gap counted")
+	}
+
+	// A failover: registrations gone and the push subscriptions dropped.
+	if out, err := r.f.redis.Cli(ctx, "DEL", regKey(ib)); err != nil {
+		t.Fatalf("del: %v %s", err, out)
+	}
+	c := send("lost-c")
+	if c.Pushes != 0 {
+		t.Fatalf("C pushed %d times", c.Pushes)
+	}
+	resubs := metricValue(t, r.f.proxies[0], "stagecast_proxy_note_resyncs_total")
+	if out, err := r.f.redis.Cli(ctx, "CLIENT", "KILL", "TYPE", "pubsub"); err != nil {
+		t.Fatalf("client kill: %v %s", err, out)
+	}
+	eventually(t, 10*time.Second, "C re-read after the resubscribe, with no new note", func() bool { return len(d.distinct(t)) == 4 })
+	if metricValue(t, r.f.proxies[0], "stagecast_proxy_note_resyncs_total") <= resubs {
+		t.Fatal("no resubscribe counted")
+	}
+	eventually(t, 5*time.Second, "registration written again", func() bool {
+		reg, err := r.f.redis.Cli(ctx, "HGET", regKey(ib), "proxy-0")
+		return err == nil && strings.TrimSpace(reg) != ""
+	})
+	if e := send("pushed-e"); e.Pushes != 1 {
+		t.Fatalf("after the restore E was pushed %d times", e.Pushes)
+	}
+	eventually(t, 5*time.Second, "E", func() bool { return len(d.distinct(t)) == 5 })
+	for _, f := range d.notes() {
+		if f.Op == wire.OpError {
+			t.Fatalf("an unsolicited error frame: %+v", f)
+		}
 	}
 }
