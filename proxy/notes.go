@@ -73,8 +73,8 @@ type noteHub struct {
 	restore [engine.NoteShards]atomic.Bool // shard k's subscription came back: re-register, resync
 
 	rmu      sync.Mutex
-	resyncQ  []resyncReq           // resyncs waiting for a backlog-read slot
-	resyncIn map[*connInbox]bool   // queued or running: at most one per connection inbox
+	resyncQ  []resyncReq         // resyncs waiting for a backlog-read slot
+	resyncIn map[*connInbox]bool // queued or running: at most one per connection inbox
 	rkick    chan struct{}
 }
 
