@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -116,5 +117,38 @@ func TestPublishLoad(t *testing.T) {
 			t.Fatalf("loads %+v", loads)
 		}
 		time.Sleep(10 * time.Millisecond) // polling the engine
+	}
+}
+
+// TestInboxPullRate (hardening #4): pulls are limited per device token: the
+// burst goes through, the next is RATE_LIMITED, another device is unaffected,
+// and the budget refills with time.
+func TestInboxPullRate(t *testing.T) {
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	signer, ver, err := devicetoken.NewTestPair("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var now atomic.Int64 // Unix ns: the server's goroutines read it
+	now.Store(time.Unix(1000, 0).UnixNano())
+	reader := &prefetch.InboxReader{Store: eng, Now: func() time.Time { return time.Unix(0, now.Load()) }}
+	_, url := startServer(t, eng, graph.ServerConfig{Identity: prefetch.IdentityConfig{Tokens: ver}, GraphQL: graph.Config{Inbox: reader}})
+	ctx := context.Background()
+	tok1, _ := signer.Mint(devicetoken.Claims{Device: "d1", Member: "m1"}, time.Hour)
+	tok2, _ := signer.Mint(devicetoken.Claims{Device: "d2", Member: "m2"}, time.Hour)
+	for i := range prefetch.DefaultPullBurst {
+		if _, err := device.PullInbox(ctx, nil, url+"/graphql", tok1, "", 10); err != nil {
+			t.Fatalf("pull %d: %v", i, err)
+		}
+	}
+	if _, err := device.PullInbox(ctx, nil, url+"/graphql", tok1, "", 10); err == nil || !strings.Contains(err.Error(), "RATE_LIMITED") {
+		t.Fatalf("pull past the burst: %v, want RATE_LIMITED", err)
+	}
+	if _, err := device.PullInbox(ctx, nil, url+"/graphql", tok2, "", 10); err != nil {
+		t.Fatalf("another device: %v", err)
+	}
+	now.Add(int64(float64(time.Second) / prefetch.DefaultPullRate))
+	if _, err := device.PullInbox(ctx, nil, url+"/graphql", tok1, "", 10); err != nil {
+		t.Fatalf("after the refill: %v", err)
 	}
 }

@@ -217,6 +217,9 @@ func (q *resolver) Inbox(ctx context.Context, args struct {
 		if errors.Is(err, prefetch.ErrBadCursor) {
 			return nil, badID(err)
 		}
+		if errors.Is(err, prefetch.ErrPullRate) {
+			return nil, &codedError{"RATE_LIMITED", fmt.Sprintf("%v (at most %d pulls at once, then one every %.0f s)", err, prefetch.DefaultPullBurst, 1/prefetch.DefaultPullRate)}
+		}
 		rd.markUnavailable()
 		return nil, unavailable()
 	}

@@ -5,8 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
+	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
@@ -43,12 +47,56 @@ type InboxPage struct {
 	Next  string
 }
 
+// ErrPullRate: the device pulled its inbox more often than PullRate allows.
+var ErrPullRate = errors.New("inbox pulled too often; retry later")
+
+// Pull rate per device token (hardening #4): a device pulls once at start and
+// when it is told to, so the default is generous for a device and tight for a
+// script; each pull costs at most 4 engine calls (2 per inbox).
+const (
+	DefaultPullRate  = 0.5 // pulls per second, per device
+	DefaultPullBurst = 10
+	pullLimiters     = 100_000 // devices whose limiter is kept (LRU)
+)
+
 // InboxReader serves inbox pulls: the offline path of notifications. It reads
 // the engine directly (inboxes are per device: nothing to share in a cache).
 type InboxReader struct {
 	Store InboxStore
-	// Pulls counts pulls by result ("ok", "error"); optional.
+	// Pulls counts pulls by result ("ok", "error", "rate_limited"); optional.
 	Pulls *prometheus.CounterVec
+	// PullRate and PullBurst bound pulls per device (the token's sub); zero
+	// fields take DefaultPullRate and DefaultPullBurst.
+	PullRate  float64
+	PullBurst int
+	Now       func() time.Time // default time.Now
+
+	once     sync.Once
+	limiters *lru.Cache[string, *rate.Limiter]
+}
+
+// allow spends one pull of device's budget.
+func (r *InboxReader) allow(device string) bool {
+	r.once.Do(func() {
+		r.limiters, _ = lru.New[string, *rate.Limiter](pullLimiters)
+		if r.PullRate <= 0 {
+			r.PullRate = DefaultPullRate
+		}
+		if r.PullBurst <= 0 {
+			r.PullBurst = DefaultPullBurst
+		}
+		if r.Now == nil {
+			r.Now = time.Now
+		}
+	})
+	l, ok := r.limiters.Get(device)
+	if !ok {
+		l = rate.NewLimiter(rate.Limit(r.PullRate), r.PullBurst)
+		if prev, loaded, _ := r.limiters.PeekOrAdd(device, l); loaded {
+			l = prev
+		}
+	}
+	return l.AllowN(r.Now(), 1)
 }
 
 func (r *InboxReader) count(result string) {
@@ -67,6 +115,10 @@ func (r *InboxReader) Read(ctx context.Context, member, device, after string, li
 	}
 	if limit <= 0 || limit > MaxInboxPage {
 		limit = MaxInboxPage
+	}
+	if !r.allow(member + "\x00" + device) {
+		r.count("rate_limited")
+		return InboxPage{}, ErrPullRate
 	}
 	type src struct {
 		kind  byte

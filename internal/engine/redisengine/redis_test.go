@@ -11,6 +11,7 @@ import (
 	"github.com/stagecast/stagecast/internal/engine/enginetest"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/redistest"
+	"github.com/stagecast/stagecast/internal/wire"
 )
 
 func TestRedisConformance(t *testing.T) {
@@ -107,4 +108,57 @@ func TestRedisClusterNotes(t *testing.T) {
 		t.Cleanup(e.Close)
 		return e
 	})
+}
+
+// TestReadInboxBoundedCalls (hardening #4): a page of 1 over 150 expired notes
+// costs at most 2 Redis calls, not one per expired note.
+func TestReadInboxBoundedCalls(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	e, err := redisengine.New(redisengine.Config{Addrs: []string{srv.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	ctx := context.Background()
+	send := func(id string, ttl time.Duration) {
+		if _, err := e.Notify(ctx, engine.NoteWrite{ID: id, TS: 1, Note: wire.Notification{Members: []string{"x"}, Type: "t",
+			Priority: wire.PriorityNormal, Payload: []byte(`{}`), TTL: ttl}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 150 {
+		send("nexp"+strconv.Itoa(i), time.Millisecond)
+	}
+	send("nlive", time.Hour)
+	ib := engine.Inbox{Kind: wire.InboxMember, ID: "x"}
+	calls := func() int {
+		out, err := srv.Cli(ctx, "INFO", "commandstats")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rest, ok := strings.Cut(out, "cmdstat_xrange:calls=")
+		if !ok {
+			return 0
+		}
+		n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+		return n
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		before := calls()
+		got, err := e.ReadInbox(ctx, ib, wire.Pos{}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := calls() - before
+		if n > 2 {
+			t.Fatalf("ReadInbox(limit 1) made %d XRANGE calls, bound 2", n)
+		}
+		if len(got) == 1 && strings.Contains(string(got[0].Body), "nlive") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the live note was not read: %d notes", len(got))
+		}
+	}
 }
