@@ -167,7 +167,11 @@ func (s *Server) notify(r *http.Request) (any, error) {
 		return nil, err
 	}
 	sum := sha256.Sum256(raw)
-	w := engine.NoteWrite{ID: newNoteID(), IdempotencyKey: idem, BodyHash: hex.EncodeToString(sum[:16]),
+	scoped := "" // keys are per producer (hardening #5): another's key is not a conflict
+	if idem != "" {
+		scoped = p.name + ":" + idem
+	}
+	w := engine.NoteWrite{ID: newNoteID(), IdempotencyKey: scoped, BodyHash: hex.EncodeToString(sum[:16]),
 		Note: n, TS: s.cfg.Now().UnixMilli()}
 	// A keyless request needs no idempotency record: the lane's retries reuse
 	// the note id, and each inbox stores an id once.
@@ -213,6 +217,9 @@ func (s *Server) notify(r *http.Request) (any, error) {
 }
 
 func (s *Server) noteReport(r *http.Request) (any, error) {
+	if p, _ := r.Context().Value(producerKey{}).(*producerEntry); p != nil && p.events != nil {
+		return nil, errf(http.StatusForbidden, "forbidden", "producer %s is limited to some events; notification reports need a producer token allowed every event", p.name)
+	}
 	id := r.PathValue("id")
 	if err := wire.CheckID("notification", id); err != nil {
 		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)

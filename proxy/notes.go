@@ -500,18 +500,27 @@ type connInbox struct {
 }
 
 type sentNote struct {
-	pos wire.Pos
-	nid string
+	pos   wire.Pos
+	nid   string
+	acked bool
 }
 
 func (ci *connInbox) remember(n *noteOut) {
-	ci.recent[ci.recentN%len(ci.recent)] = sentNote{n.pos, n.nid}
+	for _, r := range ci.recent {
+		if r.pos == n.pos {
+			return // sent again (a backlog and a push): one ack counts
+		}
+	}
+	ci.recent[ci.recentN%len(ci.recent)] = sentNote{pos: n.pos, nid: n.nid}
 	ci.recentN++
 }
 
-func (ci *connInbox) nidOf(p wire.Pos) string {
-	for _, r := range ci.recent {
-		if r.pos == p {
+// ackOnce returns the id of the recently sent note at p the first time it is
+// acked, "" after that or for a note no longer in the ring.
+func (ci *connInbox) ackOnce(p wire.Pos) string {
+	for i := range ci.recent {
+		if r := &ci.recent[i]; r.pos == p && !r.acked {
+			r.acked = true
 			return r.nid
 		}
 	}
@@ -597,6 +606,7 @@ func (c *conn) offerNote(n *noteOut, live bool) {
 		return
 	}
 	c.notes[n.prio] = append(c.notes[n.prio], n)
+	ci.remember(n) // before it is written: its ack may come back at once
 	s.notes.pendingBytes.Add(int64(len(n.body)))
 	enqueue := !c.queued
 	c.queued = true
@@ -894,11 +904,6 @@ func (b *noteBatch) commit(c *conn) {
 			ci.resume = b.view[k].pos
 		}
 	}
-	for _, n := range b.notes {
-		if ci := c.inbox(n.kind); ci != nil {
-			ci.remember(n)
-		}
-	}
 	c.mu.Unlock()
 	clear(b.notes)
 	b.notes = b.notes[:0]
@@ -934,18 +939,25 @@ func (c *conn) handleInbox(after wire.After) {
 	}()
 }
 
-// ackNote records a device's note ack (frame processing).
-func (c *conn) ackNote(cur wire.Cursor) bool {
+// ackNote records a device's note ack (frame processing) and returns what is
+// wrong with it ("" when taken). An ack counts once per note per connection
+// (hardening #5); a cursor past every note this connection queued names a note
+// the device cannot have read, and marks nothing read.
+func (c *conn) ackNote(cur wire.Cursor) string {
 	c.mu.Lock()
 	ci := c.inbox(cur.Kind)
 	if ci == nil {
 		c.mu.Unlock()
-		return false
+		return "ack for a note of an inbox this connection does not hold"
 	}
-	ib, nid := ci.ib, ci.nidOf(cur.Pos)
+	if ci.seen.Less(cur.Pos) {
+		c.mu.Unlock()
+		return "ack for note " + cur.String() + ", which this connection never sent"
+	}
+	ib, nid := ci.ib, ci.ackOnce(cur.Pos)
 	c.mu.Unlock()
 	c.s.notes.countAck(ib, cur.Pos, nid)
-	return true
+	return ""
 }
 
 // setInboxes gives c its inboxes: the token's member and device, or, without a

@@ -211,3 +211,37 @@ func mustRead(t *testing.T, eng *engine.Memory, device string) []engine.StoredNo
 	}
 	return got
 }
+
+// TestNoteAcksCountOnce (hardening #5): acking a note twice counts one ack; a
+// cursor past every note the connection was sent marks nothing read and is
+// answered bad_request.
+func TestNoteAcksCountOnce(t *testing.T) {
+	r := newNoteRig(t, Config{ReportInterval: time.Hour}, "ack-dev") // counts stay in the proxy
+	r.send(`{"op":"inbox","after":""}`) // registered, then the backlog: the note arrives either way
+	r.notify("one", wire.PriorityNormal, "ack-dev")
+	f := r.read()
+	if f.Op != wire.OpNote {
+		t.Fatalf("frame %+v", f)
+	}
+	for range 3 {
+		r.send(`{"op":"ack","note":"` + f.ID + `"}`)
+	}
+	future := wire.Cursor{Kind: wire.InboxDevice, Pos: wire.Pos{MS: 1 << 50}}.String()
+	r.send(`{"op":"ack","note":"` + future + `"}`)
+	e := r.read()
+	for e.Op == wire.OpNote && e.ID == f.ID { // pushed and in the backlog: a duplicate, same cursor
+		e = r.read()
+	}
+	if e.Op != wire.OpError || e.Code != wire.CodeBadRequest || !strings.Contains(e.Msg, "never sent") {
+		t.Fatalf("future ack answered %+v", e)
+	}
+	r.s.notes.cmu.Lock()
+	acked, read := r.s.notes.counts["n-one"].Acked, r.s.notes.reads[engine.Inbox{Kind: wire.InboxDevice, ID: "ack-dev"}]
+	r.s.notes.cmu.Unlock()
+	if acked != 1 {
+		t.Fatalf("three acks of one note counted %d", acked)
+	}
+	if read.String() != strings.TrimPrefix(f.ID, "d") {
+		t.Fatalf("read mark %v, want the acked note %s (not the future cursor)", read, f.ID)
+	}
+}

@@ -492,8 +492,8 @@ func (c *conn) handle(f wire.DeviceFrame) {
 		c.handleInbox(f.After)
 	case wire.OpAck:
 		if f.NoteAck {
-			if !c.ackNote(f.Note) {
-				c.sendError(wire.CodeBadRequest, "ack for a note of an inbox this connection does not hold")
+			if msg := c.ackNote(f.Note); msg != "" {
+				c.sendError(wire.CodeBadRequest, msg)
 			}
 			return
 		}
