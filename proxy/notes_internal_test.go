@@ -217,7 +217,7 @@ func mustRead(t *testing.T, eng *engine.Memory, device string) []engine.StoredNo
 // answered bad_request.
 func TestNoteAcksCountOnce(t *testing.T) {
 	r := newNoteRig(t, Config{ReportInterval: time.Hour}, "ack-dev") // counts stay in the proxy
-	r.send(`{"op":"inbox","after":""}`) // registered, then the backlog: the note arrives either way
+	r.send(`{"op":"inbox","after":""}`)                              // registered, then the backlog: the note arrives either way
 	r.notify("one", wire.PriorityNormal, "ack-dev")
 	f := r.read()
 	if f.Op != wire.OpNote {
