@@ -53,8 +53,10 @@ func newBulkheads(cfg Config, s *Server, state *prometheus.GaugeVec) *bulkheads 
 				s.log.Warn("engine breaker changed state", "breaker", name, "from", from.String(), "to", to.String())
 			},
 			IsSuccessful: func(err error) bool {
-				// Caller errors are not engine failures.
-				return err == nil || errors.Is(err, engine.ErrIdempotencyConflict) || errors.Is(err, context.Canceled)
+				// Caller errors are not engine failures: a request the engine
+				// refuses (a bound, a conflict), a 4xx, a caller that left.
+				var ae *apiError
+				return err == nil || engine.Refused(err) || errors.Is(err, context.Canceled) || (errors.As(err, &ae) && ae.status < 500)
 			},
 		}
 	}

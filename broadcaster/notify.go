@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -156,11 +155,10 @@ func (s *Server) notify(r *http.Request) (any, error) {
 	n, err := wire.ParseNotifyRequest(raw)
 	if err != nil {
 		s.nm.notes.WithLabelValues("unknown", "invalid").Inc()
-		status := http.StatusBadRequest
-		if strings.HasPrefix(err.Error(), "payload is") {
-			status = http.StatusRequestEntityTooLarge
+		if errors.Is(err, wire.ErrTooLarge) {
+			return nil, errf(http.StatusRequestEntityTooLarge, "too_large", "%v", err)
 		}
-		return nil, errf(status, "bad_request", "%v", err)
+		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
 	}
 	idem := r.Header.Get("Idempotency-Key")
 	if err := checkIdemKey(idem); err != nil {

@@ -79,7 +79,12 @@ func (s *Server) armStage(r *http.Request) (any, error) {
 		return s.eng.Arm(ctx, engine.ArmRequest{ID: id, Event: event, Key: req.Stage, Target: req.Target,
 			Critical: req.Priority == "critical", AtMS: req.At})
 	})
-	if err != nil {
+	switch {
+	case errors.Is(err, engine.ErrTooManySchedules):
+		return nil, errf(http.StatusConflict, "schedule_limit", "event %s holds %d armed schedules already (the most it may): cancel one or fire it first", event, engine.MaxSchedules)
+	case errors.Is(err, engine.ErrScheduleConflict):
+		return nil, errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key %q armed another stage, time, target or priority (v%d); use a new key", idem, st.V)
+	case err != nil:
 		return nil, err
 	}
 	s.audit(r, "arm_stage", "stage", st.Key, "v", st.V, "at", st.Arm.At, "schedule", st.Arm.ID, "result", "armed")

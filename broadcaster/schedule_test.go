@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/waitfor"
 )
 
@@ -78,5 +80,28 @@ func readAll(resp *http.Response) string {
 		if err != nil {
 			return b.String()
 		}
+	}
+}
+
+// TestRefusalsNeverTripTheStageBreaker (hardening #6): 70 arms on one event
+// (the 65th and later refused 409 schedule_limit, a conflict 409 too) and the
+// event's next live stage change still goes through at once.
+func TestRefusalsNeverTripTheStageBreaker(t *testing.T) {
+	c, _, _ := start(t)
+	ctx := context.Background()
+	at := time.Now().Add(time.Hour).UnixMilli()
+	for i := range 70 {
+		_, err := c.Arm(ctx, "busy", broadcaster.ScheduleRequest{Stage: "k", At: at + int64(i)}, fmt.Sprintf("key-%d", i))
+		switch {
+		case i < engine.MaxSchedules && err != nil:
+			t.Fatalf("arm %d: %v", i, err)
+		case i >= engine.MaxSchedules:
+			apiErr(t, err, 409, "schedule_limit")
+		}
+	}
+	_, err := c.Arm(ctx, "busy", broadcaster.ScheduleRequest{Stage: "other", At: at}, "key-0")
+	apiErr(t, err, 409, "idempotency_conflict")
+	if _, err := c.SetStage(ctx, "busy", "live", nil, ""); err != nil {
+		t.Fatalf("a live change after the refusals: %v", err)
 	}
 }

@@ -292,7 +292,27 @@ func (s *Server) route(name string, auth bool, h func(*http.Request) (any, error
 	}
 }
 
+// refusals map the engine's typed refusals to the producer API's statuses and
+// codes: one vocabulary for every handler (docs/protocol.md, producer errors).
+var refusals = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{engine.ErrIdempotencyConflict, http.StatusConflict, "idempotency_conflict"},
+	{engine.ErrScheduleConflict, http.StatusConflict, "idempotency_conflict"},
+	{engine.ErrTooManySchedules, http.StatusConflict, "schedule_limit"},
+	{engine.ErrScheduleChanged, http.StatusConflict, "conflict"},
+	{engine.ErrScheduleNotFound, http.StatusNotFound, "not_found"},
+	{engine.ErrNoteNotFound, http.StatusNotFound, "not_found"},
+}
+
 func (s *Server) engineError(err error) *apiError {
+	for _, r := range refusals {
+		if errors.Is(err, r.err) {
+			return errf(r.status, r.code, "%v", r.err)
+		}
+	}
 	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 		return errf(http.StatusServiceUnavailable, "engine_unavailable", "the engine (Redis) is unavailable; nothing was changed; retry with the same Idempotency-Key")
 	}
@@ -342,7 +362,7 @@ func call[T any](s *Server, cb *gobreaker.CircuitBreaker[any], r *http.Request, 
 		return out, err
 	})
 	if err != nil {
-		if !errors.Is(err, engine.ErrIdempotencyConflict) {
+		if !engine.Refused(err) {
 			s.m.engErr.Inc()
 		}
 		if out == nil {

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
@@ -25,7 +26,25 @@ var (
 	ErrScheduleChanged = errors.New("the schedule has another version")
 	// ErrScheduleSuperseded: at fire time the event already had a newer version.
 	ErrScheduleSuperseded = errors.New("a newer stage change superseded the schedule")
+	// ErrTooManySchedules: the event holds MaxSchedules already.
+	ErrTooManySchedules = errors.New("too many schedules for this event")
+	// ErrScheduleConflict: the schedule id (its Idempotency-Key) was armed with
+	// another stage, time, target or priority.
+	ErrScheduleConflict = errors.New("the schedule id was armed with another body")
 )
+
+// Refused reports whether err is the engine refusing what a request asks (a
+// bound, a conflict, something not there) rather than failing: callers answer
+// it with a 4xx, and it never counts as an engine failure (breakers, alerts).
+func Refused(err error) bool {
+	for _, r := range []error{ErrIdempotencyConflict, ErrScheduleNotFound, ErrScheduleChanged, ErrScheduleSuperseded,
+		ErrTooManySchedules, ErrScheduleConflict, ErrNoteNotFound} {
+		if errors.Is(err, r) {
+			return true
+		}
+	}
+	return false
+}
 
 // ArmRequest is one schedule.
 type ArmRequest struct {
@@ -63,20 +82,32 @@ func (m *Memory) Arm(ctx context.Context, req ArmRequest) (wire.Stage, error) {
 	if e.sched == nil {
 		e.sched = map[string]wire.Stage{}
 	}
-	if s, ok := e.sched[req.ID]; ok {
-		return s, nil
-	}
-	if len(e.sched) >= MaxSchedules {
-		return wire.Stage{}, errors.New("too many schedules for this event")
-	}
-	v := max(e.v+1, uint64(req.AtMS)*1000)
-	st := wire.Stage{Event: req.Event, Key: req.Key, V: v, TS: req.AtMS, Digest: e.digests[req.Key],
+	st := wire.Stage{Event: req.Event, Key: req.Key, TS: req.AtMS, Digest: e.digests[req.Key],
 		Arm: &wire.Arm{ID: req.ID, At: req.AtMS}}
 	if !req.Target.IsZero() {
 		st.Target = req.Target
 	}
 	if req.Critical {
 		st.Priority = wire.PriorityCritical.String()
+	}
+	if s, ok := e.sched[req.ID]; ok {
+		if s.Key != st.Key || s.Arm.At != st.Arm.At || s.Priority != st.Priority || !s.Target.Equal(st.Target) {
+			return s, ErrScheduleConflict
+		}
+		return s, nil
+	}
+	if len(e.sched) >= MaxSchedules {
+		return wire.Stage{}, ErrTooManySchedules
+	}
+	st.V = max(e.v+1, uint64(req.AtMS)*1000)
+	for taken := true; taken; { // a version of its own: past any armed one it meets
+		taken = false
+		for _, o := range e.sched {
+			if o.V == st.V {
+				st.V++
+				taken = true
+			}
+		}
 	}
 	e.sched[req.ID] = st
 	for _, s := range e.subs {
@@ -150,7 +181,10 @@ func (m *Memory) DueSchedules(ctx context.Context, nowMS int64, limit int) ([]Sc
 }
 
 // FireSchedule makes schedule id a stage change with its armed version: the
-// log entry and the publish, as SetStage does.
+// log entry and the publish, as SetStage does. Schedules of the event with a
+// lower version and a fire time no later than id's fire first, in version
+// order (two arms at one time have consecutive versions: neither may be
+// dropped as superseded by the other).
 func (m *Memory) FireSchedule(ctx context.Context, event, id string) (wire.Stage, error) {
 	if err := ctx.Err(); err != nil {
 		return wire.Stage{}, err
@@ -165,16 +199,28 @@ func (m *Memory) FireSchedule(ctx context.Context, event, id string) (wire.Stage
 	if !ok {
 		return wire.Stage{}, ErrScheduleNotFound
 	}
-	delete(e.sched, id)
-	if e.v >= s.V {
+	var earlier []wire.Stage
+	for oid, o := range e.sched {
+		if oid != id && o.V < s.V && o.Arm.At <= s.Arm.At {
+			earlier = append(earlier, o)
+		}
+	}
+	slices.SortFunc(earlier, func(a, b wire.Stage) int { return cmp.Compare(a.V, b.V) })
+	for _, o := range append(earlier, s) {
+		delete(e.sched, o.Arm.ID)
+		if e.v >= o.V {
+			continue
+		}
+		st := Fired(o)
+		m.appendLog(e, st)
+		for _, sub := range e.subs {
+			sub.onStage(st)
+		}
+	}
+	if e.v != s.V {
 		return wire.Stage{}, ErrScheduleSuperseded
 	}
-	st := Fired(s)
-	m.appendLog(e, st)
-	for _, sub := range e.subs {
-		sub.onStage(st)
-	}
-	return st, nil
+	return Fired(s), nil
 }
 
 // Time is the engine's clock (proxies compare theirs with it before they fire

@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"errors"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -234,6 +235,9 @@ type Notification struct {
 
 // ParseNotifyRequest decodes and validates a POST /v1/notifications body. Every
 // error names the field and the limit.
+// ErrTooLarge marks a request refused for its size (HTTP 413, not 400).
+var ErrTooLarge = errors.New("too large")
+
 func ParseNotifyRequest(b []byte) (Notification, error) {
 	var n Notification
 	if len(b) > MaxNoteBody {
@@ -256,7 +260,7 @@ func ParseNotifyRequest(b []byte) (Notification, error) {
 		return n, err
 	}
 	if len(r.Payload) > MaxNotePayload {
-		return n, fmt.Errorf("payload is %d bytes, at most %d", len(r.Payload), MaxNotePayload)
+		return n, fmt.Errorf("%w: payload is %d bytes, at most %d", ErrTooLarge, len(r.Payload), MaxNotePayload)
 	}
 	payload := json.RawMessage("null")
 	if len(r.Payload) > 0 {

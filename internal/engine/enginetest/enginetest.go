@@ -53,6 +53,7 @@ func Run(t *testing.T, newEngine func(t *testing.T, logLen int) Engine) {
 	t.Run("Exists", func(t *testing.T) { testExists(t, newEngine(t, 8)) })
 	t.Run("EventsAndAudit", func(t *testing.T) { testEventsAndAudit(t, newEngine(t, 8)) })
 	t.Run("Digest", func(t *testing.T) { testDigest(t, newEngine(t, 8)) })
+	t.Run("SchedulesAtOneTime", func(t *testing.T) { testSchedulesAtOneTime(t, newEngine(t, 50)) })
 	t.Run("Schedules", func(t *testing.T) { testSchedules(t, newEngine(t, 8)) })
 	t.Run("ProxyLoads", func(t *testing.T) { testProxyLoads(t, newEngine(t, 8)) })
 }
@@ -81,6 +82,47 @@ func testProxyLoads(t *testing.T, e Engine) {
 // change before it), publishes the arm, lists it, is idempotent by id; firing
 // writes exactly that version once; a cancel (of the right version) wins; a
 // newer change supersedes.
+// testSchedulesAtOneTime (hardening #9): two arms at one time (one per
+// target) get distinct versions, and firing either fires both, in version
+// order: no acknowledged arm is dropped as superseded by its twin. A full
+// event refuses the next arm with ErrTooManySchedules.
+func testSchedulesAtOneTime(t *testing.T, e Engine) {
+	at := time.Now().Add(time.Hour).UnixMilli()
+	tv, err := e.Arm(ctx(t), engine.ArmRequest{ID: "s-tv", Event: "twin", Key: "ko", AtMS: at, Target: &wire.Target{Platforms: []string{"tv"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mob, err := e.Arm(ctx(t), engine.ArmRequest{ID: "s-mob", Event: "twin", Key: "ko", AtMS: at, Target: &wire.Target{Platforms: []string{"mobile"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tv.V == mob.V {
+		t.Fatalf("two arms at one time share v%d", tv.V)
+	}
+	later, earlier := "s-mob", "s-tv"
+	if mob.V < tv.V {
+		later, earlier = earlier, later
+	}
+	if _, err := e.FireSchedule(ctx(t), "twin", later); err != nil {
+		t.Fatalf("fire the later twin: %v", err)
+	}
+	if _, err := e.FireSchedule(ctx(t), "twin", earlier); !errors.Is(err, engine.ErrScheduleNotFound) {
+		t.Fatalf("the earlier twin after the later fired: %v, want it fired already (not found)", err)
+	}
+	log, err := e.Recent(ctx(t), "twin", 10)
+	if err != nil || len(log) != 2 || log[0].V != min(tv.V, mob.V) || log[1].V != max(tv.V, mob.V) {
+		t.Fatalf("log %+v %v: both twins, in version order", log, err)
+	}
+	for i := range engine.MaxSchedules {
+		if _, err := e.Arm(ctx(t), engine.ArmRequest{ID: fmt.Sprintf("f%d", i), Event: "full", Key: "k", AtMS: at + int64(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.Arm(ctx(t), engine.ArmRequest{ID: "one-more", Event: "full", Key: "k", AtMS: at}); !errors.Is(err, engine.ErrTooManySchedules) {
+		t.Fatalf("arm past the bound: %v, want ErrTooManySchedules", err)
+	}
+}
+
 func testSchedules(t *testing.T, e Engine) {
 	got := make(chan wire.Stage, 16)
 	sctx, cancel := context.WithCancel(ctx(t))
@@ -108,8 +150,11 @@ func testSchedules(t *testing.T, e Engine) {
 	if m := next(); m.Arm == nil || m.V != armed.V || m.Arm.Cancel {
 		t.Fatalf("published %+v, want the arm", m)
 	}
-	if again, _ := e.Arm(ctx(t), engine.ArmRequest{ID: "s1", Event: "sch", Key: "other", AtMS: at + 5}); again.V != armed.V || again.Key != "knockout" {
-		t.Fatalf("re-arming the same id: %+v", again)
+	if again, err := e.Arm(ctx(t), engine.ArmRequest{ID: "s1", Event: "sch", Key: "knockout", AtMS: at, Critical: true}); err != nil || again.V != armed.V || again.Key != "knockout" {
+		t.Fatalf("re-arming the same id: %+v %v", again, err)
+	}
+	if _, err := e.Arm(ctx(t), engine.ArmRequest{ID: "s1", Event: "sch", Key: "other", AtMS: at + 5}); !errors.Is(err, engine.ErrScheduleConflict) {
+		t.Fatalf("re-arming the same id with another body: %v, want ErrScheduleConflict", err)
 	}
 	if list, _ := e.Schedules(ctx(t), "sch"); len(list) != 1 || list[0].V != armed.V {
 		t.Fatalf("schedules %+v", list)

@@ -25,17 +25,30 @@ const scheduleIndex = "sc:schedules"
 
 // armScript: KEYS log, sched, channel, dig. ARGV id, stage key, atMS,
 // stage-prefix (no d, no v, no closing brace), eventTTLms, maxSchedules.
-// Returns the armed message (the existing one for a known id), or an error.
+// Returns the armed message (the existing one for a known id with the same
+// body), or an error reply SCHEDULE_LIMIT / SCHEDULE_CONFLICT. The version is
+// max(at in us, newest logged + 1), moved past any armed schedule of the
+// event that has it, so two arms at one time never share a version. Reads at
+// most the event's schedules (maxSchedules).
 const armScript = `
 local prev = redis.call('HGET', KEYS[2], ARGV[1])
-if prev then return prev end
-if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[6]) then return redis.error_reply('too many schedules for this event') end
+if prev then
+  if string.sub(prev, 1, #ARGV[4]) ~= ARGV[4] then return redis.error_reply('SCHEDULE_CONFLICT the schedule id was armed with another body') end
+  return prev
+end
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[6]) then return redis.error_reply('SCHEDULE_LIMIT too many schedules for this event') end
 local v = tonumber(ARGV[3]) * 1000
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #top > 0 then
   local last = tonumber(string.match(top[1][1], '^(%d+)'))
   if last and last + 1 > v then v = last + 1 end
 end
+local taken = {}
+for _, o in ipairs(redis.call('HVALS', KEYS[2])) do
+  local ov = string.match(o, '"v":(%d+)')
+  if ov then taken[ov] = true end
+end
+while taken[string.format('%.0f', v)] do v = v + 1 end
 local s = ARGV[4]
 local d = redis.call('HGET', KEYS[4], ARGV[2])
 if d then s = s .. ',"d":"' .. d .. '"' end
@@ -59,23 +72,46 @@ return 1
 `
 
 // fireScript: KEYS log, sched, channel. ARGV id, logLen, eventTTLms. Returns
-// {1, stage JSON} fired, {0, ”} not found, {2, ”} superseded.
+// {1, stage JSON, n} fired, {0, "", 0} not found, {2, "", n} superseded; n
+// schedules of the event with a lower version and a fire time no later than
+// id's were fired first, in version order (see engine.Memory.FireSchedule).
+// Reads at most the event's schedules.
 const fireScript = `
 local s = redis.call('HGET', KEYS[2], ARGV[1])
-if not s then return {0, ''} end
-redis.call('HDEL', KEYS[2], ARGV[1])
-local vs = string.match(s, '"v":(%d+)')
-local v = tonumber(vs)
-local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #top > 0 then
-  local last = tonumber(string.match(top[1][1], '^(%d+)'))
-  if last and last >= v then return {2, ''} end
+if not s then return {0, '', 0} end
+local v = tonumber(string.match(s, '"v":(%d+)'))
+local at = tonumber(string.match(s, '"at":(%d+)'))
+local function fire(id, msg)
+  redis.call('HDEL', KEYS[2], id)
+  local vs = string.match(msg, '"v":(%d+)')
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if #top > 0 then
+    local last = tonumber(string.match(top[1][1], '^(%d+)'))
+    if last and last >= tonumber(vs) then return nil end
+  end
+  local st = string.gsub(msg, ',"arm":{[^}]*}', '', 1)
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], vs .. '-0', 's', st)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('SPUBLISH', KEYS[3], st)
+  return st
 end
-local st = string.gsub(s, ',"arm":{[^}]*}', '', 1)
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], vs .. '-0', 's', st)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('SPUBLISH', KEYS[3], st)
-return {1, st}
+local earlier = {}
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] then
+    local ov = tonumber(string.match(all[i + 1], '"v":(%d+)'))
+    local oat = tonumber(string.match(all[i + 1], '"at":(%d+)'))
+    if ov and oat and ov < v and oat <= at then table.insert(earlier, {ov, all[i], all[i + 1]}) end
+  end
+end
+table.sort(earlier, function(a, b) return a[1] < b[1] end)
+local n = 0
+for _, e in ipairs(earlier) do
+  if fire(e[2], e[3]) then n = n + 1 end
+end
+local st = fire(ARGV[1], s)
+if not st then return {2, '', n} end
+return {1, st, n}
 `
 
 var (
@@ -109,10 +145,21 @@ func (e *Engine) Arm(ctx context.Context, req engine.ArmRequest) (wire.Stage, er
 	if err != nil {
 		return wire.Stage{}, err
 	}
-	raw, err := armLua.Exec(ctx, e.fast,
+	// The due index first (another slot): an entry whose arm then fails is
+	// harmless (its fire finds nothing), while an arm the index missed would
+	// be fired by proxies only. NX: arming an id again keeps its entry.
+	if err := e.fast.Do(ctx, e.fast.B().Zadd().Key(scheduleIndex).Nx().ScoreMember().
+		ScoreMember(float64(req.AtMS), indexMember(req.Event, req.ID)).Build()).Error(); err != nil {
+		return wire.Stage{}, fmt.Errorf("arm %s/%s: due index: %w", req.Event, req.ID, err)
+	}
+	msg, err := e.runDurable(ctx, armLua, armScript,
 		[]string{key(req.Event, "log"), key(req.Event, "sched"), key(req.Event, "stage"), key(req.Event, "dig")},
 		[]string{req.ID, req.Key, strconv.FormatInt(req.AtMS, 10), string(b[:len(b)-1]),
-			strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10), strconv.Itoa(engine.MaxSchedules)}).ToString()
+			strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10), strconv.Itoa(engine.MaxSchedules)})
+	if err != nil {
+		return wire.Stage{}, fmt.Errorf("arm %s/%s: %w", req.Event, req.ID, refusal(err))
+	}
+	raw, err := msg.ToString()
 	if err != nil {
 		return wire.Stage{}, fmt.Errorf("arm %s/%s: %w", req.Event, req.ID, err)
 	}
@@ -120,13 +167,38 @@ func (e *Engine) Arm(ctx context.Context, req engine.ArmRequest) (wire.Stage, er
 	if err != nil {
 		return wire.Stage{}, fmt.Errorf("arm %s/%s: %w", req.Event, req.ID, err)
 	}
-	// The due index (another slot): without it only the proxies fire, so its
-	// failure is the caller's error; arming again with the same id is safe.
-	if err := e.fast.Do(ctx, e.fast.B().Zadd().Key(scheduleIndex).ScoreMember().
-		ScoreMember(float64(st.Arm.At), indexMember(req.Event, req.ID)).Build()).Error(); err != nil {
-		return st, fmt.Errorf("arm %s/%s: due index: %w", req.Event, req.ID, err)
-	}
 	return st, nil
+}
+
+// refusal turns a script's SCHEDULE_* error reply into the engine's typed error.
+func refusal(err error) error {
+	if re, ok := rueidis.IsRedisErr(err); ok {
+		switch {
+		case strings.HasPrefix(re.Error(), "SCHEDULE_LIMIT"):
+			return engine.ErrTooManySchedules
+		case strings.HasPrefix(re.Error(), "SCHEDULE_CONFLICT"):
+			return engine.ErrScheduleConflict
+		}
+	}
+	return err
+}
+
+// runDurable runs a script, and with WaitReplicas WAIT on the same dedicated
+// connection (an acknowledged arm or cancel is on the replicas too).
+func (e *Engine) runDurable(ctx context.Context, lua *rueidis.Lua, src string, keys, args []string) (rueidis.RedisMessage, error) {
+	if e.cfg.WaitReplicas <= 0 {
+		return lua.Exec(ctx, e.fast, keys, args).ToMessage()
+	}
+	var msg rueidis.RedisMessage
+	err := e.fast.Dedicated(func(dc rueidis.DedicatedClient) error {
+		var err error
+		msg, err = dc.Do(ctx, dc.B().Eval().Script(src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()).ToMessage()
+		if err != nil {
+			return err
+		}
+		return e.waitReplicas(ctx, dc)
+	})
+	return msg, err
 }
 
 // Schedules lists an event's armed schedules, by fire time.
@@ -163,7 +235,11 @@ func (e *Engine) CancelSchedule(ctx context.Context, event, id string, v uint64)
 	if v != 0 {
 		want = strconv.FormatUint(v, 10)
 	}
-	n, err := cancelLua.Exec(ctx, e.fast, []string{key(event, "sched"), key(event, "stage")}, []string{id, want}).AsInt64()
+	msg, err := e.runDurable(ctx, cancelLua, cancelScript, []string{key(event, "sched"), key(event, "stage")}, []string{id, want})
+	var n int64
+	if err == nil {
+		n, err = msg.AsInt64()
+	}
 	if err != nil {
 		return fmt.Errorf("cancel %s/%s: %w", event, id, err)
 	}
@@ -203,7 +279,7 @@ func (e *Engine) FireSchedule(ctx context.Context, event, id string) (wire.Stage
 	res, err := fireLua.Exec(ctx, e.fast,
 		[]string{key(event, "log"), key(event, "sched"), key(event, "stage")},
 		[]string{id, strconv.Itoa(e.cfg.LogLen), strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10)}).ToArray()
-	if err != nil || len(res) != 2 {
+	if err != nil || len(res) != 3 {
 		return wire.Stage{}, fmt.Errorf("fire %s/%s: %v", event, id, err)
 	}
 	_ = e.fast.Do(ctx, e.fast.B().Zrem().Key(scheduleIndex).Member(indexMember(event, id)).Build()).Error()
