@@ -137,7 +137,6 @@ type Server struct {
 type metrics struct {
 	changes  *prometheus.CounterVec
 	requests *prometheus.CounterVec
-	breaker  *prometheus.GaugeVec
 	engErr   prometheus.Counter
 }
 
@@ -161,16 +160,11 @@ func New(cfg Config, eng Engine) (*Server, error) {
 			Name: "stage_changes_total", Help: "Stage change requests by result (created, replayed)."}, []string{"result"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "broadcaster",
 			Name: "requests_total", Help: "Producer API requests by route and status code."}, []string{"route", "code"}),
-		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "broadcaster",
-			Name: "engine_breaker_state", Help: "Engine circuit breakers of map writes and reads: 0 closed, 1 half-open, 2 open."}, []string{"breaker"}),
 		engErr: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "broadcaster",
 			Name: "engine_errors_total", Help: "Failed engine calls."}),
 	}
-	s.breakers = newBulkheads(cfg, s, s.m.breaker)
-	reg.MustRegister(s.m.changes, s.m.requests, s.m.breaker, s.m.engErr,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "broadcaster", Name: "open_event_breakers",
-			Help: "Events whose stage-change breaker is open (their engine shard failed repeatedly)."},
-			func() float64 { return float64(s.breakers.openEvents.Load()) }))
+	s.breakers = newBulkheads(cfg, s)
+	reg.MustRegister(s.m.changes, s.m.requests, s.m.engErr, s.breakers.collector())
 	ctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	s.lanes = s.startLanes(ctx)

@@ -15,6 +15,8 @@ import (
 
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/waitfor"
+	"github.com/stagecast/stagecast/internal/wire"
 )
 
 const token = "test-producer-token-123456"
@@ -403,4 +405,74 @@ func scrape(t *testing.T, base string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// failing is the memory engine whose stage changes and reads fail while fail is set.
+type failing struct {
+	*engine.Memory
+	fail atomic.Bool
+}
+
+func (f *failing) SetStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error) {
+	if f.fail.Load() {
+		return engine.SetResult{}, errors.New("redis: connection refused")
+	}
+	return f.Memory.SetStage(ctx, req)
+}
+
+func (f *failing) Recent(ctx context.Context, event string, n int) ([]wire.Stage, error) {
+	if f.fail.Load() {
+		return nil, errors.New("redis: connection refused")
+	}
+	return f.Memory.Recent(ctx, event, n)
+}
+
+// gauge reads one gauge (summed over its series) from s's registry.
+func gauge(t *testing.T, s *broadcaster.Server, name string) float64 {
+	t.Helper()
+	mfs, err := s.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum = max(sum, m.GetGauge().GetValue())
+			}
+		}
+	}
+	return sum
+}
+
+// TestBreakerGaugesClearAfterRecovery (hardening #7): the breaker metrics are
+// read at the scrape, so once the engine is back and the open period is over
+// they stop saying "open" though no request has touched the breakers since.
+func TestBreakerGaugesClearAfterRecovery(t *testing.T) {
+	eng := &failing{Memory: engine.NewMemory(engine.MemoryConfig{})}
+	eng.fail.Store(true)
+	s, err := broadcaster.New(broadcaster.Config{Token: token, BreakerFailures: 2, BreakerOpenFor: 200 * time.Millisecond,
+		StageBudget: 100 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	ts := httptest.NewServer(s.Handler())
+	t.Cleanup(ts.Close)
+	c := &broadcaster.Client{BaseURL: ts.URL, Token: token}
+	ctx := context.Background()
+	for range 3 {
+		_, _ = c.SetStage(ctx, "ev", "k", nil, "")
+		_, _ = c.Get(ctx, "ev")
+	}
+	if o := gauge(t, s, "stagecast_broadcaster_open_event_breakers"); o != 1 {
+		t.Fatalf("open event breakers %v, want 1", o)
+	}
+	if st := gauge(t, s, "stagecast_broadcaster_engine_breaker_state"); st != 2 {
+		t.Fatalf("breaker state %v, want 2 (open)", st)
+	}
+	eng.fail.Store(false)
+	waitfor.True(t, 5*time.Second, "the gauges clear with no request", func() bool {
+		return gauge(t, s, "stagecast_broadcaster_open_event_breakers") == 0 && gauge(t, s, "stagecast_broadcaster_engine_breaker_state") < 2
+	})
 }
