@@ -149,7 +149,9 @@ func labeled(t *testing.T, p *proxy.Server, name, label, value string) float64 {
 }
 
 // A paced change reaches a proxy's devices in waves at PacedRate (here 100/s:
-// 40 devices over >= 300 ms), five times slower while the prefetch tier
+// 40 devices in 4 waves 100 ms apart, so first to last is 300 ms, checked as
+// >= 250 ms: an unpaced change reaches all 40 within a few ms, and receive
+// times carry scheduling noise either way), five times slower while the prefetch tier
 // reports shedding critical work; an unpaced one goes to all at once.
 func TestPacedBroadcast(t *testing.T) {
 	eng := memEngine(t)
@@ -185,8 +187,8 @@ func TestPacedBroadcast(t *testing.T) {
 	if _, err := eng.SetStage(ctx, engine.SetRequest{Event: "fight", Key: "paced-1", TS: 1, Paced: true}); err != nil {
 		t.Fatal(err)
 	}
-	if s := span("paced-1"); s < 300*time.Millisecond {
-		t.Fatalf("a paced change to %d devices at 100/s spread over %v, want >= 300ms", n, s)
+	if s := span("paced-1"); s < 250*time.Millisecond {
+		t.Fatalf("a paced change to %d devices at 100/s spread over %v, want about 300ms (>= 250ms)", n, s)
 	}
 	// The prefetch tier sheds critical work: a fifth of the rate.
 	if err := eng.PutProxyLoad(ctx, engine.ProxyLoad{ID: "pf-1", Tier: "prefetch", Shedding: 2, AtMS: time.Now().UnixMilli()}); err != nil {
