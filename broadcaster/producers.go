@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/time/rate"
 	"math"
 	"os"
 	"strings"
@@ -30,6 +31,9 @@ type producerSet struct {
 type producerEntry struct {
 	name   string
 	events wire.Patterns // nil: any event
+	// limit bounds the producer's requests (Config.ProducerRate); set by
+	// SetProducers, kept across reloads for a producer of the same name.
+	limit *rate.Limiter
 }
 
 // placeholders are fragments of tokens that ship in examples; a token containing
@@ -140,6 +144,20 @@ func (s *Server) SetProducers(ps []Producer) error {
 	set, err := newProducerSet(ps)
 	if err != nil {
 		return err
+	}
+	old := map[string]*rate.Limiter{}
+	if cur := s.producers.Load(); cur != nil {
+		for _, e := range cur.byHash {
+			old[e.name] = e.limit
+		}
+	}
+	for _, e := range set.byHash {
+		if e.limit = old[e.name]; e.limit == nil {
+			e.limit = rate.NewLimiter(rate.Limit(s.cfg.ProducerRate), s.cfg.ProducerBurst)
+			if s.cfg.ProducerRate < 0 {
+				e.limit = rate.NewLimiter(rate.Inf, 0)
+			}
+		}
 	}
 	s.producers.Store(set)
 	names := make([]string, 0, len(ps))

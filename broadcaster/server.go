@@ -73,6 +73,12 @@ type Config struct {
 	ReportStaleAfter time.Duration
 	// MaxMapBytes is the largest stage map accepted (413 above). Default 1 MiB.
 	MaxMapBytes int64
+	// ProducerRate and ProducerBurst bound each producer's requests per second
+	// (429 rate_limited past them, with Retry-After). Defaults
+	// DefaultProducerRate and twice that; a negative ProducerRate turns the
+	// limit off.
+	ProducerRate  float64
+	ProducerBurst int
 	// Lanes size the notification lanes, by wire.Priority; zero fields take
 	// DefaultLanes.
 	Lanes      [wire.NumPriorities]LaneConfig
@@ -107,6 +113,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxMapBytes <= 0 {
 		c.MaxMapBytes = wire.DefaultMaxMapSize
+	}
+	if c.ProducerRate == 0 {
+		c.ProducerRate = DefaultProducerRate
+	}
+	if c.ProducerBurst <= 0 {
+		c.ProducerBurst = int(2 * DefaultProducerRate)
 	}
 	if err := validateLanes(&c.Lanes); err != nil {
 		return err
@@ -246,6 +258,11 @@ func (s *Server) route(name string, auth bool, h func(*http.Request) (any, error
 		if auth {
 			if p = s.producer(r); p == nil {
 				writeError(sw, http.StatusUnauthorized, "unauthorized", "missing or invalid producer token (Authorization: Bearer <token>)")
+				return
+			}
+			if !p.limit.Allow() {
+				sw.Header().Set("Retry-After", "1")
+				writeError(sw, http.StatusTooManyRequests, "rate_limited", fmt.Sprintf("producer %s sends more than %.0f requests a second (burst %d); slow down", p.name, s.cfg.ProducerRate, s.cfg.ProducerBurst))
 				return
 			}
 			r = r.WithContext(context.WithValue(r.Context(), producerKey{}, p))
@@ -390,6 +407,15 @@ type StageReply struct {
 
 const maxStageBody = 16 << 10
 
+// DefaultProducerRate is each producer's request rate bound (per second): far
+// above what a console or a scheduler sends, a cap on a runaway script.
+const DefaultProducerRate = 2000
+
+// AutoKeyTTL is how long the key made up for a keyless stage change is kept:
+// long enough for the producer to retry with it after an outcome_unknown,
+// short enough that keyless traffic keeps no 24 h record per request.
+const AutoKeyTTL = 10 * time.Minute
+
 func decodeJSON(r *http.Request, limit int64, dst any) error {
 	body := http.MaxBytesReader(nil, r.Body, limit)
 	dec := json.NewDecoder(body)
@@ -437,12 +463,13 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 	// A keyless request gets an internal key, so retries inside the budget (a
 	// pooled Redis connection found dead only on use, a master failing over)
 	// can never make a second version, and the producer can retry with it.
-	key := idem
+	key, keyTTL := idem, time.Duration(0)
 	if key == "" {
 		key = "auto-" + strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
+		keyTTL = AutoKeyTTL
 	}
 	ts := s.cfg.Now().UnixMilli()
-	res, err := s.changeStage(r.Context(), engine.SetRequest{Event: event, Key: req.Stage, Target: req.Target, TS: ts, IdempotencyKey: key,
+	res, err := s.changeStage(r.Context(), engine.SetRequest{Event: event, Key: req.Stage, Target: req.Target, TS: ts, IdempotencyKey: key, KeyTTL: keyTTL,
 		Critical: req.Priority == "critical", Paced: req.Paced})
 	if err != nil {
 		s.audit(r, "set_stage", "stage", req.Stage, "idempotency_key", key, "result", "error", "err", err.Error())

@@ -476,3 +476,29 @@ func TestBreakerGaugesClearAfterRecovery(t *testing.T) {
 		return gauge(t, s, "stagecast_broadcaster_open_event_breakers") == 0 && gauge(t, s, "stagecast_broadcaster_engine_breaker_state") < 2
 	})
 }
+
+// TestProducerRateLimit (hardening #11): past its burst a producer gets 429
+// rate_limited with Retry-After; another producer is unaffected.
+func TestProducerRateLimit(t *testing.T) {
+	const other = "other-producer-7c6b5a4f3e2d"
+	s, err := broadcaster.New(broadcaster.Config{Producers: []broadcaster.Producer{{Name: "p1", Token: token}, {Name: "p2", Token: other}},
+		ProducerRate: 1, ProducerBurst: 5, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, engine.NewMemory(engine.MemoryConfig{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	ts := httptest.NewServer(s.Handler())
+	t.Cleanup(ts.Close)
+	ctx := context.Background()
+	c := &broadcaster.Client{BaseURL: ts.URL, Token: token}
+	for i := range 5 {
+		if _, err := c.SetStage(ctx, "ev", fmt.Sprintf("k%d", i), nil, ""); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	_, err = c.SetStage(ctx, "ev", "k9", nil, "")
+	apiErr(t, err, 429, "rate_limited")
+	if _, err := (&broadcaster.Client{BaseURL: ts.URL, Token: other}).SetStage(ctx, "ev", "k", nil, ""); err != nil {
+		t.Fatalf("another producer: %v", err)
+	}
+}

@@ -61,6 +61,9 @@ func TestManifests(t *testing.T) {
 		if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == "stagecast" && cm.Data["STAGECAST_REQUIRE_DEVICE_TOKEN"] != "true" {
 			t.Error("the production overlay must set STAGECAST_REQUIRE_DEVICE_TOKEN=true")
 		}
+		if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == "stagecast" && cm.Data["STAGECAST_REDIS_WAIT_REPLICAS"] != "1" {
+			t.Error("the production overlay must set STAGECAST_REDIS_WAIT_REPLICAS=1 (hardening #11)")
+		}
 	}
 }
 

@@ -171,13 +171,15 @@ func runBroadcaster(args []string) error {
 	tokensFile := fs.String("producer-tokens", "", `named producer tokens, a JSON file {"producers":[{"name":..,"token":..,"events":["fight-*"]}]}; re-read when it changes (rotation)`)
 	publicReads := fs.Bool("public-reads", true, "serve GET /v1/events/{event} without a token")
 	maxMap := fs.Int64("max-map-bytes", wire.DefaultMaxMapSize, "largest stage map accepted (413 above)")
+	producerRate := fs.Float64("producer-rate", broadcaster.DefaultProducerRate, "requests per second each producer token may send (429 above; burst twice that); negative: no limit")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	var rc redisengine.Config
 	redisAddrs := redisFlags(fs, &rc)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	bcfg := broadcaster.Config{Token: *token, PublicReads: *publicReads, MaxMapBytes: *maxMap}
+	bcfg := broadcaster.Config{Token: *token, PublicReads: *publicReads, MaxMapBytes: *maxMap,
+		ProducerRate: *producerRate, ProducerBurst: int(2 * max(*producerRate, 1))}
 	if *tokenFile != "" {
 		b, err := os.ReadFile(*tokenFile)
 		if err != nil {

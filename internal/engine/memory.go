@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sync"
@@ -131,7 +132,7 @@ func (m *Memory) SetStage(ctx context.Context, req SetRequest) (SetResult, error
 				delete(e.idem, k)
 			}
 		}
-		e.idem[req.IdempotencyKey] = idemEntry{reqKey: req.Key, stage: st, expires: now.Add(m.cfg.IdempotencyTTL)}
+		e.idem[req.IdempotencyKey] = idemEntry{reqKey: req.Key, stage: st, expires: now.Add(cmp.Or(req.KeyTTL, m.cfg.IdempotencyTTL))}
 	}
 	for _, s := range e.subs {
 		s.onStage(st)

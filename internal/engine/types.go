@@ -22,6 +22,10 @@ type SetRequest struct {
 	// IdempotencyKey, when set, makes a retry with the same key return the first
 	// result and create no new version.
 	IdempotencyKey string
+	// KeyTTL is how long the key is remembered (0: the engine's
+	// IdempotencyTTL). The broadcaster gives keys it made up for keyless
+	// requests a short one, so they cost no 24 h record each.
+	KeyTTL time.Duration
 	// MinVersion is an extra floor for the assigned version (0: none). Engines
 	// assign max(newest logged + 1, their clock in microseconds, MinVersion), so
 	// versions rise without it.

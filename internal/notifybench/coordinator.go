@@ -157,7 +157,7 @@ func Run(ctx context.Context, cfg Config) (Results, error) {
 	env := []string{"STAGECAST_PRODUCER_TOKEN=" + benchToken, "STAGECAST_REDIS=" + raddr, "STAGECAST_LOG_LEVEL=warn",
 		"STAGECAST_DEVICE_KEYS=" + filepath.Join(keyDir, "device-keys.jwks")}
 	baddr := benchproc.FreeAddr()
-	bargv := []string{cfg.Stagecast, "broadcaster", "--addr", baddr}
+	bargv := []string{cfg.Stagecast, "broadcaster", "--addr", baddr, "--producer-rate", "-1"}
 	if cfg.Pprof != "" {
 		bargv = append(bargv, "--debug-addr", cfg.Pprof)
 	}

@@ -24,6 +24,7 @@
 package redisengine
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -299,7 +300,7 @@ func (e *Engine) SetStage(ctx context.Context, req engine.SetRequest) (engine.Se
 	defer cancel()
 	keys := []string{key(req.Event, "log"), idemKey, key(req.Event, "stage"), key(req.Event, "dig")}
 	args := []string{prefix, strconv.Itoa(e.cfg.LogLen), strconv.FormatUint(req.MinVersion, 10),
-		strconv.FormatInt(int64(e.cfg.IdempotencyTTL/time.Second), 10),
+		strconv.FormatInt(int64(cmp.Or(req.KeyTTL, e.cfg.IdempotencyTTL)/time.Second), 10),
 		strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10), useIdem, req.Key}
 	var res []rueidis.RedisMessage
 	if e.cfg.WaitReplicas > 0 {
