@@ -162,3 +162,31 @@ func TestReadInboxBoundedCalls(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyTTL (hardening #11): a key made up for a keyless request is kept for
+// its own short TTL, not the 24 h of a producer's key.
+func TestKeyTTL(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	e, err := redisengine.New(redisengine.Config{Addrs: []string{srv.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		key      string
+		ttl      time.Duration
+		min, max int
+	}{{"auto-1", 10 * time.Minute, 590, 600}, {"producer-1", 0, 86390, 86400}} {
+		if _, err := e.SetStage(ctx, engine.SetRequest{Event: "kt", Key: "s", TS: 1, IdempotencyKey: tc.key, KeyTTL: tc.ttl}); err != nil {
+			t.Fatal(err)
+		}
+		out, err := srv.Cli(ctx, "TTL", "sc:{kt}:idem:"+tc.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := strconv.Atoi(strings.TrimSpace(out)); n < tc.min || n > tc.max {
+			t.Fatalf("key %s: TTL %s s, want %d-%d", tc.key, strings.TrimSpace(out), tc.min, tc.max)
+		}
+	}
+}
