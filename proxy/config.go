@@ -127,6 +127,11 @@ type Config struct {
 	// wss://...), published with its load so draining proxies can direct
 	// devices here. Empty: never a drain target.
 	PublicURL string
+	// DrainTargets are the host patterns (path.Match, e.g. "*.px.example.com")
+	// of proxies a directed drain may send devices to; a published target
+	// outside them (or ws from a wss proxy) is dropped, whoever wrote it into
+	// the engine. Empty: any host, never wss -> ws.
+	DrainTargets []string
 	// PacedRate is how many devices a second this proxy releases a paced
 	// change to (halved while the prefetch tier sheds normal work, a fifth
 	// while it sheds critical work); 0 releases paced changes at once.

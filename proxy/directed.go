@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
 )
 
 // Directed drain. Every proxy publishes its load (connections, capacity,
@@ -53,6 +54,10 @@ func (s *Server) planDrain(ctx context.Context, n int) ([]drainPlan, int) {
 	if err == nil {
 		for _, l := range loads {
 			if l.ID == s.cfg.ID || l.Tier != "" || l.Draining || l.URL == "" || l.AdmitRate <= 0 || l.Capacity <= l.Connections {
+				continue
+			}
+			if !wire.DrainTargetAllowed(s.cfg.PublicURL, l.URL, s.cfg.DrainTargets) {
+				s.metrics.drainTargetsRefused.Inc() // whoever wrote it, devices are not sent there
 				continue
 			}
 			t := &target{url: l.URL, spare: float64(l.Capacity - l.Connections), rate: 0.8 * l.AdmitRate}

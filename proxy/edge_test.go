@@ -14,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/proxy"
 )
@@ -118,5 +119,49 @@ func TestCapacityUnderConcurrentHandshakes(t *testing.T) {
 	wg.Wait()
 	if ok != 10 || refused != 50 || p.Connections() != 10 {
 		t.Fatalf("%d connected, %d refused, %d held; want 10, 50, 10", ok, refused, p.Connections())
+	}
+}
+
+// TestDrainTargetsPatterns (hardening #10): a draining proxy sends devices
+// only to published proxies whose host matches its --drain-targets; one that
+// anything wrote into the engine with another host is dropped and counted.
+func TestDrainTargetsPatterns(t *testing.T) {
+	eng := memEngine(t)
+	p, url := startProxy(t, eng, proxy.Config{PublicURL: "ws://a.px.test/v1/ws", DrainTargets: []string{"*.px.test"},
+		DrainWindow: 200 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	now := time.Now().UnixMilli()
+	for _, l := range []engine.ProxyLoad{
+		{ID: "evil", URL: "ws://attacker.example/v1/ws", Capacity: 1000, AdmitRate: 1000, AtMS: now},
+		{ID: "good", URL: "ws://b.px.test/v1/ws", Capacity: 1000, AdmitRate: 1000, AtMS: now},
+	} {
+		if err := eng.PutProxyLoad(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ws, _, err := websocket.Dial(ctx, url+"?device=dt-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	eventually(t, 5*time.Second, "connected", func() bool { return p.Connections() == 1 })
+	go p.Drain(ctx)
+	for {
+		_, b, err := ws.Read(ctx)
+		if err != nil {
+			t.Fatalf("no reconnect frame: %v", err)
+		}
+		f, err := wire.ParseProxyFrame(b)
+		if err != nil || f.Op != wire.OpReconnect {
+			continue
+		}
+		if f.To != "ws://b.px.test/v1/ws" {
+			t.Fatalf("directed to %q, want the proxy matching --drain-targets", f.To)
+		}
+		break
+	}
+	if n := testutil.ToFloat64(metric(t, p, "stagecast_proxy_drain_targets_refused_total")); n < 1 {
+		t.Fatalf("refused targets %v", n)
 	}
 }

@@ -7,42 +7,43 @@ import (
 )
 
 type metrics struct {
-	connections        *prometheus.GaugeVec
-	subscriptions      prometheus.Gauge
-	topics             prometheus.Gauge
-	broadcasts         prometheus.Counter
-	deliveries         prometheus.Counter
-	skipped            prometheus.Counter
-	acks               prometheus.Counter
-	sendLatency        prometheus.Histogram
-	slowConsumerCloses prometheus.Counter
-	pingTimeouts       prometheus.Counter
-	writeErrors        prometheus.Counter
-	rejected           *prometheus.CounterVec
-	badFrames          *prometheus.CounterVec
-	engineErrors       prometheus.Counter
-	inboxOverflow      prometheus.Counter
-	catchupRereads     prometheus.Counter
-	writersSpawned     prometheus.Counter
-	draining           prometheus.Gauge
-	tokenExpired       prometheus.Counter
-	skippedEntries     prometheus.Counter
-	versionConflicts   prometheus.Counter
-	eventLimit         prometheus.Counter
-	notePushes         prometheus.Counter
-	notesSent          [wire.NumPriorities]prometheus.Counter
-	notesShed          prometheus.Counter
-	noteDuplicates     prometheus.Counter
-	noteResyncs        prometheus.Counter
-	noteGaps           prometheus.Counter
-	resyncs            prometheus.Counter
-	registrations      prometheus.Counter
-	backlogNotes       prometheus.Counter
-	resumes            *prometheus.CounterVec
-	armed              *prometheus.CounterVec
-	pacedBroadcasts    prometheus.Counter
-	pacedOffers        prometheus.Counter
-	clockSkew          prometheus.Gauge
+	connections         *prometheus.GaugeVec
+	subscriptions       prometheus.Gauge
+	topics              prometheus.Gauge
+	broadcasts          prometheus.Counter
+	deliveries          prometheus.Counter
+	skipped             prometheus.Counter
+	acks                prometheus.Counter
+	sendLatency         prometheus.Histogram
+	slowConsumerCloses  prometheus.Counter
+	pingTimeouts        prometheus.Counter
+	writeErrors         prometheus.Counter
+	rejected            *prometheus.CounterVec
+	badFrames           *prometheus.CounterVec
+	engineErrors        prometheus.Counter
+	inboxOverflow       prometheus.Counter
+	catchupRereads      prometheus.Counter
+	writersSpawned      prometheus.Counter
+	draining            prometheus.Gauge
+	tokenExpired        prometheus.Counter
+	skippedEntries      prometheus.Counter
+	versionConflicts    prometheus.Counter
+	eventLimit          prometheus.Counter
+	notePushes          prometheus.Counter
+	notesSent           [wire.NumPriorities]prometheus.Counter
+	notesShed           prometheus.Counter
+	noteDuplicates      prometheus.Counter
+	noteResyncs         prometheus.Counter
+	noteGaps            prometheus.Counter
+	drainTargetsRefused prometheus.Counter
+	resyncs             prometheus.Counter
+	registrations       prometheus.Counter
+	backlogNotes        prometheus.Counter
+	resumes             *prometheus.CounterVec
+	armed               *prometheus.CounterVec
+	pacedBroadcasts     prometheus.Counter
+	pacedOffers         prometheus.Counter
+	clockSkew           prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -109,6 +110,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Push subscriptions re-established: the shard's registrations were written again and its inboxes re-read."})
 	m.noteGaps = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "note_gaps_total",
 		Help: "Pushes whose previous inbox entry the device had not seen (a lost registration or push): the backlog was read first."})
+	m.drainTargetsRefused = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "drain_targets_refused_total",
+		Help: "Published proxies a directed drain did not send devices to: outside --drain-targets, or ws from a wss proxy."})
 	m.resyncs = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "inbox_resyncs_total",
 		Help: "Connection inboxes re-read without a device request (after a gap or a resubscribe), each under the backlog-read bound."})
 	m.registrations = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "inbox_registrations_total",
@@ -126,7 +129,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.pacedOffers = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "paced_offers_total",
 		Help: "Devices a paced change was released to."})
 	reg.MustRegister(m.armed, m.clockSkew, m.pacedBroadcasts, m.pacedOffers)
-	reg.MustRegister(m.notePushes, sent, m.notesShed, m.noteDuplicates, m.noteResyncs, m.noteGaps, m.resyncs, m.registrations, m.backlogNotes, m.resumes)
+	reg.MustRegister(m.notePushes, sent, m.notesShed, m.noteDuplicates, m.noteResyncs, m.noteGaps, m.resyncs, m.drainTargetsRefused, m.registrations, m.backlogNotes, m.resumes)
 	reg.MustRegister(m.connections, m.subscriptions, m.topics, m.broadcasts, m.deliveries, m.skipped, m.acks,
 		m.sendLatency, m.slowConsumerCloses, m.pingTimeouts, m.writeErrors, m.rejected, m.badFrames,
 		m.engineErrors, m.inboxOverflow, m.catchupRereads, m.writersSpawned, m.draining, m.tokenExpired, m.eventLimit, m.skippedEntries, m.versionConflicts)

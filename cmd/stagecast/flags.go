@@ -121,6 +121,10 @@ func proxyFlags(fs *flag.FlagSet, c *proxy.Config) {
 		c.OriginPatterns = splitAddrs(v)
 		return nil
 	})
+	fs.Func("drain-targets", "comma-separated host patterns (e.g. *.px.example.com) of proxies a directed drain may send devices to; empty: any host, never wss -> ws", func(v string) error {
+		c.DrainTargets = splitAddrs(v)
+		return nil
+	})
 }
 
 // deviceKeyFlags registers --device-keys and --require-device-token.

@@ -22,7 +22,11 @@ import (
 type Config struct {
 	// URLs of proxies' /v1/ws endpoints (ws://host:port/v1/ws). Reconnects rotate
 	// through them. Required.
-	URLs     []string
+	URLs []string
+	// RedirectHosts are the host patterns (path.Match) a directed drain's "to"
+	// may name; empty: the hosts of URLs and their subdomains. Never wss -> ws
+	// (wire.RedirectAllowed).
+	RedirectHosts []string
 	Device   string
 	Platform string
 	Segment  string
@@ -301,11 +305,11 @@ func (c *Client) session(ctx context.Context) (hint time.Duration, established b
 			}
 		case wire.OpReconnect:
 			hint = time.Duration(f.AfterMS) * time.Millisecond
-			if u, err := url.Parse(f.To); err == nil && f.To != "" && (u.Scheme == "ws" || u.Scheme == "wss") && u.Host != "" {
-				c.mu.Lock()
+			c.mu.Lock()
+			if f.To != "" && wire.RedirectAllowed(c.cfg.URLs[c.urlIdx], f.To, c.cfg.URLs, c.cfg.RedirectHosts) {
 				c.redirect = f.To
-				c.mu.Unlock()
 			}
+			c.mu.Unlock()
 		case wire.OpError:
 			c.retrySub(ctx, ws, f)
 		}

@@ -17,7 +17,8 @@ import (
 )
 
 // A directed drain's "to" sends the device to that proxy once; a "to" that is
-// not a ws/wss URL is ignored (the device keeps its own list).
+// not a ws/wss URL, or names a host the device was not configured with, is
+// ignored (the device keeps its own list).
 func TestReconnectTo(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -26,6 +27,8 @@ func TestReconnectTo(t *testing.T) {
 	}{
 		{"ws URL followed", func(target string) string { return target }, true},
 		{"http URL ignored", func(target string) string { return strings.Replace(target, "ws://", "http://", 1) }, false},
+		// hardening #10: only hosts of the device's own proxy URLs (or an allow list)
+		{"another host ignored", func(target string) string { return strings.Replace(target, "127.0.0.1", "localhost", 1) }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var targetHits atomic.Int64
