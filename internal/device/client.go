@@ -27,9 +27,9 @@ type Config struct {
 	// may name; empty: the hosts of URLs and their subdomains. Never wss -> ws
 	// (wire.RedirectAllowed).
 	RedirectHosts []string
-	Device   string
-	Platform string
-	Segment  string
+	Device        string
+	Platform      string
+	Segment       string
 	// Token is the device token (a JWT), sent as Authorization: Bearer on the
 	// upgrade, never in the URL.
 	Token string
