@@ -136,37 +136,68 @@ func (s *Server) cancelSchedule(r *http.Request) (any, error) {
 }
 
 // fireLoop fires due schedules centrally until ctx ends. Several broadcasters
-// may run it: the engine fires each schedule once.
+// may run it: the engine fires each schedule once. A schedule whose fire fails
+// (its event's shard failing over) is skipped for a backoff while the others
+// fire (hardening #8): the due index lists the oldest first, and one bad shard
+// must not starve every other event's fires. The skip list is bounded.
 func (s *Server) fireLoop(ctx context.Context) {
 	t := time.NewTicker(fireEvery)
 	defer t.Stop()
+	type skip struct {
+		until   time.Time
+		backoff time.Duration
+	}
+	skipped := map[engine.ScheduleRef]skip{}
+	const maxSkipped = 1000
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		now := s.cfg.Now()
+		for ref, sk := range skipped {
+			if now.After(sk.until.Add(time.Minute)) {
+				delete(skipped, ref) // fired, cancelled or gone meanwhile
+			}
+		}
 		dctx, cancel := context.WithTimeout(ctx, s.cfg.EngineTimeout)
-		due, err := s.eng.DueSchedules(dctx, s.cfg.Now().UnixMilli(), maxDuePerGo)
+		due, err := s.eng.DueSchedules(dctx, now.UnixMilli(), maxDuePerGo+len(skipped))
 		cancel()
 		if err != nil {
 			s.log.Warn("due schedules not read; retrying", "err", err)
 			continue
 		}
+		fired := 0
 		for _, d := range due {
+			if sk, ok := skipped[d]; ok && now.Before(sk.until) {
+				continue
+			}
+			if fired++; fired > maxDuePerGo {
+				break
+			}
 			fctx, cancel := context.WithTimeout(ctx, s.cfg.EngineTimeout)
 			st, err := s.eng.FireSchedule(fctx, d.Event, d.ID)
 			cancel()
 			switch {
 			case err == nil:
+				delete(skipped, d)
 				s.m.changes.WithLabelValues("scheduled").Inc()
 				s.log.Info("audit", "producer", "scheduler", "action", "fire_schedule", "event", d.Event, "schedule", d.ID,
 					"stage", st.Key, "v", st.V, "late_ms", s.cfg.Now().UnixMilli()-d.AtMS, "result", "created")
 			case errors.Is(err, engine.ErrScheduleNotFound):
+				delete(skipped, d)
 			case errors.Is(err, engine.ErrScheduleSuperseded):
+				delete(skipped, d)
 				s.log.Warn("schedule superseded by a newer stage change; not fired", "event", d.Event, "schedule", d.ID)
 			default:
-				s.log.Warn("schedule not fired; retrying", "event", d.Event, "schedule", d.ID, "err", err)
+				sk := skipped[d]
+				sk.backoff = min(max(2*sk.backoff, 100*time.Millisecond), 5*time.Second)
+				sk.until = s.cfg.Now().Add(sk.backoff)
+				if _, ok := skipped[d]; ok || len(skipped) < maxSkipped {
+					skipped[d] = sk
+				}
+				s.log.Warn("schedule not fired; retrying after the others", "event", d.Event, "schedule", d.ID, "in", sk.backoff.String(), "err", err)
 			}
 		}
 	}

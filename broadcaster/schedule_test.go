@@ -2,6 +2,9 @@ package broadcaster_test
 
 import (
 	"context"
+	"errors"
+	"io"
+	"log/slog"
 	"fmt"
 	"net/http"
 	"strings"
@@ -11,6 +14,7 @@ import (
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/waitfor"
+	"github.com/stagecast/stagecast/internal/wire"
 )
 
 // POST .../schedule arms a stage (validated: a time 200 ms to 7 days ahead);
@@ -104,4 +108,44 @@ func TestRefusalsNeverTripTheStageBreaker(t *testing.T) {
 	if _, err := c.SetStage(ctx, "busy", "live", nil, ""); err != nil {
 		t.Fatalf("a live change after the refusals: %v", err)
 	}
+}
+
+// badShard fails fires of one event (its shard failing over).
+type badShard struct {
+	*engine.Memory
+	bad string
+}
+
+func (b *badShard) FireSchedule(ctx context.Context, event, id string) (wire.Stage, error) {
+	if strings.HasPrefix(event, b.bad) {
+		return wire.Stage{}, errors.New("redis: MOVED/CLUSTERDOWN")
+	}
+	return b.Memory.FireSchedule(ctx, event, id)
+}
+
+// TestFireLoopSkipsWhatFails (hardening #8): 150 due schedules of events whose
+// shard fails, all due before one of another event: that one still fires
+// (the due index lists 100 at a time, oldest first).
+func TestFireLoopSkipsWhatFails(t *testing.T) {
+	eng := &badShard{Memory: engine.NewMemory(engine.MemoryConfig{}), bad: "stuck-"}
+	s, err := broadcaster.New(broadcaster.Config{Token: token, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	ctx := context.Background()
+	at := time.Now().Add(300 * time.Millisecond).UnixMilli()
+	for i := range 150 {
+		ev := fmt.Sprintf("stuck-%d", i%3)
+		if _, err := eng.Arm(ctx, engine.ArmRequest{ID: fmt.Sprintf("s%d", i), Event: ev, Key: "k", AtMS: at}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := eng.Arm(ctx, engine.ArmRequest{ID: "late", Event: "healthy", Key: "go", AtMS: at + 50}); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.True(t, 10*time.Second, "the healthy event's schedule fired", func() bool {
+		r, _ := eng.Recent(ctx, "healthy", 1)
+		return len(r) == 1 && r[0].Key == "go"
+	})
 }

@@ -48,7 +48,7 @@ func (m *Memory) ProxyLoads(ctx context.Context, nowMS int64) ([]ProxyLoad, erro
 	defer m.mu.Unlock()
 	var out []ProxyLoad
 	for id, l := range m.loads {
-		if nowMS-l.AtMS > ProxyLoadTTL {
+		if nowMS-l.AtMS > ProxyLoadTTL || l.AtMS-nowMS > ProxyLoadTTL { // from the future: it would never age out
 			delete(m.loads, id)
 			continue
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/stagecast/stagecast/internal/wire"
@@ -172,12 +173,16 @@ func (m *Memory) DueSchedules(ctx context.Context, nowMS int64, limit int) ([]Sc
 	var out []ScheduleRef
 	for name, e := range m.events {
 		for id, s := range e.sched {
-			if s.Arm.At <= nowMS && len(out) < limit {
+			if s.Arm.At <= nowMS {
 				out = append(out, ScheduleRef{Event: name, ID: id, AtMS: s.Arm.At})
 			}
 		}
 	}
-	return out, nil
+	// the oldest first, as the Redis engine's sorted index lists them
+	slices.SortFunc(out, func(a, b ScheduleRef) int {
+		return cmp.Or(cmp.Compare(a.AtMS, b.AtMS), strings.Compare(a.Event+"\n"+a.ID, b.Event+"\n"+b.ID))
+	})
+	return out[:min(len(out), limit)], nil
 }
 
 // FireSchedule makes schedule id a stage change with its armed version: the

@@ -76,6 +76,21 @@ func testProxyLoads(t *testing.T, e Engine) {
 	if err != nil || len(got) != 2 || got[0].ID != "p1" || got[0].Connections != 6 || got[1].ID != "pf" || got[1].Shedding != 2 {
 		t.Fatalf("loads %+v %v", got, err)
 	}
+	// hardening #8: an entry from the future never counts (it would never age out)
+	if err := e.PutProxyLoad(ctx(t), engine.ProxyLoad{ID: "future", URL: "ws://f/v1/ws", AtMS: time.Now().Add(time.Hour).UnixMilli()}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		loads, err := e.ProxyLoads(ctx(t), time.Now().UnixMilli())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range loads {
+			if l.ID == "future" {
+				t.Fatalf("a load stamped an hour ahead counts: %+v", l)
+			}
+		}
+	}
 }
 
 // testSchedules: arming assigns the version of the fire time (newer than any
@@ -255,9 +270,16 @@ func testEventsAndAudit(t *testing.T, e Engine) {
 	if err := e.SetLive(ctx(t), "list-b", true); err != nil {
 		t.Fatal(err)
 	}
-	evs, err := e.Events(ctx(t), 10)
-	if err != nil {
-		t.Fatal(err)
+	// The index is written off the stage-change path (hardening #8): poll.
+	var evs []engine.EventSummary
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var err error
+		if evs, err = e.Events(ctx(t), 10); err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) == 2 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if len(evs) != 2 || evs[0].Event != "list-b" || evs[0].Current == nil || evs[0].Current.Key != "round-1" || !evs[0].Live ||
 		evs[1].Event != "list-a" || evs[1].Current != nil || !evs[1].HasMap || evs[1].Live {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"sync"
+	"time"
 
 	"github.com/redis/rueidis"
 
@@ -22,17 +24,84 @@ const eventIndex = "sc:events"
 
 // touch records event's activity in the event index. Best effort: the index
 // only orders the console's list; a failure is logged, never returned.
-func (e *Engine) touch(ctx context.Context, event string) {
-	c := e.client
-	now := float64(e.cfg.Now().UnixMilli())
-	for _, r := range c.DoMulti(ctx,
-		c.B().Zadd().Key(eventIndex).ScoreMember().ScoreMember(now, event).Build(),
-		c.B().Zremrangebyrank().Key(eventIndex).Start(0).Stop(-int64(engine.MaxIndexedEvents)-1).Build()) {
-		if err := r.Error(); err != nil {
-			e.cfg.Logger.Warn("event index not updated", "event", event, "err", err)
+func (e *Engine) touch(_ context.Context, event string) { e.index.add(event, e.cfg.Now().UnixMilli()) }
+
+// eventIndexer keeps sc:events off the stage-change path (hardening #8): a
+// change only notes its event here, and one goroutine writes the index every
+// indexEvery, retrying what failed, so a failover of the index's shard delays
+// the console's list, never a stage change. Pending events are bounded
+// (engine.MaxIndexedEvents; past it the update is dropped and counted in the
+// log).
+type eventIndexer struct {
+	e       *Engine
+	mu      sync.Mutex
+	pending map[string]int64 // event -> last change, Unix ms
+	done    chan struct{}
+}
+
+const indexEvery = 50 * time.Millisecond
+
+func newEventIndexer(e *Engine) *eventIndexer {
+	return &eventIndexer{e: e, pending: make(map[string]int64), done: make(chan struct{})}
+}
+
+func (x *eventIndexer) add(event string, ms int64) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if _, ok := x.pending[event]; ok || len(x.pending) < engine.MaxIndexedEvents {
+		x.pending[event] = ms
+	}
+}
+
+func (x *eventIndexer) run(ctx context.Context) {
+	defer close(x.done)
+	t := time.NewTicker(indexEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
 			return
+		case <-t.C:
+		}
+		x.mu.Lock()
+		batch := x.pending
+		if len(batch) > 0 {
+			x.pending = make(map[string]int64)
+		}
+		x.mu.Unlock()
+		if len(batch) == 0 {
+			continue
+		}
+		if err := x.write(ctx, batch); err != nil {
+			x.e.cfg.Logger.Warn("event index not updated; retrying", "events", len(batch), "err", err)
+			x.mu.Lock()
+			for ev, ms := range batch {
+				if cur, ok := x.pending[ev]; !ok || cur < ms {
+					if ok || len(x.pending) < engine.MaxIndexedEvents {
+						x.pending[ev] = ms
+					}
+				}
+			}
+			x.mu.Unlock()
 		}
 	}
+}
+
+func (x *eventIndexer) write(ctx context.Context, batch map[string]int64) error {
+	ctx, cancel := context.WithTimeout(ctx, x.e.cfg.OpTimeout)
+	defer cancel()
+	c := x.e.client
+	z := c.B().Zadd().Key(eventIndex).ScoreMember()
+	for ev, ms := range batch {
+		z = z.ScoreMember(float64(ms), ev)
+	}
+	for _, r := range c.DoMulti(ctx, z.Build(),
+		c.B().Zremrangebyrank().Key(eventIndex).Start(0).Stop(-int64(engine.MaxIndexedEvents)-1).Build()) {
+		if err := r.Error(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Events lists up to limit events, the most recently changed first.
@@ -136,7 +205,9 @@ func (e *Engine) ProxyLoads(ctx context.Context, nowMS int64) ([]engine.ProxyLoa
 	var out []engine.ProxyLoad
 	for id, v := range m {
 		var l engine.ProxyLoad
-		if json.Unmarshal([]byte(v), &l) != nil || nowMS-l.AtMS > 10*engine.ProxyLoadTTL {
+		// An entry from the future (a skewed clock, or a hostile writer) would
+		// never age out: it counts as not reported and is pruned.
+		if json.Unmarshal([]byte(v), &l) != nil || nowMS-l.AtMS > 10*engine.ProxyLoadTTL || l.AtMS-nowMS > engine.ProxyLoadTTL {
 			_ = e.client.Do(ctx, e.client.B().Hdel().Key(proxyLoads).Field(id).Build()).Error()
 			continue
 		}

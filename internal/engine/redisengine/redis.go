@@ -155,6 +155,8 @@ type Engine struct {
 	fast   rueidis.Client // stage changes and high/critical notes
 	set    *rueidis.Lua
 	putMap *rueidis.Lua
+	index  *eventIndexer
+	stop   context.CancelFunc
 }
 
 // putMapScript: KEYS map, mapv, dig. ARGV raw JSON, updatedMS, eventTTLms,
@@ -236,11 +238,16 @@ func New(cfg Config) (*Engine, error) {
 		client.Close()
 		return nil, fmt.Errorf("redis engine: connect %v: %w", cfg.Addrs, err)
 	}
-	return &Engine{cfg: cfg, client: client, fast: fast, set: rueidis.NewLuaScript(setScript), putMap: rueidis.NewLuaScript(putMapScript)}, nil
+	e := &Engine{cfg: cfg, client: client, fast: fast, set: rueidis.NewLuaScript(setScript), putMap: rueidis.NewLuaScript(putMapScript)}
+	ctx, stop := context.WithCancel(context.Background())
+	e.stop = stop
+	e.index = newEventIndexer(e)
+	go e.index.run(ctx)
+	return e, nil
 }
 
-// Close closes the Redis client.
-func (e *Engine) Close() { e.client.Close(); e.fast.Close() }
+// Close stops the event indexer and closes the Redis clients.
+func (e *Engine) Close() { e.stop(); <-e.index.done; e.client.Close(); e.fast.Close() }
 
 // Client exposes the underlying client (for prefetch's client-side cache).
 func (e *Engine) Client() rueidis.Client { return e.client }
