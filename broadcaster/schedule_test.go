@@ -3,9 +3,9 @@ package broadcaster_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
-	"fmt"
 	"net/http"
 	"strings"
 	"testing"
