@@ -6,6 +6,6 @@
 // atomic engine step).
 //
 // Concurrency: a Server is safe for concurrent use by many HTTP requests. The
-// high-water LRU and the breaker have their own locks; no lock is held across an
-// engine call.
+// breakers and the producers' rate limiters have their own locks; no lock is
+// held across an engine call.
 package broadcaster

@@ -2,6 +2,8 @@ package redisengine_test
 
 import (
 	"context"
+	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -187,6 +189,65 @@ func TestKeyTTL(t *testing.T) {
 		}
 		if n, _ := strconv.Atoi(strings.TrimSpace(out)); n < tc.min || n > tc.max {
 			t.Fatalf("key %s: TTL %s s, want %d-%d", tc.key, strings.TrimSpace(out), tc.min, tc.max)
+		}
+	}
+}
+
+// TestRedisLayoutDocumented (hardening #14): every key the engine writes while
+// both conformance suites run matches a row of the Redis layout table in
+// docs/architecture.md.
+func TestRedisLayoutDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../../docs/architecture.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var patterns []*regexp.Regexp
+	for _, line := range strings.Split(string(doc), "\n") {
+		if !strings.HasPrefix(line, "| `sc:") {
+			continue
+		}
+		k := strings.Trim(strings.Split(line, "|")[1], " `")
+		re := regexp.QuoteMeta(k)
+		for _, ph := range []string{`\{E\}`, `<key>`, `<v>`, `<k>`, `<I>`, `<proxy>`, `<nid>`, `<producer>`} {
+			re = strings.ReplaceAll(re, regexp.QuoteMeta(ph), `.+`)
+			re = strings.ReplaceAll(re, ph, `.+`)
+		}
+		patterns = append(patterns, regexp.MustCompile("^"+re+"$"))
+	}
+	if len(patterns) < 10 {
+		t.Fatalf("found %d rows in the layout table", len(patterns))
+	}
+	srv := redistest.Start(t, redistest.Options{})
+	newEngine := func(t *testing.T, logLen int) *redisengine.Engine {
+		if out, err := srv.Cli(context.Background(), "FLUSHALL"); err != nil {
+			t.Fatalf("flushall: %v %s", err, out)
+		}
+		e, err := redisengine.New(redisengine.Config{Addrs: []string{srv.Addr()}, LogLen: logLen})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close(); checkKeys(t, srv, patterns) })
+		return e
+	}
+	enginetest.Run(t, func(t *testing.T, logLen int) enginetest.Engine { return newEngine(t, logLen) })
+	enginetest.RunNotes(t, func(t *testing.T) enginetest.NoteEngine { return newEngine(t, 0) })
+}
+
+func checkKeys(t *testing.T, srv *redistest.Server, patterns []*regexp.Regexp) {
+	out, err := srv.Cli(context.Background(), "--scan")
+	if err != nil {
+		t.Fatalf("scan: %v", err)
+	}
+	for _, k := range strings.Fields(out) {
+		ok := false
+		for _, p := range patterns {
+			if p.MatchString(k) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			t.Errorf("key %q is written by the engine but not in docs/architecture.md's Redis layout", k)
 		}
 	}
 }
