@@ -24,6 +24,10 @@
 //
 // # Concurrency invariants
 //
+//   - writerPool.qmu is a leaf: push and pop take nothing under it, so it may be
+//     taken with any other lock held (conn.mu -> writerPool.qmu is allowed);
+//     noteHub.mu -> conn.mu; noteHub.rmu (the resync queue) and noteHub.cmu
+//     (report counts) are leaves too.
 //   - Lock order: topic mu -> conn mu. A hub shard's mu is held only for its map
 //     (lookup, create, delete) and may take a topic's mu inside (the sweep) but is
 //     never held while waiting for a topic's mu by a subscribe: subscribe looks the
