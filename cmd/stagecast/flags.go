@@ -272,3 +272,19 @@ func splitAddrs(s string) []string {
 	}
 	return out
 }
+
+// proxyProtocolFlag registers --proxy-protocol-from (serve.Server.ProxyProtocolFrom).
+func proxyProtocolFlag(fs *flag.FlagSet) *[]netip.Prefix {
+	var out []netip.Prefix
+	fs.Func("proxy-protocol-from", "comma-separated CIDRs of L4 load balancers that send a PROXY protocol header (v1/v2), so per-IP limits see the device's address; a header from anyone else is refused; empty: off", func(v string) error {
+		for _, p := range splitAddrs(v) {
+			pfx, err := netip.ParsePrefix(p)
+			if err != nil {
+				return err
+			}
+			out = append(out, pfx)
+		}
+		return nil
+	})
+	return &out
+}

@@ -137,6 +137,7 @@ func runProxy(args []string) error {
 	debugAddr := debugFlag(fs)
 	var pc proxy.Config
 	proxyFlags(fs, &pc)
+	ppFrom := proxyProtocolFlag(fs)
 	var dk deviceKeyFlags
 	dk.register(fs)
 	var rc redisengine.Config
@@ -159,7 +160,8 @@ func runProxy(args []string) error {
 	if err != nil {
 		return err
 	}
-	return serveUntilSignal(log, serve.Server{Name: "proxy", Addr: *addr, Handler: p.Handler(), Upgrades: true}, *debugAddr, pc.DrainWindow+10*time.Second, drainProxy(p))
+	return serveUntilSignal(log, serve.Server{Name: "proxy", Addr: *addr, Handler: p.Handler(), Upgrades: true, ProxyProtocolFrom: *ppFrom},
+		*debugAddr, pc.DrainWindow+10*time.Second, drainProxy(p))
 }
 
 func runBroadcaster(args []string) error {
@@ -245,6 +247,7 @@ func runPrefetch(args []string) error {
 	addr := fs.String("addr", "0.0.0.0:8082", "devices' prefetch address: /graphql, /v1/prefetch/{event}, /metrics")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	debugAddr := debugFlag(fs)
+	ppFrom := proxyProtocolFlag(fs)
 	var cfg graph.ServerConfig
 	fs.IntVar(&cfg.Cache.CacheSize, "cache-size", 10000, "events in the local cache")
 	fs.DurationVar(&cfg.Cache.FreshFor, "fresh-for", 2*time.Second, "local cache entry lifetime (jittered x U(0.5, 1.5))")
@@ -290,7 +293,7 @@ func runPrefetch(args []string) error {
 	}
 	h, _ := os.Hostname()
 	go pf.PublishLoad(kctx, eng, fmt.Sprintf("prefetch-%s-%d", h, os.Getpid()), time.Second)
-	return serveUntilSignal(log, serve.Server{Name: "prefetch", Addr: *addr, Handler: pf.Handler()}, *debugAddr, 10*time.Second, nil)
+	return serveUntilSignal(log, serve.Server{Name: "prefetch", Addr: *addr, Handler: pf.Handler(), ProxyProtocolFrom: *ppFrom}, *debugAddr, 10*time.Second, nil)
 }
 
 // serveUntilSignal serves srv (and pprof on debugAddr, if set) until SIGINT or

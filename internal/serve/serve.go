@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"net/netip"
 	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
 )
 
 // Server is one HTTP server to run.
@@ -23,6 +25,32 @@ type Server struct {
 	// connections (the proxy): it gets no ReadTimeout/WriteTimeout, whose
 	// deadlines would stay on the hijacked connection.
 	Upgrades bool
+	// ProxyProtocolFrom lists the load balancers (CIDRs) whose connections may
+	// open with a PROXY protocol header (v1 or v2): their client address is the
+	// header's, so per-IP limits see the device, not the balancer. A header
+	// from any other peer is refused; a connection without one is served as
+	// sent. Empty: the PROXY protocol is off.
+	ProxyProtocolFrom []netip.Prefix
+}
+
+// ProxyHeaderTimeout bounds how long a connection from a trusted balancer may
+// take to send its PROXY header.
+const ProxyHeaderTimeout = time.Second
+
+// ProxyProtocol wraps l so that connections from trusted may carry a PROXY
+// protocol header (see Server.ProxyProtocolFrom); with no trusted prefix it
+// returns l. The policy is set explicitly: go-proxyproto's own default
+// (REQUIRE, from any peer) would trust every client's header.
+func ProxyProtocol(l net.Listener, trusted []netip.Prefix) net.Listener {
+	if len(trusted) == 0 {
+		return l
+	}
+	ranges := make([]string, len(trusted))
+	for i, p := range trusted {
+		ranges[i] = p.String()
+	}
+	return &proxyproto.Listener{Listener: l, ConnPolicy: proxyproto.MustPolicyFromRanges(ranges, proxyproto.USE, proxyproto.REJECT),
+		ReadHeaderTimeout: ProxyHeaderTimeout}
 }
 
 // Limits every server gets: a request's line and headers are at most
@@ -53,7 +81,7 @@ func Listen(servers []Server) ([]Bound, error) {
 			}
 			return nil, fmt.Errorf("%s: listen on %s: %w", s.Name, s.Addr, err)
 		}
-		out = append(out, Bound{Server: s, Listener: l})
+		out = append(out, Bound{Server: s, Listener: ProxyProtocol(l, s.ProxyProtocolFrom)})
 	}
 	return out, nil
 }

@@ -64,12 +64,12 @@ func (x *eventIndexer) run(ctx context.Context) {
 		case <-t.C:
 		}
 		x.mu.Lock()
-		batch := x.pending
-		if len(batch) > 0 {
-			x.pending = make(map[string]int64)
+		var batch map[string]int64
+		if len(x.pending) > 0 {
+			batch, x.pending = x.pending, make(map[string]int64)
 		}
 		x.mu.Unlock()
-		if len(batch) == 0 {
+		if batch == nil {
 			continue
 		}
 		if err := x.write(ctx, batch); err != nil {
