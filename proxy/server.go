@@ -166,9 +166,38 @@ func (s *Server) jitterBetween(lo, hi time.Duration) time.Duration {
 }
 
 func (s *Server) reject(w http.ResponseWriter, reason string, status int, msg string) {
+	s.rejectReq(w, nil, reason, status, msg)
+}
+
+// rejectReq refuses an upgrade. A back-off refusal (503, 429) carries a
+// jittered Retry-After; a browser (it sends Origin) cannot read the status of
+// a refused upgrade, only "connection failed", so it is accepted instead, told
+// {"op":"reconnect","after_ms":N} and closed 1013 with "retry after N ms" as
+// the reason (hardening #12). Those handshakes share the close slots
+// (maxClosing); with none free the browser gets the plain HTTP refusal.
+func (s *Server) rejectReq(w http.ResponseWriter, r *http.Request, reason string, status int, msg string) {
 	s.metrics.rejected.WithLabelValues(reason).Inc()
-	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
-		ra := s.jitterBetween(s.cfg.RetryAfter, 2*s.cfg.RetryAfter)
+	backOff := status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests
+	ra := s.jitterBetween(s.cfg.RetryAfter, 2*s.cfg.RetryAfter)
+	if backOff && r != nil && r.Header.Get("Origin") != "" {
+		select {
+		case s.closing <- struct{}{}:
+			defer func() { <-s.closing }()
+			ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: s.cfg.OriginPatterns, CompressionMode: websocket.CompressionDisabled})
+			if err != nil {
+				return // a disallowed origin: Accept answered 403
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			if ws.Write(ctx, websocket.MessageText, wire.AppendReconnect(nil, ra.Milliseconds())) == nil {
+				_ = ws.Close(websocket.StatusCode(wire.CloseTryAgainLater), fmt.Sprintf("retry after %d ms: %s", ra.Milliseconds(), reason))
+			}
+			ws.CloseNow()
+			return
+		default:
+		}
+	}
+	if backOff {
 		w.Header().Set("Retry-After", strconv.Itoa(int((ra+time.Second-1)/time.Second)))
 	}
 	http.Error(w, msg, status)
@@ -181,7 +210,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	limitIP := !s.ips.exempted(ip)
 	switch {
 	case s.draining.Load() || s.closed.Load():
-		s.reject(w, "draining", http.StatusServiceUnavailable, "proxy is draining: connect to another proxy")
+		s.rejectReq(w, r, "draining", http.StatusServiceUnavailable, "proxy is draining: connect to another proxy")
 		return
 	case len(device) > 128:
 		s.reject(w, "bad_request", http.StatusBadRequest, "device id longer than 128 bytes")
@@ -193,17 +222,17 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, "bad_request", http.StatusBadRequest, wire.CheckID("segment", segment).Error())
 		return
 	case limitIP && s.cfg.IPAdmitRate > 0 && !s.ips.allow(ip):
-		s.reject(w, "ip_rate", http.StatusTooManyRequests, "too many new connections from this address: retry later")
+		s.rejectReq(w, r, "ip_rate", http.StatusTooManyRequests, "too many new connections from this address: retry later")
 		return
 	}
 	// Admission before the signature check (about 60 us of CPU): the admission
 	// rate bounds what forged tokens can cost, too.
 	switch {
 	case s.Connections() >= s.cfg.MaxConnections:
-		s.reject(w, "capacity", http.StatusServiceUnavailable, "proxy at capacity: retry later or connect to another proxy")
+		s.rejectReq(w, r, "capacity", http.StatusServiceUnavailable, "proxy at capacity: retry later or connect to another proxy")
 		return
 	case !s.admit.Allow():
-		s.reject(w, "rate", http.StatusServiceUnavailable, "too many new connections: retry later")
+		s.rejectReq(w, r, "rate", http.StatusServiceUnavailable, "too many new connections: retry later")
 		return
 	}
 	var claims devicetoken.Claims
@@ -235,9 +264,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// overshoot MaxConnections or MaxConnsPerIP.
 	if reason := s.reserve(c); reason != "" {
 		if reason == "ip_capacity" {
-			s.reject(w, reason, http.StatusTooManyRequests, "too many connections from this address")
+			s.rejectReq(w, r, reason, http.StatusTooManyRequests, "too many connections from this address")
 		} else {
-			s.reject(w, reason, http.StatusServiceUnavailable, "proxy at capacity or draining: connect to another proxy")
+			s.rejectReq(w, r, reason, http.StatusServiceUnavailable, "proxy at capacity or draining: connect to another proxy")
 		}
 		return
 	}
