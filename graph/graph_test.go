@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -274,12 +275,15 @@ func TestStaleWhileRedisDown(t *testing.T) {
 	if _, err := eng.PutStageMap(context.Background(), "fight", []byte(`{"stages":{"round-3":{"default":{"ok":1}}}}`), 1); err != nil {
 		t.Fatal(err)
 	}
-	s, base := startServer(t, eng, graph.ServerConfig{Cache: prefetch.Config{FreshFor: 20 * time.Millisecond, StoreTimeout: 200 * time.Millisecond, BreakerOpenFor: 200 * time.Millisecond}})
+	var clock atomic.Int64 // the cache's clock, Unix ns
+	clock.Store(time.Now().UnixNano())
+	s, base := startServer(t, eng, graph.ServerConfig{Cache: prefetch.Config{FreshFor: 20 * time.Millisecond, StoreTimeout: 200 * time.Millisecond,
+		BreakerOpenFor: 200 * time.Millisecond, Now: func() time.Time { return time.Unix(0, clock.Load()) }}})
 	if _, out, body := post(t, base, prefetchQuery, map[string]any{"event": "fight"}); out.Data.LiveEvent == nil || out.Extensions["stale"] != nil {
 		t.Fatalf("warm: %s", body)
 	}
 	srv.Kill()
-	time.Sleep(50 * time.Millisecond)
+	clock.Add(int64(31 * time.Millisecond)) // past the cached map's jittered freshness (at most 30 ms)
 	for i := 0; i < 10; i++ {
 		resp, out, body := post(t, base, prefetchQuery, map[string]any{"event": "fight"})
 		if resp.StatusCode != 200 || out.Data.LiveEvent == nil || len(out.Data.LiveEvent.Stages) != 1 || out.Extensions["stale"] != true {

@@ -90,8 +90,11 @@ func TestStoreDownServesStaleAndBreakerRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := &countingStore{Store: eng}
+	var clock atomic.Int64 // the cache's clock, Unix ns: entries expire when the test says
+	clock.Store(time.Now().UnixNano())
 	c, err := prefetch.NewCache(prefetch.Config{Logger: quiet(), FreshFor: 20 * time.Millisecond, BreakerFailures: 2,
-		BreakerOpenFor: 300 * time.Millisecond, StoreTimeout: 300 * time.Millisecond}, store)
+		BreakerOpenFor: 300 * time.Millisecond, StoreTimeout: 300 * time.Millisecond,
+		Now: func() time.Time { return time.Unix(0, clock.Load()) }}, store)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +103,7 @@ func TestStoreDownServesStaleAndBreakerRecovers(t *testing.T) {
 		t.Fatalf("warm: %+v %v", res, err)
 	}
 	srv.Kill()
-	time.Sleep(30 * time.Millisecond) // let the entry expire
+	clock.Add(int64(31 * time.Millisecond)) // past the entry's jittered expiry (at most 1.5 x 20 ms)
 	for i := 0; i < 20; i++ {
 		res, err := c.Get(ctx, "ev")
 		if err != nil || !res.Stale || res.Map == nil {

@@ -130,10 +130,17 @@ func (s *Server) measureSkew() {
 		return
 	}
 	skew := t0.Add(t1.Sub(t0) / 2).Sub(et)
-	s.skewMeasured.Store(true)
+	first := !s.skewMeasured.Swap(true)
 	s.metrics.clockSkew.Set(skew.Seconds())
 	ok := skew.Abs() <= s.cfg.MaxClockSkew
-	if was := s.skewOK.Swap(ok); was != ok {
-		s.log.Warn("clock skew against the engine changed armed-stage firing", "skew", skew.String(), "budget", s.cfg.MaxClockSkew.String(), "fire_locally", ok)
+	// A warning means something is wrong: the clock is off (or was, and is
+	// back). The first measurement within the budget is the normal start.
+	switch was := s.skewOK.Swap(ok); {
+	case !ok && (was || first):
+		s.log.Warn("this proxy's clock is off the engine's: armed stages wait for the central fire", "skew", skew.String(), "budget", s.cfg.MaxClockSkew.String())
+	case ok && !was && !first:
+		s.log.Warn("this proxy's clock is back within the budget: armed stages fire locally again", "skew", skew.String(), "budget", s.cfg.MaxClockSkew.String())
+	case ok && first:
+		s.log.Debug("clock skew against the engine within the budget", "skew", skew.String(), "budget", s.cfg.MaxClockSkew.String())
 	}
 }

@@ -134,8 +134,8 @@ type Config struct {
 	DrainTargets []string
 	// PacedRate is how many devices a second this proxy releases a paced
 	// change to (halved while the prefetch tier sheds normal work, a fifth
-	// while it sheds critical work); 0 releases paced changes at once.
-	// Default 1000.
+	// while it sheds critical work). Default 1000 (0 takes the default; a
+	// change that should go to every device at once is sent unpaced).
 	PacedRate int
 	// MaxClockSkew: armed stages fire from this proxy's clock only while it is
 	// within this of the engine's (measured every ~30 s); past it the proxy

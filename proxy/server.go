@@ -437,13 +437,15 @@ func (c *conn) readLoop() {
 			c.endFrame()
 			continue
 		case 2:
+			// As every close with a frame (proxy/doc.go): unregistered first,
+			// the handshake in a close slot, never on the reader.
 			s.metrics.badFrames.WithLabelValues("flood").Inc()
-			_ = c.ws.Close(websocket.StatusCode(wire.ClosePolicy), "frame rate far above the limit")
+			c.closeWith(wire.ClosePolicy, "frame rate far above the limit")
 			return
 		}
 		if typ != websocket.MessageText {
 			s.metrics.badFrames.WithLabelValues("binary").Inc()
-			_ = c.ws.Close(websocket.StatusUnsupportedData, "text frames only")
+			c.closeWith(int(websocket.StatusUnsupportedData), "text frames only")
 			return
 		}
 		select {

@@ -21,29 +21,39 @@ func TestPollAppliesChangesAndKeepsOldOnError(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var applied []string
+	refused := 0
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	Watch(ctx, path, 5*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)), func(b []byte) error {
-		if string(b) == "bad" || len(b) == 0 { // a parser refuses a torn (empty) read
+		mu.Lock()
+		defer mu.Unlock()
+		if string(b) == "bad" {
+			refused++
 			return errors.New("bad")
 		}
-		mu.Lock()
+		if len(b) == 0 { // a parser refuses a torn (empty) read
+			return errors.New("empty")
+		}
 		applied = append(applied, string(b))
-		mu.Unlock()
 		return nil
 	})
-	got := func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), applied...) }
-	for _, content := range []string{"two!", "bad", "three"} {
+	got := func() ([]string, int) { mu.Lock(); defer mu.Unlock(); return append([]string(nil), applied...), refused }
+	write := func(content string) {
+		t.Helper()
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if content == "bad" {
-			continue // refused by apply; the next good file must still be picked up
-		}
-		want := content
-		waitfor.True(t, 5*time.Second, "applied "+want, func() bool { a := got(); return len(a) > 0 && a[len(a)-1] == want })
 	}
-	if a := got(); len(a) != 2 {
-		t.Fatalf("applied %q, want two!, three", a)
+	write("two!")
+	waitfor.True(t, 5*time.Second, "applied two!", func() bool { a, _ := got(); return len(a) == 1 && a[0] == "two!" })
+	// The refused file is seen (apply is called with it) and the previous
+	// configuration stays: nothing is applied.
+	write("bad")
+	waitfor.True(t, 5*time.Second, "the bad file offered to apply", func() bool { _, r := got(); return r >= 1 })
+	if a, _ := got(); len(a) != 1 || a[0] != "two!" {
+		t.Fatalf("after a refused file: applied %q, want still only two!", a)
 	}
+	// And the next good file is still picked up.
+	write("three")
+	waitfor.True(t, 5*time.Second, "applied three", func() bool { a, _ := got(); return len(a) == 2 && a[1] == "three" })
 }
