@@ -37,7 +37,11 @@ func TestPollAppliesChangesAndKeepsOldOnError(t *testing.T) {
 		applied = append(applied, string(b))
 		return nil
 	})
-	got := func() ([]string, int) { mu.Lock(); defer mu.Unlock(); return append([]string(nil), applied...), refused }
+	got := func() ([]string, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), applied...), refused
+	}
 	write := func(content string) {
 		t.Helper()
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
