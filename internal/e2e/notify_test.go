@@ -410,3 +410,92 @@ func TestLostRegistrationSkipsNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestNotesReachDevicesAcrossMasterKill (hardening #2): on a Redis Cluster, the
+// master holding 16 members' inboxes is killed while notes flow to them and
+// half their devices are still connecting. Registrations and pushes are lost
+// in the failover; still, after it every note each inbox holds reaches that
+// member's device (a proxy re-registers and re-reads on resubscribe, and a push
+// naming an unseen entry reads the backlog first).
+func TestNotesReachDevicesAcrossMasterKill(t *testing.T) {
+	cl := redistest.StartClusterTimeout(t, 3, 1, 2*time.Second)
+	signer, verifier, err := devicetoken.NewTestPair("e2e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := startFleetOn(t, 2, cl.Addrs(), proxy.Config{Tokens: verifier})
+	for _, p := range f.proxies {
+		eventually(t, 10*time.Second, "note subscriptions up", func() bool { return ready(t, p) })
+	}
+	r := &noteRig{f: f, signer: signer, eng: newEngine(t, cl.Addrs()...)}
+	victim := cl.Nodes[0]
+	var members []string
+	for i := 0; i < 100000 && len(members) < 16; i++ {
+		m := fmt.Sprintf("mk-%d", i)
+		ib := engine.Inbox{Kind: wire.InboxMember, ID: m}
+		if cl.MasterFor(fmt.Sprintf("sc:{n%d}:ib:%s", ib.Shard(), ib)) == victim {
+			members = append(members, m)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	devs := map[string]*noteDev{}
+	connect := func(ms []string) {
+		for i, m := range ms {
+			devs[m] = r.startDev(ctx, t, []string{f.urls[i%2], f.urls[(i+1)%2]}, "dev-"+m, m, false)
+		}
+	}
+	connect(members[:8])
+	for i := 0; i < 30; i++ {
+		switch i {
+		case 8:
+			victim.Kill()
+		case 10:
+			connect(members[8:]) // devices connecting during the failover
+		}
+		key := fmt.Sprintf("mk-note-%d", i)
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			rctx, rcancel := context.WithTimeout(ctx, 6*time.Second)
+			_, err := f.bc.Notify(rctx, wire.NotifyRequest{To: wire.NotifyTargets{Members: members}, Type: "t",
+				Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}, key)
+			rcancel()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("note %d never acknowledged: %v", i, err)
+			}
+			time.Sleep(100 * time.Millisecond) // the producer's retry pause (same key)
+		}
+	}
+	missing := func() (int, string) {
+		n, example := 0, ""
+		for _, m := range members {
+			ib := engine.Inbox{Kind: wire.InboxMember, ID: m}
+			stored, err := r.eng.ReadInbox(ctx, ib, wire.Pos{}, 500)
+			if err != nil {
+				return -1, err.Error()
+			}
+			got := devs[m].distinct(t)
+			for _, sn := range stored {
+				if _, ok := got[string(ib.Kind)+sn.Pos.String()]; !ok {
+					n++
+					example = fmt.Sprintf("%s at %v", m, sn.Pos)
+				}
+			}
+		}
+		return n, example
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n, ex := missing()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d stored notes never reached their device (e.g. %s)", n, ex)
+		}
+		time.Sleep(200 * time.Millisecond) // polling Redis and the devices
+	}
+}
