@@ -107,6 +107,13 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.hub = newHub(s)
 	s.notes = newNoteHub(s)
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "proxy", Name: "backlog_reads_in_flight",
+			Help: "Inbox backlog reads running (resumes and resyncs; bounded by --max-resumes)."},
+			func() float64 { return float64(s.notes.resumesInFlight()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "proxy", Name: "resyncs_queued",
+			Help: "Connection inboxes waiting for a backlog-read slot to be re-read (after a resubscribe or a gap)."},
+			func() float64 { return float64(s.notes.resyncsQueued()) }))
 	s.notes.run(s.ctx)
 	s.writers = newWriterPool(cfg.Writers, cfg.MaxWriters, cfg.WriteTimeout, s.metrics)
 	s.frames = make(chan frameJob)
