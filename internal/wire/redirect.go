@@ -23,12 +23,7 @@ func RedirectAllowed(current, to string, configured, allow []string) bool {
 	}
 	host := strings.ToLower(u.Hostname())
 	if len(allow) > 0 {
-		for _, p := range allow {
-			if ok, _ := path.Match(strings.ToLower(p), host); ok {
-				return true
-			}
-		}
-		return false
+		return hostMatches(host, allow)
 	}
 	for _, c := range configured {
 		cu, err := url.Parse(c)
@@ -54,10 +49,11 @@ func DrainTargetAllowed(own, target string, patterns []string) bool {
 	if o, err := url.Parse(own); err == nil && o.Scheme == "wss" && u.Scheme != "wss" {
 		return false
 	}
-	if len(patterns) == 0 {
-		return true
-	}
-	host := strings.ToLower(u.Hostname())
+	return len(patterns) == 0 || hostMatches(strings.ToLower(u.Hostname()), patterns)
+}
+
+// hostMatches reports whether host (lower case) matches one of patterns.
+func hostMatches(host string, patterns []string) bool {
 	for _, p := range patterns {
 		if ok, _ := path.Match(strings.ToLower(p), host); ok {
 			return true

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/internal/engine"
-	"github.com/stagecast/stagecast/internal/engine/redisengine"
-	"github.com/stagecast/stagecast/internal/redistest"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
@@ -22,12 +20,7 @@ import (
 //
 //	go test -run XXX -bench NotifyDedup -benchtime 1x ./internal/engine/redisengine
 func BenchmarkNotifyDedupOneMember(b *testing.B) {
-	srv := redistest.Start(b, redistest.Options{})
-	e, err := redisengine.New(redisengine.Config{Addrs: []string{srv.Addr()}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(e.Close)
+	srv, e := startEngine(b)
 	ctx := context.Background()
 	seq := 0
 	send := func(key string) time.Duration {

@@ -115,12 +115,7 @@ func TestRedisClusterNotes(t *testing.T) {
 // TestReadInboxBoundedCalls (hardening #4): a page of 1 over 150 expired notes
 // costs at most 2 Redis calls, not one per expired note.
 func TestReadInboxBoundedCalls(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	e, err := redisengine.New(redisengine.Config{Addrs: []string{srv.Addr()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
+	srv, e := startEngine(t)
 	ctx := context.Background()
 	send := func(id string, ttl time.Duration) {
 		if _, err := e.Notify(ctx, engine.NoteWrite{ID: id, TS: 1, Note: wire.Notification{Members: []string{"x"}, Type: "t",
@@ -168,12 +163,7 @@ func TestReadInboxBoundedCalls(t *testing.T) {
 // TestKeyTTL (hardening #11): a key made up for a keyless request is kept for
 // its own short TTL, not the 24 h of a producer's key.
 func TestKeyTTL(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	e, err := redisengine.New(redisengine.Config{Addrs: []string{srv.Addr()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
+	srv, e := startEngine(t)
 	ctx := context.Background()
 	for _, tc := range []struct {
 		key      string
@@ -250,4 +240,16 @@ func checkKeys(t *testing.T, srv *redistest.Server, patterns []*regexp.Regexp) {
 			t.Errorf("key %q is written by the engine but not in docs/architecture.md's Redis layout", k)
 		}
 	}
+}
+
+// startEngine starts a throw-away redis-server and an engine on it.
+func startEngine(t testing.TB) (*redistest.Server, *redisengine.Engine) {
+	t.Helper()
+	srv := redistest.Start(t, redistest.Options{})
+	e, err := redisengine.New(redisengine.Config{Addrs: []string{srv.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return srv, e
 }
