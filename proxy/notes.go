@@ -539,7 +539,12 @@ func (c *conn) inbox(kind byte) *connInbox {
 
 // offerNote queues n for the device unless it is a duplicate, or shed. live
 // notes come from pushes; backlog notes from a resume.
-func (c *conn) offerNote(n *noteOut, live bool) {
+func (c *conn) offerNote(n *noteOut, live bool) { c.offerNoteGap(n, live, live) }
+
+// offerNoteGap is offerNote; gapCheck is false for pushes held during a backlog read
+// that just ran: a prev the read did not return (it expired) must not start
+// another read for ever.
+func (c *conn) offerNoteGap(n *noteOut, live, gapCheck bool) {
 	s := c.s
 	c.mu.Lock()
 	ci := c.inbox(n.kind)
@@ -561,7 +566,7 @@ func (c *conn) offerNote(n *noteOut, live bool) {
 		s.metrics.noteDuplicates.Inc()
 		return
 	}
-	if live && ci.tracking && ci.seen.Less(n.prev) {
+	if gapCheck && ci.tracking && ci.seen.Less(n.prev) {
 		// The device has not seen the note before this one: read the
 		// backlog from what it has seen first; this push waits for it.
 		ci.resuming, ci.held = true, append(ci.held[:0], n)
@@ -762,7 +767,7 @@ func (c *conn) readBacklog(ci *connInbox, after wire.Pos) error {
 		c.offerNote(newNoteOut(ci.ib.Kind, sn.Pos, wire.NoteBodyPriority(sn.Body), sn.Body), false)
 	}
 	for _, n := range held {
-		c.offerNote(n, true)
+		c.offerNoteGap(n, true, false)
 	}
 	return nil
 }

@@ -121,3 +121,63 @@ func TestResyncBounded(t *testing.T) {
 		t.Fatalf("devices got %d frames after the resync, want none beyond the %d notes", f-n, n)
 	}
 }
+
+// TestGapOverExpiredNoteReadsOnce: a push whose previous inbox entry expired
+// before the device saw it costs one backlog read and one counted gap, and the
+// push is delivered. (The held push is in the backlog it waited for, so it is
+// a duplicate by then; offerNoteGap's gapCheck=false also guards the case of a
+// held push the read did not return.)
+func TestGapOverExpiredNoteReadsOnce(t *testing.T) {
+	var clock atomic.Int64 // the engine's clock, Unix ns
+	clock.Store(time.Now().UnixNano())
+	eng := &slowInbox{Memory: engine.NewMemory(engine.MemoryConfig{Now: func() time.Time { return time.Unix(0, clock.Load()) }}),
+		release: make(chan struct{})}
+	close(eng.release) // reads are counted, never held
+	s, err := New(Config{TrustDeviceIDs: true}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(func() { s.Close(); hs.Close() })
+	waitfor.True(t, 5*time.Second, "note subscriptions", s.notes.ready)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(hs.URL, "http")+"/v1/ws?device=gx", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	waitfor.True(t, 5*time.Second, "registered", func() bool { return testutil.ToFloat64(s.metrics.registrations) == 1 })
+	ib := engine.Inbox{Kind: wire.InboxDevice, ID: "gx"}
+	send := func(id string, ttl time.Duration) {
+		if _, err := eng.Notify(ctx, engine.NoteWrite{ID: id, TS: 1, Note: wire.Notification{Devices: []string{"gx"}, Type: "t",
+			Priority: wire.PriorityNormal, Payload: []byte(`{}`), TTL: ttl}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("first", time.Hour) // the device tracks its inbox from here
+	if _, _, err := ws.Read(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A note the device never gets (no registration while it is stored), that expires.
+	if err := eng.Register(ctx, s.cfg.ID, nil, []engine.Inbox{ib}); err != nil {
+		t.Fatal(err)
+	}
+	send("gone", time.Second)
+	if err := eng.Register(ctx, s.cfg.ID, []engine.Inbox{ib}, nil); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(int64(2 * time.Second)) // "gone" expired
+	eng.gate.Store(true)
+	send("next", time.Hour)
+	_, b, err := ws.Read(ctx)
+	if err != nil || !strings.Contains(string(b), `"nid":"next"`) {
+		t.Fatalf("after the gap: %s %v", b, err)
+	}
+	if g := testutil.ToFloat64(s.metrics.noteGaps); g != 1 {
+		t.Fatalf("gaps %v, want 1", g)
+	}
+	if r := eng.reads.Load(); r != 1 {
+		t.Fatalf("%d backlog reads for one gap over an expired note, want 1", r)
+	}
+}
