@@ -2,6 +2,7 @@ package redisengine_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"regexp"
 	"strconv"
@@ -252,4 +253,49 @@ func startEngine(t testing.TB) (*redistest.Server, *redisengine.Engine) {
 	}
 	t.Cleanup(e.Close)
 	return srv, e
+}
+
+// TestStageChangeNeverWaitsForTheEventIndex (hardening #8): the events index
+// (sc:events, one key on one shard) is written off the stage-change path, so
+// with that shard's writes paused for 3 s a change to an event on another
+// shard is not held up, and the index catches up once the shard is back.
+func TestStageChangeNeverWaitsForTheEventIndex(t *testing.T) {
+	cl := redistest.StartCluster(t, 3, 0)
+	e, err := redisengine.New(redisengine.Config{Addrs: cl.Addrs()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	index := cl.MasterFor("sc:events")
+	event := ""
+	for i := 0; i < 1000 && event == ""; i++ {
+		if ev := fmt.Sprintf("ix-%d", i); cl.MasterFor("sc:{"+ev+"}:log") != index {
+			event = ev
+		}
+	}
+	ctx := context.Background()
+	if _, err := e.SetStage(ctx, engine.SetRequest{Event: event, Key: "warm", TS: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := index.Cli(ctx, "CLIENT", "PAUSE", "3000", "WRITE"); err != nil {
+		t.Fatalf("client pause: %v %s", err, out)
+	}
+	start := time.Now()
+	if _, err := e.SetStage(ctx, engine.SetRequest{Event: event, Key: "live", TS: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("a stage change took %v while only the index's shard was paused (3 s)", took)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		evs, err := e.Events(ctx, 10)
+		if err == nil && len(evs) == 1 && evs[0].Event == event && evs[0].Current != nil && evs[0].Current.Key == "live" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the index never caught up: %+v %v", evs, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling Redis
+	}
 }
