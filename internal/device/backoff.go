@@ -10,11 +10,13 @@ func Backoff(k int, base, cap time.Duration, u float64) time.Duration {
 }
 
 // BackoffWindow is min(cap, base*2^k), the upper end of attempt k's window.
+// base*2^k is never computed past cap: shifted far enough it overflows (500ms
+// << 35 does), and a negative window would make every retry immediate.
 func BackoffWindow(k int, base, cap time.Duration) time.Duration {
 	if k < 0 {
 		k = 0
 	}
-	if k > 40 {
+	if k >= 62 || base > cap>>k {
 		return cap
 	}
 	return min(cap, base<<k)

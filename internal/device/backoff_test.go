@@ -79,3 +79,18 @@ func TestRunReconnectsWithInjectedSleep(t *testing.T) {
 type errStop struct{}
 
 func (errStop) Error() string { return "stop" }
+
+// TestBackoffLongOutage: after many failed attempts (a long outage) the window
+// stays at the cap; base<<k once overflowed past k = 34 and went negative,
+// which made every retry immediate.
+func TestBackoffLongOutage(t *testing.T) {
+	for k := 0; k < 1000; k++ {
+		w := BackoffWindow(k, 500*time.Millisecond, 30*time.Second)
+		if w <= 0 || w > 30*time.Second {
+			t.Fatalf("BackoffWindow(%d) = %v, want within (0, 30s]", k, w)
+		}
+		if k >= 6 && w != 30*time.Second {
+			t.Fatalf("BackoffWindow(%d) = %v, want the cap", k, w)
+		}
+	}
+}
