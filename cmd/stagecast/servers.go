@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/graph"
+	"github.com/stagecast/stagecast/internal/demo"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/filewatch"
@@ -48,6 +50,9 @@ func runDev(args []string) error {
 	pc.IPLimitExempt = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 	// Everything is on loopback: device ids name their inbox without a token.
 	pc.TrustDeviceIDs = true
+	// Pages on loopback (the demo home screen on the prefetch port, an app's
+	// dev server) may connect: a browser's Origin is another port.
+	pc.OriginPatterns = append(pc.OriginPatterns, "127.0.0.1:*", "localhost:*")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -81,14 +86,21 @@ func runDev(args []string) error {
 		return err
 	}
 	go pf.PublishLoad(ctx, eng, "prefetch-dev", time.Second)
+	// The demo home screen (/demo/, on the prefetch address) is a page of another
+	// origin than the proxy's: it is allowed to connect.
+	demoMux := http.NewServeMux()
+	demoMux.Handle("/", pf.Handler())
+	var demoCfg demo.Config
+	demoMux.Handle("/demo/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { demo.Handler(demoCfg).ServeHTTP(w, r) }))
 	bound, err := serve.Listen(append(append([]serve.Server{}, []serve.Server{
 		{Name: "proxy", Addr: *proxyAddr, Handler: p.Handler(), Upgrades: true},
 		{Name: "broadcaster", Addr: *bcAddr, Handler: bc.Handler()},
-		{Name: "prefetch", Addr: *pfAddr, Handler: pf.Handler()},
+		{Name: "prefetch", Addr: *pfAddr, Handler: demoMux},
 	}...), debugServer(*debugAddr)...))
 	if err != nil {
 		return err
 	}
+	demoCfg = demo.Config{Proxy: "ws://" + bound[0].Listener.Addr().String() + "/v1/ws", GraphQL: "/graphql"}
 	printDevBanner(bound[0].Listener.Addr().String(), bound[1].Listener.Addr().String(), bound[2].Listener.Addr().String(), *token, dk)
 	return serve.Run(ctx, log, bound, pc.DrainWindow+5*time.Second, drainProxy(p))
 }

@@ -458,3 +458,6 @@ func (c *Client) pullInbox(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Config returns c's configuration with its defaults filled in.
+func (c *Client) Config() Config { return c.cfg }

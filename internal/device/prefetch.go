@@ -329,3 +329,6 @@ func graphQLRequest(ctx context.Context, url, token string, payload any) (*http.
 	}
 	return req, nil
 }
+
+// Config returns p's configuration with its defaults filled in.
+func (p *Prefetcher) Config() PrefetchConfig { return p.cfg }
