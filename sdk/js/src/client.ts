@@ -50,6 +50,8 @@ export interface ClientOptions {
   missDelayMaxMs?: number;
   /** Jitter for overdue timers when a hidden page becomes visible (default 2000). */
   wakeJitterMs?: number;
+  /** A connection not open within this is given up and retried (default 10000). */
+  connectTimeoutMs?: number;
   WebSocket?: WebSocketCtor;
   fetch?: (url: string, init: { method: string; headers: Record<string, string>; body: string }) => Promise<{ status: number; json(): Promise<unknown> }>;
   random?: () => number;
@@ -131,6 +133,9 @@ export class StagecastClient {
   private seen: string[] = [];
   private seenSet: Record<string, true> = {};
   private token: string | undefined;
+  private tokenStale = true; // get a new token before the next use (none yet, or the proxy said it expired)
+  private tokenWait: Promise<string | undefined> | undefined; // a getToken call in flight, shared
+  private want: Record<string, string> = {}; // per event: the digest the last stage frame named
   private st: State = 'idle';
   private readyWait: Promise<void>;
   private readyDone!: () => void;
@@ -156,6 +161,7 @@ export class StagecastClient {
       refetchSlots: defaults.refetchSlots,
       missDelayMaxMs: defaults.missDelayMaxMs,
       wakeJitterMs: 2000,
+      connectTimeoutMs: 10000,
       random: Math.random,
       now: Date.now,
       ...(opts as object),
@@ -297,9 +303,30 @@ export class StagecastClient {
     });
   }
 
-  private async freshToken(): Promise<string | undefined> {
-    if (this.o.getToken) this.token = await this.o.getToken();
-    return this.token;
+  /**
+   * The token held; a new one from getToken when there is none yet or it
+   * expired. Concurrent callers share one getToken call (no refresh race).
+   */
+  private freshToken(): Promise<string | undefined> {
+    if (!this.o.getToken || !this.tokenStale) return Promise.resolve(this.token);
+    if (!this.tokenWait) {
+      const get = this.o.getToken;
+      this.tokenWait = Promise.resolve()
+        .then(() => get())
+        .then(
+          (tok) => {
+            this.token = tok;
+            this.tokenStale = false;
+            this.tokenWait = undefined;
+            return tok;
+          },
+          (err) => {
+            this.tokenWait = undefined;
+            throw err;
+          },
+        );
+    }
+    return this.tokenWait;
   }
 
   private send(frame: object): boolean {
@@ -344,7 +371,21 @@ export class StagecastClient {
     }
     this.ws = ws;
     this.hint = undefined;
+    this.after('connect-timeout', this.o.connectTimeoutMs, () => {
+      if (this.ws === ws && ws.readyState !== 1) {
+        this.ws = undefined;
+        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+        try {
+          ws.close();
+        } catch (_) {
+          /* not open */
+        }
+        this.emit('error', { code: 'connect_timeout', message: 'no connection within ' + this.o.connectTimeoutMs + ' ms' });
+        this.onClose(1006, '');
+      }
+    });
     ws.onopen = () => {
+      this.cancel('connect-timeout');
       this.attempt = 0; // an established connection resets the backoff (as the Go client)
       this.everConnected = true;
       this.setState('connected');
@@ -354,10 +395,17 @@ export class StagecastClient {
     };
     ws.onmessage = (ev) => this.onFrame(String(ev.data));
     ws.onerror = () => {
-      /* the close event follows */
+      // After open a close event follows; before it some runtimes (Node 20's
+      // WebSocket on a refused upgrade) fire no close at all: fail it here.
+      if (this.ws !== ws || ws.readyState === 1) return;
+      this.cancel('connect-timeout');
+      this.ws = undefined;
+      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      this.onClose(1006, '');
     };
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
+      this.cancel('connect-timeout');
       this.ws = undefined;
       this.onClose(ev.code, ev.reason);
     };
@@ -371,6 +419,7 @@ export class StagecastClient {
       const m = /^retry after (\d+) ms/.exec(reason || '');
       if (m) this.hint = Number(m[1]);
     }
+    if (code === 4003 || code === 4500) this.tokenStale = true;
     if (code === 4003) {
       this.emit('error', { code: 'token_expired', message: 'the device token expired; getting a new one' });
       this.hint = this.o.random() * this.o.backoffBaseMs;
@@ -439,6 +488,8 @@ export class StagecastClient {
     const m = this.maps[f.event];
     const s: Stage = { event: f.event, key: f.key, v: f.v, ts: f.ts, payload: m ? m.payloads[f.key] : undefined };
     this.current[f.event] = s;
+    if (f.d !== undefined) this.want[f.event] = f.d;
+    else delete this.want[f.event];
     if (this.o.graphql) {
       const has = !!m && f.key in m.payloads;
       if (f.d !== undefined && (!has || m.digests[f.key] !== f.d)) {
@@ -518,6 +569,11 @@ export class StagecastClient {
         const s: Stage = { event, key: le.current.key, v: le.current.v, ts: le.current.ts, payload: m.payloads[le.current.key] };
         this.current[event] = s;
         this.show(s);
+      }
+      const want = this.want[event];
+      if (cur && want !== undefined && m.digests[cur.key] !== want) {
+        // A cache on the way still had the old payload: try again soon (jittered).
+        this.after('refetch:' + event, (0.5 + this.o.random() / 2) * this.o.missDelayMaxMs, () => this.prefetch(event));
       }
       // The server jitters the hint: refresh then, serving what is held meanwhile.
       this.after('prefetch:' + event, Math.max(1, le.refreshAfterSeconds) * 1000, () => this.prefetch(event));
