@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"net/http/httptest"
 	"net/url"
 	"strconv"
@@ -441,5 +442,30 @@ func TestResponseSizeCap(t *testing.T) {
 		if got != want || len(body) > limit+1024 {
 			t.Errorf("limit %d: code %q (want %q), %d bytes", limit, got, want, len(body))
 		}
+	}
+}
+
+// TestStandardIntrospection (hardening of issue 19, item 4): the query every
+// tool sends (graphql-js getIntrospectionQuery(), in testdata) passes the depth
+// limit; a query that mixes data with introspection keeps the data limits;
+// --graphql-introspection=false refuses it.
+func TestStandardIntrospection(t *testing.T) {
+	q, err := os.ReadFile("testdata/introspection-query.graphql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng := engine.NewMemory(engine.MemoryConfig{})
+	_, base := startServer(t, eng, graph.ServerConfig{})
+	resp, out, body := post(t, base, string(q), nil)
+	if resp.StatusCode != 200 || len(out.Errors) != 0 || !strings.Contains(string(body), `"__schema"`) || !strings.Contains(string(body), `"LiveEvent"`) {
+		t.Fatalf("the standard introspection query: %d %.300s", resp.StatusCode, body)
+	}
+	deep := `{ liveEvent(id: "x") { id } __schema { types { fields { type { ofType { ofType { ofType { name } } } } } } } }`
+	if _, out, body := post(t, base, deep, nil); len(out.Errors) == 0 || !strings.Contains(string(body), "depth") {
+		t.Fatalf("data mixed with deep introspection: %.300s, want the depth limit", body)
+	}
+	_, off := startServer(t, eng, graph.ServerConfig{GraphQL: graph.Config{NoIntrospection: true}})
+	if _, out, body := post(t, off, string(q), nil); len(out.Errors) == 0 {
+		t.Fatalf("introspection off: %.300s", body)
 	}
 }

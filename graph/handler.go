@@ -31,6 +31,16 @@ type Config struct {
 	MaxQueryLength int
 	// MaxDepth of a query. Default 6.
 	MaxDepth int
+	// IntrospectionDepth is the depth allowed to a query that selects only
+	// introspection fields (see introspection.go): bounded by the schema, which
+	// has no recursive data types. Default 16. IntrospectionSelections bounds
+	// its selections after fragment expansion (the standard query expands to a
+	// few hundred). Default 2000.
+	IntrospectionDepth      int
+	IntrospectionSelections int
+	// NoIntrospection refuses introspection (__schema, __type) altogether
+	// (--graphql-introspection=false). Default: allowed.
+	NoIntrospection bool
 	// MaxSelections after fragment expansion (aliases count). Default 200.
 	MaxSelections int
 	// MaxParallelism of resolvers per query. Default 4.
@@ -64,6 +74,8 @@ func (c *Config) defaults() {
 	}
 	set(&c.MaxQueryLength, 4096)
 	set(&c.MaxDepth, 6)
+	set(&c.IntrospectionDepth, 16)
+	set(&c.IntrospectionSelections, 2000)
 	set(&c.MaxSelections, 200)
 	set(&c.MaxParallelism, 4)
 	set(&c.QueryCacheSize, 1024)
@@ -81,6 +93,7 @@ func (c *Config) defaults() {
 type Handler struct {
 	cfg    Config
 	schema *graphql.Schema
+	intro  *graphql.Schema // introspection-only queries (nil: introspection off)
 	cache  *prefetch.Cache
 	shed   *prefetch.Shedder
 	tmpl   *lru.Cache[[32]byte, *template] // key: SHA-256 of (operation, variables, query)
@@ -100,14 +113,26 @@ type template struct {
 // New builds the schema (it panics only on a schema bug, caught by tests).
 func New(cfg Config, cache *prefetch.Cache, shed *prefetch.Shedder) (*Handler, error) {
 	cfg.defaults()
-	schema, err := graphql.ParseSchema(schemaSDL, &resolver{cache: cache, inbox: cfg.Inbox},
-		graphql.MaxQueryLength(cfg.MaxQueryLength), graphql.MaxDepth(cfg.MaxDepth),
-		graphql.MaxSelections(cfg.MaxSelections), graphql.MaxParallelism(cfg.MaxParallelism),
-		graphql.UseFieldResolvers())
+	root := &resolver{cache: cache, inbox: cfg.Inbox}
+	opts := func(depth, selections int) []graphql.SchemaOpt {
+		o := []graphql.SchemaOpt{graphql.MaxQueryLength(cfg.MaxQueryLength), graphql.MaxDepth(depth),
+			graphql.MaxSelections(selections), graphql.MaxParallelism(cfg.MaxParallelism), graphql.UseFieldResolvers()}
+		if cfg.NoIntrospection {
+			o = append(o, graphql.DisableIntrospection())
+		}
+		return o
+	}
+	schema, err := graphql.ParseSchema(schemaSDL, root, opts(cfg.MaxDepth, cfg.MaxSelections)...)
 	if err != nil {
 		return nil, fmt.Errorf("graph: schema: %w", err)
 	}
-	h := &Handler{cfg: cfg, schema: schema, cache: cache, shed: shed,
+	var intro *graphql.Schema
+	if !cfg.NoIntrospection {
+		if intro, err = graphql.ParseSchema(schemaSDL, root, opts(cfg.IntrospectionDepth, cfg.IntrospectionSelections)...); err != nil {
+			return nil, fmt.Errorf("graph: schema: %w", err)
+		}
+	}
+	h := &Handler{cfg: cfg, schema: schema, intro: intro, cache: cache, shed: shed,
 		rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		qc: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "graph", Name: "query_cache_total",
 			Help: "GraphQL requests by query-cache result: hit (no parse, no execution), miss, changed (an event's snapshot moved), uncacheable; sentinel_collision counts re-renders."}, []string{"result"})}
@@ -330,7 +355,11 @@ func (h *Handler) render1(ctx context.Context, req request) (*template, *render,
 	rd := &render{deps: map[string]*dep{}, rnd: rand.New(rand.NewPCG(h.rnd.Uint64(), h.rnd.Uint64())),
 		maxEvents: h.cfg.MaxLiveEvents, maxLists: h.cfg.MaxStageLists, maxBytes: h.cfg.MaxResponseBytes}
 	h.randMu.Unlock()
-	resp := h.schema.Exec(context.WithValue(ctx, renderKey{}, rd), req.Query, req.OperationName, req.Variables)
+	schema := h.schema
+	if h.intro != nil && onlyIntrospection(req.Query) {
+		schema = h.intro // the standard introspection query nests past the data depth limit
+	}
+	resp := schema.Exec(context.WithValue(ctx, renderKey{}, rd), req.Query, req.OperationName, req.Variables)
 	body, err := json.Marshal(resp)
 	if err != nil {
 		return nil, nil, err

@@ -269,6 +269,7 @@ func runPrefetch(args []string) error {
 	fs.IntVar(&cfg.Shed.MaxInFlight, "max-in-flight", 2048, "requests in flight above which even critical prefetch is shed")
 	fs.IntVar(&cfg.Shed.NormalInFlight, "normal-in-flight", 512, "requests in flight above which normal prefetch is shed")
 	fs.DurationVar(&cfg.Shed.LatencyBudget, "latency-budget", 200*time.Millisecond, "shed normal prefetch while average latency is above this")
+	introspection := fs.Bool("graphql-introspection", true, "answer GraphQL introspection (the standard query of GraphiQL, graphql-codegen, Apollo tooling); false refuses __schema and __type")
 	var dk deviceKeyFlags
 	dk.register(fs)
 	fs.Func("trusted-networks", "comma-separated CIDRs whose requests may set X-Stagecast-Priority without a device token", func(v string) error {
@@ -288,6 +289,7 @@ func runPrefetch(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	cfg.GraphQL.NoIntrospection = !*introspection
 	log, eng, err := redisSetup(*logLevel, redisAddrs, rc)
 	if err != nil {
 		return err
