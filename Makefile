@@ -6,7 +6,7 @@ SUDO      := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PKGS      := ./...
 
 .DEFAULT_GOAL := help
-.PHONY: help build run cluster test deps bench bench-micro bench-fanout bench-prefetch bench-notify fuzz vet clean
+.PHONY: help build run cluster test sdk-test deps bench bench-micro bench-fanout bench-prefetch bench-notify fuzz vet clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,10 +36,16 @@ vet: ## go vet and gofmt check
 	$(GO) vet $(PKGS)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
 
-test: deps vet ## everything the tests need, then every test, with -race (timing tests without it)
+test: deps vet ## everything the tests need, then every test, with -race (timing tests without it), then the TypeScript SDK's
 	$(GO) test -race -count=1 -timeout 8m $(PKGS)
 	$(GO) test -count=1 -timeout 3m -run 'TestSimulatorCalibration' ./internal/e2e
 	$(GO) test -count=1 -timeout 3m -run 'TestGameDayFaults' ./internal/localcluster
+	$(MAKE) sdk-test
+
+sdk-test: build ## the TypeScript SDK (sdk/js): npm ci, build, typecheck, codegen check, Node and Chromium tests against bin/stagecast
+	@command -v node >/dev/null 2>&1 && node -e 'process.exit(+process.versions.node.split(".")[0] < 20)' || { \
+	  echo "the SDK tests need Node.js 20 or newer with npm (Debian's nodejs package is older)"; exit 1; }
+	cd sdk/js && npm ci --no-audit --no-fund --loglevel=error && npm test
 
 fuzz: ## fuzz the device frame decoder and the device token verifier, 30s each
 	$(GO) test ./internal/wire -run XXX -fuzz FuzzParseDeviceFrame -fuzztime 30s

@@ -1,3 +1,4 @@
+import type { InboxQuery, PrefetchQuery } from './graphql.generated';
 import { backoff, defaults, redirectAllowed, refetchDelay } from './rules';
 
 /** A WebSocket constructor (the browser's, Node's, or any WHATWG-compatible one). */
@@ -102,10 +103,17 @@ interface Timer {
 }
 
 const RESUB_CODES = ['unknown_event', 'unavailable', 'event_limit', 'rate_limited'];
-const PREFETCH_QUERY =
-  'query Prefetch($event: ID!, $segment: String) { liveEvent(id: $event) { id current { key v ts } stages(segment: $segment) { key payload digest } ttlSeconds refreshAfterSeconds } }';
-const INBOX_QUERY =
-  'query Inbox($after: String, $limit: Int) { inbox(after: $after, limit: $limit) { notes { id nid type priority payload ts } next } }';
+// The SDK's two queries; their result types (src/graphql.generated.ts) are
+// generated from the schema the prefetch API serves (npm run codegen; checked
+// by the tests).
+const PREFETCH_QUERY = /* GraphQL */ `
+  query Prefetch($event: ID!, $segment: String) {
+    liveEvent(id: $event) { id current { key v ts } stages(segment: $segment) { key payload digest } ttlSeconds refreshAfterSeconds }
+  }
+`;
+const INBOX_QUERY = /* GraphQL */ `
+  query Inbox($after: String, $limit: Int) { inbox(after: $after, limit: $limit) { notes { id nid type priority payload ts } next } }
+`;
 const SEEN_NOTES = 512;
 
 /**
@@ -221,9 +229,8 @@ export class StagecastClient {
   async pullInbox(after?: string, limit = 100): Promise<{ notes: Note[]; next: string }> {
     if (!this.o.graphql) throw new Error('stagecast: pullInbox needs options.graphql');
     const token = await this.freshToken();
-    const body = await this.graphql(INBOX_QUERY, { after: after === undefined ? this.resume : after, limit }, token);
-    const page = body.inbox as { notes: Note[]; next: string };
-    return { notes: page.notes, next: page.next };
+    const body = (await this.graphql(INBOX_QUERY, { after: after === undefined ? this.resume : after, limit }, token)) as InboxQuery;
+    return { notes: body.inbox.notes, next: body.inbox.next };
   }
 
   /** Marks a note read (sent on the open connection; false when not connected). */
@@ -523,7 +530,7 @@ export class StagecastClient {
     if (this.o.ackNotes) this.send({ op: 'ack', note: n.id });
   }
 
-  private async graphql(query: string, variables: object, token: string | undefined): Promise<{ [k: string]: unknown }> {
+  private async graphql(query: string, variables: object, token: string | undefined): Promise<unknown> {
     const headers: Record<string, string> = { 'Content-Type': 'application/json' };
     if (token) headers.Authorization = 'Bearer ' + token;
     const resp = await this.o.fetch(this.o.graphql as string, { method: 'POST', headers, body: JSON.stringify({ query, variables }) });
@@ -542,12 +549,8 @@ export class StagecastClient {
     if (!this.o.graphql || this.stopped) return;
     const first = !(event in this.maps) && !(event in this.fetchAttempt);
     try {
-      const data = await this.graphql(PREFETCH_QUERY, { event, segment: this.o.segment || null }, await this.freshToken());
-      const le = data.liveEvent as {
-        current?: { key: string; v: number; ts: number } | null;
-        stages: Array<{ key: string; payload: unknown; digest?: string }>;
-        refreshAfterSeconds: number;
-      } | null;
+      const data = (await this.graphql(PREFETCH_QUERY, { event, segment: this.o.segment || null }, await this.freshToken())) as PrefetchQuery;
+      const le = data.liveEvent;
       if (!le) throw new Error('NOT_FOUND: no such event');
       const m = { payloads: {} as Record<string, unknown>, digests: {} as Record<string, string> };
       for (const s of le.stages) {

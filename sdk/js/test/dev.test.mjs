@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createClient, refetchDelay } from '../dist/index.mjs';
-import { MAP, deviceKeys, eventually, recorder, startDev } from './helpers.mjs';
+import { MAP, deviceKeys, eventually, recorder, startDev } from '../testlib/helpers.mjs';
 
 /** A WebSocket that remembers its instances, so a test can drop a connection. */
 function droppable() {

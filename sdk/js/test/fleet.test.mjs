@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createClient } from '../dist/index.mjs';
-import { MAP, eventually, recorder, startFleet } from './helpers.mjs';
+import { MAP, eventually, recorder, startFleet } from '../testlib/helpers.mjs';
 
 /** A WebSocket that records the URLs it dialled. */
 function dialled() {
