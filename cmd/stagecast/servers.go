@@ -115,6 +115,7 @@ stagecast dev server: in-memory engine, nothing persists.
   prefetch (GraphQL)    http://%[4]s/graphql   (plain JSON: http://%[4]s/v1/prefetch/EVENT)
   producer token        %[3]s
   producer console      http://%[2]s/console   (paste the token)
+  demo home screen      http://%[4]s/demo/     (the TypeScript SDK in a page: open it beside the console)
   metrics / health      http://%[1]s/metrics  http://%[2]s/metrics  http://%[4]s/metrics  /healthz  /readyz
 
 In each terminal you use:
