@@ -6,7 +6,7 @@ SUDO      := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PKGS      := ./...
 
 .DEFAULT_GOAL := help
-.PHONY: help build run cluster test sdk-test deps bench bench-micro bench-fanout bench-prefetch bench-notify fuzz vet clean
+.PHONY: help build run cluster test sdk-test deps bench bench-sdk bench-micro bench-fanout bench-prefetch bench-notify fuzz vet clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,6 +63,9 @@ bench-fanout: build deps ## loopback fanout: 1 proxy x 10k and 19k, 3 proxies x 
 bench-notify: build deps ## notifications on loopback: Redis, broadcaster, 2 proxies, 20k devices of 10k members in 2 client processes
 	$(GO) build -o bin/notifybench ./cmd/notifybench
 	./bin/notifybench --stagecast $(BIN) --out out/bench/notify
+
+bench-sdk: build ## the TypeScript SDK: 1,000 clients in one Node process on a real stagecast dev
+	cd sdk/js && npm ci --no-audit --no-fund --loglevel=error && npm run bench
 
 bench-prefetch: build ## prefetch on cache hits: plain JSON vs GraphQL POST and GET, side by side
 	$(GO) build -o bin/prefetchbench ./cmd/prefetchbench
