@@ -115,6 +115,7 @@ const INBOX_QUERY = /* GraphQL */ `
   query Inbox($after: String, $limit: Int) { inbox(after: $after, limit: $limit) { notes { id nid type priority payload ts } next } }
 `;
 const SEEN_NOTES = 512;
+const SUB_BATCH = 16; // events per sub frame (docs/protocol.md)
 
 /**
  * A stagecast device client. It prefetches each event's stage map (honouring
@@ -396,7 +397,7 @@ export class StagecastClient {
       this.attempt = 0; // an established connection resets the backoff (as the Go client)
       this.everConnected = true;
       this.setState('connected');
-      this.send({ op: 'sub', events: { ...this.held } });
+      this.subscribe();
       if (this.o.notes === undefined ? !!this.o.getToken : this.o.notes) this.send({ op: 'inbox', after: this.resume });
       this.maybeReady();
     };
@@ -416,6 +417,16 @@ export class StagecastClient {
       this.ws = undefined;
       this.onClose(ev.code, ev.reason);
     };
+  }
+
+  /** Subscribes with the versions held, at most 16 events a frame (the proxy's bound). */
+  private subscribe(): void {
+    const names = Object.keys(this.held);
+    for (let i = 0; i < names.length; i += SUB_BATCH) {
+      const events: Record<string, number> = {};
+      for (const e of names.slice(i, i + SUB_BATCH)) events[e] = this.held[e];
+      this.send({ op: 'sub', events });
+    }
   }
 
   private onClose(code: number, reason: string): void {
@@ -482,7 +493,7 @@ export class StagecastClient {
         this.emit('error', e);
         if (e.event && e.event in this.held && RESUB_CODES.indexOf(e.code) >= 0) {
           const half = this.o.resubDelayMs / 2;
-          this.after('resub', half + this.o.random() * half, () => this.send({ op: 'sub', events: { ...this.held } }));
+          this.after('resub', half + this.o.random() * half, () => this.subscribe());
         }
         break;
       }

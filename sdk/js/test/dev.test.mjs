@@ -146,3 +146,15 @@ test('an unknown event is subscribed again later, and followed once it exists', 
   const st = await dev.producer.setStage('later', 'pre-show');
   await eventually('the stage once the event exists', () => r.stages.some((s) => s.v === st.v), 10000);
 });
+
+test('more events than a connection may hold (16): those past it are reported, the rest followed', { timeout: 40000 }, async (t) => {
+  const dev = await startDev(t);
+  const events = Array.from({ length: 20 }, (_, i) => 'many-' + i);
+  for (const e of events) await dev.producer.setStage(e, 'pre-show');
+  const c = createClient({ proxies: [dev.proxy], events, device: 'many' });
+  t.after(() => c.close());
+  const r = recorder(c);
+  await c.ready();
+  await eventually('16 followed, 4 refused', () =>
+    new Set(r.stages.map((s) => s.event)).size === 16 && new Set(r.errors.filter((e) => e.code === 'too_many_subscriptions').map((e) => e.event)).size === 4);
+});
