@@ -43,7 +43,7 @@ test: deps vet ## everything the tests need, then every test, with -race (timing
 	$(MAKE) sdk-test
 
 sdk-test: build ## the TypeScript SDK (sdk/js): npm ci, build, typecheck, codegen check, Node and Chromium tests against bin/stagecast
-	@command -v node >/dev/null 2>&1 && node -e 'process.exit(+process.versions.node.split(".")[0] < 20)' || { \
+	@command -v node >/dev/null 2>&1 && node -e 'process.exit(+process.versions.node.split(".")[0] < 20 ? 1 : 0)' || { \
 	  echo "the SDK tests need Node.js 20 or newer with npm (Debian's nodejs package is older)"; exit 1; }
 	cd sdk/js && npm ci --no-audit --no-fund --loglevel=error && npm test
 
