@@ -132,13 +132,16 @@ func (s *Server) auditTrail(r *http.Request) (any, error) {
 // log line is already written; a store failure is logged).
 func (s *Server) trail(r *http.Request, a engine.AuditEntry) {
 	event := r.PathValue("event")
-	if event == "" {
-		return
-	}
 	a.AtMS = s.cfg.Now().UnixMilli()
 	a.Producer = "anonymous"
 	if p, ok := r.Context().Value(producerKey{}).(*producerEntry); ok {
 		a.Producer = p.name
+	}
+	if s.cfg.OnAudit != nil {
+		s.cfg.OnAudit(event, a) // the analytics stream: never waits
+	}
+	if event == "" {
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), min(s.cfg.EngineTimeout, 500*time.Millisecond))
 	defer cancel()

@@ -207,6 +207,8 @@ func (s *Server) notify(r *http.Request) (any, error) {
 		result = "replayed"
 	}
 	s.nm.notes.WithLabelValues(prio, result).Inc()
+	s.trail(r, engine.AuditEntry{Action: "notify", Result: result, Detail: fmt.Sprintf("id %s type %s priority %s members %d devices %d stored %d pushes %d",
+		out.res.ID, n.Type, prio, len(n.Members), len(n.Devices), out.res.Stored, out.res.Pushes)})
 	s.audit(r, "notify", "id", out.res.ID, "type", n.Type, "priority", prio, "members", len(n.Members), "devices", len(n.Devices),
 		"stored", out.res.Stored, "pushes", out.res.Pushes, "result", result)
 	return statusReply{http.StatusAccepted, NotifyReply{

@@ -81,7 +81,11 @@ type Config struct {
 	ProducerBurst int
 	// Lanes size the notification lanes, by wire.Priority; zero fields take
 	// DefaultLanes.
-	Lanes      [wire.NumPriorities]LaneConfig
+	Lanes [wire.NumPriorities]LaneConfig
+	// OnAudit, when set, is called with every audit entry (stage changes,
+	// schedules, map and window writes, notifications accepted; event "" for
+	// notifications): the analytics stream. It must not block.
+	OnAudit    func(event string, a engine.AuditEntry)
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 	Now        func() time.Time
@@ -611,28 +615,6 @@ type ProxyReport struct {
 	SentMS  map[string]*int64 `json:"sent_ms"`
 }
 
-// percentiles fills the time from ts to 50/90/99/100 % of denom sent.
-func percentiles(buckets []engine.Bucket, denom uint64) map[string]*int64 {
-	out := map[string]*int64{"p50": nil, "p90": nil, "p99": nil, "p100": nil}
-	if denom == 0 {
-		return out
-	}
-	sort.Slice(buckets, func(i, j int) bool { return buckets[i].UpperMS < buckets[j].UpperMS })
-	for name, pct := range map[string]float64{"p50": 50, "p90": 90, "p99": 99, "p100": 100} {
-		need := uint64(float64(denom)*pct/100 + 0.999999)
-		var cum uint64
-		for _, b := range buckets {
-			cum += b.Count
-			if cum >= need {
-				ms := b.UpperMS
-				out[name] = &ms
-				break
-			}
-		}
-	}
-	return out
-}
-
 func (s *Server) report(r *http.Request) (any, error) {
 	event := r.PathValue("event")
 	recent, err := call(s, s.breakers.reads, r, func(ctx context.Context) ([]wire.Stage, error) {
@@ -682,12 +664,12 @@ func mergeReport(rep Report, pds []engine.ProxyDelivery, freshAfterMS int64) Rep
 		rep.Sent += pd.Version.Sent
 		rep.Acked += pd.Version.Acked
 		buckets = append(buckets, pd.Version.Latency...)
-		pr.SentMS = percentiles(append([]engine.Bucket(nil), pd.Version.Latency...), max(uint64(pr.Devices), pr.Sent))
+		pr.SentMS = engine.Percentiles(append([]engine.Bucket(nil), pd.Version.Latency...), max(uint64(pr.Devices), pr.Sent))
 		rep.PerProxy = append(rep.PerProxy, pr)
 	}
 	sort.Slice(rep.PerProxy, func(i, j int) bool { return rep.PerProxy[i].Proxy < rep.PerProxy[j].Proxy })
 	denom := max(uint64(rep.Devices), rep.Sent)
-	rep.SentMS = percentiles(buckets, denom)
+	rep.SentMS = engine.Percentiles(buckets, denom)
 	if denom == 0 {
 		return rep
 	}

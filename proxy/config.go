@@ -57,6 +57,10 @@ type Config struct {
 	StatsVersions int
 	// ReportInterval between delivery reports to the engine. Default 1s.
 	ReportInterval time.Duration
+	// OnReport, when set, is given each delivery report as it is built (the
+	// analytics stream's delivery aggregates). It runs on the report loop and
+	// must not block; the fanout path never calls it.
+	OnReport func(engine.DeliveryReport)
 	// ReconcileInterval: every topic re-reads the event's recent stages this often
 	// (jittered), a safety net under pub/sub. Default 30s.
 	ReconcileInterval time.Duration

@@ -103,6 +103,9 @@ func (s *Server) flushReport(ctx context.Context) {
 		}
 		rep.Events = append(rep.Events, ed)
 	}
+	if s.cfg.OnReport != nil {
+		s.cfg.OnReport(rep)
+	}
 	if len(rep.Events) == 0 {
 		return
 	}

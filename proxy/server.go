@@ -131,6 +131,9 @@ func New(cfg Config, eng Engine) (*Server, error) {
 // maxClosing bounds the connections waiting on a close handshake at once.
 const maxClosing = 1024
 
+// ID is the proxy's id (Config.ID, or the default it was given).
+func (s *Server) ID() string { return s.cfg.ID }
+
 // Registry returns the proxy's own registry (nil if Config.Registerer was set).
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 

@@ -238,29 +238,39 @@ func (o *redisOpts) apply(c *redisengine.Config) error {
 		}
 		return nil
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: o.tlsServerName, InsecureSkipVerify: o.tlsInsecure}
-	if o.tlsCA != "" {
-		pem, err := os.ReadFile(o.tlsCA)
-		if err != nil {
-			return fmt.Errorf("--redis-tls-ca: %w", err)
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("--redis-tls-ca %s: no PEM certificate in it", o.tlsCA)
-		}
-	}
-	if (o.tlsClientCert == "") != (o.tlsClientKey == "") {
-		return errors.New("--redis-tls-cert and --redis-tls-key go together")
-	}
-	if o.tlsClientCert != "" {
-		cert, err := tls.LoadX509KeyPair(o.tlsClientCert, o.tlsClientKey)
-		if err != nil {
-			return fmt.Errorf("redis client certificate: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
+	tc, err := buildTLS("redis", o.tlsCA, o.tlsServerName, o.tlsClientCert, o.tlsClientKey, o.tlsInsecure)
+	if err != nil {
+		return err
 	}
 	c.TLS = tc
 	return nil
+}
+
+// buildTLS is the client TLS config of the --<what>-tls-* flags: a CA file
+// (default: the system pool), a server name, an optional client pair.
+func buildTLS(what, caFile, serverName, certFile, keyFile string, insecure bool) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName, InsecureSkipVerify: insecure}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--%s-tls-ca: %w", what, err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--%s-tls-ca %s: no PEM certificate in it", what, caFile)
+		}
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, fmt.Errorf("--%s-tls-cert and --%s-tls-key go together", what, what)
+	}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s client certificate: %w", what, err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
 }
 
 func splitAddrs(s string) []string {

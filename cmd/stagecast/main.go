@@ -25,6 +25,7 @@ Tools:
   loadgen       game-day rehearsal: loadgen simulate (full scale, no sockets)
   token         device identity: token keygen (Ed25519 key pair), token mint (a device JWT)
   fleet         control a local fleet (make cluster): list members, kill/drain/pause one, inject faults
+  analytics     the analytics stream: analytics tail (per-version convergence from Kafka, and the audit trail)
 
 Every flag can also be set as STAGECAST_<FLAG> (upper case, - as _).
 Run 'stagecast <command> -h' for a command's flags.
@@ -47,6 +48,7 @@ func main() {
 		"loadgen":      runLoadgen,
 		"token":        runToken,
 		"fleet":        runFleet,
+		"analytics":    runAnalytics,
 	}
 	name, args := os.Args[1], os.Args[2:]
 	if name == "-h" || name == "--help" || name == "help" {

@@ -39,6 +39,7 @@ func runDev(args []string) error {
 	proxyAddr := fs.String("proxy-addr", "127.0.0.1:8080", "devices' WebSocket address")
 	bcAddr := fs.String("broadcaster-addr", "127.0.0.1:8081", "producers' HTTP address")
 	pfAddr := fs.String("prefetch-addr", "127.0.0.1:8082", "devices' prefetch (GraphQL) address")
+	kafkaAddr := fs.String("kafka-addr", "127.0.0.1:9092", "the in-process Kafka-protocol broker (kfake) the analytics stream goes to; off: none")
 	debugAddr := debugFlag(fs)
 	token := fs.String("producer-token", "", "producer bearer token (default: random, printed)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -72,13 +73,37 @@ func runDev(args []string) error {
 	pc.Logger = log
 	pc.DrainWindow = min(pc.DrainWindow, 5*time.Second) // a dev server stops quickly
 	eng := engine.NewMemory(engine.MemoryConfig{})
+	var psk, bsk sink
+	pc.OnReport = psk.report
 	p, err := proxy.New(pc, eng)
 	if err != nil {
 		return err
 	}
-	bc, err := broadcaster.New(broadcaster.Config{Token: *token, PublicReads: true, Logger: log}, eng)
+	bc, err := broadcaster.New(broadcaster.Config{Token: *token, PublicReads: true, Logger: log, OnAudit: bsk.audit}, eng)
 	if err != nil {
 		return err
+	}
+	kafka := ""
+	if *kafkaAddr != "off" {
+		kc, addr, err := devKafka(*kafkaAddr)
+		if err != nil {
+			return err
+		}
+		defer kc.Close()
+		kafka = addr
+		ko := &kafkaOpts{brokers: addr, prefix: "stagecast.", maxRecords: 10000, maxBytes: 16 << 20}
+		pp, err := ko.producer("proxy/dev", p.Registry(), log)
+		if err != nil {
+			return err
+		}
+		bp, err := ko.producer("broadcaster/dev", bc.Registry(), log)
+		if err != nil {
+			return err
+		}
+		psk.set(pp)
+		bsk.set(bp)
+		defer psk.close()
+		defer bsk.close()
 	}
 	defer bc.Close()
 	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: log}, Identity: ident}, eng)
@@ -102,6 +127,9 @@ func runDev(args []string) error {
 	}
 	demoCfg = demo.Config{Proxy: "ws://" + bound[0].Listener.Addr().String() + "/v1/ws", GraphQL: "/graphql"}
 	printDevBanner(bound[0].Listener.Addr().String(), bound[1].Listener.Addr().String(), bound[2].Listener.Addr().String(), *token, dk)
+	if kafka != "" {
+		fmt.Printf("Analytics stream (Kafka protocol, in process, docs/analytics.md): %s\n  go run ./cmd/stagecast analytics tail --kafka-brokers %s\n\n", kafka, kafka)
+	}
 	return serve.Run(ctx, log, bound, pc.DrainWindow+5*time.Second, drainProxy(p))
 }
 
@@ -151,6 +179,7 @@ func runProxy(args []string) error {
 	var pc proxy.Config
 	proxyFlags(fs, &pc)
 	ppFrom := proxyProtocolFlag(fs)
+	ko := kafkaFlags(fs)
 	var dk deviceKeyFlags
 	dk.register(fs)
 	var rc redisengine.Config
@@ -169,10 +198,18 @@ func runProxy(args []string) error {
 		return err
 	}
 	pc.Logger = log
+	var sk sink
+	pc.OnReport = sk.report
 	p, err := proxy.New(pc, eng)
 	if err != nil {
 		return err
 	}
+	prod, err := ko.producer("proxy/"+p.ID(), p.Registry(), log)
+	if err != nil {
+		return err
+	}
+	sk.set(prod)
+	defer sk.close()
 	return serveUntilSignal(log, serve.Server{Name: "proxy", Addr: *addr, Handler: p.Handler(), Upgrades: true, ProxyProtocolFrom: *ppFrom},
 		*debugAddr, pc.DrainWindow+10*time.Second, drainProxy(p))
 }
@@ -188,6 +225,7 @@ func runBroadcaster(args []string) error {
 	maxMap := fs.Int64("max-map-bytes", wire.DefaultMaxMapSize, "largest stage map accepted (413 above)")
 	producerRate := fs.Float64("producer-rate", broadcaster.DefaultProducerRate, "requests per second each producer token may send (429 above; burst twice that); negative: no limit")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	ko := kafkaFlags(fs)
 	var rc redisengine.Config
 	redisAddrs := redisFlags(fs, &rc)
 	if err := parse(fs, args); err != nil {
@@ -218,11 +256,20 @@ func runBroadcaster(args []string) error {
 	}
 	defer eng.Close()
 	bcfg.Logger = log
+	var sk sink
+	bcfg.OnAudit = sk.audit
 	bc, err := broadcaster.New(bcfg, eng)
 	if err != nil {
 		return err
 	}
 	defer bc.Close()
+	host, _ := os.Hostname()
+	prod, err := ko.producer(fmt.Sprintf("broadcaster/%s-%d", host, os.Getpid()), bc.Registry(), log)
+	if err != nil {
+		return err
+	}
+	sk.set(prod)
+	defer sk.close()
 	if *tokensFile != "" {
 		wctx, stopWatch := context.WithCancel(context.Background())
 		defer stopWatch()

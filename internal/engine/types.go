@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/stagecast/stagecast/internal/wire"
@@ -146,4 +147,30 @@ type Snapshot struct {
 	// Live is the producer's "event window" signal: prefetch for this event is
 	// critical and shed last.
 	Live bool
+}
+
+// Percentiles returns the time from a stage's ts until 50, 90, 99 and 100 % of
+// denom devices had been sent it ("p50" ... "p100"; the upper bound of the
+// histogram bucket; nil while not reached). The delivery report and the
+// analytics tail both use it, so they agree.
+func Percentiles(buckets []Bucket, denom uint64) map[string]*int64 {
+	out := map[string]*int64{"p50": nil, "p90": nil, "p99": nil, "p100": nil}
+	if denom == 0 {
+		return out
+	}
+	b := append([]Bucket(nil), buckets...)
+	sort.Slice(b, func(i, j int) bool { return b[i].UpperMS < b[j].UpperMS })
+	for name, pct := range map[string]float64{"p50": 50, "p90": 90, "p99": 99, "p100": 100} {
+		need := uint64(float64(denom)*pct/100 + 0.999999)
+		var cum uint64
+		for _, x := range b {
+			cum += x.Count
+			if cum >= need {
+				ms := x.UpperMS
+				out[name] = &ms
+				break
+			}
+		}
+	}
+	return out
 }

@@ -13,7 +13,7 @@ const check = process.argv.includes('--check');
 const port = await freePort();
 const [pp, bp] = [await freePort(), await freePort()];
 const dev = spawn(BIN, ['dev', '--proxy-addr', `127.0.0.1:${pp}`, '--broadcaster-addr', `127.0.0.1:${bp}`, '--prefetch-addr', `127.0.0.1:${port}`,
-  '--log-level', 'warn'], { stdio: 'ignore' });
+  '--log-level', 'warn', '--kafka-addr', 'off'], { stdio: 'ignore' });
 const dir = mkdtempSync(join(tmpdir(), 'sdk-codegen-'));
 try {
   const body = await eventually('the dev server', async () => {

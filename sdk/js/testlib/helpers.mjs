@@ -76,7 +76,7 @@ export function producer(base, token = PRODUCER_TOKEN) {
 export async function startDev(t, extra = [], env = {}) {
   const [pp, bp, fp] = [await freePort(), await freePort(), await freePort()];
   const p = startProc(t, [BIN, 'dev', '--proxy-addr', `127.0.0.1:${pp}`, '--broadcaster-addr', `127.0.0.1:${bp}`,
-    '--prefetch-addr', `127.0.0.1:${fp}`, '--producer-token', PRODUCER_TOKEN, '--log-level', 'warn', ...extra], env);
+    '--prefetch-addr', `127.0.0.1:${fp}`, '--producer-token', PRODUCER_TOKEN, '--log-level', 'warn', '--kafka-addr', 'off', ...extra], env);
   await eventually('the dev server', async () => (await healthy(`http://127.0.0.1:${pp}/readyz`)) && (await healthy(`http://127.0.0.1:${bp}/healthz`)), 20000);
   return {
     ...p,

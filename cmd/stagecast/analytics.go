@@ -1,0 +1,229 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/stagecast/stagecast/internal/analytics"
+	"github.com/stagecast/stagecast/internal/engine"
+)
+
+// kafkaOpts are the analytics stream's flags (proxy, broadcaster; off unless
+// --kafka-brokers is set).
+type kafkaOpts struct {
+	brokers, prefix            string
+	tls, tlsInsecure           bool
+	tlsCA, tlsServerName       string
+	tlsCert, tlsKey            string
+	saslMechanism, saslUser    string
+	saslPassword, saslPassFile string
+	maxRecords, maxBytes       int
+}
+
+func kafkaFlags(fs *flag.FlagSet) *kafkaOpts {
+	o := &kafkaOpts{}
+	fs.StringVar(&o.brokers, "kafka-brokers", "", "analytics stream: Kafka brokers, comma-separated (docs/analytics.md); empty: off")
+	fs.StringVar(&o.prefix, "kafka-topic-prefix", "stagecast.", "analytics topics are <prefix>audit and <prefix>delivery")
+	fs.BoolVar(&o.tls, "kafka-tls", false, "connect to Kafka over TLS")
+	fs.StringVar(&o.tlsCA, "kafka-tls-ca", "", "PEM file of the CA(s) that sign the brokers' certificates (default: the system pool)")
+	fs.StringVar(&o.tlsServerName, "kafka-tls-server-name", "", "name to verify in the brokers' certificates")
+	fs.StringVar(&o.tlsCert, "kafka-tls-cert", "", "client certificate (PEM) for mutual TLS")
+	fs.StringVar(&o.tlsKey, "kafka-tls-key", "", "client key (PEM) for mutual TLS")
+	fs.BoolVar(&o.tlsInsecure, "kafka-tls-insecure-skip-verify", false, "do not verify the brokers' certificates (tests only)")
+	fs.StringVar(&o.saslMechanism, "kafka-sasl-mechanism", "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty: none")
+	fs.StringVar(&o.saslUser, "kafka-sasl-user", "", "SASL user")
+	fs.StringVar(&o.saslPassword, "kafka-sasl-password", "", "SASL password (prefer --kafka-sasl-password-file: flags show in ps)")
+	fs.StringVar(&o.saslPassFile, "kafka-sasl-password-file", "", "read the SASL password from this file")
+	fs.IntVar(&o.maxRecords, "kafka-max-buffered-records", 10000, "records waiting for the brokers at most; past it they are dropped and counted")
+	fs.IntVar(&o.maxBytes, "kafka-max-buffered-bytes", 16<<20, "bytes waiting for the brokers at most; past it records are dropped and counted")
+	return o
+}
+
+// producer starts the analytics producer of a server (nil: analytics off).
+func (o *kafkaOpts) producer(source string, reg prometheus.Registerer, log *slog.Logger) (*analytics.Producer, error) {
+	if o.brokers == "" {
+		return nil, nil
+	}
+	cfg := analytics.Config{Brokers: splitAddrs(o.brokers), TopicPrefix: o.prefix, Source: source, Registerer: reg, Logger: log,
+		SASLMechanism: strings.ToUpper(o.saslMechanism), SASLUser: o.saslUser, SASLPassword: o.saslPassword,
+		MaxBufferedRecords: o.maxRecords, MaxBufferedBytes: o.maxBytes}
+	if o.saslPassFile != "" {
+		b, err := os.ReadFile(o.saslPassFile)
+		if err != nil {
+			return nil, fmt.Errorf("--kafka-sasl-password-file: %w", err)
+		}
+		cfg.SASLPassword = strings.TrimSpace(string(b))
+	}
+	if o.tls {
+		tc, err := buildTLS("kafka", o.tlsCA, o.tlsServerName, o.tlsCert, o.tlsKey, o.tlsInsecure)
+		if err != nil {
+			return nil, err
+		}
+		cfg.TLS = tc
+	} else if o.tlsCA != "" || o.tlsCert != "" || o.tlsServerName != "" || o.tlsInsecure {
+		return nil, errors.New("--kafka-tls-* options need --kafka-tls")
+	}
+	p, err := analytics.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("analytics stream on", "brokers", o.brokers, "topics", o.prefix+"{audit,delivery}")
+	return p, nil
+}
+
+// devKafka starts the dev server's in-process Kafka-protocol broker (kfake: a
+// real Kafka wire-protocol server, nothing persisted) and returns its address.
+func devKafka(addr string) (*kfake.Cluster, string, error) {
+	port := 0
+	if _, p, ok := strings.Cut(addr, ":"); ok {
+		if _, err := fmt.Sscan(p, &port); err != nil {
+			return nil, "", fmt.Errorf("--kafka-addr %q: %w", addr, err)
+		}
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port), kfake.AllowAutoTopicCreation(),
+		kfake.SeedTopics(1, "stagecast.audit", "stagecast.delivery"))
+	if err != nil {
+		return nil, "", fmt.Errorf("dev kafka: %w", err)
+	}
+	return c, c.ListenAddrs()[0], nil
+}
+
+func runAnalytics(args []string) error {
+	if len(args) == 0 || args[0] != "tail" {
+		return errors.New("usage: stagecast analytics tail [--kafka-brokers ADDRS] [--event E] [--once]")
+	}
+	fs := flag.NewFlagSet("analytics tail", flag.ContinueOnError)
+	brokers := fs.String("kafka-brokers", "127.0.0.1:9092", "Kafka brokers, comma-separated (make run prints its own)")
+	prefix := fs.String("kafka-topic-prefix", "stagecast.", "topic prefix")
+	event := fs.String("event", "", "only this event")
+	once := fs.Bool("once", false, "print once, when the topics are read up to now, and exit")
+	asJSON := fs.Bool("json", false, "print each table as JSON lines (one convergence per line)")
+	every := fs.Duration("every", 2*time.Second, "how often the table is printed")
+	audit := fs.Bool("audit", true, "print audit records (stage changes, schedules, maps, notifications) as they come")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	m := analytics.NewMerger()
+	recs := make(chan [2][]byte, 1024)
+	go func() {
+		err := analytics.Consume(ctx, splitAddrs(*brokers), *prefix, func(topic string, value []byte) {
+			recs <- [2][]byte{[]byte(topic), value}
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "stagecast analytics:", err)
+			stop()
+		}
+	}()
+	tick := time.NewTicker(*every)
+	defer tick.Stop()
+	quiet := time.NewTimer(3 * time.Second) // --once: caught up when nothing came for a while
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case r := <-recs:
+			if string(r[0]) == analytics.TopicAudit {
+				if *audit && !*asJSON {
+					printAudit(os.Stdout, r[1], *event)
+				}
+				continue
+			}
+			if err := m.Add(r[1]); err != nil {
+				fmt.Fprintln(os.Stderr, "stagecast analytics: skipping a record:", err)
+			}
+			if !quiet.Stop() {
+				select {
+				case <-quiet.C:
+				default:
+				}
+			}
+			quiet.Reset(time.Second)
+		case <-tick.C:
+			if !*once {
+				printConvergence(os.Stdout, m.Versions(*event), *asJSON)
+			}
+		case <-quiet.C:
+			if *once {
+				printConvergence(os.Stdout, m.Versions(*event), *asJSON)
+				return nil
+			}
+		}
+	}
+}
+
+func printAudit(w io.Writer, value []byte, event string) {
+	var r analytics.Record
+	if json.Unmarshal(value, &r) != nil || (event != "" && r.Event != event) {
+		return
+	}
+	b, _ := json.Marshal(r.Data)
+	fmt.Fprintf(w, "%s audit %s %s %s\n", time.UnixMilli(r.AtMS).UTC().Format("15:04:05.000"), r.Type, r.Event, b)
+}
+
+func printConvergence(w io.Writer, cs []analytics.Convergence, asJSON bool) {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		for _, c := range cs {
+			_ = enc.Encode(c)
+		}
+		return
+	}
+	sort.SliceStable(cs, func(i, j int) bool { return cs[i].Event < cs[j].Event })
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "EVENT\tV\tPROXIES\tDEVICES\tSENT\tSENT%\tACKED%\tP50\tP99")
+	ms := func(p *int64) string {
+		if p == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%dms", *p)
+	}
+	for _, c := range cs {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%s\t%s\n", c.Event, c.V, c.Proxies, c.Devices, c.Sent, c.SentPct, c.AckedPct,
+			ms(c.SentMS["p50"]), ms(c.SentMS["p99"]))
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(w)
+}
+
+// sink is a late-bound analytics producer: a server takes its hooks before
+// the producer exists (the producer's metrics go to the registry the server
+// makes in New). Both hooks are no-ops while it is unset or off.
+type sink struct {
+	p   atomic.Pointer[analytics.Producer]
+	exp atomic.Pointer[analytics.DeliveryExporter]
+}
+
+func (s *sink) set(p *analytics.Producer) {
+	s.p.Store(p)
+	s.exp.Store(analytics.NewDeliveryExporter(p, nil))
+}
+
+func (s *sink) audit(event string, a engine.AuditEntry) {
+	s.p.Load().Emit(analytics.TopicAudit, a.Action, event, a)
+}
+
+func (s *sink) report(r engine.DeliveryReport) { s.exp.Load().Observe(r) }
+
+// close flushes for at most 5 s.
+func (s *sink) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s.p.Load().Close(ctx)
+}

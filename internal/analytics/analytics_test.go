@@ -1,0 +1,217 @@
+package analytics_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/stagecast/stagecast/internal/analytics"
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/waitfor"
+)
+
+// broker starts an in-process Kafka wire-protocol cluster (kfake).
+func broker(t *testing.T) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.SeedTopics(1, "stagecast.audit", "stagecast.delivery"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func producer(t *testing.T, c *kfake.Cluster, cfg analytics.Config) *analytics.Producer {
+	t.Helper()
+	cfg.Brokers = c.ListenAddrs()
+	if cfg.Source == "" {
+		cfg.Source = "proxy/test"
+	}
+	cfg.Registerer = prometheus.NewRegistry()
+	cfg.Linger = 5 * time.Millisecond
+	p, err := analytics.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		p.Close(ctx)
+	})
+	return p
+}
+
+type got struct {
+	mu      sync.Mutex
+	topics  []string
+	values  [][]byte
+	headers []map[string]string
+}
+
+func (g *got) n() int { g.mu.Lock(); defer g.mu.Unlock(); return len(g.values) }
+
+// consume reads both topics from the start with a plain franz-go consumer, as
+// a data engineer's would.
+func consume(t *testing.T, c *kfake.Cluster) *got {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics("stagecast.audit", "stagecast.delivery"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &got{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			fs := cl.PollFetches(ctx)
+			fs.EachRecord(func(r *kgo.Record) {
+				h := map[string]string{}
+				for _, x := range r.Headers {
+					h[x.Key] = string(x.Value)
+				}
+				g.mu.Lock()
+				g.topics, g.values, g.headers = append(g.topics, r.Topic), append(g.values, r.Value), append(g.headers, h)
+				g.mu.Unlock()
+			})
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done; cl.Close() })
+	return g
+}
+
+// TestSchemaRoundTrip: a record as a consumer sees it: the envelope, the
+// type's data, the key, CloudEvents' binary-mode headers.
+func TestSchemaRoundTrip(t *testing.T) {
+	c := broker(t)
+	p := producer(t, c, analytics.Config{Source: "broadcaster/b1"})
+	g := consume(t, c)
+	p.Emit(analytics.TopicAudit, "set_stage", "fight", engine.AuditEntry{AtMS: 7, Producer: "alice", Action: "set_stage", Stage: "round-3", V: 42, Result: "created"})
+	waitfor.True(t, 10*time.Second, "the record", func() bool { return g.n() == 1 })
+	var r struct {
+		analytics.Record
+		Data engine.AuditEntry `json:"data"`
+	}
+	if err := json.Unmarshal(g.values[0], &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Schema != analytics.SchemaVersion || r.Type != "set_stage" || r.Event != "fight" || r.Source != "broadcaster/b1" || r.ID == "" ||
+		r.Data.V != 42 || r.Data.Producer != "alice" || g.topics[0] != "stagecast.audit" {
+		t.Fatalf("record %+v on %s", r, g.topics[0])
+	}
+	h := g.headers[0]
+	if h["ce_specversion"] != "1.0" || h["ce_id"] != r.ID || h["ce_type"] != "io.stagecast.set_stage.v1" || h["ce_source"] != "stagecast/broadcaster/b1" ||
+		h["content-type"] != "application/json" || h["ce_time"] == "" {
+		t.Fatalf("headers %v", h)
+	}
+}
+
+// TestExporterEmitsMovingAndSettled: a moving version is emitted every
+// EveryDelivery and once more when it settles; cumulative figures, so the
+// merger's view equals the last report.
+func TestExporterEmitsMovingAndSettled(t *testing.T) {
+	c := broker(t)
+	p := producer(t, c, analytics.Config{})
+	g := consume(t, c)
+	now := time.Unix(1000, 0)
+	x := analytics.NewDeliveryExporter(p, func() time.Time { return now })
+	rep := func(sent, acked uint64, moving bool) engine.DeliveryReport {
+		ed := engine.EventDelivery{Event: "ev", Devices: 10}
+		if moving {
+			ed.Versions = []engine.VersionDelivery{{V: 5, Sent: sent, Acked: acked, Latency: []engine.Bucket{{UpperMS: 40, Count: sent}}}}
+		}
+		return engine.DeliveryReport{Proxy: "p1", AtMS: now.UnixMilli(), Events: []engine.EventDelivery{ed}}
+	}
+	x.Observe(rep(3, 1, true)) // new: not yet 10 s
+	now = now.Add(analytics.EveryDelivery)
+	x.Observe(rep(8, 6, true)) // moving, 10 s later: emitted
+	now = now.Add(time.Second)
+	x.Observe(rep(10, 10, true))
+	now = now.Add(time.Second)
+	x.Observe(rep(0, 0, false)) // not in the report: settled, the final figures
+	x.Observe(rep(0, 0, false)) // nothing more
+	waitfor.True(t, 10*time.Second, "two records", func() bool { return g.n() == 2 })
+	m := analytics.NewMerger()
+	for _, v := range g.values {
+		if err := m.Add(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vs := m.Versions("ev")
+	if len(vs) != 1 || vs[0].Sent != 10 || vs[0].Acked != 10 || vs[0].Devices != 10 || vs[0].SentPct != 100 || *vs[0].SentMS["p100"] != 40 {
+		t.Fatalf("merged %+v", vs)
+	}
+	var last struct {
+		Data analytics.Delivery `json:"data"`
+	}
+	_ = json.Unmarshal(g.values[1], &last)
+	if !last.Data.Settled {
+		t.Fatalf("the last record is not marked settled: %+v", last.Data)
+	}
+	// A duplicate (at-least-once) changes nothing.
+	if err := m.Add(g.values[1]); err != nil || m.Versions("ev")[0].Sent != 10 {
+		t.Fatalf("after a duplicate: %+v %v", m.Versions("ev"), err)
+	}
+}
+
+// TestDropsWhenBrokersFail: with every produce request failing (the broker
+// "down"), Emit never blocks, the buffer stays within its bound (what cannot
+// be sent waits there, retried), and every record past it is dropped and
+// counted. After the heal, the buffered records and new ones are delivered.
+func TestDropsWhenBrokersFail(t *testing.T) {
+	c := broker(t)
+	var down atomic.Bool
+	down.Store(true)
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if down.Load() {
+			return nil, errors.New("down"), true // close the connection: no produce succeeds
+		}
+		return nil, nil, false // healthy: the cluster answers
+	})
+	p := producer(t, c, analytics.Config{MaxBufferedRecords: 100})
+	g := consume(t, c)
+	for i := range 5000 {
+		p.Emit(analytics.TopicDelivery, "delivery", "ev", analytics.Delivery{Proxy: "p", V: uint64(i)})
+		if b := p.Buffered(); b > 100 {
+			t.Fatalf("%d records buffered, bound 100", b)
+		}
+	}
+	waitfor.True(t, 10*time.Second, "drops counted", func() bool { return p.Dropped() == 4900 })
+	if g.n() != 0 {
+		t.Fatalf("%d records delivered while the broker was down", g.n())
+	}
+	down.Store(false)
+	waitfor.True(t, 20*time.Second, "the buffered 100 delivered after the heal", func() bool { return g.n() == 100 })
+	p.Emit(analytics.TopicDelivery, "delivery", "ev", analytics.Delivery{Proxy: "p", V: 9999})
+	waitfor.True(t, 10*time.Second, "a new record delivered", func() bool { return g.n() == 101 })
+	if d := p.Dropped(); d != 4900 {
+		t.Fatalf("dropped %v, want the 4900 that did not fit", d)
+	}
+}
+
+func TestConfig(t *testing.T) {
+	if p, err := analytics.New(analytics.Config{}); p != nil || err != nil {
+		t.Fatalf("no brokers: %v %v, want off", p, err)
+	}
+	if _, err := analytics.New(analytics.Config{Brokers: []string{"127.0.0.1:1"}}); err == nil || !strings.Contains(err.Error(), "Source") {
+		t.Fatalf("no source: %v", err)
+	}
+	if _, err := analytics.New(analytics.Config{Brokers: []string{"127.0.0.1:1"}, Source: "x", SASLMechanism: "GSSAPI"}); err == nil {
+		t.Fatal("an unknown SASL mechanism was accepted")
+	}
+	var p *analytics.Producer // off: every call is a no-op
+	p.Emit(analytics.TopicAudit, "t", "e", nil)
+	p.Close(context.Background())
+}
