@@ -53,13 +53,16 @@ func run(args []string) error {
 	scen := fs.String("scenarios", "1x10000,1x19000,3x45000", "PROXIESxDEVICES,...")
 	floor := fs.Bool("floor", true, "also measure the raw-TCP floor")
 	coder := fs.Bool("coder-clients", false, "clients use coder/websocket instead of the minimal WebSocket reader")
+	analyticsOn := fs.Bool("analytics", false, "run a Kafka-protocol broker (stagecast kafka-dev) and stream the proxies' analytics to it")
+	killKafka := fs.Int("kill-kafka-after", 0, "with --analytics: kill the broker after this many broadcasts (0: never)")
 	pprofAddr := fs.String("pprof", "", "profile proxy 0 during the broadcasts (its --debug-addr, e.g. 127.0.0.1:6060)")
 	_ = fs.Parse(args)
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	cfg := fanoutbench.Config{Stagecast: *stagecast, Self: self, OutDir: *out, Broadcasts: *broadcasts, PerClient: *perClient, Floor: *floor, PprofAddr: *pprofAddr, CoderClients: *coder, Log: os.Stdout}
+	cfg := fanoutbench.Config{Stagecast: *stagecast, Self: self, OutDir: *out, Broadcasts: *broadcasts, PerClient: *perClient, Floor: *floor, PprofAddr: *pprofAddr, CoderClients: *coder, Log: os.Stdout,
+		Analytics: *analyticsOn, KillKafkaAfter: *killKafka}
 	for _, s := range strings.Split(*scen, ",") {
 		p, d, ok := strings.Cut(s, "x")
 		np, err1 := strconv.Atoi(p)

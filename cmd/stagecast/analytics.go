@@ -227,3 +227,23 @@ func (s *sink) close() {
 	defer cancel()
 	s.p.Load().Close(ctx)
 }
+
+// runKafkaDev runs an in-process Kafka-protocol broker (kfake) on its own, for
+// local fleets and benchmarks (`make run` starts one inside the dev server).
+func runKafkaDev(args []string) error {
+	fs := flag.NewFlagSet("kafka-dev", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:9092", "listen address (loopback: nothing is persisted, for local use only)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	kc, listen, err := devKafka(*addr)
+	if err != nil {
+		return err
+	}
+	defer kc.Close()
+	fmt.Printf("kafka-dev: Kafka protocol on %s (in memory)\n", listen)
+	ctx, stop := signalContext()
+	defer stop()
+	<-ctx.Done()
+	return nil
+}

@@ -26,6 +26,7 @@ Tools:
   token         device identity: token keygen (Ed25519 key pair), token mint (a device JWT)
   fleet         control a local fleet (make cluster): list members, kill/drain/pause one, inject faults
   analytics     the analytics stream: analytics tail (per-version convergence from Kafka, and the audit trail)
+  kafka-dev     an in-memory Kafka-protocol broker (kfake) for local fleets and benchmarks
 
 Every flag can also be set as STAGECAST_<FLAG> (upper case, - as _).
 Run 'stagecast <command> -h' for a command's flags.
@@ -49,6 +50,7 @@ func main() {
 		"token":        runToken,
 		"fleet":        runFleet,
 		"analytics":    runAnalytics,
+		"kafka-dev":    runKafkaDev,
 	}
 	name, args := os.Args[1], os.Args[2:]
 	if name == "-h" || name == "--help" || name == "help" {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
@@ -38,7 +39,12 @@ type Config struct {
 	PprofAddr string
 	// CoderClients: client processes use coder/websocket instead of the minimal reader.
 	CoderClients bool
-	Log          io.Writer
+	// Analytics runs a Kafka-protocol broker (stagecast kafka-dev) and gives
+	// the proxies --kafka-brokers; with KillKafkaAfter > 0 the broker is killed
+	// after that many broadcasts (the stream must not slow deliveries).
+	Analytics      bool
+	KillKafkaAfter int
+	Log            io.Writer
 }
 
 // Result is one scenario's figures.
@@ -52,6 +58,10 @@ type Result struct {
 	ClientUSPer   float64 // client CPU microseconds per delivery (connect phase excluded)
 	RSSKiBPer     float64 // server RSS growth per connected device
 	Missed        int64   // deliveries that never arrived
+	// With Analytics: records the proxies emitted, the brokers acknowledged and
+	// dropped, and the proxies' RSS growth from before to after the broadcasts.
+	AnalyticsEmitted, AnalyticsSent, AnalyticsDropped float64
+	RSSGrowthKiB                                      float64
 }
 
 type proc = benchproc.Proc
@@ -123,7 +133,16 @@ func (r Result) String() string {
 		kind = "raw-TCP floor"
 	}
 	return fmt.Sprintf("%-8s %-14s devices=%d proxies=%d  last-device p50=%.1fms p99=%.1fms  %.0f deliveries/s  server %.2fus/delivery  client %.2fus/delivery  RSS %.1f KiB/device  missed=%d",
-		r.Scenario.Name, kind, r.Scenario.Devices, r.Scenario.Proxies, r.P50MS, r.P99MS, r.DeliveriesSec, r.ServerUSPer, r.ClientUSPer, r.RSSKiBPer, r.Missed)
+		r.Scenario.Name, kind, r.Scenario.Devices, r.Scenario.Proxies, r.P50MS, r.P99MS, r.DeliveriesSec, r.ServerUSPer, r.ClientUSPer, r.RSSKiBPer, r.Missed) +
+		r.analytics()
+}
+
+func (r Result) analytics() string {
+	if r.AnalyticsEmitted == 0 {
+		return ""
+	}
+	return fmt.Sprintf("  analytics: emitted=%.0f sent=%.0f dropped=%.0f, RSS growth over the broadcasts %.0f KiB",
+		r.AnalyticsEmitted, r.AnalyticsSent, r.AnalyticsDropped, r.RSSGrowthKiB)
 }
 
 // clientsFor splits n connections to targets into client processes of at most
@@ -198,13 +217,26 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 		return res, err
 	}
 	all = append(all, bc)
+	var kafka *proc
+	kaddr := ""
+	if cfg.Analytics {
+		kaddr = freeAddr()
+		if kafka, err = start("kafka-dev", logDir, []string{cfg.Stagecast, "kafka-dev", "--addr", kaddr}, env); err != nil {
+			return res, err
+		}
+		all = append(all, kafka)
+	}
 	var proxies []*proc
-	var urls []string
+	var urls, paddrs []string
 	for i := 0; i < sc.Proxies; i++ {
 		paddr := freeAddr()
+		paddrs = append(paddrs, paddr)
 		argv := []string{cfg.Stagecast, "proxy", "--addr", paddr, "--proxy-id", fmt.Sprintf("bench-%d", i),
 			"--max-connections", "20000", "--admit-rate", "100000", "--admit-burst", "100000", "--ping-interval", "10m",
 			"--ip-limit-exempt", "127.0.0.0/8"}
+		if kaddr != "" {
+			argv = append(argv, "--kafka-brokers", kaddr)
+		}
 		if i == 0 && cfg.PprofAddr != "" {
 			argv = append(argv, "--debug-addr", cfg.PprofAddr)
 		}
@@ -301,6 +333,21 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 		}
 		lats = append(lats, float64(last-t0.UnixNano())/1e6)
 		time.Sleep(100 * time.Millisecond)
+		if kafka != nil && b+1 == cfg.KillKafkaAfter {
+			cfg.logf("killing the Kafka broker after %d broadcasts", b+1)
+			kafka.Stop()
+		}
+	}
+	if cfg.Analytics {
+		time.Sleep(2 * time.Second) // the last records' linger and settle
+		for i, p := range proxies {
+			res.RSSGrowthKiB += float64(procRSS(p.Cmd.Process.Pid)-rss0[i]) / 1024
+			m := scrape("http://" + paddrs[i] + "/metrics")
+			res.AnalyticsEmitted += m["stagecast_analytics_records_emitted_total"]
+			res.AnalyticsSent += m["stagecast_analytics_records_sent_total"]
+			res.AnalyticsDropped += m["stagecast_analytics_dropped_total"]
+		}
+		res.RSSGrowthKiB -= res.RSSKiBPer * float64(sc.Devices) / 1024 // growth during the broadcasts only
 	}
 	var cpu, ccpu time.Duration
 	for i, p := range proxies {
@@ -385,4 +432,31 @@ func runFloor(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	res.ServerUSPer = float64(cpu.Microseconds()) / deliveries
 	res.ClientUSPer = float64(ccpu.Microseconds()) / deliveries
 	return res, nil
+}
+
+// scrape reads a Prometheus text page into name -> value (series of one name summed).
+func scrape(url string) map[string]float64 {
+	out := map[string]float64{}
+	resp, err := http.Get(url)
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		name, val, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		if i := strings.IndexByte(name, '{'); i >= 0 {
+			name = name[:i]
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
+			out[name] += v
+		}
+	}
+	return out
 }
