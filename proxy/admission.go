@@ -24,6 +24,22 @@ var _ TokenVerifier = (*devicetoken.Verifier)(nil)
 // platform a device names counts as "other", so devices cannot mint series.
 var platformLabels = map[string]bool{"tv": true, "mobile": true, "web": true, "console": true, "unknown": true}
 
+// platformNames are the platform labels by index (per-platform delivery
+// counts are arrays of this fixed size: no allocation, no unbounded keys).
+var platformNames = [...]string{"tv", "mobile", "web", "console", "unknown", "other"}
+
+const numPlatforms = len(platformNames)
+
+// platformIndex is label's index in platformNames.
+func platformIndex(label string) uint8 {
+	for i, n := range platformNames {
+		if n == label {
+			return uint8(i)
+		}
+	}
+	return uint8(numPlatforms - 1)
+}
+
 func platformLabel(p string) string {
 	if platformLabels[p] {
 		return p

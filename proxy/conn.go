@@ -22,6 +22,7 @@ type conn struct {
 	platform string
 	segment  string
 	label    string        // platform as a metric label (a fixed set)
+	plat     uint8         // label's index in platformNames
 	ip       netip.Addr    // source address; counted in Server.perIP unless exempt
 	ipLimit  bool          // counted toward MaxConnsPerIP
 	events   wire.Patterns // events the token allows (nil: any)
@@ -179,7 +180,7 @@ func (c *conn) flush(w *writer) {
 				if !c.write(w.slot, p.frame) {
 					return
 				}
-				w.recordSend(p.stats, c.s.cfg.Now().UnixMilli()-p.stage.TS)
+				w.recordSend(p.stats, c.s.cfg.Now().UnixMilli()-p.stage.TS, c.plat)
 			}
 			from, to := 0, nb.critical()
 			if pass == 1 {
@@ -371,6 +372,7 @@ func (c *conn) ack(event string, v uint64) bool {
 	t.mu.RUnlock()
 	if st != nil {
 		st.acked.Add(1)
+		st.ackedBy[c.plat].Add(1)
 		st.markDirty()
 	}
 	c.s.metrics.acks.Inc()

@@ -67,7 +67,8 @@ type topic struct {
 	emptySince time.Time // zero while it has conns
 	removed    bool      // swept: a subscribe that finds it must look the event up again
 
-	fanBuf []*conn // fanout's copy of list (run goroutine only)
+	fanBuf []*conn             // fanout's copy of list (run goroutine only)
+	byPlat [numPlatforms]int64 // subscribers per platform (under mu, with list)
 
 	armed      map[string]*armedStage // armed schedules by id (run goroutine only)
 	paceCancel context.CancelFunc     // stops the current paced waves (run goroutine only)
@@ -81,6 +82,7 @@ func (t *topic) addConn(c *conn) {
 	}
 	t.idx[c] = len(t.list)
 	t.list = append(t.list, c)
+	t.byPlat[c.plat]++
 	t.emptySince = time.Time{}
 }
 
@@ -95,6 +97,7 @@ func (t *topic) removeConn(c *conn) {
 	t.idx[t.list[i]] = i
 	t.list[last] = nil
 	t.list = t.list[:last]
+	t.byPlat[c.plat]--
 	delete(t.idx, c)
 }
 

@@ -14,10 +14,12 @@ import (
 
 // versionStats counts one version's delivery on this proxy.
 type versionStats struct {
-	v     uint64
-	sent  atomic.Uint64
-	acked atomic.Uint64
-	dirty atomic.Bool
+	v       uint64
+	sent    atomic.Uint64
+	acked   atomic.Uint64
+	sentBy  [numPlatforms]atomic.Uint64 // per platform (platformNames), for the analytics stream
+	ackedBy [numPlatforms]atomic.Uint64
+	dirty   atomic.Bool
 
 	mu  sync.Mutex
 	lat *hdrhistogram.Histogram // ms from the stage's ts to each send
@@ -54,6 +56,14 @@ func (st *versionStats) markDirty() {
 // snapshot returns the running totals as a sparse histogram.
 func (st *versionStats) snapshot() engine.VersionDelivery {
 	vd := engine.VersionDelivery{V: st.v, Sent: st.sent.Load(), Acked: st.acked.Load()}
+	for i := range st.sentBy {
+		if s, a := st.sentBy[i].Load(), st.ackedBy[i].Load(); s > 0 || a > 0 {
+			if vd.Platforms == nil {
+				vd.Platforms = map[string]engine.PlatformCount{}
+			}
+			vd.Platforms[platformNames[i]] = engine.PlatformCount{Sent: s, Acked: a}
+		}
+	}
 	st.mu.Lock()
 	for _, b := range st.lat.Distribution() {
 		if b.Count > 0 {
@@ -91,6 +101,14 @@ func (s *Server) flushReport(ctx context.Context) {
 	for _, t := range s.hub.all() {
 		t.mu.RLock()
 		ed := engine.EventDelivery{Event: t.event, Devices: int64(t.devices())}
+		for i, n := range t.byPlat {
+			if n > 0 {
+				if ed.DevicesBy == nil {
+					ed.DevicesBy = map[string]int64{}
+				}
+				ed.DevicesBy[platformNames[i]] = n
+			}
+		}
 		var dirty []*versionStats
 		for _, st := range t.stats {
 			if st.dirty.Swap(false) {

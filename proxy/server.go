@@ -267,7 +267,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if platform == "" {
 		platform = "unknown"
 	}
-	c := &conn{s: s, device: device, platform: platform, segment: segment, label: platformLabel(platform),
+	c := &conn{s: s, device: device, platform: platform, segment: segment, label: platformLabel(platform), plat: platformIndex(platformLabel(platform)),
 		ip: ip, ipLimit: limitIP && s.cfg.MaxConnsPerIP > 0, events: claims.Events}
 	c.setInboxes(claims.Member, device, claims.Device != "")
 	// Reserve the place before the handshake, so concurrent upgrades cannot

@@ -176,12 +176,13 @@ type writer struct {
 type sendSample struct {
 	st    *versionStats
 	latMS int64
+	plat  uint8
 }
 
 const commitEvery = 256
 
-func (w *writer) recordSend(st *versionStats, latMS int64) {
-	w.sends = append(w.sends, sendSample{st, latMS})
+func (w *writer) recordSend(st *versionStats, latMS int64, plat uint8) {
+	w.sends = append(w.sends, sendSample{st, latMS, plat})
 	if len(w.sends) >= commitEvery {
 		w.commit()
 	}
@@ -195,12 +196,19 @@ func (w *writer) commit() {
 	for i := 0; i < len(w.sends); {
 		st := w.sends[i].st
 		j := i
+		var by [numPlatforms]uint64
 		st.mu.Lock()
 		for ; j < len(w.sends) && w.sends[j].st == st; j++ {
 			_ = st.lat.RecordValue(min(max(w.sends[j].latMS, 1), maxLatencyMS))
+			by[w.sends[j].plat]++
 		}
 		st.mu.Unlock()
 		st.sent.Add(uint64(j - i))
+		for k, n := range by {
+			if n > 0 {
+				st.sentBy[k].Add(n)
+			}
+		}
 		st.markDirty()
 		i = j
 	}

@@ -197,6 +197,15 @@ func printConvergence(w io.Writer, cs []analytics.Convergence, asJSON bool) {
 	for _, c := range cs {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%s\t%s\n", c.Event, c.V, c.Proxies, c.Devices, c.Sent, c.SentPct, c.AckedPct,
 			ms(c.SentMS["p50"]), ms(c.SentMS["p99"]))
+		names := make([]string, 0, len(c.Platforms))
+		for p := range c.Platforms {
+			names = append(names, p)
+		}
+		sort.Strings(names)
+		for _, p := range names {
+			pc := c.Platforms[p]
+			fmt.Fprintf(tw, "  %s\t\t\t%d\t%d\t%.1f\t%.1f\t\t\n", p, pc.Devices, pc.Sent, pc.SentPct, pc.AckedPct)
+		}
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)

@@ -22,6 +22,32 @@ type Delivery struct {
 	Acked   uint64          `json:"acked"`
 	Latency []engine.Bucket `json:"lat"`
 	Settled bool            `json:"settled"` // no send or ack since the previous record: the version's final figures here
+	// Platforms splits devices, sent and acked by platform label (tv, mobile,
+	// web, console, unknown, other).
+	Platforms map[string]Share `json:"platforms,omitempty"`
+}
+
+// Share is one platform's part of a Delivery.
+type Share struct {
+	Devices int64  `json:"devices"`
+	Sent    uint64 `json:"sent"`
+	Acked   uint64 `json:"acked"`
+}
+
+func shares(devices map[string]int64, counts map[string]engine.PlatformCount) map[string]Share {
+	if len(devices) == 0 && len(counts) == 0 {
+		return nil
+	}
+	out := make(map[string]Share, max(len(devices), len(counts)))
+	for p, n := range devices {
+		out[p] = Share{Devices: n}
+	}
+	for p, c := range counts {
+		sh := out[p]
+		sh.Sent, sh.Acked = c.Sent, c.Acked
+		out[p] = sh
+	}
+	return out
 }
 
 // EveryDelivery is how often a version that is still moving is emitted.
@@ -71,8 +97,10 @@ func (x *DeliveryExporter) Observe(rep engine.DeliveryReport) {
 	defer x.mu.Unlock()
 	seen := map[verKey]bool{}
 	devices := map[string]int64{}
+	devicesBy := map[string]map[string]int64{}
 	for _, ed := range rep.Events {
 		devices[ed.Event] = ed.Devices
+		devicesBy[ed.Event] = ed.DevicesBy
 		for _, vd := range ed.Versions {
 			k := verKey{ed.Event, vd.V}
 			seen[k] = true
@@ -84,13 +112,18 @@ func (x *DeliveryExporter) Observe(rep engine.DeliveryReport) {
 				t = &tracked{lastEmit: now}
 				x.vers[k] = t
 			}
-			t.d = Delivery{Proxy: rep.Proxy, V: vd.V, Devices: ed.Devices, Sent: vd.Sent, Acked: vd.Acked, Latency: vd.Latency}
+			t.d = Delivery{Proxy: rep.Proxy, V: vd.V, Devices: ed.Devices, Sent: vd.Sent, Acked: vd.Acked, Latency: vd.Latency,
+				Platforms: shares(ed.DevicesBy, vd.Platforms)}
 			t.moved = true
 		}
 	}
 	for k, t := range x.vers {
 		if d, ok := devices[k.event]; ok {
 			t.d.Devices = d
+			for p, sh := range t.d.Platforms {
+				sh.Devices = devicesBy[k.event][p]
+				t.d.Platforms[p] = sh
+			}
 		}
 		switch {
 		case t.moved && !seen[k]: // settled: the final figures

@@ -24,6 +24,17 @@ type Convergence struct {
 	SentPct  float64           `json:"sent_pct"`
 	AckedPct float64           `json:"acked_pct"`
 	SentMS   map[string]*int64 `json:"sent_ms"`
+	// Platforms: the same, per platform label (percentages of max(devices, sent)).
+	Platforms map[string]PlatformConvergence `json:"platforms,omitempty"`
+}
+
+// PlatformConvergence is one platform's part of a Convergence.
+type PlatformConvergence struct {
+	Devices  int64   `json:"devices"`
+	Sent     uint64  `json:"sent"`
+	Acked    uint64  `json:"acked"`
+	SentPct  float64 `json:"sent_pct"`
+	AckedPct float64 `json:"acked_pct"`
 }
 
 // Merger keeps the latest "delivery" record per proxy, event and version and
@@ -90,6 +101,16 @@ func (m *Merger) Versions(event string) []Convergence {
 		c.Devices += mv.d.Devices
 		c.Sent += mv.d.Sent
 		c.Acked += mv.d.Acked
+		for p, sh := range mv.d.Platforms {
+			if c.Platforms == nil {
+				c.Platforms = map[string]PlatformConvergence{}
+			}
+			pc := c.Platforms[p]
+			pc.Devices += sh.Devices
+			pc.Sent += sh.Sent
+			pc.Acked += sh.Acked
+			c.Platforms[p] = pc
+		}
 		buckets[vk] = append(buckets[vk], mv.d.Latency...)
 	}
 	out := make([]Convergence, 0, len(byVer))
@@ -99,6 +120,13 @@ func (m *Merger) Versions(event string) []Convergence {
 		if denom > 0 {
 			c.SentPct = 100 * float64(c.Sent) / float64(denom)
 			c.AckedPct = 100 * float64(c.Acked) / float64(denom)
+		}
+		for p, pc := range c.Platforms {
+			if d := max(uint64(pc.Devices), pc.Sent); d > 0 {
+				pc.SentPct = 100 * float64(pc.Sent) / float64(d)
+				pc.AckedPct = 100 * float64(pc.Acked) / float64(d)
+				c.Platforms[p] = pc
+			}
 		}
 		out = append(out, *c)
 	}

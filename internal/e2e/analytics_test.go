@@ -27,7 +27,8 @@ import (
 // go to Kafka (kfake, a real wire-protocol broker) as they are reported; a
 // consumer that merges them (analytics.Merger, what `stagecast analytics tail`
 // prints) sees, per version, the broadcaster's delivery report: devices, sent,
-// acked, and the time-to-device percentiles. The audit trail arrives too.
+// acked, and the time-to-device percentiles, and the same split per platform
+// (half the devices are tv, half mobile). The audit trail arrives too.
 func TestAnalyticsEqualsDeliveryReport(t *testing.T) {
 	kc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.SeedTopics(1, "stagecast.audit", "stagecast.delivery"))
 	if err != nil {
@@ -73,7 +74,8 @@ func TestAnalyticsEqualsDeliveryReport(t *testing.T) {
 	var cur [n]atomic.Uint64
 	url := "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ws"
 	for i := range n {
-		d, err := device.New(device.Config{URLs: []string{url}, Device: fmt.Sprintf("an-%d", i), Events: map[string]uint64{"an": 0}, Ack: true,
+		plat := []string{"tv", "mobile"}[i%2]
+		d, err := device.New(device.Config{URLs: []string{url}, Device: fmt.Sprintf("an-%d", i), Platform: plat, Events: map[string]uint64{"an": 0}, Ack: true,
 			OnStage: func(f wire.ProxyFrame, _ time.Time) { cur[i].Store(f.V) }})
 		if err != nil {
 			t.Fatal(err)
@@ -126,8 +128,12 @@ func TestAnalyticsEqualsDeliveryReport(t *testing.T) {
 			defer mu.Unlock()
 			for _, c := range m.Versions("an") {
 				if c.V == v {
+					tv, mob := c.Platforms["tv"], c.Platforms["mobile"]
 					return c.Devices == rep.Devices && c.Sent == rep.Sent && c.Acked == rep.Acked && c.SentPct == rep.SentPct &&
-						same(c.SentMS["p50"], rep.SentMS["p50"]) && same(c.SentMS["p99"], rep.SentMS["p99"]) && same(c.SentMS["p100"], rep.SentMS["p100"])
+						same(c.SentMS["p50"], rep.SentMS["p50"]) && same(c.SentMS["p99"], rep.SentMS["p99"]) && same(c.SentMS["p100"], rep.SentMS["p100"]) &&
+						// per platform: half the devices each, every one on the version
+						tv.Devices == n/2 && mob.Devices == n/2 && tv.Sent == n/2 && mob.Sent == n/2 && tv.Acked == n/2 && mob.Acked == n/2 &&
+						tv.SentPct == 100 && mob.SentPct == 100 && len(c.Platforms) == 2
 				}
 			}
 			return false

@@ -99,6 +99,15 @@ type VersionDelivery struct {
 	// Latency is a sparse histogram of the time from the stage's ts to each send,
 	// in milliseconds (see package-level docs of proxy: internal/delivery).
 	Latency []Bucket `json:"lat,omitempty"`
+	// Platforms splits Sent and Acked by platform label, in process only (the
+	// analytics stream); the engine does not store it.
+	Platforms map[string]PlatformCount `json:"-"`
+}
+
+// PlatformCount is one platform's share of a version's delivery.
+type PlatformCount struct {
+	Sent  uint64 `json:"sent"`
+	Acked uint64 `json:"acked"`
 }
 
 // Bucket is one non-empty bucket of a latency histogram: values <= UpperMS fell in it.
@@ -113,6 +122,9 @@ type EventDelivery struct {
 	// Devices is how many devices are subscribed to the event on this proxy now.
 	Devices  int64             `json:"devices"`
 	Versions []VersionDelivery `json:"versions,omitempty"`
+	// DevicesBy splits Devices by platform label, in process only (the
+	// analytics stream); the engine does not store it.
+	DevicesBy map[string]int64 `json:"-"`
 }
 
 // DeliveryReport is what one proxy publishes periodically: aggregates, never
