@@ -61,6 +61,13 @@ type Config struct {
 	// analytics stream's delivery aggregates). It runs on the report loop and
 	// must not block; the fanout path never calls it.
 	OnReport func(engine.DeliveryReport)
+	// SampleDevice and OnDeviceSample (set both, or neither): a device for
+	// which SampleDevice returns true (asked once per connection, so a hash of
+	// the device id samples the same devices on every proxy) has its connect,
+	// each stage written (with its latency), each ack and its disconnect given
+	// to OnDeviceSample, which must not block (the analytics stream's sample).
+	SampleDevice   func(device string) bool
+	OnDeviceSample func(DeviceSample)
 	// ReconcileInterval: every topic re-reads the event's recent stages this often
 	// (jittered), a safety net under pub/sub. Default 30s.
 	ReconcileInterval time.Duration

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ type conn struct {
 	segment  string
 	label    string        // platform as a metric label (a fixed set)
 	plat     uint8         // label's index in platformNames
+	sampled  bool          // Config.SampleDevice chose it (set before publish, read-only after)
 	ip       netip.Addr    // source address; counted in Server.perIP unless exempt
 	ipLimit  bool          // counted toward MaxConnsPerIP
 	events   wire.Patterns // events the token allows (nil: any)
@@ -180,7 +182,11 @@ func (c *conn) flush(w *writer) {
 				if !c.write(w.slot, p.frame) {
 					return
 				}
-				w.recordSend(p.stats, c.s.cfg.Now().UnixMilli()-p.stage.TS, c.plat)
+				lat := c.s.cfg.Now().UnixMilli() - p.stage.TS
+				w.recordSend(p.stats, lat, c.plat)
+				if c.sampled {
+					c.sample(DeviceSample{Kind: "stage", Event: p.stage.Event, V: p.stage.V, LatencyMS: lat})
+				}
 			}
 			from, to := 0, nb.critical()
 			if pass == 1 {
@@ -308,6 +314,10 @@ func (c *conn) unregister() {
 		return
 	}
 	c.closed, c.gone = true, true
+	reason := "closed"
+	if c.closing != 0 {
+		reason = strconv.Itoa(c.closing) + " " + c.reason
+	}
 	events := make([]string, len(c.subs))
 	for i, e := range c.subs {
 		events[i] = e.t.event
@@ -322,6 +332,7 @@ func (c *conn) unregister() {
 	c.dropQueued(wire.InboxDevice)
 	c.mu.Unlock()
 	c.stopTimers()
+	c.sample(DeviceSample{Kind: "disconnect", Reason: reason})
 	for _, ev := range events {
 		c.s.hub.unsubscribe(c, ev)
 	}
@@ -375,6 +386,7 @@ func (c *conn) ack(event string, v uint64) bool {
 		st.ackedBy[c.plat].Add(1)
 		st.markDirty()
 	}
+	c.sample(DeviceSample{Kind: "ack", Event: event, V: v})
 	c.s.metrics.acks.Inc()
 	return true
 }

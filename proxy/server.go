@@ -270,6 +270,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	c := &conn{s: s, device: device, platform: platform, segment: segment, label: platformLabel(platform), plat: platformIndex(platformLabel(platform)),
 		ip: ip, ipLimit: limitIP && s.cfg.MaxConnsPerIP > 0, events: claims.Events}
 	c.setInboxes(claims.Member, device, claims.Device != "")
+	c.sampled = s.cfg.SampleDevice != nil && s.cfg.OnDeviceSample != nil && s.cfg.SampleDevice(device)
 	// Reserve the place before the handshake, so concurrent upgrades cannot
 	// overshoot MaxConnections or MaxConnsPerIP.
 	if reason := s.reserve(c); reason != "" {
@@ -323,6 +324,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		_ = ws.Close(websocket.StatusCode(wire.CloseServiceRestart), "proxy is draining")
 		return
 	}
+	c.sample(DeviceSample{Kind: "connect"})
 	// The request goroutine (and net/http's per-connection state) ends here; the
 	// conn's only long-lived goroutine is its reader.
 	go c.readLoop()

@@ -20,6 +20,7 @@ import (
 
 	"github.com/stagecast/stagecast/internal/analytics"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/proxy"
 )
 
 // kafkaOpts are the analytics stream's flags (proxy, broadcaster; off unless
@@ -32,6 +33,7 @@ type kafkaOpts struct {
 	saslMechanism, saslUser    string
 	saslPassword, saslPassFile string
 	maxRecords, maxBytes       int
+	deviceSample               float64
 }
 
 func kafkaFlags(fs *flag.FlagSet) *kafkaOpts {
@@ -50,6 +52,7 @@ func kafkaFlags(fs *flag.FlagSet) *kafkaOpts {
 	fs.StringVar(&o.saslPassFile, "kafka-sasl-password-file", "", "read the SASL password from this file")
 	fs.IntVar(&o.maxRecords, "kafka-max-buffered-records", 10000, "records waiting for the brokers at most; past it they are dropped and counted")
 	fs.IntVar(&o.maxBytes, "kafka-max-buffered-bytes", 16<<20, "bytes waiting for the brokers at most; past it records are dropped and counted")
+	fs.Float64Var(&o.deviceSample, "analytics-device-sample", analytics.DefaultDeviceSample, "share of devices (0 to 1, by a hash of the device id: the same on every proxy) whose connect, stages, acks and disconnect are streamed one by one")
 	return o
 }
 
@@ -95,7 +98,7 @@ func devKafka(addr string) (*kfake.Cluster, string, error) {
 		}
 	}
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port), kfake.AllowAutoTopicCreation(),
-		kfake.SeedTopics(1, "stagecast.audit", "stagecast.delivery"))
+		kfake.SeedTopics(1, "stagecast.audit", "stagecast.delivery", "stagecast.devices"))
 	if err != nil {
 		return nil, "", fmt.Errorf("dev kafka: %w", err)
 	}
@@ -229,6 +232,18 @@ func (s *sink) audit(event string, a engine.AuditEntry) {
 }
 
 func (s *sink) report(r engine.DeliveryReport) { s.exp.Load().Observe(r) }
+
+// sampling wires the device sample into a proxy config (a no-op stream while
+// the producer is unset or off).
+func (s *sink) sampling(pc *proxy.Config, rate float64) {
+	if rate <= 0 {
+		return
+	}
+	pc.SampleDevice = func(device string) bool { return s.p.Load() != nil && analytics.InSample(device, rate) }
+	pc.OnDeviceSample = func(d proxy.DeviceSample) {
+		s.p.Load().EmitKeyed(analytics.TopicDevices, "device_"+d.Kind, d.Event, d.Device, d)
+	}
+}
 
 // close flushes for at most 5 s.
 func (s *sink) close() {

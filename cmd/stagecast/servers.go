@@ -14,6 +14,7 @@ import (
 
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/graph"
+	"github.com/stagecast/stagecast/internal/analytics"
 	"github.com/stagecast/stagecast/internal/demo"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
@@ -75,6 +76,7 @@ func runDev(args []string) error {
 	eng := engine.NewMemory(engine.MemoryConfig{})
 	var psk, bsk sink
 	pc.OnReport = psk.report
+	psk.sampling(&pc, analytics.DefaultDeviceSample)
 	p, err := proxy.New(pc, eng)
 	if err != nil {
 		return err
@@ -200,6 +202,7 @@ func runProxy(args []string) error {
 	pc.Logger = log
 	var sk sink
 	pc.OnReport = sk.report
+	sk.sampling(&pc, ko.deviceSample)
 	p, err := proxy.New(pc, eng)
 	if err != nil {
 		return err

@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"strconv"
 	"sync/atomic"
@@ -41,7 +42,23 @@ const SchemaVersion = 1
 const (
 	TopicAudit    = "audit"    // the broadcaster's audit trail
 	TopicDelivery = "delivery" // proxies' delivery aggregates
+	TopicDevices  = "devices"  // the sampled devices' events (keyed by device)
 )
+
+// DefaultDeviceSample is the share of devices whose own events are streamed.
+const DefaultDeviceSample = 0.01
+
+// InSample reports whether device is in a sample of rate (0 to 1): FNV-1a of
+// the id modulo 10,000 below rate x 10,000. It depends on the id only, so a
+// sampled device is sampled on every proxy, on every reconnect.
+func InSample(device string, rate float64) bool {
+	if rate <= 0 || device == "" {
+		return false
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(device))
+	return float64(h.Sum32()%10000) < rate*10000
+}
 
 // Config configures a Producer. Zero values are the documented defaults.
 type Config struct {
@@ -181,6 +198,12 @@ type Record struct {
 // topic; it never blocks. key is the record key (the event, so one event's
 // records land in one partition); data is the type's fields.
 func (p *Producer) Emit(topic, typ, event string, data any) {
+	p.EmitKeyed(topic, typ, event, event, data)
+}
+
+// EmitKeyed is Emit with another record key than the event (device samples
+// are keyed by device, so one device's events stay in order).
+func (p *Producer) EmitKeyed(topic, typ, event, key string, data any) {
 	if p == nil {
 		return
 	}
@@ -192,7 +215,7 @@ func (p *Producer) Emit(topic, typ, event string, data any) {
 		p.dropped.WithLabelValues("encode").Inc()
 		return
 	}
-	r := &kgo.Record{Topic: p.cfg.TopicPrefix + topic, Key: []byte(event), Value: value, Headers: []kgo.RecordHeader{
+	r := &kgo.Record{Topic: p.cfg.TopicPrefix + topic, Key: []byte(key), Value: value, Headers: []kgo.RecordHeader{
 		{Key: "ce_specversion", Value: []byte("1.0")},
 		{Key: "ce_id", Value: []byte(id)},
 		{Key: "ce_source", Value: []byte("stagecast/" + p.cfg.Source)},

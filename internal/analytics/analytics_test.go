@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,7 +24,7 @@ import (
 // broker starts an in-process Kafka wire-protocol cluster (kfake).
 func broker(t *testing.T) *kfake.Cluster {
 	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.SeedTopics(1, "stagecast.audit", "stagecast.delivery"))
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.SeedTopics(1, "stagecast.audit", "stagecast.delivery", "stagecast.devices"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,14 +189,14 @@ func TestDropsWhenBrokersFail(t *testing.T) {
 			t.Fatalf("%d records buffered, bound 100", b)
 		}
 	}
-	waitfor.True(t, 10*time.Second, "drops counted", func() bool { return p.Dropped() == 4900 })
+	waitfor.True(t, 30*time.Second, "drops counted", func() bool { return p.Dropped() == 4900 })
 	if g.n() != 0 {
 		t.Fatalf("%d records delivered while the broker was down", g.n())
 	}
 	down.Store(false)
-	waitfor.True(t, 20*time.Second, "the buffered 100 delivered after the heal", func() bool { return g.n() == 100 })
+	waitfor.True(t, 60*time.Second, "the buffered 100 delivered after the heal", func() bool { return g.n() == 100 })
 	p.Emit(analytics.TopicDelivery, "delivery", "ev", analytics.Delivery{Proxy: "p", V: 9999})
-	waitfor.True(t, 10*time.Second, "a new record delivered", func() bool { return g.n() == 101 })
+	waitfor.True(t, 30*time.Second, "a new record delivered", func() bool { return g.n() == 101 })
 	if d := p.Dropped(); d != 4900 {
 		t.Fatalf("dropped %v, want the 4900 that did not fit", d)
 	}
@@ -214,4 +215,29 @@ func TestConfig(t *testing.T) {
 	var p *analytics.Producer // off: every call is a no-op
 	p.Emit(analytics.TopicAudit, "t", "e", nil)
 	p.Close(context.Background())
+}
+
+// TestInSample: a stable sample of about the rate, by the device id alone (so
+// every proxy, and every reconnect, makes the same choice).
+func TestInSample(t *testing.T) {
+	n := 0
+	for i := range 100000 {
+		id := "dev-" + strconv.Itoa(i)
+		in := analytics.InSample(id, 0.01)
+		if in != analytics.InSample(id, 0.01) {
+			t.Fatalf("%s: two answers", id)
+		}
+		if in {
+			n++
+			if !analytics.InSample(id, 0.05) {
+				t.Fatalf("%s is in the 1%% sample but not in the 5%% one", id)
+			}
+		}
+	}
+	if n < 900 || n > 1100 {
+		t.Fatalf("%d of 100,000 devices sampled at 1%%", n)
+	}
+	if analytics.InSample("x", 0) || analytics.InSample("", 1) || !analytics.InSample("x", 1) {
+		t.Fatal("rate 0 samples nothing, rate 1 every device with an id")
+	}
 }

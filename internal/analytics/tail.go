@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -139,14 +140,15 @@ func (m *Merger) Versions(event string) []Convergence {
 	return out
 }
 
-// Consume reads the delivery and audit topics from the start until ctx ends,
+// Consume reads the delivery, audit and devices topics from the start until ctx ends,
 // handing each record to fn (topic, value).
 func Consume(ctx context.Context, brokers []string, prefix string, fn func(topic string, value []byte)) error {
 	if prefix == "" {
 		prefix = "stagecast."
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(prefix+TopicDelivery, prefix+TopicAudit),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(prefix+TopicDelivery, prefix+TopicAudit, prefix+TopicDevices),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.MetadataMaxAge(5*time.Second)) // a topic created after the start is found soon
 	if err != nil {
 		return fmt.Errorf("analytics consumer: %w", err)
 	}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,7 +31,7 @@ import (
 // acked, and the time-to-device percentiles, and the same split per platform
 // (half the devices are tv, half mobile). The audit trail arrives too.
 func TestAnalyticsEqualsDeliveryReport(t *testing.T) {
-	kc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.SeedTopics(1, "stagecast.audit", "stagecast.delivery"))
+	kc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.SeedTopics(1, "stagecast.audit", "stagecast.delivery", "stagecast.devices"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,8 +49,14 @@ func TestAnalyticsEqualsDeliveryReport(t *testing.T) {
 		return p
 	}
 	eng := engine.NewMemory(engine.MemoryConfig{})
-	exp := analytics.NewDeliveryExporter(newProducer("proxy/p1"), nil)
+	var exp *analytics.DeliveryExporter
+	pp := newProducer("proxy/p1")
+	exp = analytics.NewDeliveryExporter(pp, nil)
 	p, err := proxy.New(proxy.Config{ID: "p1", ReportInterval: 50 * time.Millisecond, OnReport: exp.Observe,
+		SampleDevice: func(d string) bool { return analytics.InSample(d, 0.5) },
+		OnDeviceSample: func(d proxy.DeviceSample) {
+			pp.EmitKeyed(analytics.TopicDevices, "device_"+d.Kind, d.Event, d.Device, d)
+		},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
 	if err != nil {
 		t.Fatal(err)
@@ -103,6 +110,7 @@ func TestAnalyticsEqualsDeliveryReport(t *testing.T) {
 	m := analytics.NewMerger()
 	var mu sync.Mutex
 	audits := map[string]int{}
+	samples := map[string]map[string]int{} // device -> kind -> count
 	cctx, ccancel := context.WithCancel(ctx)
 	defer ccancel()
 	go func() {
@@ -111,6 +119,21 @@ func TestAnalyticsEqualsDeliveryReport(t *testing.T) {
 			defer mu.Unlock()
 			if topic == analytics.TopicAudit {
 				audits[string(value)]++
+				return
+			}
+			if topic == analytics.TopicDevices {
+				var r struct {
+					analytics.Record
+					Data proxy.DeviceSample `json:"data"`
+				}
+				if err := json.Unmarshal(value, &r); err != nil {
+					t.Error(err)
+					return
+				}
+				if samples[r.Data.Device] == nil {
+					samples[r.Data.Device] = map[string]int{}
+				}
+				samples[r.Data.Device][r.Data.Kind]++
 				return
 			}
 			if err := m.Add(value); err != nil {
@@ -139,6 +162,24 @@ func TestAnalyticsEqualsDeliveryReport(t *testing.T) {
 			return false
 		})
 	}
+	// The device sample: exactly the devices InSample picks, each with its
+	// connect, its stages (at least the two changes: a device that subscribed
+	// after round-3 caught up to it directly) and its acks.
+	eventually(t, 10*time.Second, "the sampled devices' events", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range n {
+			id := fmt.Sprintf("an-%d", i)
+			s := samples[id]
+			if analytics.InSample(id, 0.5) != (s != nil) {
+				return false
+			}
+			if s != nil && (s["connect"] != 1 || s["stage"] < 2 || s["ack"] < 2) {
+				return false
+			}
+		}
+		return len(samples) > 0
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	if len(audits) < 3 {
