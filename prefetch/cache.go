@@ -29,6 +29,10 @@ type Store interface {
 type Config struct {
 	// CacheSize is how many events the local cache holds. Default 10000.
 	CacheSize int
+	// OnLookup, when set, is called for every lookup with its event and result
+	// (hit, shared, miss, stale, unavailable, not_found): the analytics
+	// stream's per-event counts. It must only count, never wait.
+	OnLookup func(event, result string)
 	// FreshFor is the base lifetime of a local cache entry, jittered
 	// U(0.5, 1.5) per entry. It bounds how stale "current" can be. Default 2s.
 	FreshFor time.Duration
@@ -225,8 +229,8 @@ func (c *Cache) Get(ctx context.Context, event string) (Result, error) {
 	now := c.cfg.Now()
 	old, _ := c.lru.Get(event)
 	if old != nil && now.Before(old.freshUntil) {
-		c.m.lookups.WithLabelValues("hit").Inc()
-		return c.result(old, false)
+		c.count(event, "hit")
+		return c.result(event, old, false)
 	}
 	ch := c.sf.DoChan(event, func() (any, error) { return c.load(event) })
 	var r singleflight.Result
@@ -237,23 +241,31 @@ func (c *Cache) Get(ctx context.Context, event string) (Result, error) {
 	}
 	if r.Err == nil {
 		if r.Shared {
-			c.m.lookups.WithLabelValues("shared").Inc()
+			c.count(event, "shared")
 		} else {
-			c.m.lookups.WithLabelValues("miss").Inc()
+			c.count(event, "miss")
 		}
-		return c.result(r.Val.(*Entry), false)
+		return c.result(event, r.Val.(*Entry), false)
 	}
 	if old != nil && now.Sub(old.LoadedAt) < c.cfg.MaxStale {
-		c.m.lookups.WithLabelValues("stale").Inc()
-		return c.result(old, true)
+		c.count(event, "stale")
+		return c.result(event, old, true)
 	}
-	c.m.lookups.WithLabelValues("unavailable").Inc()
+	c.count(event, "unavailable")
 	return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, r.Err)
 }
 
-func (c *Cache) result(e *Entry, stale bool) (Result, error) {
+// count records one lookup's result (the metric, and OnLookup when set).
+func (c *Cache) count(event, result string) {
+	c.m.lookups.WithLabelValues(result).Inc()
+	if c.cfg.OnLookup != nil {
+		c.cfg.OnLookup(event, result)
+	}
+}
+
+func (c *Cache) result(event string, e *Entry, stale bool) (Result, error) {
 	if e.NotFound {
-		c.m.lookups.WithLabelValues("not_found").Inc()
+		c.count(event, "not_found")
 		return Result{Entry: e, Stale: stale}, ErrNotFound
 	}
 	return Result{Entry: e, Stale: stale}, nil

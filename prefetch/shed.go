@@ -26,6 +26,9 @@ func (p Priority) String() string {
 
 // ShedConfig configures admission. Zero values are defaults.
 type ShedConfig struct {
+	// OnShed, when set, is called for every request shed, with its priority
+	// and reason (the analytics stream); it must only count.
+	OnShed func(priority, reason string)
 	// MaxInFlight: above it even critical requests are shed. Default 2048.
 	MaxInFlight int
 	// NormalInFlight: above it normal requests are shed. Default MaxInFlight/4.
@@ -117,6 +120,9 @@ func (s *Shedder) Admit(p Priority) (done func(), ok bool, reason string) {
 		}
 		s.mu.Unlock()
 		s.shed.WithLabelValues(p.String(), reason).Inc()
+		if s.cfg.OnShed != nil {
+			s.cfg.OnShed(p.String(), reason)
+		}
 		return nil, false, reason
 	}
 	s.inFlight++

@@ -98,7 +98,7 @@ func devKafka(addr string) (*kfake.Cluster, string, error) {
 		}
 	}
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port), kfake.AllowAutoTopicCreation(),
-		kfake.SeedTopics(1, "stagecast.audit", "stagecast.delivery", "stagecast.devices"))
+		kfake.SeedTopics(1, "stagecast.audit", "stagecast.delivery", "stagecast.devices", "stagecast.prefetch"))
 	if err != nil {
 		return nil, "", fmt.Errorf("dev kafka: %w", err)
 	}
@@ -246,10 +246,14 @@ func (s *sink) sampling(pc *proxy.Config, rate float64) {
 }
 
 // close flushes for at most 5 s.
-func (s *sink) close() {
+func (s *sink) close() { closeProducer(s.p.Load()) }
+
+// closeProducer flushes p for at most 5 s (a broker that is gone cannot hold
+// up a shutdown), then closes it.
+func closeProducer(p *analytics.Producer) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s.p.Load().Close(ctx)
+	p.Close(ctx)
 }
 
 // runKafkaDev runs an in-process Kafka-protocol broker (kfake) on its own, for

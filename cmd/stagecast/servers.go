@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
@@ -108,9 +109,22 @@ func runDev(args []string) error {
 		defer bsk.close()
 	}
 	defer bc.Close()
-	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: log}, Identity: ident}, eng)
+	var pcounter atomic.Pointer[analytics.PrefetchCounter]
+	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: log,
+		OnLookup: func(event, result string) { pcounter.Load().Lookup(event, result) }},
+		Shed:     prefetch.ShedConfig{OnShed: func(priority, reason string) { pcounter.Load().Shed(priority, reason) }},
+		Identity: ident}, eng)
 	if err != nil {
 		return err
+	}
+	if kafka != "" {
+		fp, err := (&kafkaOpts{brokers: kafka, prefix: "stagecast.", maxRecords: 10000, maxBytes: 16 << 20}).producer("prefetch/dev", pf.Registry(), log)
+		if err != nil {
+			return err
+		}
+		pcounter.Store(analytics.NewPrefetchCounter(fp, "dev", nil))
+		go pcounter.Load().Run(ctx)
+		defer closeProducer(fp)
 	}
 	go pf.PublishLoad(ctx, eng, "prefetch-dev", time.Second)
 	// The demo home screen (/demo/, on the prefetch address) is a page of another
@@ -311,6 +325,7 @@ func runPrefetch(args []string) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	debugAddr := debugFlag(fs)
 	ppFrom := proxyProtocolFlag(fs)
+	ko := kafkaFlags(fs)
 	var cfg graph.ServerConfig
 	fs.IntVar(&cfg.Cache.CacheSize, "cache-size", 10000, "events in the local cache")
 	fs.DurationVar(&cfg.Cache.FreshFor, "fresh-for", 2*time.Second, "local cache entry lifetime (jittered x U(0.5, 1.5))")
@@ -352,12 +367,25 @@ func runPrefetch(args []string) error {
 	if err := dk.apply(kctx, log, nil, &cfg.Identity); err != nil {
 		return err
 	}
+	var counter atomic.Pointer[analytics.PrefetchCounter] // set below, once the server's registry exists
+	cfg.Cache.OnLookup = func(event, result string) { counter.Load().Lookup(event, result) }
+	cfg.Shed.OnShed = func(priority, reason string) { counter.Load().Shed(priority, reason) }
 	pf, err := graph.NewServer(cfg, eng)
 	if err != nil {
 		return err
 	}
 	h, _ := os.Hostname()
-	go pf.PublishLoad(kctx, eng, fmt.Sprintf("prefetch-%s-%d", h, os.Getpid()), time.Second)
+	id := fmt.Sprintf("prefetch-%s-%d", h, os.Getpid())
+	prod, err := ko.producer("prefetch/"+id, pf.Registry(), log)
+	if err != nil {
+		return err
+	}
+	if prod != nil {
+		counter.Store(analytics.NewPrefetchCounter(prod, id, nil))
+		go counter.Load().Run(kctx)
+		defer closeProducer(prod)
+	}
+	go pf.PublishLoad(kctx, eng, id, time.Second)
 	return serveUntilSignal(log, serve.Server{Name: "prefetch", Addr: *addr, Handler: pf.Handler(), ProxyProtocolFrom: *ppFrom}, *debugAddr, 10*time.Second, nil)
 }
 
