@@ -205,18 +205,11 @@ func queued(t *testing.T, s *broadcaster.Server) float64 {
 // shows the other's note id; a producer limited to events reads no note report.
 func TestNotifyKeysPerProducer(t *testing.T) {
 	const tokA, tokB, tokEv = "pa-7c6b5a4f3e2d1c0b9a8f7e6d", "pb-1a2b3c4d5e6f7a8b9c0d1e2f", "pe-9f8e7d6c5b4a39281706f5e4"
-	s, err := broadcaster.New(broadcaster.Config{Producers: []broadcaster.Producer{{Name: "a", Token: tokA}, {Name: "b", Token: tokB},
-		{Name: "ev-only", Token: tokEv, Events: []string{"fight-*"}}},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, engine.NewMemory(engine.MemoryConfig{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	hs := httptest.NewServer(s.Handler())
-	t.Cleanup(hs.Close)
+	_, url := serve(t, broadcaster.Config{Producers: []broadcaster.Producer{{Name: "a", Token: tokA}, {Name: "b", Token: tokB},
+		{Name: "ev-only", Token: tokEv, Events: []string{"fight-*"}}}}, engine.NewMemory(engine.MemoryConfig{}))
 	ctx := context.Background()
-	a := &broadcaster.Client{BaseURL: hs.URL, Token: tokA}
-	b := &broadcaster.Client{BaseURL: hs.URL, Token: tokB}
+	a := &broadcaster.Client{BaseURL: url, Token: tokA}
+	b := &broadcaster.Client{BaseURL: url, Token: tokB}
 	ra, err := a.Notify(ctx, wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m1"}}, Type: "from-a"}, "shared-key")
 	if err != nil {
 		t.Fatal(err)
@@ -231,7 +224,7 @@ func TestNotifyKeysPerProducer(t *testing.T) {
 	if again, err := b.Notify(ctx, wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m1"}}, Type: "from-b"}, "shared-key"); err != nil || again.ID != rb.ID || !again.Replayed {
 		t.Fatalf("b's retry: %+v %v", again, err)
 	}
-	ev := &broadcaster.Client{BaseURL: hs.URL, Token: tokEv}
+	ev := &broadcaster.Client{BaseURL: url, Token: tokEv}
 	_, err = ev.NoteReport(ctx, ra.ID)
 	apiErr(t, err, 403, "forbidden")
 }

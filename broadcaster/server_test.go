@@ -34,6 +34,23 @@ func start(t *testing.T) (*broadcaster.Client, *engine.Memory, string) {
 	return &broadcaster.Client{BaseURL: ts.URL, Token: token}, eng, ts.URL
 }
 
+// serve starts a broadcaster with cfg (quiet unless cfg.Logger is set) on eng
+// and returns it with its URL; both stop when the test ends.
+func serve(t *testing.T, cfg broadcaster.Config, eng broadcaster.Engine) (*broadcaster.Server, string) {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s, err := broadcaster.New(cfg, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(hs.Close)
+	return s, hs.URL
+}
+
 func apiErr(t *testing.T, err error, status int, code string) {
 	t.Helper()
 	var ae *broadcaster.APIError
@@ -451,15 +468,9 @@ func gauge(t *testing.T, s *broadcaster.Server, name string) float64 {
 func TestBreakerGaugesClearAfterRecovery(t *testing.T) {
 	eng := &failing{Memory: engine.NewMemory(engine.MemoryConfig{})}
 	eng.fail.Store(true)
-	s, err := broadcaster.New(broadcaster.Config{Token: token, BreakerFailures: 2, BreakerOpenFor: 200 * time.Millisecond,
-		StageBudget: 100 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	ts := httptest.NewServer(s.Handler())
-	t.Cleanup(ts.Close)
-	c := &broadcaster.Client{BaseURL: ts.URL, Token: token}
+	s, url := serve(t, broadcaster.Config{Token: token, BreakerFailures: 2, BreakerOpenFor: 200 * time.Millisecond,
+		StageBudget: 100 * time.Millisecond}, eng)
+	c := &broadcaster.Client{BaseURL: url, Token: token}
 	ctx := context.Background()
 	for range 3 {
 		_, _ = c.SetStage(ctx, "ev", "k", nil, "")
@@ -481,24 +492,18 @@ func TestBreakerGaugesClearAfterRecovery(t *testing.T) {
 // rate_limited with Retry-After; another producer is unaffected.
 func TestProducerRateLimit(t *testing.T) {
 	const other = "other-producer-7c6b5a4f3e2d"
-	s, err := broadcaster.New(broadcaster.Config{Producers: []broadcaster.Producer{{Name: "p1", Token: token}, {Name: "p2", Token: other}},
-		ProducerRate: 1, ProducerBurst: 5, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, engine.NewMemory(engine.MemoryConfig{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	ts := httptest.NewServer(s.Handler())
-	t.Cleanup(ts.Close)
+	_, url := serve(t, broadcaster.Config{Producers: []broadcaster.Producer{{Name: "p1", Token: token}, {Name: "p2", Token: other}},
+		ProducerRate: 1, ProducerBurst: 5}, engine.NewMemory(engine.MemoryConfig{}))
 	ctx := context.Background()
-	c := &broadcaster.Client{BaseURL: ts.URL, Token: token}
+	c := &broadcaster.Client{BaseURL: url, Token: token}
 	for i := range 5 {
 		if _, err := c.SetStage(ctx, "ev", fmt.Sprintf("k%d", i), nil, ""); err != nil {
 			t.Fatalf("request %d: %v", i, err)
 		}
 	}
-	_, err = c.SetStage(ctx, "ev", "k9", nil, "")
+	_, err := c.SetStage(ctx, "ev", "k9", nil, "")
 	apiErr(t, err, 429, "rate_limited")
-	if _, err := (&broadcaster.Client{BaseURL: ts.URL, Token: other}).SetStage(ctx, "ev", "k", nil, ""); err != nil {
+	if _, err := (&broadcaster.Client{BaseURL: url, Token: other}).SetStage(ctx, "ev", "k", nil, ""); err != nil {
 		t.Fatalf("another producer: %v", err)
 	}
 }

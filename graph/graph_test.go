@@ -3,6 +3,7 @@ package graph_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -467,5 +468,27 @@ func TestStandardIntrospection(t *testing.T) {
 	_, off := startServer(t, eng, graph.ServerConfig{GraphQL: graph.Config{NoIntrospection: true}})
 	if _, out, body := post(t, off, string(q), nil); len(out.Errors) == 0 {
 		t.Fatalf("introspection off: %.300s", body)
+	}
+}
+
+// TestIntrospectionAmplificationBounded: introspection-only queries have their
+// own depth (16) and selection (2,000) bounds, but still the 4 KiB query
+// length: the worst alias fan-out found (aliased __schema with types, fields
+// and args) stays far below the data path's 2 MiB response cap (measured
+// 223 KB). docs/security.md states the bound.
+func TestIntrospectionAmplificationBounded(t *testing.T) {
+	_, base := startServer(t, engine.NewMemory(engine.MemoryConfig{}), graph.ServerConfig{})
+	var b strings.Builder
+	b.WriteString("{")
+	for i := 0; b.Len() < 3990; i++ {
+		fmt.Fprintf(&b, "a%d:__schema{types{fields{args{name}name}name}}", i)
+	}
+	b.WriteString("}")
+	resp, out, body := post(t, base, b.String(), nil)
+	if resp.StatusCode != 200 || len(out.Errors) != 0 {
+		t.Fatalf("the alias query: %d %.200s", resp.StatusCode, body)
+	}
+	if len(body) > 512<<10 {
+		t.Fatalf("a %d-byte introspection query answered %d bytes", b.Len(), len(body))
 	}
 }

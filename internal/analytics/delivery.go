@@ -152,10 +152,6 @@ func (x *DeliveryExporter) evictOldest() {
 	delete(x.vers, oldest)
 }
 
-// Audit is the data of an audit-trail record (the broadcaster's
-// engine.AuditEntry, with the event on the envelope).
-type Audit = engine.AuditEntry
-
 func counterValue(c prometheus.Counter) float64 {
 	var m dto.Metric
 	if err := c.Write(&m); err != nil {
