@@ -274,7 +274,10 @@ func TestStaleWhileRedisDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer eng.Close()
-	if _, err := eng.PutStageMap(context.Background(), "fight", []byte(`{"stages":{"round-3":{"default":{"ok":1}}}}`), 1); err != nil {
+	// The map is stored through an engine with the default timeout: the short
+	// one above is for the reads under test, not for setup on a busy machine.
+	setup := newRedis(t, srv.Addr())
+	if _, err := setup.PutStageMap(context.Background(), "fight", []byte(`{"stages":{"round-3":{"default":{"ok":1}}}}`), 1); err != nil {
 		t.Fatal(err)
 	}
 	var clock atomic.Int64 // the cache's clock, Unix ns
@@ -491,4 +494,15 @@ func TestIntrospectionAmplificationBounded(t *testing.T) {
 	if len(body) > 512<<10 {
 		t.Fatalf("a %d-byte introspection query answered %d bytes", b.Len(), len(body))
 	}
+}
+
+// newRedis is an engine on addr with default settings, closed with the test.
+func newRedis(t *testing.T, addr string) *redisengine.Engine {
+	t.Helper()
+	e, err := redisengine.New(redisengine.Config{Addrs: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return e
 }
