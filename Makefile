@@ -67,9 +67,10 @@ bench-notify: build deps ## notifications on loopback: Redis, broadcaster, 2 pro
 bench-sdk: build ## the TypeScript SDK: 1,000 clients in one Node process on a real stagecast dev
 	cd sdk/js && npm ci --no-audit --no-fund --loglevel=error && npm run bench
 
-bench-prefetch: build ## prefetch on cache hits: plain JSON vs GraphQL POST and GET, side by side
+bench-prefetch: build ## prefetch on cache hits: plain JSON vs GraphQL POST and GET, side by side; then the same with the analytics stream on
 	$(GO) build -o bin/prefetchbench ./cmd/prefetchbench
 	./bin/prefetchbench --stagecast $(BIN) --out out/bench
+	./bin/prefetchbench --stagecast $(BIN) --analytics --out out/bench/analytics
 
 clean: ## remove build output
 	rm -rf bin out

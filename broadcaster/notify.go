@@ -207,6 +207,10 @@ func (s *Server) notify(r *http.Request) (any, error) {
 		result = "replayed"
 	}
 	s.nm.notes.WithLabelValues(prio, result).Inc()
+	if s.cfg.OnNote != nil && !out.res.Replayed {
+		s.cfg.OnNote(NoteAccepted{Type: n.Type, Priority: prio, Members: len(n.Members), Devices: len(n.Devices),
+			Stored: out.res.Stored, Expires: s.cfg.Now().Add(n.TTL)})
+	}
 	s.trail(r, engine.AuditEntry{Action: "notify", Result: result, Detail: fmt.Sprintf("id %s type %s priority %s members %d devices %d stored %d pushes %d",
 		out.res.ID, n.Type, prio, len(n.Members), len(n.Devices), out.res.Stored, out.res.Pushes)})
 	s.audit(r, "notify", "id", out.res.ID, "type", n.Type, "priority", prio, "members", len(n.Members), "devices", len(n.Devices),
@@ -214,6 +218,14 @@ func (s *Server) notify(r *http.Request) (any, error) {
 	return statusReply{http.StatusAccepted, NotifyReply{
 		NotifyReply: wire.NotifyReply{ID: out.res.ID, Members: len(n.Members), Devices: len(n.Devices)},
 		Priority:    prio, Stored: out.res.Stored, Pushes: out.res.Pushes, Replayed: out.res.Replayed}}, nil
+}
+
+// NoteAccepted is one notification the broadcaster stored (Config.OnNote).
+type NoteAccepted struct {
+	Type, Priority   string
+	Members, Devices int       // targets named
+	Stored           int       // inbox copies stored
+	Expires          time.Time // when its TTL runs out
 }
 
 func (s *Server) noteReport(r *http.Request) (any, error) {

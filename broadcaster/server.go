@@ -85,7 +85,11 @@ type Config struct {
 	// OnAudit, when set, is called with every audit entry (stage changes,
 	// schedules, map and window writes, notifications accepted; event "" for
 	// notifications): the analytics stream. It must not block.
-	OnAudit    func(event string, a engine.AuditEntry)
+	OnAudit func(event string, a engine.AuditEntry)
+	// OnNote, when set, is called with each notification stored (not for
+	// replays of an idempotency key): the analytics stream's accepted counts
+	// per type and priority. It must not block.
+	OnNote     func(NoteAccepted)
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 	Now        func() time.Time

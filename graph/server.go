@@ -20,6 +20,8 @@ type ServerConfig struct {
 	Shed     prefetch.ShedConfig
 	GraphQL  Config
 	Identity prefetch.IdentityConfig
+	// OnPull is the inbox reader's hook (prefetch.InboxReader.OnPull).
+	OnPull func(noteType, priority string)
 }
 
 // Server is the prefetch API: POST/GET /graphql, GET /v1/prefetch/{event} (plain
@@ -52,7 +54,7 @@ func NewServer(cfg ServerConfig, store prefetch.Store) (*Server, error) {
 		pulls := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "prefetch", Name: "inbox_pulls_total",
 			Help: "Inbox pulls (the inbox query) by result (ok, error)."}, []string{"result"})
 		reg.MustRegister(pulls)
-		cfg.GraphQL.Inbox = &prefetch.InboxReader{Store: is, Pulls: pulls}
+		cfg.GraphQL.Inbox = &prefetch.InboxReader{Store: is, Pulls: pulls, OnPull: cfg.OnPull}
 	}
 	h, err := New(cfg.GraphQL, cache, shed)
 	if err != nil {

@@ -70,6 +70,9 @@ type InboxReader struct {
 	PullRate  float64
 	PullBurst int
 	Now       func() time.Time // default time.Now
+	// OnPull, when set, is called for each note a pull returns (the analytics
+	// stream's pulled counts per type and priority). It must not block.
+	OnPull func(noteType, priority string)
 
 	once     sync.Once
 	limiters *lru.Cache[string, *rate.Limiter]
@@ -158,6 +161,9 @@ func (r *InboxReader) Read(ctx context.Context, member, device, after string, li
 		n.ID = wire.Cursor{Kind: srcs[best].kind, Pos: sn.Pos}.String()
 		page.Notes = append(page.Notes, n)
 		next.Set(srcs[best].kind, sn.Pos)
+		if r.OnPull != nil {
+			r.OnPull(n.Type, n.Priority)
+		}
 	}
 	page.Next = next.String()
 	r.count("ok")

@@ -61,6 +61,9 @@ type Config struct {
 	// analytics stream's delivery aggregates). It runs on the report loop and
 	// must not block; the fanout path never calls it.
 	OnReport func(engine.DeliveryReport)
+	// OnActivity, when set, is given the connects, disconnects and refusals
+	// since the previous report, on the report loop (it must not block).
+	OnActivity func(Activity)
 	// SampleDevice and OnDeviceSample (set both, or neither): a device for
 	// which SampleDevice returns true (asked once per connection, so a hash of
 	// the device id samples the same devices on every proxy) has its connect,

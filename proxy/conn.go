@@ -24,6 +24,7 @@ type conn struct {
 	segment  string
 	label    string        // platform as a metric label (a fixed set)
 	plat     uint8         // label's index in platformNames
+	cell     uint16        // (platform, segment) cell of the delivery counters (segments.go)
 	sampled  bool          // Config.SampleDevice chose it (set before publish, read-only after)
 	ip       netip.Addr    // source address; counted in Server.perIP unless exempt
 	ipLimit  bool          // counted toward MaxConnsPerIP
@@ -87,16 +88,17 @@ func (c *conn) sub(t *topic) *subEntry {
 
 // offer puts p in c's mailbox if c is subscribed to t, matches p's target and does
 // not already have p's version or newer; a pending older frame is replaced (a slow
-// device skips to the latest). It never blocks on the device.
-func (c *conn) offer(t *topic, p *prepared) {
+// device skips to the latest). It never blocks on the device. It reports
+// whether p was put in the mailbox.
+func (c *conn) offer(t *topic, p *prepared) bool {
 	if !p.stage.Target.Matches(c.platform, c.segment) {
-		return
+		return false
 	}
 	c.mu.Lock()
 	e := c.sub(t)
 	if c.closed || e == nil || p.stage.V <= e.v {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	if e.pending != nil {
 		c.s.metrics.skipped.Inc()
@@ -109,6 +111,7 @@ func (c *conn) offer(t *topic, p *prepared) {
 	if enqueue {
 		c.s.writers.push(c, p.critical)
 	}
+	return true
 }
 
 // maxCtrl bounds the control frames waiting for a conn's writer.
@@ -183,7 +186,7 @@ func (c *conn) flush(w *writer) {
 					return
 				}
 				lat := c.s.cfg.Now().UnixMilli() - p.stage.TS
-				w.recordSend(p.stats, lat, c.plat)
+				w.recordSend(p.stats, lat, c.plat, c.cell)
 				if c.sampled {
 					c.sample(DeviceSample{Kind: "stage", Event: p.stage.Event, V: p.stage.V, LatencyMS: lat})
 				}
@@ -314,9 +317,9 @@ func (c *conn) unregister() {
 		return
 	}
 	c.closed, c.gone = true, true
-	reason := "closed"
-	if c.closing != 0 {
-		reason = strconv.Itoa(c.closing) + " " + c.reason
+	reason, code := "closed", c.closing
+	if code != 0 {
+		reason = strconv.Itoa(code) + " " + c.reason
 	}
 	events := make([]string, len(c.subs))
 	for i, e := range c.subs {
@@ -332,6 +335,7 @@ func (c *conn) unregister() {
 	c.dropQueued(wire.InboxDevice)
 	c.mu.Unlock()
 	c.stopTimers()
+	c.s.act.disconnect(code)
 	c.sample(DeviceSample{Kind: "disconnect", Reason: reason})
 	for _, ev := range events {
 		c.s.hub.unsubscribe(c, ev)
@@ -383,7 +387,7 @@ func (c *conn) ack(event string, v uint64) bool {
 	t.mu.RUnlock()
 	if st != nil {
 		st.acked.Add(1)
-		st.ackedBy[c.plat].Add(1)
+		st.ackedBy[c.cell].Add(1)
 		st.markDirty()
 	}
 	c.sample(DeviceSample{Kind: "ack", Event: event, V: v})

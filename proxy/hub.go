@@ -67,8 +67,8 @@ type topic struct {
 	emptySince time.Time // zero while it has conns
 	removed    bool      // swept: a subscribe that finds it must look the event up again
 
-	fanBuf []*conn             // fanout's copy of list (run goroutine only)
-	byPlat [numPlatforms]int64 // subscribers per platform (under mu, with list)
+	fanBuf []*conn         // fanout's copy of list (run goroutine only)
+	byCell [numCells]int64 // subscribers per (platform, segment) cell (under mu, with list)
 
 	armed      map[string]*armedStage // armed schedules by id (run goroutine only)
 	paceCancel context.CancelFunc     // stops the current paced waves (run goroutine only)
@@ -82,7 +82,7 @@ func (t *topic) addConn(c *conn) {
 	}
 	t.idx[c] = len(t.list)
 	t.list = append(t.list, c)
-	t.byPlat[c.plat]++
+	t.byCell[c.cell]++
 	t.emptySince = time.Time{}
 }
 
@@ -97,7 +97,7 @@ func (t *topic) removeConn(c *conn) {
 	t.idx[t.list[i]] = i
 	t.list[last] = nil
 	t.list = t.list[:last]
-	t.byPlat[c.plat]--
+	t.byCell[c.cell]--
 	delete(t.idx, c)
 }
 
@@ -496,7 +496,10 @@ func (t *topic) offerBest(c *conn) {
 	for i := len(t.hist) - 1; i >= 0; i-- {
 		p := t.hist[i]
 		if p.stage.Target.Matches(c.platform, c.segment) {
-			c.offer(t, p)
+			if c.offer(t, p) {
+				p.stats.catchups[c.cell].Add(1)
+				p.stats.markDirty()
+			}
 			return
 		}
 	}

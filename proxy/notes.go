@@ -68,7 +68,12 @@ type noteHub struct {
 
 	cmu    sync.Mutex
 	counts map[string]engine.NoteCount // per notification id, since the last report
-	reads  map[engine.Inbox]wire.Pos   // acks since the last report
+	// per (type, priority), since the last report (the analytics stream); the
+	// types have a slot each in types, the first maxNoteTypes of them (the
+	// rest count as type otherNoteType)
+	classes map[NoteClass]NoteTally
+	types   *labelTable
+	reads   map[engine.Inbox]wire.Pos // acks since the last report
 
 	restore [engine.NoteShards]atomic.Bool // shard k's subscription came back: re-register, resync
 
@@ -89,7 +94,7 @@ type resyncReq struct {
 const registerEvery = 5 * time.Millisecond
 
 func newNoteHub(s *Server) *noteHub {
-	return &noteHub{s: s, inboxes: make(map[engine.Inbox]*inboxEntry), adds: make(map[engine.Inbox]*inboxEntry),
+	return &noteHub{s: s, types: newLabelTable(maxNoteTypes, otherNoteType), inboxes: make(map[engine.Inbox]*inboxEntry), adds: make(map[engine.Inbox]*inboxEntry),
 		removes: make(map[engine.Inbox]struct{}), kick: make(chan struct{}, 1),
 		resumes: make(chan struct{}, s.cfg.MaxResumes),
 		counts:  make(map[string]engine.NoteCount), reads: make(map[engine.Inbox]wire.Pos),
@@ -229,7 +234,7 @@ func (h *noteHub) resyncsQueued() int {
 // onPush offers a pushed note to the inbox's connections. It never blocks.
 func (h *noteHub) onPush(p engine.NotePush) {
 	h.s.metrics.notePushes.Inc()
-	n := newNoteOut(p.Inbox.Kind, p.Pos, p.Priority, p.Body)
+	n := h.newNoteOut(p.Inbox.Kind, p.Pos, p.Priority, p.Body)
 	n.prev = p.Prev
 	h.mu.Lock()
 	e := h.inboxes[p.Inbox]
@@ -405,24 +410,72 @@ func (h *noteHub) unregisterAll() {
 	}
 }
 
-// countSent and countAck feed the notification reports.
-func (h *noteHub) countSent(nids []string) {
+// NoteClass is a notification type and priority; NoteTally what this proxy
+// did with notes of a class between two reports (Activity.Notes).
+type NoteClass struct{ Type, Priority string }
+
+// NoteTally: Pushed note frames written to devices, Acked device acks.
+type NoteTally struct{ Pushed, Acked uint64 }
+
+// maxNoteTypes bounds the note types this proxy counts by name (types are
+// the producers' ids); otherNoteType stands for the types past it.
+const (
+	maxNoteTypes  = 254
+	otherNoteType = "(other)"
+)
+
+// tally returns the class of a note type slot and priority.
+func (h *noteHub) tally(typ uint8, prio wire.Priority) NoteClass {
+	return NoteClass{h.types.name(int(typ)), prio.String()}
+}
+
+// takeClasses returns the class counts since the last call.
+func (h *noteHub) takeClasses() map[NoteClass]NoteTally {
+	h.cmu.Lock()
+	defer h.cmu.Unlock()
+	out := h.classes
+	h.classes = nil
+	return out
+}
+
+// countSent and countAck feed the notification reports and the class counts.
+func (h *noteHub) countSent(nids []string, notes []*noteOut) {
 	h.cmu.Lock()
 	for _, id := range nids {
 		c := h.counts[id]
 		c.Sent++
 		h.counts[id] = c
 	}
+	if h.s.cfg.OnActivity != nil {
+		if h.classes == nil {
+			h.classes = map[NoteClass]NoteTally{}
+		}
+		for _, n := range notes {
+			k := h.tally(n.typ, n.prio)
+			t := h.classes[k]
+			t.Pushed++
+			h.classes[k] = t
+		}
+	}
 	h.cmu.Unlock()
 }
 
-func (h *noteHub) countAck(ib engine.Inbox, p wire.Pos, nid string) {
+func (h *noteHub) countAck(ib engine.Inbox, p wire.Pos, sn sentNote) {
 	h.cmu.Lock()
 	defer h.cmu.Unlock()
-	if nid != "" {
-		c := h.counts[nid]
+	if sn.nid != "" {
+		c := h.counts[sn.nid]
 		c.Acked++
-		h.counts[nid] = c
+		h.counts[sn.nid] = c
+	}
+	if h.s.cfg.OnActivity != nil && sn.pos == p {
+		if h.classes == nil {
+			h.classes = map[NoteClass]NoteTally{}
+		}
+		k := h.tally(sn.typ, sn.prio)
+		t := h.classes[k]
+		t.Acked++
+		h.classes[k] = t
 	}
 	if cur, ok := h.reads[ib]; !ok || cur.Less(p) {
 		if ok || len(h.reads) < maxReadMarks {
@@ -469,10 +522,11 @@ type noteOut struct {
 	prio wire.Priority
 	body []byte
 	nid  string
+	typ  uint8 // the note type's slot in noteHub.types (the class counts)
 }
 
-func newNoteOut(kind byte, pos wire.Pos, prio wire.Priority, body []byte) *noteOut {
-	n := &noteOut{kind: kind, pos: pos, prio: prio, body: body}
+func (h *noteHub) newNoteOut(kind byte, pos wire.Pos, prio wire.Priority, body []byte) *noteOut {
+	n := &noteOut{kind: kind, pos: pos, prio: prio, body: body, typ: uint8(h.types.slot(wire.NoteBodyType(body)))}
 	if rest, ok := bytes.CutPrefix(body, []byte(`{"nid":"`)); ok {
 		if i := bytes.IndexByte(rest, '"'); i > 0 {
 			n.nid = string(rest[:i])
@@ -502,6 +556,8 @@ type connInbox struct {
 type sentNote struct {
 	pos   wire.Pos
 	nid   string
+	typ   uint8 // slot in noteHub.types
+	prio  wire.Priority
 	acked bool
 }
 
@@ -511,20 +567,20 @@ func (ci *connInbox) remember(n *noteOut) {
 			return // sent again (a backlog and a push): one ack counts
 		}
 	}
-	ci.recent[ci.recentN%len(ci.recent)] = sentNote{pos: n.pos, nid: n.nid}
+	ci.recent[ci.recentN%len(ci.recent)] = sentNote{pos: n.pos, nid: n.nid, typ: n.typ, prio: n.prio}
 	ci.recentN++
 }
 
-// ackOnce returns the id of the recently sent note at p the first time it is
-// acked, "" after that or for a note no longer in the ring.
-func (ci *connInbox) ackOnce(p wire.Pos) string {
+// ackOnce returns the recently sent note at p the first time it is acked, a
+// zero sentNote after that or for a note no longer in the ring.
+func (ci *connInbox) ackOnce(p wire.Pos) sentNote {
 	for i := range ci.recent {
 		if r := &ci.recent[i]; r.pos == p && !r.acked {
 			r.acked = true
-			return r.nid
+			return *r
 		}
 	}
-	return ""
+	return sentNote{}
 }
 
 // inbox returns c's state for kind (nil: c holds no such inbox). Caller holds c.mu.
@@ -764,7 +820,7 @@ func (c *conn) readBacklog(ci *connInbox, after wire.Pos) error {
 	c.mu.Unlock()
 	s.metrics.backlogNotes.Add(float64(len(notes)))
 	for _, sn := range notes {
-		c.offerNote(newNoteOut(ci.ib.Kind, sn.Pos, wire.NoteBodyPriority(sn.Body), sn.Body), false)
+		c.offerNote(c.s.notes.newNoteOut(ci.ib.Kind, sn.Pos, wire.NoteBodyPriority(sn.Body), sn.Body), false)
 	}
 	for _, n := range held {
 		c.offerNoteGap(n, true, false)
@@ -898,7 +954,7 @@ func (b *noteBatch) commit(c *conn) {
 	if len(b.notes) == 0 {
 		return
 	}
-	c.s.notes.countSent(b.nids)
+	c.s.notes.countSent(b.nids, b.notes)
 	for _, n := range b.notes {
 		c.s.metrics.notesSent[n.prio].Inc()
 	}
@@ -959,9 +1015,9 @@ func (c *conn) ackNote(cur wire.Cursor) string {
 		c.mu.Unlock()
 		return "ack for note " + cur.String() + ", which this connection never sent"
 	}
-	ib, nid := ci.ib, ci.ackOnce(cur.Pos)
+	ib, sn := ci.ib, ci.ackOnce(cur.Pos)
 	c.mu.Unlock()
-	c.s.notes.countAck(ib, cur.Pos, nid)
+	c.s.notes.countAck(ib, cur.Pos, sn)
 	return ""
 }
 

@@ -14,12 +14,17 @@ import (
 
 // versionStats counts one version's delivery on this proxy.
 type versionStats struct {
-	v       uint64
-	sent    atomic.Uint64
-	acked   atomic.Uint64
-	sentBy  [numPlatforms]atomic.Uint64 // per platform (platformNames), for the analytics stream
-	ackedBy [numPlatforms]atomic.Uint64
-	dirty   atomic.Bool
+	v     uint64
+	sent  atomic.Uint64
+	acked atomic.Uint64
+	// Per (platform, segment) cell and per platform, for the analytics stream
+	// (segments.go): sends, acks, sends from history at subscribe, and coarse
+	// time-to-device buckets.
+	sentBy   [numCells]atomic.Uint64
+	ackedBy  [numCells]atomic.Uint64
+	catchups [numCells]atomic.Uint64
+	latBy    [numPlatforms][numLatBounds]atomic.Uint64
+	dirty    atomic.Bool
 
 	mu  sync.Mutex
 	lat *hdrhistogram.Histogram // ms from the stage's ts to each send
@@ -53,15 +58,25 @@ func (st *versionStats) markDirty() {
 	}
 }
 
-// snapshot returns the running totals as a sparse histogram.
-func (st *versionStats) snapshot() engine.VersionDelivery {
+// snapshot returns the running totals as a sparse histogram, with the
+// non-empty cells (named by segs).
+func (st *versionStats) snapshot(segs *labelTable) engine.VersionDelivery {
 	vd := engine.VersionDelivery{V: st.v, Sent: st.sent.Load(), Acked: st.acked.Load()}
 	for i := range st.sentBy {
-		if s, a := st.sentBy[i].Load(), st.ackedBy[i].Load(); s > 0 || a > 0 {
-			if vd.Platforms == nil {
-				vd.Platforms = map[string]engine.PlatformCount{}
+		s, a, cu := st.sentBy[i].Load(), st.ackedBy[i].Load(), st.catchups[i].Load()
+		if s > 0 || a > 0 || cu > 0 {
+			vd.Cells = append(vd.Cells, engine.CellCount{Platform: platformNames[i/numSegSlots], Segment: segs.name(i % numSegSlots),
+				Sent: s, Acked: a, CatchUps: cu})
+		}
+	}
+	for p := range st.latBy {
+		for b := range st.latBy[p] {
+			if n := st.latBy[p][b].Load(); n > 0 {
+				if vd.PlatformLatency == nil {
+					vd.PlatformLatency = map[string][]engine.Bucket{}
+				}
+				vd.PlatformLatency[platformNames[p]] = append(vd.PlatformLatency[platformNames[p]], engine.Bucket{UpperMS: platLatBounds[b], Count: n})
 			}
-			vd.Platforms[platformNames[i]] = engine.PlatformCount{Sent: s, Acked: a}
 		}
 	}
 	st.mu.Lock()
@@ -101,12 +116,9 @@ func (s *Server) flushReport(ctx context.Context) {
 	for _, t := range s.hub.all() {
 		t.mu.RLock()
 		ed := engine.EventDelivery{Event: t.event, Devices: int64(t.devices())}
-		for i, n := range t.byPlat {
+		for i, n := range t.byCell {
 			if n > 0 {
-				if ed.DevicesBy == nil {
-					ed.DevicesBy = map[string]int64{}
-				}
-				ed.DevicesBy[platformNames[i]] = n
+				ed.DeviceCells = append(ed.DeviceCells, engine.CellDevices{Platform: platformNames[i/numSegSlots], Segment: s.segments.name(i % numSegSlots), Devices: n})
 			}
 		}
 		var dirty []*versionStats
@@ -117,12 +129,20 @@ func (s *Server) flushReport(ctx context.Context) {
 		}
 		t.mu.RUnlock()
 		for _, st := range dirty {
-			ed.Versions = append(ed.Versions, st.snapshot())
+			ed.Versions = append(ed.Versions, st.snapshot(s.segments))
 		}
 		rep.Events = append(rep.Events, ed)
 	}
 	if s.cfg.OnReport != nil {
 		s.cfg.OnReport(rep)
+	}
+	if s.cfg.OnActivity != nil {
+		s.connsMu.Lock()
+		n := len(s.conns)
+		s.connsMu.Unlock()
+		a := s.act.take(s.cfg.Now(), n)
+		a.Notes = s.notes.takeClasses()
+		s.cfg.OnActivity(a)
 	}
 	if len(rep.Events) == 0 {
 		return

@@ -59,6 +59,10 @@ type Server struct {
 	reg     *prometheus.Registry // nil when cfg.Registerer was given
 	hub     *hub
 	notes   *noteHub
+	// segments names the segment slots of the delivery counters (segments.go)
+	segments *labelTable
+	// act counts connects, disconnects and refusals between reports (activity.go)
+	act     *activity
 	writers *writerPool
 	frames  chan frameJob // device frames to the frame handlers (see readLoop)
 	admit   *rate.Limiter
@@ -106,6 +110,8 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	s.metrics = newMetrics(reg)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.hub = newHub(s)
+	s.segments = newSegmentTable()
+	s.act = newActivity(s.cfg.Now())
 	s.notes = newNoteHub(s)
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "proxy", Name: "backlog_reads_in_flight",
@@ -187,6 +193,7 @@ func (s *Server) reject(w http.ResponseWriter, reason string, status int, msg st
 // (maxClosing); with none free the browser gets the plain HTTP refusal.
 func (s *Server) rejectReq(w http.ResponseWriter, r *http.Request, reason string, status int, msg string) {
 	s.metrics.rejected.WithLabelValues(reason).Inc()
+	s.act.refused(reason)
 	backOff := status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests
 	ra := s.jitterBetween(s.cfg.RetryAfter, 2*s.cfg.RetryAfter)
 	if backOff && r != nil && r.Header.Get("Origin") != "" {
@@ -289,9 +296,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	})
 	if err != nil {
 		s.metrics.rejected.WithLabelValues("handshake").Inc()
+		s.act.refused("handshake")
 		s.unreserve(c)
 		return
 	}
+	c.cell = cellOf(c.plat, uint8(s.segments.slot(segment)))
 	ws.SetReadLimit(s.cfg.ReadLimit)
 	// Everything the conn needs is set before it is published (publish takes
 	// connsMu: a happens-before edge to every later reader of the fields).
@@ -371,6 +380,7 @@ func (s *Server) publish(c *conn) bool {
 	}
 	s.conns[c] = struct{}{}
 	s.metrics.connections.WithLabelValues(c.label).Inc()
+	s.act.connect()
 	return true
 }
 

@@ -171,18 +171,22 @@ type writer struct {
 	// sends counted locally and committed in batches, so writers do not contend
 	// on one version's histogram lock and counters for every delivery.
 	sends []sendSample
+	// per-commit scratch for one version's cells and platform buckets
+	byCell [numCells]uint64
+	byLat  [numPlatforms][numLatBounds]uint64
 }
 
 type sendSample struct {
 	st    *versionStats
 	latMS int64
 	plat  uint8
+	cell  uint16
 }
 
 const commitEvery = 256
 
-func (w *writer) recordSend(st *versionStats, latMS int64, plat uint8) {
-	w.sends = append(w.sends, sendSample{st, latMS, plat})
+func (w *writer) recordSend(st *versionStats, latMS int64, plat uint8, cell uint16) {
+	w.sends = append(w.sends, sendSample{st, latMS, plat, cell})
 	if len(w.sends) >= commitEvery {
 		w.commit()
 	}
@@ -196,17 +200,27 @@ func (w *writer) commit() {
 	for i := 0; i < len(w.sends); {
 		st := w.sends[i].st
 		j := i
-		var by [numPlatforms]uint64
 		st.mu.Lock()
 		for ; j < len(w.sends) && w.sends[j].st == st; j++ {
-			_ = st.lat.RecordValue(min(max(w.sends[j].latMS, 1), maxLatencyMS))
-			by[w.sends[j].plat]++
+			ms := min(max(w.sends[j].latMS, 1), maxLatencyMS)
+			_ = st.lat.RecordValue(ms)
+			w.byCell[w.sends[j].cell]++
+			w.byLat[w.sends[j].plat][latBucket(ms)]++
 		}
 		st.mu.Unlock()
 		st.sent.Add(uint64(j - i))
-		for k, n := range by {
+		for k, n := range w.byCell {
 			if n > 0 {
 				st.sentBy[k].Add(n)
+				w.byCell[k] = 0
+			}
+		}
+		for p := range w.byLat {
+			for b, n := range w.byLat[p] {
+				if n > 0 {
+					st.latBy[p][b].Add(n)
+					w.byLat[p][b] = 0
+				}
 			}
 		}
 		st.markDirty()

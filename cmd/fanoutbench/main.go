@@ -55,6 +55,7 @@ func run(args []string) error {
 	coder := fs.Bool("coder-clients", false, "clients use coder/websocket instead of the minimal WebSocket reader")
 	analyticsOn := fs.Bool("analytics", false, "run a Kafka-protocol broker (stagecast kafka-dev) and stream the proxies' analytics to it")
 	killKafka := fs.Int("kill-kafka-after", 0, "with --analytics: kill the broker after this many broadcasts (0: never)")
+	sample := fs.Float64("device-sample", -1, "with --analytics: the proxies' --analytics-device-sample (negative: their default, 1 %)")
 	pprofAddr := fs.String("pprof", "", "profile proxy 0 during the broadcasts (its --debug-addr, e.g. 127.0.0.1:6060)")
 	_ = fs.Parse(args)
 	self, err := os.Executable()
@@ -62,7 +63,7 @@ func run(args []string) error {
 		return err
 	}
 	cfg := fanoutbench.Config{Stagecast: *stagecast, Self: self, OutDir: *out, Broadcasts: *broadcasts, PerClient: *perClient, Floor: *floor, PprofAddr: *pprofAddr, CoderClients: *coder, Log: os.Stdout,
-		Analytics: *analyticsOn, KillKafkaAfter: *killKafka}
+		Analytics: *analyticsOn, KillKafkaAfter: *killKafka, DeviceSample: *sample}
 	for _, s := range strings.Split(*scen, ",") {
 		p, d, ok := strings.Cut(s, "x")
 		np, err1 := strconv.Atoi(p)

@@ -23,6 +23,7 @@ func main() {
 	flag.IntVar(&cfg.Stages, "stages", 12, "stages in the map")
 	flag.IntVar(&cfg.PayloadSize, "payload", 300, "bytes per payload")
 	flag.StringVar(&cfg.DebugAddr, "pprof", "", "server --debug-addr, to profile it during the run")
+	flag.BoolVar(&cfg.Analytics, "analytics", false, "stream the server's lookup counts to an in-process Kafka-protocol broker during the run (docs/analytics.md)")
 	out := flag.String("out", "out/bench", "directory for prefetch.json")
 	flag.Parse()
 	cfg.Log = os.Stdout

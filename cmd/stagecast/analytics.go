@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/internal/analytics"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/proxy"
@@ -84,7 +85,7 @@ func (o *kafkaOpts) producer(source string, reg prometheus.Registerer, log *slog
 	if err != nil {
 		return nil, err
 	}
-	log.Info("analytics stream on", "brokers", o.brokers, "topics", o.prefix+"{audit,delivery}")
+	log.Info("analytics stream on", "brokers", o.brokers, "topics", o.prefix+"{audit,delivery,devices,connections,notes,prefetch}", "source", source)
 	return p, nil
 }
 
@@ -98,7 +99,7 @@ func devKafka(addr string) (*kfake.Cluster, string, error) {
 		}
 	}
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port), kfake.AllowAutoTopicCreation(),
-		kfake.SeedTopics(1, "stagecast.audit", "stagecast.delivery", "stagecast.devices", "stagecast.prefetch"))
+		kfake.SeedTopics(1, analytics.Topics("stagecast.")...))
 	if err != nil {
 		return nil, "", fmt.Errorf("dev kafka: %w", err)
 	}
@@ -160,11 +161,11 @@ func runAnalytics(args []string) error {
 			quiet.Reset(time.Second)
 		case <-tick.C:
 			if !*once {
-				printConvergence(os.Stdout, m.Versions(*event), *asJSON)
+				printTail(os.Stdout, m, *event, *asJSON)
 			}
 		case <-quiet.C:
 			if *once {
-				printConvergence(os.Stdout, m.Versions(*event), *asJSON)
+				printTail(os.Stdout, m, *event, *asJSON)
 				return nil
 			}
 		}
@@ -180,6 +181,45 @@ func printAudit(w io.Writer, value []byte, event string) {
 	fmt.Fprintf(w, "%s audit %s %s %s\n", time.UnixMilli(r.AtMS).UTC().Format("15:04:05.000"), r.Type, r.Event, b)
 }
 
+// printTail prints the convergence table, then the connection and
+// notification totals since the tail started.
+func printTail(w io.Writer, m *analytics.Merger, event string, asJSON bool) {
+	printConvergence(w, m.Versions(event), asJSON)
+	t, notes := m.Totals()
+	if asJSON {
+		_ = json.NewEncoder(w).Encode(map[string]any{"connections": t, "notes": notes})
+		return
+	}
+	if len(t.Connections) > 0 {
+		conns := 0
+		for _, n := range t.Connections {
+			conns += n
+		}
+		fmt.Fprintf(w, "connections: %d on %d proxies; since the tail started: %d connects, disconnects %s, refused %s\n",
+			conns, len(t.Connections), t.Connects, countsString(t.Disconnects), countsString(t.Refused))
+	}
+	if len(notes) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "NOTE TYPE\tPRIORITY\tACCEPTED\tMEMBERS\tDEVICES\tPUSHED\tACKED\tPULLED\tEXPIRED")
+		for _, n := range notes {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", n.Type, n.Priority, n.Accepted, n.Members, n.Devices, n.Pushed, n.Acked, n.Pulled, n.Expired)
+		}
+		_ = tw.Flush()
+		fmt.Fprintln(w)
+	}
+}
+
+func countsString(m map[string]uint64) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	parts := make([]string, 0, len(m))
+	for _, k := range sortedKeys(m) {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+	}
+	return strings.Join(parts, " ")
+}
+
 func printConvergence(w io.Writer, cs []analytics.Convergence, asJSON bool) {
 	if asJSON {
 		enc := json.NewEncoder(w)
@@ -190,7 +230,7 @@ func printConvergence(w io.Writer, cs []analytics.Convergence, asJSON bool) {
 	}
 	sort.SliceStable(cs, func(i, j int) bool { return cs[i].Event < cs[j].Event })
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "EVENT\tV\tPROXIES\tDEVICES\tSENT\tSENT%\tACKED%\tP50\tP99")
+	fmt.Fprintln(tw, "EVENT\tV\tPROXIES\tDEVICES\tSENT\tSENT%\tACKED%\tP50\tP99\tCATCH-UPS")
 	ms := func(p *int64) string {
 		if p == nil {
 			return "-"
@@ -198,33 +238,91 @@ func printConvergence(w io.Writer, cs []analytics.Convergence, asJSON bool) {
 		return fmt.Sprintf("%dms", *p)
 	}
 	for _, c := range cs {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%s\t%s\n", c.Event, c.V, c.Proxies, c.Devices, c.Sent, c.SentPct, c.AckedPct,
-			ms(c.SentMS["p50"]), ms(c.SentMS["p99"]))
-		names := make([]string, 0, len(c.Platforms))
-		for p := range c.Platforms {
-			names = append(names, p)
-		}
-		sort.Strings(names)
-		for _, p := range names {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%s\t%s\t%d\n", c.Event, c.V, c.Proxies, c.Devices, c.Sent, c.SentPct, c.AckedPct,
+			ms(c.SentMS["p50"]), ms(c.SentMS["p99"]), c.CatchUps)
+		// platform lines (p50/p99 from the coarse per-platform buckets: an
+		// upper bound), each with its segments beneath
+		for _, p := range sortedKeys(c.Platforms) {
 			pc := c.Platforms[p]
-			fmt.Fprintf(tw, "  %s\t\t\t%d\t%d\t%.1f\t%.1f\t\t\n", p, pc.Devices, pc.Sent, pc.SentPct, pc.AckedPct)
+			fmt.Fprintf(tw, "  %s\t\t\t%d\t%d\t%.1f\t%.1f\t%s\t%s\t%d\n", p, pc.Devices, pc.Sent, pc.SentPct, pc.AckedPct,
+				ms(pc.SentMS["p50"]), ms(pc.SentMS["p99"]), pc.CatchUps)
+			for _, k := range sortedKeys(c.Cells) {
+				seg, ok := strings.CutPrefix(k, p+"/")
+				if !ok || (seg == "" && len(c.Cells) == len(c.Platforms)) {
+					continue // no segments: the platform line says it all
+				}
+				if seg == "" {
+					seg = "(none)"
+				}
+				cc := c.Cells[k]
+				fmt.Fprintf(tw, "    %s\t\t\t%d\t%d\t%.1f\t%.1f\t\t\t%d\n", seg, cc.Devices, cc.Sent, cc.SentPct, cc.AckedPct, cc.CatchUps)
+			}
 		}
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)
 }
 
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // sink is a late-bound analytics producer: a server takes its hooks before
 // the producer exists (the producer's metrics go to the registry the server
 // makes in New). Both hooks are no-ops while it is unset or off.
 type sink struct {
-	p   atomic.Pointer[analytics.Producer]
-	exp atomic.Pointer[analytics.DeliveryExporter]
+	p    atomic.Pointer[analytics.Producer]
+	exp  atomic.Pointer[analytics.DeliveryExporter]
+	act  atomic.Pointer[analytics.Activity]
+	stop context.CancelFunc
 }
 
-func (s *sink) set(p *analytics.Producer) {
+// set starts streaming through p (nil: off); server names this server in
+// the activity records.
+func (s *sink) set(p *analytics.Producer, server string) {
 	s.p.Store(p)
 	s.exp.Store(analytics.NewDeliveryExporter(p, nil))
+	if p == nil {
+		return
+	}
+	act := analytics.NewActivity(p, server, nil)
+	s.act.Store(act)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); act.Run(ctx) }()
+	s.stop = func() { cancel(); <-done }
+}
+
+// activity takes a proxy's connection and notification counts.
+func (s *sink) activity(a proxy.Activity) {
+	act := s.act.Load()
+	act.Connections(a.Connections, a.Connects, a.Disconnects, a.Refused)
+	for k, t := range a.Notes {
+		act.Note(analytics.NoteClass{Type: k.Type, Priority: k.Priority}, analytics.Notes{Pushed: t.Pushed, Acked: t.Acked})
+	}
+}
+
+// note counts a notification the broadcaster stored.
+func (s *sink) note(n broadcaster.NoteAccepted) {
+	s.act.Load().Stored(analytics.NoteClass{Type: n.Type, Priority: n.Priority}, uint64(n.Members), uint64(n.Devices), uint64(n.Stored), n.Expires)
+}
+
+// pulled counts a note a prefetch server's inbox pull returned.
+func (s *sink) pulled(noteType, priority string) {
+	s.act.Load().Note(analytics.NoteClass{Type: noteType, Priority: priority}, analytics.Notes{Pulled: 1})
+}
+
+// hooks wires the sink into a proxy config: delivery reports, activity and
+// the device sample at rate.
+func (s *sink) hooks(pc *proxy.Config, rate float64) {
+	pc.OnReport = s.report
+	pc.OnActivity = s.activity
+	s.sampling(pc, rate)
 }
 
 func (s *sink) audit(event string, a engine.AuditEntry) {
@@ -245,8 +343,13 @@ func (s *sink) sampling(pc *proxy.Config, rate float64) {
 	}
 }
 
-// close flushes for at most 5 s.
-func (s *sink) close() { closeProducer(s.p.Load()) }
+// close emits the last activity counts, then flushes for at most 5 s.
+func (s *sink) close() {
+	if s.stop != nil {
+		s.stop()
+	}
+	closeProducer(s.p.Load())
+}
 
 // closeProducer flushes p for at most 5 s (a broker that is gone cannot hold
 // up a shutdown), then closes it.

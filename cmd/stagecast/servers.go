@@ -75,14 +75,13 @@ func runDev(args []string) error {
 	pc.Logger = log
 	pc.DrainWindow = min(pc.DrainWindow, 5*time.Second) // a dev server stops quickly
 	eng := engine.NewMemory(engine.MemoryConfig{})
-	var psk, bsk sink
-	pc.OnReport = psk.report
-	psk.sampling(&pc, analytics.DefaultDeviceSample)
+	var psk, bsk, fsk sink
+	psk.hooks(&pc, analytics.DefaultDeviceSample)
 	p, err := proxy.New(pc, eng)
 	if err != nil {
 		return err
 	}
-	bc, err := broadcaster.New(broadcaster.Config{Token: *token, PublicReads: true, Logger: log, OnAudit: bsk.audit}, eng)
+	bc, err := broadcaster.New(broadcaster.Config{Token: *token, PublicReads: true, Logger: log, OnAudit: bsk.audit, OnNote: bsk.note}, eng)
 	if err != nil {
 		return err
 	}
@@ -103,8 +102,8 @@ func runDev(args []string) error {
 		if err != nil {
 			return err
 		}
-		psk.set(pp)
-		bsk.set(bp)
+		psk.set(pp, "proxy/dev")
+		bsk.set(bp, "broadcaster/dev")
 		defer psk.close()
 		defer bsk.close()
 	}
@@ -113,7 +112,7 @@ func runDev(args []string) error {
 	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: log,
 		OnLookup: func(event, result string) { pcounter.Load().Lookup(event, result) }},
 		Shed:     prefetch.ShedConfig{OnShed: func(priority, reason string) { pcounter.Load().Shed(priority, reason) }},
-		Identity: ident}, eng)
+		Identity: ident, OnPull: fsk.pulled}, eng)
 	if err != nil {
 		return err
 	}
@@ -124,7 +123,8 @@ func runDev(args []string) error {
 		}
 		pcounter.Store(analytics.NewPrefetchCounter(fp, "dev", nil))
 		go pcounter.Load().Run(ctx)
-		defer closeProducer(fp)
+		fsk.set(fp, "prefetch/dev")
+		defer fsk.close()
 	}
 	go pf.PublishLoad(ctx, eng, "prefetch-dev", time.Second)
 	// The demo home screen (/demo/, on the prefetch address) is a page of another
@@ -215,8 +215,7 @@ func runProxy(args []string) error {
 	}
 	pc.Logger = log
 	var sk sink
-	pc.OnReport = sk.report
-	sk.sampling(&pc, ko.deviceSample)
+	sk.hooks(&pc, ko.deviceSample)
 	p, err := proxy.New(pc, eng)
 	if err != nil {
 		return err
@@ -225,7 +224,7 @@ func runProxy(args []string) error {
 	if err != nil {
 		return err
 	}
-	sk.set(prod)
+	sk.set(prod, "proxy/"+p.ID())
 	defer sk.close()
 	return serveUntilSignal(log, serve.Server{Name: "proxy", Addr: *addr, Handler: p.Handler(), Upgrades: true, ProxyProtocolFrom: *ppFrom},
 		*debugAddr, pc.DrainWindow+10*time.Second, drainProxy(p))
@@ -274,18 +273,19 @@ func runBroadcaster(args []string) error {
 	defer eng.Close()
 	bcfg.Logger = log
 	var sk sink
-	bcfg.OnAudit = sk.audit
+	bcfg.OnAudit, bcfg.OnNote = sk.audit, sk.note
 	bc, err := broadcaster.New(bcfg, eng)
 	if err != nil {
 		return err
 	}
 	defer bc.Close()
 	host, _ := os.Hostname()
-	prod, err := ko.producer(fmt.Sprintf("broadcaster/%s-%d", host, os.Getpid()), bc.Registry(), log)
+	source := fmt.Sprintf("broadcaster/%s-%d", host, os.Getpid())
+	prod, err := ko.producer(source, bc.Registry(), log)
 	if err != nil {
 		return err
 	}
-	sk.set(prod)
+	sk.set(prod, source)
 	defer sk.close()
 	if *tokensFile != "" {
 		wctx, stopWatch := context.WithCancel(context.Background())
@@ -368,6 +368,8 @@ func runPrefetch(args []string) error {
 		return err
 	}
 	var counter atomic.Pointer[analytics.PrefetchCounter] // set below, once the server's registry exists
+	var sk sink
+	cfg.OnPull = sk.pulled
 	cfg.Cache.OnLookup = func(event, result string) { counter.Load().Lookup(event, result) }
 	cfg.Shed.OnShed = func(priority, reason string) { counter.Load().Shed(priority, reason) }
 	pf, err := graph.NewServer(cfg, eng)
@@ -383,7 +385,8 @@ func runPrefetch(args []string) error {
 	if prod != nil {
 		counter.Store(analytics.NewPrefetchCounter(prod, id, nil))
 		go counter.Load().Run(kctx)
-		defer closeProducer(prod)
+		sk.set(prod, "prefetch/"+id)
+		defer sk.close()
 	}
 	go pf.PublishLoad(kctx, eng, id, time.Second)
 	return serveUntilSignal(log, serve.Server{Name: "prefetch", Addr: *addr, Handler: pf.Handler(), ProxyProtocolFrom: *ppFrom}, *debugAddr, 10*time.Second, nil)

@@ -23,9 +23,9 @@ import (
 )
 
 // broker starts an in-process Kafka wire-protocol cluster (kfake).
-func broker(t *testing.T) *kfake.Cluster {
+func broker(t testing.TB) *kfake.Cluster {
 	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.SeedTopics(1, "stagecast.audit", "stagecast.delivery", "stagecast.devices", "stagecast.prefetch"))
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.SeedTopics(1, analytics.Topics("stagecast.")...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func broker(t *testing.T) *kfake.Cluster {
 	return c
 }
 
-func producer(t *testing.T, c *kfake.Cluster, cfg analytics.Config) *analytics.Producer {
+func producer(t testing.TB, c *kfake.Cluster, cfg analytics.Config) *analytics.Producer {
 	t.Helper()
 	cfg.Brokers = c.ListenAddrs()
 	if cfg.Source == "" {
@@ -66,7 +66,7 @@ func (g *got) n() int { g.mu.Lock(); defer g.mu.Unlock(); return len(g.values) }
 // a data engineer's would.
 func consume(t *testing.T, c *kfake.Cluster) *got {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics("stagecast.audit", "stagecast.delivery", "stagecast.devices", "stagecast.prefetch"),
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics(analytics.Topics("stagecast.")...),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		t.Fatal(err)

@@ -22,32 +22,79 @@ type Delivery struct {
 	Acked   uint64          `json:"acked"`
 	Latency []engine.Bucket `json:"lat"`
 	Settled bool            `json:"settled"` // no send or ack since the previous record: the version's final figures here
-	// Platforms splits devices, sent and acked by platform label (tv, mobile,
-	// web, console, unknown, other).
+	// CatchUps: sends of this version from history when a device subscribed
+	// (connected or reconnected) behind it.
+	CatchUps uint64 `json:"catchups"`
+	// Platforms splits the figures by platform label (tv, mobile, web,
+	// console, unknown, other), with a coarse time-to-device histogram each.
 	Platforms map[string]Share `json:"platforms,omitempty"`
+	// Cells splits them by (platform, segment): a proxy names its first 31
+	// segments, and counts the others as "(other)".
+	Cells []Cell `json:"cells,omitempty"`
 }
 
 // Share is one platform's part of a Delivery.
 type Share struct {
-	Devices int64  `json:"devices"`
-	Sent    uint64 `json:"sent"`
-	Acked   uint64 `json:"acked"`
+	Devices  int64           `json:"devices"`
+	Sent     uint64          `json:"sent"`
+	Acked    uint64          `json:"acked"`
+	CatchUps uint64          `json:"catchups"`
+	Latency  []engine.Bucket `json:"lat,omitempty"`
 }
 
-func shares(devices map[string]int64, counts map[string]engine.PlatformCount) map[string]Share {
-	if len(devices) == 0 && len(counts) == 0 {
-		return nil
+// Cell is one (platform, segment) part of a Delivery.
+type Cell struct {
+	Platform string `json:"platform"`
+	Segment  string `json:"segment"`
+	Devices  int64  `json:"devices"`
+	Sent     uint64 `json:"sent"`
+	Acked    uint64 `json:"acked"`
+	CatchUps uint64 `json:"catchups"`
+}
+
+type cellKey struct{ platform, segment string }
+
+// split fills d's catch-ups, platforms and cells from a version's counts and
+// its event's devices.
+func (d *Delivery) split(devices []engine.CellDevices, vd engine.VersionDelivery) {
+	idx := map[cellKey]int{}
+	d.Cells, d.Platforms, d.CatchUps = nil, nil, 0
+	cell := func(p, s string) *Cell {
+		k := cellKey{p, s}
+		i, ok := idx[k]
+		if !ok {
+			i = len(d.Cells)
+			idx[k] = i
+			d.Cells = append(d.Cells, Cell{Platform: p, Segment: s})
+		}
+		return &d.Cells[i]
 	}
-	out := make(map[string]Share, max(len(devices), len(counts)))
-	for p, n := range devices {
-		out[p] = Share{Devices: n}
+	for _, cd := range devices {
+		cell(cd.Platform, cd.Segment).Devices = cd.Devices
 	}
-	for p, c := range counts {
-		sh := out[p]
-		sh.Sent, sh.Acked = c.Sent, c.Acked
-		out[p] = sh
+	for _, cc := range vd.Cells {
+		c := cell(cc.Platform, cc.Segment)
+		c.Sent, c.Acked, c.CatchUps = cc.Sent, cc.Acked, cc.CatchUps
 	}
-	return out
+	if len(d.Cells) == 0 {
+		d.Cells = nil
+		return
+	}
+	d.Platforms = map[string]Share{}
+	for _, c := range d.Cells {
+		sh := d.Platforms[c.Platform]
+		sh.Devices += c.Devices
+		sh.Sent += c.Sent
+		sh.Acked += c.Acked
+		sh.CatchUps += c.CatchUps
+		d.Platforms[c.Platform] = sh
+		d.CatchUps += c.CatchUps
+	}
+	for p, lat := range vd.PlatformLatency {
+		sh := d.Platforms[p]
+		sh.Latency = lat
+		d.Platforms[p] = sh
+	}
 }
 
 // EveryDelivery is how often a version that is still moving is emitted.
@@ -74,7 +121,8 @@ type verKey struct {
 
 type tracked struct {
 	d        Delivery
-	moved    bool // changed since the last record
+	counts   engine.VersionDelivery // the version's counts, as last reported
+	moved    bool                   // changed since the last record
 	lastEmit time.Time
 }
 
@@ -97,10 +145,10 @@ func (x *DeliveryExporter) Observe(rep engine.DeliveryReport) {
 	defer x.mu.Unlock()
 	seen := map[verKey]bool{}
 	devices := map[string]int64{}
-	devicesBy := map[string]map[string]int64{}
+	cells := map[string][]engine.CellDevices{}
 	for _, ed := range rep.Events {
 		devices[ed.Event] = ed.Devices
-		devicesBy[ed.Event] = ed.DevicesBy
+		cells[ed.Event] = ed.DeviceCells
 		for _, vd := range ed.Versions {
 			k := verKey{ed.Event, vd.V}
 			seen[k] = true
@@ -112,18 +160,16 @@ func (x *DeliveryExporter) Observe(rep engine.DeliveryReport) {
 				t = &tracked{lastEmit: now}
 				x.vers[k] = t
 			}
-			t.d = Delivery{Proxy: rep.Proxy, V: vd.V, Devices: ed.Devices, Sent: vd.Sent, Acked: vd.Acked, Latency: vd.Latency,
-				Platforms: shares(ed.DevicesBy, vd.Platforms)}
+			t.d = Delivery{Proxy: rep.Proxy, V: vd.V, Devices: ed.Devices, Sent: vd.Sent, Acked: vd.Acked, Latency: vd.Latency}
+			t.counts = vd
+			t.d.split(ed.DeviceCells, vd)
 			t.moved = true
 		}
 	}
 	for k, t := range x.vers {
 		if d, ok := devices[k.event]; ok {
 			t.d.Devices = d
-			for p, sh := range t.d.Platforms {
-				sh.Devices = devicesBy[k.event][p]
-				t.d.Platforms[p] = sh
-			}
+			t.d.split(cells[k.event], t.counts) // the devices now, the counts as last reported
 		}
 		switch {
 		case t.moved && !seen[k]: // settled: the final figures

@@ -99,15 +99,25 @@ type VersionDelivery struct {
 	// Latency is a sparse histogram of the time from the stage's ts to each send,
 	// in milliseconds (see package-level docs of proxy: internal/delivery).
 	Latency []Bucket `json:"lat,omitempty"`
-	// Platforms splits Sent and Acked by platform label, in process only (the
-	// analytics stream); the engine does not store it.
-	Platforms map[string]PlatformCount `json:"-"`
+	// Cells splits Sent and Acked by (platform label, segment), with the sends
+	// made from history at subscribe (catch-ups); PlatformLatency is a coarse
+	// time-to-device histogram per platform label. In process only (the
+	// analytics stream); the engine does not store them.
+	Cells           []CellCount         `json:"-"`
+	PlatformLatency map[string][]Bucket `json:"-"`
 }
 
-// PlatformCount is one platform's share of a version's delivery.
-type PlatformCount struct {
-	Sent  uint64 `json:"sent"`
-	Acked uint64 `json:"acked"`
+// CellCount is one (platform, segment) cell's share of a version's delivery.
+type CellCount struct {
+	Platform, Segment string
+	Sent, Acked       uint64
+	CatchUps          uint64 // sends of this version from history when a device subscribed behind
+}
+
+// CellDevices is how many devices of one (platform, segment) cell an event has on a proxy.
+type CellDevices struct {
+	Platform, Segment string
+	Devices           int64
 }
 
 // Bucket is one non-empty bucket of a latency histogram: values <= UpperMS fell in it.
@@ -122,9 +132,9 @@ type EventDelivery struct {
 	// Devices is how many devices are subscribed to the event on this proxy now.
 	Devices  int64             `json:"devices"`
 	Versions []VersionDelivery `json:"versions,omitempty"`
-	// DevicesBy splits Devices by platform label, in process only (the
-	// analytics stream); the engine does not store it.
-	DevicesBy map[string]int64 `json:"-"`
+	// DeviceCells splits Devices by (platform label, segment), in process only
+	// (the analytics stream); the engine does not store it.
+	DeviceCells []CellDevices `json:"-"`
 }
 
 // DeliveryReport is what one proxy publishes periodically: aggregates, never

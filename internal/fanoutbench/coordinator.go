@@ -44,7 +44,10 @@ type Config struct {
 	// after that many broadcasts (the stream must not slow deliveries).
 	Analytics      bool
 	KillKafkaAfter int
-	Log            io.Writer
+	// DeviceSample, when >= 0, is the proxies' --analytics-device-sample
+	// (negative: the proxy's default, 1 %).
+	DeviceSample float64
+	Log          io.Writer
 }
 
 // Result is one scenario's figures.
@@ -236,6 +239,9 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 			"--ip-limit-exempt", "127.0.0.0/8"}
 		if kaddr != "" {
 			argv = append(argv, "--kafka-brokers", kaddr)
+			if cfg.DeviceSample >= 0 {
+				argv = append(argv, "--analytics-device-sample", strconv.FormatFloat(cfg.DeviceSample, 'f', -1, 64))
+			}
 		}
 		if i == 0 && cfg.PprofAddr != "" {
 			argv = append(argv, "--debug-addr", cfg.PprofAddr)
@@ -338,6 +344,15 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 			kafka.Stop()
 		}
 	}
+	// CPU over the broadcasts only (the analytics wait and scrape below are
+	// not deliveries' work)
+	var cpu, ccpu time.Duration
+	for i, p := range proxies {
+		cpu += procCPU(p.Cmd.Process.Pid) - cpu0[i]
+	}
+	for i, c := range clients {
+		ccpu += procCPU(c.Cmd.Process.Pid) - cl0[i]
+	}
 	if cfg.Analytics {
 		time.Sleep(2 * time.Second) // the last records' linger and settle
 		for i, p := range proxies {
@@ -348,13 +363,6 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 			res.AnalyticsDropped += m["stagecast_analytics_dropped_total"]
 		}
 		res.RSSGrowthKiB -= res.RSSKiBPer * float64(sc.Devices) / 1024 // growth during the broadcasts only
-	}
-	var cpu, ccpu time.Duration
-	for i, p := range proxies {
-		cpu += procCPU(p.Cmd.Process.Pid) - cpu0[i]
-	}
-	for i, c := range clients {
-		ccpu += procCPU(c.Cmd.Process.Pid) - cl0[i]
 	}
 	deliveries := float64(sc.Devices * cfg.Broadcasts)
 	res.P50MS, res.P99MS, res.MaxMS = percentile(lats, 0.5), percentile(lats, 0.99), percentile(lats, 1)

@@ -37,6 +37,10 @@ type Config struct {
 	Log         io.Writer
 	// DebugAddr, if set, is passed to the server as --debug-addr (pprof).
 	DebugAddr string
+	// Analytics streams the server's lookup counts to an in-process
+	// Kafka-protocol broker (the dev server's kfake) during the run; off, the
+	// dev server runs with --kafka-addr off.
+	Analytics bool
 }
 
 // Result is one endpoint's figures.
@@ -68,7 +72,10 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	}
 	addr := func() string { return "127.0.0.1:" + fmt.Sprint(freePort()) }
 	paddr, baddr, faddr := addr(), addr(), addr()
-	args := []string{"dev", "--proxy-addr", paddr, "--broadcaster-addr", baddr, "--prefetch-addr", faddr, "--log-level", "warn"}
+	args := []string{"dev", "--proxy-addr", paddr, "--broadcaster-addr", baddr, "--prefetch-addr", faddr, "--log-level", "warn", "--kafka-addr", "off"}
+	if cfg.Analytics {
+		args[len(args)-1] = addr()
+	}
 	if cfg.DebugAddr != "" {
 		args = append(args, "--debug-addr", cfg.DebugAddr)
 	}

@@ -301,3 +301,20 @@ func TestStageFrameDigest(t *testing.T) {
 		t.Fatal("a bad digest validated")
 	}
 }
+
+// TestNoteBodyFields: the type and priority read back from a stored body;
+// a body without them, or with a type that is not an id, gives the defaults.
+func TestNoteBodyFields(t *testing.T) {
+	body := AppendNoteBody(nil, "n1", &Notification{Type: "goal", Priority: PriorityHigh, Payload: []byte(`{"type":"x"}`)}, 5)
+	if got := NoteBodyType(body); got != "goal" {
+		t.Fatalf("type %q", got)
+	}
+	if got := NoteBodyPriority(body); got != PriorityHigh {
+		t.Fatalf("priority %v", got)
+	}
+	for _, b := range []string{``, `{"nid":"n1"}`, `{"type":"`, `{"type":"a b"}`, `{"type":""}`} {
+		if got := NoteBodyType([]byte(b)); got != "" {
+			t.Errorf("NoteBodyType(%s) = %q, want \"\"", b, got)
+		}
+	}
+}

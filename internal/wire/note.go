@@ -370,6 +370,21 @@ func NoteBodyPriority(body []byte) Priority {
 	return p
 }
 
+// NoteBodyType reads the type of a stored note body ("" when absent or not a
+// valid id). The type is copied: it never keeps the body alive.
+func NoteBodyType(body []byte) string {
+	i := bytes.Index(body, []byte(`"type":"`))
+	if i < 0 {
+		return ""
+	}
+	rest := body[i+len(`"type":"`):]
+	end := bytes.IndexByte(rest, '"')
+	if end < 0 || !ValidID(string(rest[:end])) {
+		return ""
+	}
+	return string(rest[:end])
+}
+
 // AppendInbox appends an inbox (resume) frame (device side).
 func AppendInbox(dst []byte, after string) []byte {
 	dst = append(dst, `{"op":"inbox","after":`...)
