@@ -52,182 +52,6 @@ func pushChannel(k int, proxy string) string { return shardTag(k) + "px:" + prox
 func recKey(nid string) string  { return "sc:{nr:" + nid + "}" }
 func idemKey(key string) string { return "sc:{ni:" + key + "}" }
 
-// posLua compares two stream ids ("<ms>-<seq>"): lt(a, b) is a < b.
-const posLua = `
-local function split(p)
-  local ms, seq = string.match(p, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-local function lt(a, b)
-  local am, as = split(a)
-  local bm, bs = split(b)
-  return am < bm or (am == bm and as < bs)
-end
-`
-
-// notifyScript: KEYS ib, ix, at. ARGV body, ttlMS, dedupKey, nid, maxLen,
-// maxAgeMS, pushHeader, channelPrefix, goneLen. Returns {position, pushes, prev}:
-// prev is the entry before the note in the stream ("" when none), which the
-// push carries so a proxy can tell it missed one (see engine.NotePush.Prev).
-//
-// The index is exact: each stream entry carries its note id (field n) and
-// dedup key (field k), and whatever removes an entry (a dedup replacement, the
-// count bound, the age bound) removes its index fields in the same step, so
-// the index holds at most 2 fields per kept note plus "read" and "gone".
-// "gone" is a ring of the goneLen note ids removed last: a retry of one of
-// them stores nothing (a replay must not bring back a replaced note).
-// Bounds: one call reads at most the stream (maxLen entries) and the registry.
-const notifyScript = posLua + `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-local maxLen = tonumber(ARGV[5])
-local goneLen = tonumber(ARGV[9])
-local nid = ARGV[4]
-local function isGone(id)
-  local ring = redis.call('HGET', KEYS[2], 'gone')
-  return ring and string.find(' ' .. ring .. ' ', ' ' .. id .. ' ', 1, true) ~= nil
-end
-local function unindex(entry)
-  local f = entry[2]
-  for i = 1, #f, 2 do
-    if f[i] == 'n' then
-      redis.call('HDEL', KEYS[2], 'i:' .. f[i + 1])
-      local ring = f[i + 1]
-      local kept = 1
-      local old = redis.call('HGET', KEYS[2], 'gone')
-      if old then
-        for id in string.gmatch(old, '%S+') do
-          if kept >= goneLen then break end
-          ring = ring .. ' ' .. id
-          kept = kept + 1
-        end
-      end
-      redis.call('HSET', KEYS[2], 'gone', ring)
-    elseif f[i] == 'k' and redis.call('HGET', KEYS[2], 'k:' .. f[i + 1]) == entry[1] then
-      redis.call('HDEL', KEYS[2], 'k:' .. f[i + 1])
-    end
-  end
-end
-local function last(before)
-  local e = redis.call('XREVRANGE', KEYS[1], before, '-', 'COUNT', 1)
-  if #e > 0 then return e[1][1] end
-  return ''
-end
-local pos = redis.call('HGET', KEYS[2], 'i:' .. nid)
-local prev
-if pos then
-  if #redis.call('XRANGE', KEYS[1], pos, pos) == 0 then
-    return {'', 0, ''} -- a retry of a note that is gone: nothing to push
-  end
-  prev = last('(' .. pos)
-elseif isGone(nid) then
-  return {'', 0, ''}
-else
-  if ARGV[3] ~= '' then
-    local old = redis.call('HGET', KEYS[2], 'k:' .. ARGV[3])
-    if old then
-      local e = redis.call('XRANGE', KEYS[1], old, old)
-      if #e > 0 then unindex(e[1]) end
-      redis.call('XDEL', KEYS[1], old)
-      redis.call('HDEL', KEYS[2], 'k:' .. ARGV[3])
-    end
-  end
-  -- the age bound, then the count bound (room for this note)
-  local cut = string.format('%.0f', now - tonumber(ARGV[6]))
-  local aged = redis.call('XRANGE', KEYS[1], '-', '(' .. cut .. '-0', 'COUNT', maxLen)
-  for _, e in ipairs(aged) do unindex(e) end
-  if #aged > 0 then redis.call('XTRIM', KEYS[1], 'MINID', cut) end
-  local over = redis.call('XLEN', KEYS[1]) - maxLen + 1
-  if over > 0 then
-    local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', over)
-    for _, e in ipairs(oldest) do
-      unindex(e)
-      redis.call('XDEL', KEYS[1], e[1])
-    end
-  end
-  prev = last('+')
-  local exp = string.format('%.0f', now + ttl)
-  if ARGV[3] ~= '' then
-    pos = redis.call('XADD', KEYS[1], '*', 'b', ARGV[1], 'e', exp, 'n', nid, 'k', ARGV[3])
-    redis.call('HSET', KEYS[2], 'k:' .. ARGV[3], pos)
-  else
-    pos = redis.call('XADD', KEYS[1], '*', 'b', ARGV[1], 'e', exp, 'n', nid)
-  end
-  redis.call('HSET', KEYS[2], 'i:' .. nid, pos)
-  if redis.call('PTTL', KEYS[1]) < ttl then
-    redis.call('PEXPIRE', KEYS[1], ttl)
-    redis.call('PEXPIRE', KEYS[2], ttl)
-  end
-  if redis.call('HLEN', KEYS[2]) > 2 * maxLen + 8 then
-    -- entries written before the index was exact (no n field): drop index
-    -- fields that point at no kept note
-    local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-    local all = redis.call('HGETALL', KEYS[2])
-    for i = 1, #all, 2 do
-      if all[i] ~= 'read' and all[i] ~= 'gone' and (#first == 0 or lt(all[i + 1], first[1][1])) then
-        redis.call('HDEL', KEYS[2], all[i])
-      end
-    end
-  end
-end
-local at = redis.call('HGETALL', KEYS[3])
-local pushed = 0
-local msg = ARGV[7] .. '\n' .. pos .. '\n' .. prev .. '\n' .. ARGV[1]
-for i = 1, #at, 2 do
-  if tonumber(at[i + 1]) < now then
-    redis.call('HDEL', KEYS[3], at[i])
-  else
-    redis.call('SPUBLISH', ARGV[8] .. at[i], msg)
-    pushed = pushed + 1
-  end
-end
-return {pos, pushed, prev}
-`
-
-// registerScript: KEYS at. ARGV proxy, ttlMS. The expiry comes from Redis's
-// clock, the one notifyScript compares it with.
-const registerScript = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + tonumber(ARGV[2])))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-`
-
-// markReadScript: KEYS ix. ARGV position.
-const markReadScript = posLua + `
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local r = redis.call('HGET', KEYS[1], 'read')
-if not r or lt(r, ARGV[1]) then redis.call('HSET', KEYS[1], 'read', ARGV[1]) end
-return 1
-`
-
-// countScript: KEYS rec. ARGV sent, acked. Counts only for a kept record.
-const countScript = `
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'sent', ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'acked', ARGV[2])
-return 1
-`
-
-type noteScripts struct {
-	notify, register, markRead, count *rueidis.Lua
-}
-
-var (
-	scriptsOnce sync.Once
-	scripts     noteScripts
-)
-
-func (e *Engine) noteScripts() *noteScripts {
-	scriptsOnce.Do(func() {
-		scripts = noteScripts{notify: rueidis.NewLuaScript(notifyScript), register: rueidis.NewLuaScript(registerScript),
-			markRead: rueidis.NewLuaScript(markReadScript), count: rueidis.NewLuaScript(countScript)}
-	})
-	return &scripts
-}
-
 // NewNoteID returns a random notification id (a wire id).
 func NewNoteID() string {
 	var b [10]byte
@@ -295,7 +119,7 @@ func (e *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteRes
 	if e.cfg.WaitReplicas > 0 {
 		results = e.notifyDurable(ctx, c, execs)
 	} else {
-		for _, r := range e.noteScripts().notify.ExecMulti(ctx, c, execs...) {
+		for _, r := range notifyLua.ExecMulti(ctx, c, execs...) {
 			vals, err := r.ToArray()
 			results = append(results, scriptOut{vals, err})
 		}
@@ -335,7 +159,7 @@ func (e *Engine) notifyDurable(ctx context.Context, c rueidis.Client, execs []ru
 			defer func() { <-sem; wg.Done() }()
 			x := execs[i]
 			err := c.Dedicated(func(dc rueidis.DedicatedClient) error {
-				vals, err := dc.Do(ctx, dc.B().Eval().Script(notifyScript).Numkeys(int64(len(x.Keys))).Key(x.Keys...).Arg(x.Args...).Build()).ToArray()
+				vals, err := dc.Do(ctx, dc.B().Eval().Script(notifySrc).Numkeys(int64(len(x.Keys))).Key(x.Keys...).Arg(x.Args...).Build()).ToArray()
 				out[i].vals = vals
 				if err != nil {
 					return err
@@ -362,7 +186,7 @@ func (e *Engine) Register(ctx context.Context, proxy string, add, remove []engin
 		for i, ib := range add {
 			execs[i] = rueidis.LuaExec{Keys: []string{inboxKey(ib, "at")}, Args: []string{proxy, ttl}}
 		}
-		for _, r := range e.noteScripts().register.ExecMulti(ctx, c, execs...) {
+		for _, r := range registerLua.ExecMulti(ctx, c, execs...) {
 			if err := r.Error(); err != nil {
 				errs = append(errs, err)
 			}
@@ -522,7 +346,7 @@ func (e *Engine) MarkRead(ctx context.Context, marks map[engine.Inbox]wire.Pos) 
 	for ib, p := range marks {
 		execs = append(execs, rueidis.LuaExec{Keys: []string{inboxKey(ib, "ix")}, Args: []string{p.String()}})
 	}
-	for _, r := range e.noteScripts().markRead.ExecMulti(ctx, e.client, execs...) {
+	for _, r := range markReadLua.ExecMulti(ctx, e.client, execs...) {
 		if err := r.Error(); err != nil {
 			return fmt.Errorf("mark %d inboxes read: %w", len(marks), err)
 		}
@@ -542,7 +366,7 @@ func (e *Engine) PutNoteDelivery(ctx context.Context, counts map[string]engine.N
 		execs = append(execs, rueidis.LuaExec{Keys: []string{recKey(id)},
 			Args: []string{strconv.FormatUint(n.Sent, 10), strconv.FormatUint(n.Acked, 10)}})
 	}
-	for _, r := range e.noteScripts().count.ExecMulti(ctx, e.client, execs...) {
+	for _, r := range countLua.ExecMulti(ctx, e.client, execs...) {
 		if err := r.Error(); err != nil {
 			return fmt.Errorf("note delivery counts: %w", err)
 		}

@@ -153,62 +153,9 @@ type Engine struct {
 	cfg    Config
 	client rueidis.Client
 	fast   rueidis.Client // stage changes and high/critical notes
-	set    *rueidis.Lua
-	putMap *rueidis.Lua
 	index  *eventIndexer
 	stop   context.CancelFunc
 }
-
-// putMapScript: KEYS map, mapv, dig. ARGV raw JSON, updatedMS, eventTTLms,
-// then stage key and digest pairs. The map is one string value, so a replace is
-// atomic: readers get the old map or the new one, never a mix; the digests
-// (which stage changes copy into their frames) change in the same step.
-const putMapScript = `
-local v = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], v .. '\n' .. ARGV[2] .. '\n' .. ARGV[1], 'PX', ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('DEL', KEYS[3])
-for i = 4, #ARGV, 2 do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-end
-redis.call('PEXPIRE', KEYS[3], ARGV[3])
-return v
-`
-
-// setScript: KEYS log, idem, channel, dig. ARGV stage-prefix, logLen, floor,
-// idemTTLsec, eventTTLms, useIdem, reqKey (the stage key).
-//
-// Versions are below 2^53 (a microsecond clock reaches it in the year 2255), so
-// Lua's doubles hold them exactly; they are formatted with %.0f, never by
-// concatenation (which would print 1.7e+15).
-const setScript = `
-local useIdem = ARGV[6] == '1'
-if useIdem then
-  local prev = redis.call('GET', KEYS[2])
-  if prev then return {1, prev} end
-end
-local v = tonumber(ARGV[3])
-local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #top > 0 then
-  local last = tonumber(string.match(top[1][1], '^(%d+)'))
-  if last and last + 1 > v then v = last + 1 end
-end
-local t = redis.call('TIME')
-local clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if clock > v then v = clock end
-local vs = string.format('%.0f', v)
-local d = redis.call('HGET', KEYS[4], ARGV[7])
-local s = ARGV[1]
-if d then s = s .. ',"d":"' .. d .. '"' end
-s = s .. ',"v":' .. vs .. '}'
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], vs .. '-0', 's', s)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-if useIdem then
-  redis.call('SET', KEYS[2], ARGV[7] .. '\n' .. s, 'EX', ARGV[4])
-end
-redis.call('SPUBLISH', KEYS[3], s)
-return {0, s}
-`
 
 // New connects to Redis. It fails fast when no node answers.
 func New(cfg Config) (*Engine, error) {
@@ -238,7 +185,7 @@ func New(cfg Config) (*Engine, error) {
 		client.Close()
 		return nil, fmt.Errorf("redis engine: connect %v: %w", cfg.Addrs, err)
 	}
-	e := &Engine{cfg: cfg, client: client, fast: fast, set: rueidis.NewLuaScript(setScript), putMap: rueidis.NewLuaScript(putMapScript)}
+	e := &Engine{cfg: cfg, client: client, fast: fast}
 	ctx, stop := context.WithCancel(context.Background())
 	e.stop = stop
 	e.index = newEventIndexer(e)
@@ -313,7 +260,7 @@ func (e *Engine) SetStage(ctx context.Context, req engine.SetRequest) (engine.Se
 	if e.cfg.WaitReplicas > 0 {
 		res, err = e.setDurable(ctx, keys, args)
 	} else {
-		res, err = e.set.Exec(ctx, e.fast, keys, args).ToArray()
+		res, err = setLua.Exec(ctx, e.fast, keys, args).ToArray()
 	}
 	if err != nil {
 		return engine.SetResult{}, fmt.Errorf("set stage %s: %w", req.Event, err)
@@ -359,7 +306,7 @@ func (e *Engine) setDurable(ctx context.Context, keys, args []string) ([]rueidis
 	var res []rueidis.RedisMessage
 	err := e.fast.Dedicated(func(dc rueidis.DedicatedClient) error {
 		var err error
-		res, err = dc.Do(ctx, dc.B().Eval().Script(setScript).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()).ToArray()
+		res, err = dc.Do(ctx, dc.B().Eval().Script(setSrc).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()).ToArray()
 		if err != nil {
 			return err
 		}
@@ -584,7 +531,7 @@ func (e *Engine) PutStageMap(ctx context.Context, event string, raw []byte, upda
 			args = append(args, k, d)
 		}
 	}
-	v, err := e.putMap.Exec(ctx, e.client, []string{key(event, "map"), key(event, "mapv"), key(event, "dig")}, args).AsInt64()
+	v, err := putMapLua.Exec(ctx, e.client, []string{key(event, "map"), key(event, "mapv"), key(event, "dig")}, args).AsInt64()
 	if err != nil {
 		return 0, fmt.Errorf("put stage map %s: %w", event, err)
 	}

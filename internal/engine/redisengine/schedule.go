@@ -23,103 +23,6 @@ import (
 
 const scheduleIndex = "sc:schedules"
 
-// armScript: KEYS log, sched, channel, dig. ARGV id, stage key, atMS,
-// stage-prefix (no d, no v, no closing brace), eventTTLms, maxSchedules.
-// Returns the armed message (the existing one for a known id with the same
-// body), or an error reply SCHEDULE_LIMIT / SCHEDULE_CONFLICT. The version is
-// max(at in us, newest logged + 1), moved past any armed schedule of the
-// event that has it, so two arms at one time never share a version. Reads at
-// most the event's schedules (maxSchedules).
-const armScript = `
-local prev = redis.call('HGET', KEYS[2], ARGV[1])
-if prev then
-  if string.sub(prev, 1, #ARGV[4]) ~= ARGV[4] then return redis.error_reply('SCHEDULE_CONFLICT the schedule id was armed with another body') end
-  return prev
-end
-if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[6]) then return redis.error_reply('SCHEDULE_LIMIT too many schedules for this event') end
-local v = tonumber(ARGV[3]) * 1000
-local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #top > 0 then
-  local last = tonumber(string.match(top[1][1], '^(%d+)'))
-  if last and last + 1 > v then v = last + 1 end
-end
-local taken = {}
-for _, o in ipairs(redis.call('HVALS', KEYS[2])) do
-  local ov = string.match(o, '"v":(%d+)')
-  if ov then taken[ov] = true end
-end
-while taken[string.format('%.0f', v)] do v = v + 1 end
-local s = ARGV[4]
-local d = redis.call('HGET', KEYS[4], ARGV[2])
-if d then s = s .. ',"d":"' .. d .. '"' end
-s = s .. ',"v":' .. string.format('%.0f', v) .. '}'
-redis.call('HSET', KEYS[2], ARGV[1], s)
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('SPUBLISH', KEYS[3], s)
-return s
-`
-
-// cancelScript: KEYS sched, channel. ARGV id, v ("" = any). 1 cancelled, 0
-// not found, -1 another version.
-const cancelScript = `
-local s = redis.call('HGET', KEYS[1], ARGV[1])
-if not s then return 0 end
-if ARGV[2] ~= '' and string.match(s, '"v":(%d+)') ~= ARGV[2] then return -1 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-local c = string.gsub(s, '"arm":{', '"arm":{"cancel":true,', 1)
-redis.call('SPUBLISH', KEYS[2], c)
-return 1
-`
-
-// fireScript: KEYS log, sched, channel. ARGV id, logLen, eventTTLms. Returns
-// {1, stage JSON, n} fired, {0, "", 0} not found, {2, "", n} superseded; n
-// schedules of the event with a lower version and a fire time no later than
-// id's were fired first, in version order (see engine.Memory.FireSchedule).
-// Reads at most the event's schedules.
-const fireScript = `
-local s = redis.call('HGET', KEYS[2], ARGV[1])
-if not s then return {0, '', 0} end
-local v = tonumber(string.match(s, '"v":(%d+)'))
-local at = tonumber(string.match(s, '"at":(%d+)'))
-local function fire(id, msg)
-  redis.call('HDEL', KEYS[2], id)
-  local vs = string.match(msg, '"v":(%d+)')
-  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-  if #top > 0 then
-    local last = tonumber(string.match(top[1][1], '^(%d+)'))
-    if last and last >= tonumber(vs) then return nil end
-  end
-  local st = string.gsub(msg, ',"arm":{[^}]*}', '', 1)
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], vs .. '-0', 's', st)
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  redis.call('SPUBLISH', KEYS[3], st)
-  return st
-end
-local earlier = {}
-local all = redis.call('HGETALL', KEYS[2])
-for i = 1, #all, 2 do
-  if all[i] ~= ARGV[1] then
-    local ov = tonumber(string.match(all[i + 1], '"v":(%d+)'))
-    local oat = tonumber(string.match(all[i + 1], '"at":(%d+)'))
-    if ov and oat and ov < v and oat <= at then table.insert(earlier, {ov, all[i], all[i + 1]}) end
-  end
-end
-table.sort(earlier, function(a, b) return a[1] < b[1] end)
-local n = 0
-for _, e in ipairs(earlier) do
-  if fire(e[2], e[3]) then n = n + 1 end
-end
-local st = fire(ARGV[1], s)
-if not st then return {2, '', n} end
-return {1, st, n}
-`
-
-var (
-	armLua    = rueidis.NewLuaScript(armScript)
-	cancelLua = rueidis.NewLuaScript(cancelScript)
-	fireLua   = rueidis.NewLuaScript(fireScript)
-)
-
 func indexMember(event, id string) string { return event + "\n" + id }
 
 // Arm stores and publishes a schedule; it returns the armed stage message.
@@ -152,7 +55,7 @@ func (e *Engine) Arm(ctx context.Context, req engine.ArmRequest) (wire.Stage, er
 		ScoreMember(float64(req.AtMS), indexMember(req.Event, req.ID)).Build()).Error(); err != nil {
 		return wire.Stage{}, fmt.Errorf("arm %s/%s: due index: %w", req.Event, req.ID, err)
 	}
-	msg, err := e.runDurable(ctx, armLua, armScript,
+	msg, err := e.runDurable(ctx, armLua, armSrc,
 		[]string{key(req.Event, "log"), key(req.Event, "sched"), key(req.Event, "stage"), key(req.Event, "dig")},
 		[]string{req.ID, req.Key, strconv.FormatInt(req.AtMS, 10), string(b[:len(b)-1]),
 			strconv.FormatInt(e.cfg.EventTTL.Milliseconds(), 10), strconv.Itoa(engine.MaxSchedules)})
@@ -235,7 +138,7 @@ func (e *Engine) CancelSchedule(ctx context.Context, event, id string, v uint64)
 	if v != 0 {
 		want = strconv.FormatUint(v, 10)
 	}
-	msg, err := e.runDurable(ctx, cancelLua, cancelScript, []string{key(event, "sched"), key(event, "stage")}, []string{id, want})
+	msg, err := e.runDurable(ctx, cancelLua, cancelSrc, []string{key(event, "sched"), key(event, "stage")}, []string{id, want})
 	var n int64
 	if err == nil {
 		n, err = msg.AsInt64()
