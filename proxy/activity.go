@@ -4,6 +4,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/stagecast/stagecast/internal/wire"
 )
 
 // Activity is what a proxy's connections did between two delivery reports
@@ -44,10 +46,10 @@ func (a *activity) connect() {
 }
 
 // disconnect counts one close: code 0 is the device's or the network's.
-func (a *activity) disconnect(code int) {
+func (a *activity) disconnect(code wire.CloseCode) {
 	key := "closed"
 	if code != 0 {
-		key = strconv.Itoa(code)
+		key = strconv.Itoa(int(code))
 	}
 	a.mu.Lock()
 	if a.cur.Disconnects == nil {

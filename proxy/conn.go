@@ -46,10 +46,9 @@ type conn struct {
 	notes     [wire.NumPriorities][]*noteOut // queued notes per priority
 	ctrl      [][]byte                       // control frames (error, reconnect) waiting for the writer
 	queued    bool                           // in the writer queue or being written by a writer
-	closed    bool                           // no more offers or writes (set by kill or unregister)
-	gone      bool                           // unregistered: removed from every topic and the server
-	closing   int                            // after the mailbox drains, close with this status (0: no)
-	reason    string
+	state     connState                      // where c is in its life (state.go)
+	closeCode wire.CloseCode                 // connClosing: the status to close with once the mailbox drains
+	closeMsg  string                         // and its reason
 
 	// Frame rate limiting (reader goroutine only).
 	winStart time.Time
@@ -96,7 +95,7 @@ func (c *conn) offer(t *topic, p *prepared) bool {
 	}
 	c.mu.Lock()
 	e := c.sub(t)
-	if c.closed || e == nil || p.stage.V <= e.v {
+	if !c.state.live() || e == nil || p.stage.V <= e.v {
 		c.mu.Unlock()
 		return false
 	}
@@ -117,10 +116,12 @@ func (c *conn) offer(t *topic, p *prepared) bool {
 // maxCtrl bounds the control frames waiting for a conn's writer.
 const maxCtrl = 32
 
-// sendControl queues a control frame (error, reconnect) for the writer.
-func (c *conn) sendControl(frame []byte, closeWith int, reason string) {
+// sendControl queues a control frame (error, reconnect) for the writer; a
+// closeWith status other than 0 moves c to connClosing: the writer closes
+// with it once the mailbox is drained.
+func (c *conn) sendControl(frame []byte, closeWith wire.CloseCode, reason string) {
 	c.mu.Lock()
-	if c.closed {
+	if !c.state.live() {
 		c.mu.Unlock()
 		return
 	}
@@ -131,7 +132,8 @@ func (c *conn) sendControl(frame []byte, closeWith int, reason string) {
 		c.ctrl = append(c.ctrl, frame)
 	}
 	if closeWith != 0 {
-		c.closing, c.reason = closeWith, reason
+		c.state = c.state.to(connClosing)
+		c.closeCode, c.closeMsg = closeWith, reason
 	}
 	enqueue := !c.queued
 	c.queued = true
@@ -151,7 +153,7 @@ func (c *conn) flush(w *writer) {
 		batch := w.batch[:0]
 		ctrl = ctrl[:0]
 		c.mu.Lock()
-		if c.closed {
+		if !c.state.live() {
 			c.queued = false
 			c.mu.Unlock()
 			return
@@ -167,7 +169,11 @@ func (c *conn) flush(w *writer) {
 		}
 		nb := &w.nb
 		nb.take(c)
-		closing, reason := c.closing, c.reason
+		var closing wire.CloseCode
+		reason := ""
+		if c.state == connClosing {
+			closing, reason = c.closeCode, c.closeMsg
+		}
 		if len(batch) == 0 && len(nb.notes) == 0 && len(ctrl) == 0 && closing == 0 {
 			c.queued = false
 			c.mu.Unlock()
@@ -237,9 +243,9 @@ func (c *conn) write(slot *writerSlot, frame []byte) bool {
 // ping runs from pingTimer in its own goroutine.
 func (c *conn) ping() {
 	c.mu.Lock()
-	closed := c.closed
+	live := c.state.live()
 	c.mu.Unlock()
-	if closed {
+	if !live {
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.cfg.PongTimeout)
@@ -264,12 +270,12 @@ func (c *conn) abort() {
 	c.unregister()
 }
 
-// kill marks c closed (no more offers or writes) and closes the TCP connection
-// now. It takes no topic or hub lock: c's reader sees the socket fail and
-// unregisters c. Writers use it, so a writer never waits on a topic's lock.
+// kill moves c to connDead (no more offers or writes) and closes the TCP
+// connection now. It takes no topic or hub lock: c's reader sees the socket
+// fail and unregisters c. Writers use it, so a writer never waits on a topic's lock.
 func (c *conn) kill() {
 	c.mu.Lock()
-	c.closed = true
+	c.state = c.state.to(connDead)
 	c.mu.Unlock()
 	_ = c.ws.CloseNow()
 }
@@ -278,7 +284,7 @@ func (c *conn) kill() {
 // reason. The handshake blocks for up to ~10 s (coder/websocket's timeouts):
 // run it in its own goroutine, through closeWith. The device is gone from every
 // topic and count from the start.
-func (c *conn) close(status int, reason string) {
+func (c *conn) close(status wire.CloseCode, reason string) {
 	c.unregister()
 	_ = c.ws.Close(websocket.StatusCode(status), reason)
 }
@@ -287,7 +293,7 @@ func (c *conn) close(status int, reason string) {
 // of the proxy's handshake slots is free, else at once without one (the device
 // then sees 1006). The slots bound the goroutines waiting on close handshakes
 // (maxClosing), so a mass timeout cannot pile them up.
-func (c *conn) closeWith(status int, reason string) {
+func (c *conn) closeWith(status wire.CloseCode, reason string) {
 	select {
 	case c.s.closing <- struct{}{}:
 		go func() {
@@ -312,14 +318,14 @@ func (c *conn) stopTimers() {
 // unregister removes c from every topic and the server; idempotent.
 func (c *conn) unregister() {
 	c.mu.Lock()
-	if c.gone {
+	if c.state == connGone {
 		c.mu.Unlock()
 		return
 	}
-	c.closed, c.gone = true, true
-	reason, code := "closed", c.closing
+	c.state = connGone
+	reason, code := "closed", c.closeCode
 	if code != 0 {
-		reason = strconv.Itoa(code) + " " + c.reason
+		reason = strconv.Itoa(int(code)) + " " + c.closeMsg
 	}
 	events := make([]string, len(c.subs))
 	for i, e := range c.subs {
@@ -346,20 +352,28 @@ func (c *conn) unregister() {
 	c.s.removeConn(c)
 }
 
-// allowFrame applies the per-connection frame rate limit (reader goroutine only):
-// 0 ok, 1 over the limit (answer rate_limited), 2 far over it (close).
-func (c *conn) allowFrame(now time.Time) int {
+// frameVerdict is allowFrame's answer.
+type frameVerdict uint8
+
+const (
+	frameOK      frameVerdict = iota // under the limit
+	frameLimited                     // over MaxFramesPerSecond: answer rate_limited, skip the frame
+	frameFlood                       // over 10x the limit: close 1008
+)
+
+// allowFrame applies the per-connection frame rate limit (reader goroutine only).
+func (c *conn) allowFrame(now time.Time) frameVerdict {
 	if now.Sub(c.winStart) >= time.Second {
 		c.winStart, c.winCount = now, 0
 	}
 	c.winCount++
 	switch {
 	case c.winCount <= c.s.cfg.MaxFramesPerSecond:
-		return 0
+		return frameOK
 	case c.winCount <= 10*c.s.cfg.MaxFramesPerSecond:
-		return 1
+		return frameLimited
 	}
-	return 2
+	return frameFlood
 }
 
 // ack records that the device applied version v of event.

@@ -35,9 +35,10 @@
 //     removed it meanwhile. connsMu is taken alone. Never take them the other way.
 //   - Fanout copies a topic's subscriber list under its read lock and offers
 //     without it, so subscribe, unsubscribe and ack never wait for a fanout.
-//   - Writers never take a topic or hub lock: a writer whose write fails marks
-//     the conn closed and drops its TCP connection (kill); the conn's reader then
-//     unregisters it. The writer queue is a FIFO that push never blocks on.
+//   - Writers never take a topic or hub lock: a writer whose write fails moves
+//     the conn to connDead and drops its TCP connection (kill); the conn's reader
+//     then unregisters it (connGone). A conn's life is one state (state.go) that
+//     only moves forward. The writer queue is a FIFO that push never blocks on.
 //   - A conn's WebSocket writes have one owner at a time: the writer goroutine that
 //     took it off the pool queue (conn.queued is true from enqueue until that writer
 //     finds the mailbox empty). Nothing else writes data frames to it. Pings and the

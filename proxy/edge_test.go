@@ -80,7 +80,7 @@ func TestPingTimeoutSendsCloseCode(t *testing.T) {
 			t.Fatal(err)
 		}
 		if hdr[0]&0x0f == 0x8 { // close
-			if len(payload) < 2 || binary.BigEndian.Uint16(payload) != wire.ClosePingTimeout {
+			if len(payload) < 2 || wire.CloseCode(binary.BigEndian.Uint16(payload)) != wire.ClosePingTimeout {
 				t.Fatalf("close frame %q, want status 4001", payload)
 			}
 			return

@@ -132,7 +132,7 @@ func (h *hub) subscribe(c *conn, event string, have uint64) subResult {
 			continue
 		}
 		c.mu.Lock()
-		if c.closed {
+		if !c.state.live() {
 			// A topic created for c keeps emptySince (set at creation): swept.
 			c.mu.Unlock()
 			t.mu.Unlock()
@@ -163,7 +163,7 @@ func (h *hub) subscribe(c *conn, event string, have uint64) subResult {
 // only for the map lookup, never while waiting for a topic's lock.
 func (h *hub) topicFor(c *conn, event string) (*topic, subResult) {
 	c.mu.Lock()
-	closed, held, n := c.closed, c.subByEvent(event) != nil, len(c.subs)
+	closed, held, n := !c.state.live(), c.subByEvent(event) != nil, len(c.subs)
 	c.mu.Unlock()
 	switch {
 	case closed:

@@ -604,7 +604,7 @@ func (c *conn) offerNoteGap(n *noteOut, live, gapCheck bool) {
 	s := c.s
 	c.mu.Lock()
 	ci := c.inbox(n.kind)
-	if c.closed || ci == nil {
+	if !c.state.live() || ci == nil {
 		c.mu.Unlock()
 		return
 	}
@@ -714,7 +714,7 @@ func (c *conn) resumeInboxes(after wire.After) {
 func (c *conn) resyncInbox(ib engine.Inbox) {
 	c.mu.Lock()
 	ci := c.inbox(ib.Kind)
-	ok := !c.closed && ci != nil && ci.ib == ib && ci.tracking && !ci.resuming
+	ok := c.state.live() && ci != nil && ci.ib == ib && ci.tracking && !ci.resuming
 	if ok {
 		ci.resuming, ci.held = true, ci.held[:0]
 	}
@@ -730,7 +730,7 @@ func (c *conn) resyncInbox(ib engine.Inbox) {
 func (c *conn) runResync(r resyncReq) {
 	c.mu.Lock()
 	from := r.ci.seen
-	closed := c.closed
+	closed := !c.state.live()
 	c.mu.Unlock()
 	var err error
 	if !closed {
@@ -746,7 +746,7 @@ func (c *conn) runResync(r resyncReq) {
 	wait := c.s.jitterBetween(time.Second, 2*time.Second) << min(r.attempt, 4)
 	time.AfterFunc(wait, func() {
 		c.mu.Lock()
-		alive := !c.closed
+		alive := c.state.live()
 		if alive && !r.ci.resuming { // (a gap may have set it meanwhile: keep what it holds)
 			r.ci.resuming, r.ci.held = true, r.ci.held[:0]
 		}

@@ -247,13 +247,13 @@ func TestBadFrames(t *testing.T) {
 	nj := dial(t, url)
 	nj.send(`this is not json`)
 	_, err := nj.next()
-	if s := websocket.CloseStatus(err); s != wire.CloseInvalidFrame {
+	if s := websocket.CloseStatus(err); s != websocket.StatusCode(wire.CloseInvalidFrame) {
 		t.Fatalf("invalid JSON: close status %d (%v), want 1007", s, err)
 	}
 	big := dial(t, url)
 	big.send(`{"op":"sub","events":{"` + strings.Repeat("a", 100) + `":0},"pad":"` + strings.Repeat("x", 400) + `"}`)
 	_, err = big.next()
-	if s := websocket.CloseStatus(err); s != wire.CloseTooBig {
+	if s := websocket.CloseStatus(err); s != websocket.StatusCode(wire.CloseTooBig) {
 		t.Fatalf("oversize frame: close status %d (%v), want 1009", s, err)
 	}
 }
@@ -326,7 +326,7 @@ func TestDrain(t *testing.T) {
 		}
 		afters = append(afters, f.AfterMS)
 		_, err := d.next()
-		if s := websocket.CloseStatus(err); s != wire.CloseServiceRestart {
+		if s := websocket.CloseStatus(err); s != websocket.StatusCode(wire.CloseServiceRestart) {
 			t.Fatalf("close status %d (%v), want 1012", s, err)
 		}
 	}

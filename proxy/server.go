@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -186,17 +187,20 @@ func (s *Server) reject(w http.ResponseWriter, reason string, status int, msg st
 }
 
 // rejectReq refuses an upgrade. A back-off refusal (503, 429) carries a
-// jittered Retry-After; a browser (it sends Origin) cannot read the status of
-// a refused upgrade, only "connection failed", so it is accepted instead, told
+// jittered Retry-After. A browser (it sends Origin) cannot read the status of
+// a refused upgrade, only "connection failed", so it is accepted instead and
+// closed with a status it can read: a back-off is told
 // {"op":"reconnect","after_ms":N} and closed 1013 with "retry after N ms" as
-// the reason (hardening #12). Those handshakes share the close slots
-// (maxClosing); with none free the browser gets the plain HTTP refusal.
+// the reason (hardening #12); a refused token (401) is closed 4500 with the
+// reason, so the page stops retrying with that token. Those handshakes share
+// the close slots (maxClosing); with none free the browser gets the plain
+// HTTP refusal.
 func (s *Server) rejectReq(w http.ResponseWriter, r *http.Request, reason string, status int, msg string) {
 	s.metrics.rejected.WithLabelValues(reason).Inc()
 	s.act.refused(reason)
 	backOff := status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests
 	ra := s.jitterBetween(s.cfg.RetryAfter, 2*s.cfg.RetryAfter)
-	if backOff && r != nil && r.Header.Get("Origin") != "" {
+	if (backOff || status == http.StatusUnauthorized) && r != nil && r.Header.Get("Origin") != "" {
 		select {
 		case s.closing <- struct{}{}:
 			defer func() { <-s.closing }()
@@ -206,8 +210,10 @@ func (s *Server) rejectReq(w http.ResponseWriter, r *http.Request, reason string
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			if ws.Write(ctx, websocket.MessageText, wire.AppendReconnect(nil, ra.Milliseconds())) == nil {
-				_ = ws.Close(websocket.StatusCode(wire.CloseTryAgainLater), fmt.Sprintf("retry after %d ms: %s", ra.Milliseconds(), reason))
+			if !backOff {
+				_ = ws.Close(websocket.StatusCode(wire.CloseUnauthorized), closeReason(msg))
+			} else if ws.Write(ctx, websocket.MessageText, wire.AppendReconnect(nil, ra.Milliseconds())) == nil {
+				_ = ws.Close(websocket.StatusCode(wire.CloseTryAgainLater), closeReason(fmt.Sprintf("retry after %d ms: %s", ra.Milliseconds(), reason)))
 			}
 			ws.CloseNow()
 			return
@@ -218,6 +224,22 @@ func (s *Server) rejectReq(w http.ResponseWriter, r *http.Request, reason string
 		w.Header().Set("Retry-After", strconv.Itoa(int((ra+time.Second-1)/time.Second)))
 	}
 	http.Error(w, msg, status)
+}
+
+// maxCloseReason is the longest close reason a close frame carries (RFC 6455:
+// 125 bytes of payload, 2 of them the status).
+const maxCloseReason = 123
+
+// closeReason cuts msg to maxCloseReason bytes, on a UTF-8 boundary.
+func closeReason(msg string) string {
+	if len(msg) <= maxCloseReason {
+		return msg
+	}
+	cut := maxCloseReason
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut]
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
@@ -259,7 +281,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			var err error
 			if claims, err = s.cfg.Tokens.Verify(tok); err != nil {
 				// The reason, never the token.
-				s.reject(w, "unauthorized", http.StatusUnauthorized, "unauthorized: "+err.Error())
+				s.rejectReq(w, r, "unauthorized", http.StatusUnauthorized, "unauthorized: "+err.Error())
 				return
 			}
 			device = claims.Device
@@ -454,11 +476,11 @@ func (c *conn) readLoop() {
 			return // closed, read limit (coder/websocket closes with 1009), or protocol error
 		}
 		switch c.allowFrame(s.cfg.Now()) {
-		case 1:
+		case frameLimited:
 			c.sendError(wire.CodeRateLimited, fmt.Sprintf("more than %d frames per second", s.cfg.MaxFramesPerSecond))
 			c.endFrame()
 			continue
-		case 2:
+		case frameFlood:
 			// As every close with a frame (proxy/doc.go): unregistered first,
 			// the handshake in a close slot, never on the reader.
 			s.metrics.badFrames.WithLabelValues("flood").Inc()
@@ -467,7 +489,7 @@ func (c *conn) readLoop() {
 		}
 		if typ != websocket.MessageText {
 			s.metrics.badFrames.WithLabelValues("binary").Inc()
-			c.closeWith(int(websocket.StatusUnsupportedData), "text frames only")
+			c.closeWith(wire.CloseUnsupportedData, "text frames only")
 			return
 		}
 		select {

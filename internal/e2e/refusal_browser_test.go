@@ -13,6 +13,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/proxy"
@@ -48,23 +49,77 @@ func TestRefusalVisibleInBrowser(t *testing.T) {
 	if err := p.Drain(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	wsURL := "ws://" + l.Addr().String() + "/v1/ws?device=browser-1"
+	seen := pageSees(t, "ws://"+l.Addr().String()+"/v1/ws?device=browser-1")
+	if wire.CloseCode(seen.Code) != wire.CloseTryAgainLater || !strings.HasPrefix(seen.Reason, "retry after ") || !strings.Contains(seen.Reason, "draining") {
+		t.Fatalf("the page saw close %d %q, want 1013 with the delay", seen.Code, seen.Reason)
+	}
+	if len(seen.Frames) != 1 {
+		t.Fatalf("frames %v, want the reconnect hint", seen.Frames)
+	}
+	f, err := wire.ParseProxyFrame([]byte(seen.Frames[0]))
+	if err != nil || f.Op != wire.OpReconnect || f.AfterMS <= 0 || !strings.Contains(seen.Reason, fmt.Sprintf("%d ms", f.AfterMS)) {
+		t.Fatalf("hint %+v (%v) and reason %q", f, err, seen.Reason)
+	}
+	if p.Connections() != 0 {
+		t.Fatalf("a refused browser counts as %d connections", p.Connections())
+	}
+}
+
+// TestTokenRefusalVisibleInBrowser: a refused device token is a 401 that a
+// page cannot read either; the proxy accepts the browser's upgrade and closes
+// 4500 with the reason, which tells the page (and the TypeScript SDK) not to
+// retry with the same token. Real Chromium.
+func TestTokenRefusalVisibleInBrowser(t *testing.T) {
+	_, verifier, err := devicetoken.NewTestPair("browser")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := proxy.New(proxy.Config{OriginPatterns: []string{"127.0.0.1:*"}, Tokens: verifier, RequireToken: true}, engine.NewMemory(engine.MemoryConfig{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: p.Handler()}
+	go hs.Serve(l)
+	t.Cleanup(func() { hs.Close() })
+	seen := pageSees(t, "ws://"+l.Addr().String()+"/v1/ws?token=not-a-token")
+	if wire.CloseCode(seen.Code) != wire.CloseUnauthorized || !strings.HasPrefix(seen.Reason, "unauthorized: ") || len(seen.Frames) != 0 {
+		t.Fatalf("the page saw %+v, want close 4500 with the reason and no frame", seen)
+	}
+	if wire.CloseCode(seen.Code).Reconnect() {
+		t.Fatal("4500 must mean: do not reconnect with the same token")
+	}
+	if p.Connections() != 0 {
+		t.Fatalf("a refused browser counts as %d connections", p.Connections())
+	}
+}
+
+// pageSeen is what a page's WebSocket saw: its frames and its close event.
+type pageSeen struct {
+	Frames []string
+	Code   int
+	Reason string
+	Done   bool
+}
+
+// pageSees opens a page in Chromium that connects to wsURL, and returns what
+// it saw once the socket closed.
+func pageSees(t *testing.T, wsURL string) pageSeen {
+	t.Helper()
 	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html")
 		fmt.Fprintf(w, refusalPage, wsURL)
 	}))
 	t.Cleanup(page.Close)
-
 	ctx := browser(t)
 	if err := chromedp.Do(ctx, chromedp.Navigate(page.URL)); err != nil {
 		t.Fatal(err)
 	}
-	var seen struct {
-		Frames []string
-		Code   int
-		Reason string
-		Done   bool
-	}
+	var seen pageSeen
 	deadline := time.Now().Add(15 * time.Second)
 	for !seen.Done {
 		raw, err := chromedp.Run(ctx, chromedp.Evaluate[string](`JSON.stringify(window.seen)`))
@@ -81,17 +136,5 @@ func TestRefusalVisibleInBrowser(t *testing.T) {
 			time.Sleep(50 * time.Millisecond) // polling the page
 		}
 	}
-	if seen.Code != wire.CloseTryAgainLater || !strings.HasPrefix(seen.Reason, "retry after ") || !strings.Contains(seen.Reason, "draining") {
-		t.Fatalf("the page saw close %d %q, want 1013 with the delay", seen.Code, seen.Reason)
-	}
-	if len(seen.Frames) != 1 {
-		t.Fatalf("frames %v, want the reconnect hint", seen.Frames)
-	}
-	f, err := wire.ParseProxyFrame([]byte(seen.Frames[0]))
-	if err != nil || f.Op != wire.OpReconnect || f.AfterMS <= 0 || !strings.Contains(seen.Reason, fmt.Sprintf("%d ms", f.AfterMS)) {
-		t.Fatalf("hint %+v (%v) and reason %q", f, err, seen.Reason)
-	}
-	if p.Connections() != 0 {
-		t.Fatalf("a refused browser counts as %d connections", p.Connections())
-	}
+	return seen
 }

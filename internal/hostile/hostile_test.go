@@ -473,7 +473,7 @@ func TestDeviceTokens(t *testing.T) {
 	defer ws2.CloseNow()
 	for {
 		if _, _, err := ws2.Read(ctx); err != nil {
-			if st := websocket.CloseStatus(err); st != wire.CloseTokenExpired {
+			if st := websocket.CloseStatus(err); st != websocket.StatusCode(wire.CloseTokenExpired) {
 				t.Fatalf("at exp: closed with %v (%v), want 4003", st, err)
 			}
 			break

@@ -43,21 +43,31 @@ const (
 	CodeUnavailable Code = "unavailable"
 )
 
-// WebSocket close statuses the proxy uses. 1000-1015 are RFC 6455; 4000-4999 are
-// stagecast's own. Statuses below 4500 mean "reconnect with backoff"; 4500 and
-// above mean "do not reconnect without a change" (bad credentials).
+// CloseCode is a WebSocket close status the proxy sends (docs/protocol.md,
+// "Close statuses"). 1000-1015 are RFC 6455; 4000-4999 are stagecast's own.
+// Statuses below 4500 mean "reconnect with backoff"; 4500 and above mean "do
+// not reconnect without a change" (bad credentials). Convert with
+// websocket.StatusCode(code) where a library needs its own type.
+type CloseCode int
+
+// The close statuses of the protocol.
 const (
-	CloseNormal         = 1000 // device or proxy shutting down cleanly
-	CloseInvalidFrame   = 1007 // frame is not valid JSON / not UTF-8
-	ClosePolicy         = 1008 // protocol violation the proxy does not survive
-	CloseTooBig         = 1009 // frame larger than the read limit
-	CloseServiceRestart = 1012 // proxy draining: reconnect after the hinted delay
-	CloseTryAgainLater  = 1013 // proxy overloaded
-	CloseSlowConsumer   = 4000 // device did not read fast enough; reconnect and catch up
-	ClosePingTimeout    = 4001 // device did not answer pings
-	CloseTokenExpired   = 4003 // the device token's exp passed: get a new token, reconnect
-	CloseUnauthorized   = 4500 // token rejected: do not reconnect with the same token
+	CloseNormal          CloseCode = 1000 // device or proxy shutting down cleanly
+	CloseUnsupportedData CloseCode = 1003 // a binary frame: text frames only
+	CloseInvalidFrame    CloseCode = 1007 // frame is not valid JSON / not UTF-8
+	ClosePolicy          CloseCode = 1008 // protocol violation the proxy does not survive
+	CloseTooBig          CloseCode = 1009 // frame larger than the read limit
+	CloseServiceRestart  CloseCode = 1012 // proxy draining: reconnect after the hinted delay
+	CloseTryAgainLater   CloseCode = 1013 // proxy overloaded: reconnect after the reason's delay
+	CloseSlowConsumer    CloseCode = 4000 // device did not read fast enough; reconnect and catch up
+	ClosePingTimeout     CloseCode = 4001 // device did not answer pings
+	CloseTokenExpired    CloseCode = 4003 // the device token's exp passed: get a new token, reconnect
+	CloseUnauthorized    CloseCode = 4500 // token refused (a browser's upgrade, which cannot read a 401): do not reconnect with the same token
 )
+
+// Reconnect reports whether a device closed with c should reconnect (with
+// backoff) as it is; false means not without a change (a new token).
+func (c CloseCode) Reconnect() bool { return c < 4500 }
 
 // MaxDeviceFrame is the default read limit for device frames, in bytes.
 const MaxDeviceFrame = 4096
