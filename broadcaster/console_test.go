@@ -11,14 +11,14 @@ import (
 	"testing"
 
 	"github.com/stagecast/stagecast/broadcaster"
-	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 )
 
 // The console page is served without auth, holds no secret and locks itself
 // down (CSP: scripts only from the origin, no framing); its data endpoints
 // need a token and show a producer only its events.
 func TestConsoleEndpoints(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	const alice = "al1ce-7c6b5a4f3e2d1c0b9a8f"
 	s, err := broadcaster.New(broadcaster.Config{Token: token, Producers: []broadcaster.Producer{{Name: "alice", Token: alice, Events: []string{"fight-*"}}},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)

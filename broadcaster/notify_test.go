@@ -14,6 +14,7 @@ import (
 
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
@@ -68,7 +69,7 @@ func TestNotifyValidation(t *testing.T) {
 	}
 	// A producer limited to some events may not notify.
 	s, err := broadcaster.New(broadcaster.Config{Producers: []broadcaster.Producer{{Name: "ev-only", Token: "0ld-7c6b5a4f3e2d1c0b9a8f7e6d", Events: []string{"fight-*"}}},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, engine.NewMemory(engine.MemoryConfig{}))
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, memengine.New(memengine.Config{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +114,7 @@ func TestNotifyAcceptedAndIdempotent(t *testing.T) {
 
 // gate holds Notify calls of one priority until released.
 type gate struct {
-	*engine.Memory
+	*memengine.Engine
 	prio    wire.Priority
 	release chan struct{}
 	entered chan struct{}
@@ -128,13 +129,13 @@ func (g *gate) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteResul
 			return engine.NoteResult{}, ctx.Err()
 		}
 	}
-	return g.Memory.Notify(ctx, w)
+	return g.Engine.Notify(ctx, w)
 }
 
 // A flood of low notes fills the low lane (then 503, nothing stored) while a
 // critical one goes through its own lane at once.
 func TestNotifyLanes(t *testing.T) {
-	g := &gate{Memory: engine.NewMemory(engine.MemoryConfig{}), prio: wire.PriorityLow,
+	g := &gate{Engine: memengine.New(memengine.Config{}), prio: wire.PriorityLow,
 		release: make(chan struct{}), entered: make(chan struct{}, 16)}
 	var lanes [wire.NumPriorities]broadcaster.LaneConfig
 	lanes[wire.PriorityLow] = broadcaster.LaneConfig{Queue: 2, Workers: 1}
@@ -206,7 +207,7 @@ func queued(t *testing.T, s *broadcaster.Server) float64 {
 func TestNotifyKeysPerProducer(t *testing.T) {
 	const tokA, tokB, tokEv = "pa-7c6b5a4f3e2d1c0b9a8f7e6d", "pb-1a2b3c4d5e6f7a8b9c0d1e2f", "pe-9f8e7d6c5b4a39281706f5e4"
 	_, url := serve(t, broadcaster.Config{Producers: []broadcaster.Producer{{Name: "a", Token: tokA}, {Name: "b", Token: tokB},
-		{Name: "ev-only", Token: tokEv, Events: []string{"fight-*"}}}}, engine.NewMemory(engine.MemoryConfig{}))
+		{Name: "ev-only", Token: tokEv, Events: []string{"fight-*"}}}}, memengine.New(memengine.Config{}))
 	ctx := context.Background()
 	a := &broadcaster.Client{BaseURL: url, Token: tokA}
 	b := &broadcaster.Client{BaseURL: url, Token: tokB}

@@ -6,10 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"golang.org/x/time/rate"
 	"math"
 	"os"
 	"strings"
+
+	"golang.org/x/time/rate"
 
 	"github.com/stagecast/stagecast/internal/wire"
 )

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 )
 
 func TestCheckTokenStrength(t *testing.T) {
@@ -67,7 +67,7 @@ func TestAuditLines(t *testing.T) {
 	var buf bytes.Buffer
 	tok := "3f9a1c7e5b2d4f60a8e1c3b5d7f9a2c4"
 	s, err := New(Config{Producers: []Producer{{Name: "alice", Token: tok}},
-		Logger: slog.New(slog.NewJSONHandler(&buf, nil))}, engine.NewMemory(engine.MemoryConfig{}))
+		Logger: slog.New(slog.NewJSONHandler(&buf, nil))}, memengine.New(memengine.Config{}))
 	if err != nil {
 		t.Fatal(err)
 	}

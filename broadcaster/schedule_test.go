@@ -13,6 +13,7 @@ import (
 
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/waitfor"
 	"github.com/stagecast/stagecast/internal/wire"
 )
@@ -112,7 +113,7 @@ func TestRefusalsNeverTripTheStageBreaker(t *testing.T) {
 
 // badShard fails fires of one event (its shard failing over).
 type badShard struct {
-	*engine.Memory
+	*memengine.Engine
 	bad string
 }
 
@@ -120,14 +121,14 @@ func (b *badShard) FireSchedule(ctx context.Context, event, id string) (wire.Sta
 	if strings.HasPrefix(event, b.bad) {
 		return wire.Stage{}, errors.New("redis: MOVED/CLUSTERDOWN")
 	}
-	return b.Memory.FireSchedule(ctx, event, id)
+	return b.Engine.FireSchedule(ctx, event, id)
 }
 
 // TestFireLoopSkipsWhatFails (hardening #8): 150 due schedules of events whose
 // shard fails, all due before one of another event: that one still fires
 // (the due index lists 100 at a time, oldest first).
 func TestFireLoopSkipsWhatFails(t *testing.T) {
-	eng := &badShard{Memory: engine.NewMemory(engine.MemoryConfig{}), bad: "stuck-"}
+	eng := &badShard{Engine: memengine.New(memengine.Config{}), bad: "stuck-"}
 	s, err := broadcaster.New(broadcaster.Config{Token: token, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
 	if err != nil {
 		t.Fatal(err)

@@ -15,15 +15,16 @@ import (
 
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/waitfor"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
 const token = "test-producer-token-123456"
 
-func start(t *testing.T) (*broadcaster.Client, *engine.Memory, string) {
+func start(t *testing.T) (*broadcaster.Client, *memengine.Engine, string) {
 	t.Helper()
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	s, err := broadcaster.New(broadcaster.Config{Token: token, PublicReads: true,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
 	if err != nil {
@@ -178,7 +179,7 @@ func TestReportMerge(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
-	if _, err := broadcaster.New(broadcaster.Config{Token: "short"}, engine.NewMemory(engine.MemoryConfig{})); err == nil {
+	if _, err := broadcaster.New(broadcaster.Config{Token: "short"}, memengine.New(memengine.Config{})); err == nil {
 		t.Fatal("short token accepted")
 	}
 }
@@ -226,12 +227,12 @@ func TestStageMapAndWindow(t *testing.T) {
 // failOnce fails the first SetStage after applying it, as a connection that
 // dies before the reply would; the retry must not make a second version.
 type failOnce struct {
-	*engine.Memory
+	*memengine.Engine
 	failed bool
 }
 
 func (f *failOnce) SetStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error) {
-	res, err := f.Memory.SetStage(ctx, req)
+	res, err := f.Engine.SetStage(ctx, req)
 	if !f.failed {
 		f.failed = true
 		return engine.SetResult{}, errors.New("EOF")
@@ -240,7 +241,7 @@ func (f *failOnce) SetStage(ctx context.Context, req engine.SetRequest) (engine.
 }
 
 func TestTransientEngineErrorRetriedOnce(t *testing.T) {
-	eng := &failOnce{Memory: engine.NewMemory(engine.MemoryConfig{})}
+	eng := &failOnce{Engine: memengine.New(memengine.Config{})}
 	s, err := broadcaster.New(broadcaster.Config{Token: token, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +259,7 @@ func TestTransientEngineErrorRetriedOnce(t *testing.T) {
 }
 
 func TestPrivateReads(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	s, err := broadcaster.New(broadcaster.Config{Token: token, PublicReads: false, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
 	if err != nil {
 		t.Fatal(err)
@@ -281,7 +282,7 @@ func TestPrivateReads(t *testing.T) {
 
 // Rotation: a new producer set takes effect at once; the dropped token is refused.
 func TestProducerRotation(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	s, err := broadcaster.New(broadcaster.Config{Producers: []broadcaster.Producer{{Name: "old", Token: "0ld-7c6b5a4f3e2d1c0b9a8f7e6d"}}}, eng)
 	if err != nil {
 		t.Fatal(err)
@@ -316,12 +317,12 @@ func TestProducerRotation(t *testing.T) {
 // flaky applies stage changes but fails them (as a reply lost in a failover
 // would) while down is set; reads of event "slow" block until their context ends.
 type flaky struct {
-	*engine.Memory
+	*memengine.Engine
 	down atomic.Bool
 }
 
 func (f *flaky) SetStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error) {
-	res, err := f.Memory.SetStage(ctx, req)
+	res, err := f.Engine.SetStage(ctx, req)
 	if f.down.Load() && req.Event == "failing" {
 		return engine.SetResult{}, errors.New("connection reset by peer")
 	}
@@ -333,14 +334,14 @@ func (f *flaky) Delivery(ctx context.Context, event string, v uint64) ([]engine.
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}
-	return f.Memory.Delivery(ctx, event, v)
+	return f.Engine.Delivery(ctx, event, v)
 }
 
 // A change the engine may or may not have made: 503 outcome_unknown after the
 // budget, with the key to retry with (made up by the server for a keyless
 // request); the retry with it replays the change, never a second version.
 func TestOutcomeUnknownAndRetry(t *testing.T) {
-	eng := &flaky{Memory: engine.NewMemory(engine.MemoryConfig{})}
+	eng := &flaky{Engine: memengine.New(memengine.Config{})}
 	eng.down.Store(true)
 	s, err := broadcaster.New(broadcaster.Config{Token: token, StageBudget: 300 * time.Millisecond, EngineTimeout: 100 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
@@ -380,7 +381,7 @@ func TestOutcomeUnknownAndRetry(t *testing.T) {
 // Bulkheads: reports that hang, and an event whose engine calls keep failing,
 // do not slow stage changes of other events.
 func TestBulkheads(t *testing.T) {
-	eng := &flaky{Memory: engine.NewMemory(engine.MemoryConfig{})}
+	eng := &flaky{Engine: memengine.New(memengine.Config{})}
 	eng.down.Store(true)
 	s, err := broadcaster.New(broadcaster.Config{Token: token, StageBudget: 50 * time.Millisecond, EngineTimeout: 50 * time.Millisecond,
 		BreakerFailures: 2, BreakerOpenFor: time.Minute, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, eng)
@@ -426,7 +427,7 @@ func scrape(t *testing.T, base string) string {
 
 // failing is the memory engine whose stage changes and reads fail while fail is set.
 type failing struct {
-	*engine.Memory
+	*memengine.Engine
 	fail atomic.Bool
 }
 
@@ -434,14 +435,14 @@ func (f *failing) SetStage(ctx context.Context, req engine.SetRequest) (engine.S
 	if f.fail.Load() {
 		return engine.SetResult{}, errors.New("redis: connection refused")
 	}
-	return f.Memory.SetStage(ctx, req)
+	return f.Engine.SetStage(ctx, req)
 }
 
 func (f *failing) Recent(ctx context.Context, event string, n int) ([]wire.Stage, error) {
 	if f.fail.Load() {
 		return nil, errors.New("redis: connection refused")
 	}
-	return f.Memory.Recent(ctx, event, n)
+	return f.Engine.Recent(ctx, event, n)
 }
 
 // gauge reads one gauge (summed over its series) from s's registry.
@@ -466,7 +467,7 @@ func gauge(t *testing.T, s *broadcaster.Server, name string) float64 {
 // read at the scrape, so once the engine is back and the open period is over
 // they stop saying "open" though no request has touched the breakers since.
 func TestBreakerGaugesClearAfterRecovery(t *testing.T) {
-	eng := &failing{Memory: engine.NewMemory(engine.MemoryConfig{})}
+	eng := &failing{Engine: memengine.New(memengine.Config{})}
 	eng.fail.Store(true)
 	s, url := serve(t, broadcaster.Config{Token: token, BreakerFailures: 2, BreakerOpenFor: 200 * time.Millisecond,
 		StageBudget: 100 * time.Millisecond}, eng)
@@ -493,7 +494,7 @@ func TestBreakerGaugesClearAfterRecovery(t *testing.T) {
 func TestProducerRateLimit(t *testing.T) {
 	const other = "other-producer-7c6b5a4f3e2d"
 	_, url := serve(t, broadcaster.Config{Producers: []broadcaster.Producer{{Name: "p1", Token: token}, {Name: "p2", Token: other}},
-		ProducerRate: 1, ProducerBurst: 5}, engine.NewMemory(engine.MemoryConfig{}))
+		ProducerRate: 1, ProducerBurst: 5}, memengine.New(memengine.Config{}))
 	ctx := context.Background()
 	c := &broadcaster.Client{BaseURL: url, Token: token}
 	for i := range 5 {

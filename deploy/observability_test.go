@@ -14,7 +14,7 @@ import (
 
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/graph"
-	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/prefetch"
 	"github.com/stagecast/stagecast/proxy"
 )
@@ -48,7 +48,7 @@ func stagecastMetrics(t *testing.T) recorder {
 	t.Helper()
 	rec := recorder{}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	p, err := proxy.New(proxy.Config{Registerer: rec, Logger: quiet}, eng)
 	if err != nil {
 		t.Fatal(err)

@@ -9,12 +9,12 @@ import (
 	"testing"
 
 	"github.com/stagecast/stagecast/graph"
-	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/prefetch"
 )
 
 func benchServer(b *testing.B) http.Handler {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	var sb strings.Builder
 	sb.WriteString(`{"stages":{`)
 	for i := 0; i < 12; i++ {

@@ -20,6 +20,7 @@ import (
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/redistest"
 	"github.com/stagecast/stagecast/internal/waitfor"
@@ -84,7 +85,7 @@ func post(t *testing.T, base, query string, vars map[string]any) (*http.Response
 	return resp, out, body
 }
 
-func seed(t *testing.T, eng *engine.Memory, event string) wire.Stage {
+func seed(t *testing.T, eng *memengine.Engine, event string) wire.Stage {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := eng.PutStageMap(ctx, event, []byte(`{"stages":{"round-3":{"default":{"rows":["r3"]},"segments":{"s1":{"rows":["r3-s1"]}}},"knockout":{"default":{"rows":["ko"]}}},"ttl_seconds":100}`), 1); err != nil {
@@ -98,7 +99,7 @@ func seed(t *testing.T, eng *engine.Memory, event string) wire.Stage {
 }
 
 func TestPrefetchQuery(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	cur := seed(t, eng, "fight")
 	srv, base := startServer(t, eng, graph.ServerConfig{})
 	for i := 0; i < 3; i++ { // miss, then cache hits: same answer, fresh hints
@@ -139,7 +140,7 @@ func TestPrefetchQuery(t *testing.T) {
 }
 
 func TestHintsAreJitteredPerResponse(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	seed(t, eng, "fight")
 	_, base := startServer(t, eng, graph.ServerConfig{})
 	seen := map[int]bool{}
@@ -153,7 +154,7 @@ func TestHintsAreJitteredPerResponse(t *testing.T) {
 }
 
 func TestNotFoundAndBadInput(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	seed(t, eng, "fight")
 	_, base := startServer(t, eng, graph.ServerConfig{})
 	resp, out, body := post(t, base, prefetchQuery, map[string]any{"event": "nope"})
@@ -208,7 +209,7 @@ func aliasFlood(n int) string {
 }
 
 func TestDepthLimit(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	seed(t, eng, "fight")
 	_, base := startServer(t, eng, graph.ServerConfig{GraphQL: graph.Config{MaxDepth: 2}})
 	_, out, body := post(t, base, `{ liveEvent(id:"fight") { current { key } } }`, nil)
@@ -218,7 +219,7 @@ func TestDepthLimit(t *testing.T) {
 }
 
 func TestQueryCacheFollowsChanges(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	seed(t, eng, "fight")
 	_, base := startServer(t, eng, graph.ServerConfig{})
 	_, out, _ := post(t, base, prefetchQuery, map[string]any{"event": "fight"})
@@ -326,7 +327,7 @@ func gauge(t *testing.T, s *graph.Server, name string) float64 {
 
 // gatedStore blocks Snapshot until the gate opens, to hold requests in flight.
 type gatedStore struct {
-	*engine.Memory
+	*memengine.Engine
 	gate chan struct{}
 }
 
@@ -338,17 +339,17 @@ func (g *gatedStore) Snapshot(ctx context.Context, event string) (engine.Snapsho
 			return engine.Snapshot{}, ctx.Err()
 		}
 	}
-	return g.Memory.Snapshot(ctx, event)
+	return g.Engine.Snapshot(ctx, event)
 }
 
 func TestShedNormalFirst(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	seed(t, eng, "cold")
 	seed(t, eng, "warm")
 	if err := eng.SetLive(context.Background(), "warm", true); err != nil {
 		t.Fatal(err)
 	}
-	store := &gatedStore{Memory: eng, gate: make(chan struct{})}
+	store := &gatedStore{Engine: eng, gate: make(chan struct{})}
 	signer, ver, err := devicetoken.NewTestPair("k")
 	if err != nil {
 		t.Fatal(err)
@@ -431,7 +432,7 @@ func TestShedNormalFirst(t *testing.T) {
 // A response whose payloads would pass MaxResponseBytes is refused before they
 // are encoded; the same query under the limit is answered.
 func TestResponseSizeCap(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	raw := `{"stages":{"a":{"default":{"blob":"` + strings.Repeat("x", 4000) + `"}}}}`
 	if _, err := eng.PutStageMap(context.Background(), "big", []byte(raw), 1); err != nil {
 		t.Fatal(err)
@@ -458,7 +459,7 @@ func TestStandardIntrospection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	_, base := startServer(t, eng, graph.ServerConfig{})
 	resp, out, body := post(t, base, string(q), nil)
 	if resp.StatusCode != 200 || len(out.Errors) != 0 || !strings.Contains(string(body), `"__schema"`) || !strings.Contains(string(body), `"LiveEvent"`) {
@@ -480,7 +481,7 @@ func TestStandardIntrospection(t *testing.T) {
 // and args) stays far below the data path's 2 MiB response cap (measured
 // 223 KB). docs/security.md states the bound.
 func TestIntrospectionAmplificationBounded(t *testing.T) {
-	_, base := startServer(t, engine.NewMemory(engine.MemoryConfig{}), graph.ServerConfig{})
+	_, base := startServer(t, memengine.New(memengine.Config{}), graph.ServerConfig{})
 	var b strings.Builder
 	b.WriteString("{")
 	for i := 0; b.Len() < 3990; i++ {

@@ -14,6 +14,7 @@ import (
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/prefetch"
 )
@@ -22,7 +23,7 @@ import (
 // paged by cursor; needs a device token; never cached, so two devices sending
 // the same query text each get their own notes.
 func TestInboxQuery(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	signer, ver, err := devicetoken.NewTestPair("k")
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +102,7 @@ func TestInboxQuery(t *testing.T) {
 // A prefetch server publishes its shedding level through the engine, where
 // proxies read it to pace paced broadcasts.
 func TestPublishLoad(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	s, _ := startServer(t, eng, graph.ServerConfig{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -124,7 +125,7 @@ func TestPublishLoad(t *testing.T) {
 // burst goes through, the next is RATE_LIMITED, another device is unaffected,
 // and the budget refills with time.
 func TestInboxPullRate(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	signer, ver, err := devicetoken.NewTestPair("k")
 	if err != nil {
 		t.Fatal(err)

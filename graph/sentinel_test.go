@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/prefetch"
 )
 
@@ -25,7 +25,7 @@ func TestSentinelCollision(t *testing.T) {
 	first := &render{rnd: rand.New(rand.NewPCG(seed.Uint64(), seed.Uint64()))}
 	collide := strconv.Itoa(int(first.sentinel()))
 
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	if _, err := eng.PutStageMap(context.Background(), "ev", []byte(`{"stages":{"a":{"default":{"n":`+collide+`}}},"ttl_seconds":100}`), 1); err != nil {
 		t.Fatal(err)
 	}

@@ -99,6 +99,63 @@ func LiveReport(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Report, err
 // Live runs this process's share of sc against a deployment and returns what
 // it measured. Every loop is bounded by the scenario's scaled duration plus Settle.
 func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
+	r, err := newLiveRun(ctx, sc, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if r.leader {
+		// The stage map every device prefetches, and the live window.
+		if err := putMap(ctx, r.bc, sc); err != nil {
+			return nil, err
+		}
+		if err := r.bc.setLive(ctx, sc.Event, true); err != nil {
+			return nil, fmt.Errorf("loadgen live: event window: %w", err)
+		}
+	}
+	runCtx, stopDevices := context.WithTimeout(ctx, r.total+r.cfg.Settle+30*time.Second)
+	defer stopDevices()
+	r.runCtx = runCtx
+	r.startDevices()
+	if err := r.play(ctx, r.timeline(ctx)); err != nil {
+		return nil, err
+	}
+	// Count at the end, then stop every device.
+	held, connected := r.heldNow()
+	stopDevices()
+	r.wg.Wait()
+	return r.partial(held, connected), nil
+}
+
+// liveRun is one Live run's state: the devices, the producer's timeline and
+// what they measured (per-second bins over the run, histograms per version).
+type liveRun struct {
+	sc     *Scenario
+	cfg    LiveConfig
+	n      int64 // devices in the scenario (this process runs its share)
+	total  time.Duration
+	start  time.Time // wall time of the scenario's 0
+	bc     *producer
+	leader bool // segment 0: makes the stage changes, injects the faults
+	runCtx context.Context
+
+	secs               int // per-second bins
+	connectsPerSec     []atomic.Int64
+	prefetchPerSec     []atomic.Int64
+	reconnectBins      []atomic.Int64
+	prefetchErrs, errs atomic.Int64
+	connectsTotal      atomic.Int64
+	posts              postLog
+	lat                *latencies
+	versionOf          []atomic.Uint64 // the version each scenario stage got
+	httpClients        map[string]*http.Client
+	faults             []*faultRun
+	mu                 sync.Mutex // guards devices
+	devices            []*liveDevice
+	wg                 sync.WaitGroup // the device goroutines
+}
+
+// newLiveRun checks cfg, fills its defaults and sets up the run's counters.
+func newLiveRun(ctx context.Context, sc *Scenario, cfg LiveConfig) (*liveRun, error) {
 	if len(cfg.ProxyURLs) == 0 || cfg.GraphQLURL == "" {
 		return nil, errors.New("loadgen live: need proxy URLs and the GraphQL URL")
 	}
@@ -120,170 +177,177 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 	if len(sc.Faults) > 0 && cfg.Fleet == nil && cfg.Segment == 0 {
 		return nil, fmt.Errorf("loadgen live: scenario %q has %d faults but no fleet to inject them into: pass --fleet <log folder>/control.json of a fleet loadgen can control (make cluster), or remove the faults", sc.Name, len(sc.Faults))
 	}
-	n := sc.Devices
+	r := &liveRun{sc: sc, cfg: cfg, n: sc.Devices, bc: &producer{base: cfg.Broadcaster, token: cfg.Token}, leader: cfg.Segment == 0,
+		start: cfg.StartAt, runCtx: ctx}
 	if cfg.Devices > 0 {
-		n = cfg.Devices
+		r.n = cfg.Devices
 	}
-	scale := func(d Duration) time.Duration { return time.Duration(float64(d) / cfg.TimeScale) }
-	// Reconnect backoff follows the compressed timeline, except in runs with
-	// faults: there devices reconnect in real time, as real devices do against
-	// real proxies, drains and failovers, so recovery times are real ones.
-	reconnectScale := func(d time.Duration) time.Duration {
-		if len(sc.Faults) > 0 {
-			return d
-		}
-		return time.Duration(float64(d) / cfg.TimeScale)
+	r.total = r.scale(sc.Duration)
+	if r.start.IsZero() {
+		r.start = time.Now()
 	}
-	total := scale(sc.Duration)
-	wallStart := cfg.StartAt
-	if wallStart.IsZero() {
-		wallStart = time.Now()
-	}
-	bc := &producer{base: cfg.Broadcaster, token: cfg.Token}
-	leader := cfg.Segment == 0
-
-	if leader {
-		// The stage map every device prefetches, and the live window.
-		if err := putMap(ctx, bc, sc); err != nil {
-			return nil, err
-		}
-		if err := bc.setLive(ctx, sc.Event, true); err != nil {
-			return nil, fmt.Errorf("loadgen live: event window: %w", err)
-		}
-	}
-
-	secs := int(math.Ceil(total.Seconds())) + int(cfg.Settle.Seconds()) + 2
-	var connectsPerSec = make([]atomic.Int64, secs)
-	var prefetchPerSec = make([]atomic.Int64, secs)
-	var prefetchErrs, errs atomic.Int64
-	var connectsTotal atomic.Int64
-	reconnectBins := make([]atomic.Int64, secs)
-	var posts postLog
+	r.secs = int(math.Ceil(r.total.Seconds())) + int(cfg.Settle.Seconds()) + 2
+	r.connectsPerSec = make([]atomic.Int64, r.secs)
+	r.prefetchPerSec = make([]atomic.Int64, r.secs)
+	r.reconnectBins = make([]atomic.Int64, r.secs)
 	// Per version (versions are large numbers, not indexes), at most the
 	// scenario's stages plus a few older ones a device catches up on.
-	lat := &latencies{byV: map[uint64]*versionLatency{}, max: len(sc.Stages) + 64}
-	versionOf := make([]atomic.Uint64, len(sc.Stages))
-	bin := func(t time.Time) int { return min(secs-1, max(0, int(t.Sub(wallStart).Seconds()))) }
-
-	httpClients := map[string]*http.Client{}
+	r.lat = &latencies{byV: map[uint64]*versionLatency{}, max: len(sc.Stages) + 64}
+	r.versionOf = make([]atomic.Uint64, len(sc.Stages))
+	r.httpClients = map[string]*http.Client{}
 	for _, ip := range append([]string{""}, cfg.SourceIPs...) {
-		httpClients[ip] = device.NewHTTPClient(ip)
+		r.httpClients[ip] = device.NewHTTPClient(ip)
 	}
-	pick := func(i int64) *http.Client {
-		if len(cfg.SourceIPs) == 0 {
-			return httpClients[""]
-		}
-		return httpClients[cfg.SourceIPs[int(i)%len(cfg.SourceIPs)]]
-	}
+	return r, nil
+}
 
-	runCtx, stopDevices := context.WithTimeout(ctx, total+cfg.Settle+30*time.Second)
-	defer stopDevices()
-	var mu sync.Mutex
-	var devices []*liveDevice
-	var wg sync.WaitGroup
-	rampStart, ramp := scale(sc.Connect.Start), scale(sc.Connect.Ramp)
-	for i := int64(cfg.Segment); i < n; i += int64(cfg.Segments) {
+// scale maps a scenario time to the compressed timeline.
+func (r *liveRun) scale(d Duration) time.Duration { return time.Duration(float64(d) / r.cfg.TimeScale) }
+
+// reconnectScale: reconnect backoff follows the compressed timeline, except in
+// runs with faults: there devices reconnect in real time, as real devices do
+// against real proxies, drains and failovers, so recovery times are real ones.
+func (r *liveRun) reconnectScale(d time.Duration) time.Duration {
+	if len(r.sc.Faults) > 0 {
+		return d
+	}
+	return time.Duration(float64(d) / r.cfg.TimeScale)
+}
+
+// bin is t's per-second bin.
+func (r *liveRun) bin(t time.Time) int { return min(r.secs-1, max(0, int(t.Sub(r.start).Seconds()))) }
+
+// client is device i's HTTP client (its source address).
+func (r *liveRun) client(i int64) *http.Client {
+	if len(r.cfg.SourceIPs) == 0 {
+		return r.httpClients[""]
+	}
+	return r.httpClients[r.cfg.SourceIPs[int(i)%len(r.cfg.SourceIPs)]]
+}
+
+// latest is the newest version the producer's timeline made.
+func (r *liveRun) latest() uint64 {
+	var v uint64
+	for i := range r.versionOf {
+		v = max(v, r.versionOf[i].Load())
+	}
+	return v
+}
+
+// startDevices starts this process's share of the devices, each at its time.
+func (r *liveRun) startDevices() {
+	rampStart, ramp := r.scale(r.sc.Connect.Start), r.scale(r.sc.Connect.Ramp)
+	for i := int64(r.cfg.Segment); i < r.n; i += int64(r.cfg.Segments) {
 		// Open model: device i is due at start + ramp*sqrt(i/n) (a rate rising
 		// linearly from 0), whatever happened to the others.
-		due := DueAt(i, n, rampStart, ramp)
-		idx := i
-		wg.Add(1)
+		due := DueAt(i, r.n, rampStart, ramp)
+		r.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer r.wg.Done()
 			select {
-			case <-runCtx.Done():
+			case <-r.runCtx.Done():
 				return
-			case <-time.After(time.Until(wallStart.Add(due))):
+			case <-time.After(time.Until(r.start.Add(due))):
 			}
-			platform, segment := mixPick(sc.Platforms, idx, "tv"), mixPick(sc.Segments, idx+7, "")
-			hc := pick(idx)
-			urls := append(append([]string(nil), cfg.ProxyURLs[int(idx)%len(cfg.ProxyURLs):]...), cfg.ProxyURLs[:int(idx)%len(cfg.ProxyURLs)]...)
-			pf, err := device.NewPrefetcher(device.PrefetchConfig{URL: cfg.GraphQLURL, Event: sc.Event, Segment: segment, Critical: true,
-				HTTPClient: hc, MissDelayMax: time.Duration(float64(5*time.Second) / cfg.TimeScale),
-				DeviceID: fmt.Sprintf("lg-%d", idx),
-				Sleep: func(ctx context.Context, d time.Duration) error {
-					return device.Sleep(ctx, time.Duration(float64(d)/cfg.TimeScale))
-				},
-				OnFetch: func(err error, _ time.Duration) {
-					if runCtx.Err() != nil {
-						return // cut off by the end of the run: neither a request served nor an error
-					}
-					prefetchPerSec[bin(time.Now())].Add(1)
-					if err != nil {
-						prefetchErrs.Add(1)
-						fmt.Fprintf(cfg.Log, "prefetch error: %v\n", err)
-					}
-				}})
-			if err != nil {
-				errs.Add(1)
-				return
-			}
-			base, capB := 500*time.Millisecond, 30*time.Second
-			if len(sc.Drops) > 0 {
-				base, capB = sc.Drops[0].BackoffBase.D(), sc.Drops[0].BackoffCap.D()
-			}
-			var dev *liveDevice
-			c, err := device.New(device.Config{URLs: urls, Device: fmt.Sprintf("lg-%d", idx), Platform: platform, Segment: segment,
-				Events: map[string]uint64{sc.Event: 0}, Ack: true, HTTPClient: hc,
-				OnConnect: func() {
-					connectsTotal.Add(1)
-					reconnectBins[bin(time.Now())].Add(1)
-				},
-				BackoffBase: reconnectScale(base), BackoffCap: reconnectScale(capB),
-				OnStage: func(f wire.ProxyFrame, at time.Time) {
-					if l := lat.of(f.V); l != nil {
-						l.mu.Lock()
-						_ = l.hist.RecordValue(max(1, at.UnixMilli()-f.TS))
-						l.n++
-						l.mu.Unlock()
-					}
-					if dev != nil && dev.pf != nil {
-						dev.pf.OnStageDigest(runCtx, f.Key, f.D)
-					}
-				}})
-			if err != nil {
-				errs.Add(1)
-				return
-			}
-			dev = &liveDevice{c: c, pf: pf}
-			mu.Lock()
-			devices = append(devices, dev)
-			mu.Unlock()
-			connectsPerSec[bin(time.Now())].Add(1)
-			go func() { _ = pf.Run(runCtx) }()
-			_ = c.Run(runCtx)
+			r.runDevice(i)
 		}()
 	}
+}
 
-	// The producer's timeline (segment 0) and the drop waves (every segment).
-	type tick struct {
-		at   time.Duration
-		what func()
+// runDevice runs device idx (its prefetcher and its connection) until the run ends.
+func (r *liveRun) runDevice(idx int64) {
+	sc, cfg := r.sc, r.cfg
+	platform, segment := mixPick(sc.Platforms, idx, "tv"), mixPick(sc.Segments, idx+7, "")
+	hc := r.client(idx)
+	urls := append(append([]string(nil), cfg.ProxyURLs[int(idx)%len(cfg.ProxyURLs):]...), cfg.ProxyURLs[:int(idx)%len(cfg.ProxyURLs)]...)
+	pf, err := device.NewPrefetcher(device.PrefetchConfig{URL: cfg.GraphQLURL, Event: sc.Event, Segment: segment, Critical: true,
+		HTTPClient: hc, MissDelayMax: time.Duration(float64(5*time.Second) / cfg.TimeScale),
+		DeviceID: fmt.Sprintf("lg-%d", idx),
+		Sleep: func(ctx context.Context, d time.Duration) error {
+			return device.Sleep(ctx, time.Duration(float64(d)/cfg.TimeScale))
+		},
+		OnFetch: func(err error, _ time.Duration) {
+			if r.runCtx.Err() != nil {
+				return // cut off by the end of the run: neither a request served nor an error
+			}
+			r.prefetchPerSec[r.bin(time.Now())].Add(1)
+			if err != nil {
+				r.prefetchErrs.Add(1)
+				fmt.Fprintf(cfg.Log, "prefetch error: %v\n", err)
+			}
+		}})
+	if err != nil {
+		r.errs.Add(1)
+		return
 	}
+	base, capB := 500*time.Millisecond, 30*time.Second
+	if len(sc.Drops) > 0 {
+		base, capB = sc.Drops[0].BackoffBase.D(), sc.Drops[0].BackoffCap.D()
+	}
+	var dev *liveDevice
+	c, err := device.New(device.Config{URLs: urls, Device: fmt.Sprintf("lg-%d", idx), Platform: platform, Segment: segment,
+		Events: map[string]uint64{sc.Event: 0}, Ack: true, HTTPClient: hc,
+		OnConnect: func() {
+			r.connectsTotal.Add(1)
+			r.reconnectBins[r.bin(time.Now())].Add(1)
+		},
+		BackoffBase: r.reconnectScale(base), BackoffCap: r.reconnectScale(capB),
+		OnStage: func(f wire.ProxyFrame, at time.Time) {
+			if l := r.lat.of(f.V); l != nil {
+				l.mu.Lock()
+				_ = l.hist.RecordValue(max(1, at.UnixMilli()-f.TS))
+				l.n++
+				l.mu.Unlock()
+			}
+			if dev != nil && dev.pf != nil {
+				dev.pf.OnStageDigest(r.runCtx, f.Key, f.D)
+			}
+		}})
+	if err != nil {
+		r.errs.Add(1)
+		return
+	}
+	dev = &liveDevice{c: c, pf: pf}
+	r.mu.Lock()
+	r.devices = append(r.devices, dev)
+	r.mu.Unlock()
+	r.connectsPerSec[r.bin(time.Now())].Add(1)
+	go func() { _ = pf.Run(r.runCtx) }()
+	_ = c.Run(r.runCtx)
+}
+
+// tick is one thing the timeline does at its time.
+type tick struct {
+	at   time.Duration
+	what func()
+}
+
+// timeline is the producer's stage changes and the faults (segment 0), and
+// the drop waves (every segment), in time order.
+func (r *liveRun) timeline(ctx context.Context) []tick {
+	sc, cfg := r.sc, r.cfg
 	var ticks []tick
-	if leader {
+	if r.leader {
 		for i, st := range sc.Stages {
-			i, st := i, st
-			ticks = append(ticks, tick{scale(st.At), func() {
+			ticks = append(ticks, tick{r.scale(st.At), func() {
 				t0 := time.Now()
-				r, err := bc.setStageRetrying(ctx, sc.Event, st.Stage, fmt.Sprintf("loadgen-%d-%d", wallStart.UnixNano(), i), st.Paced, 20*time.Second)
-				posts.add(t0, time.Since(t0))
+				res, err := r.bc.setStageRetrying(ctx, sc.Event, st.Stage, fmt.Sprintf("loadgen-%d-%d", r.start.UnixNano(), i), st.Paced, 20*time.Second)
+				r.posts.add(t0, time.Since(t0))
 				if err != nil {
-					errs.Add(1)
+					r.errs.Add(1)
 					fmt.Fprintf(cfg.Log, "stage %s: %v\n", st.Stage, err)
 					return
 				}
-				versionOf[i].Store(r.V)
-				fmt.Fprintf(cfg.Log, "\n%6.1fs  stage %-16s v%d\n", time.Since(wallStart).Seconds(), st.Stage, r.V)
+				r.versionOf[i].Store(res.V)
+				fmt.Fprintf(cfg.Log, "\n%6.1fs  stage %-16s v%d\n", time.Since(r.start).Seconds(), st.Stage, res.V)
 			}})
 		}
 	}
 	for _, d := range sc.Drops {
-		d := d
-		ticks = append(ticks, tick{scale(d.At), func() {
-			mu.Lock()
-			ds := append([]*liveDevice(nil), devices...)
-			mu.Unlock()
+		ticks = append(ticks, tick{r.scale(d.At), func() {
+			r.mu.Lock()
+			ds := append([]*liveDevice(nil), r.devices...)
+			r.mu.Unlock()
 			every := max(1, int(math.Round(1/d.Fraction)))
 			dropped := 0
 			for k, dv := range ds {
@@ -291,115 +355,118 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 					dropped++
 				}
 			}
-			fmt.Fprintf(cfg.Log, "\n%6.1fs  dropped %d connections\n", time.Since(wallStart).Seconds(), dropped)
+			fmt.Fprintf(cfg.Log, "\n%6.1fs  dropped %d connections\n", time.Since(r.start).Seconds(), dropped)
 		}})
 	}
-	latest := func() uint64 {
-		var v uint64
-		for i := range versionOf {
-			v = max(v, versionOf[i].Load())
-		}
-		return v
-	}
-	var faults []*faultRun
-	if leader {
+	if r.leader {
 		for _, f := range sc.Faults {
 			fr := &faultRun{fault: f, stats: FaultStats{AtS: f.At.D().Seconds(), Action: f.Action, Target: f.Target}, done: make(chan struct{})}
-			faults = append(faults, fr)
-			ticks = append(ticks, tick{scale(f.At), func() {
+			r.faults = append(r.faults, fr)
+			ticks = append(ticks, tick{r.scale(f.At), func() {
 				res, err := cfg.Fleet.Inject(ctx, f.Action, f.Target, f.Duration.D())
 				fr.at = time.Now()
 				if err != nil {
-					errs.Add(1)
+					r.errs.Add(1)
 					fr.stats.Error = err.Error()
-					fmt.Fprintf(cfg.Log, "\n%6.1fs  fault %s: %v\n", time.Since(wallStart).Seconds(), f.Action, err)
+					fmt.Fprintf(cfg.Log, "\n%6.1fs  fault %s: %v\n", time.Since(r.start).Seconds(), f.Action, err)
 					close(fr.done)
 					return
 				}
 				fr.stats.Member = res.Member
-				fmt.Fprintf(cfg.Log, "\n%6.1fs  fault %s: %s\n", time.Since(wallStart).Seconds(), f.Action, res.Member)
-				c0 := connectsTotal.Load()
-				go fr.watch(runCtx, &mu, &devices, sc.Event, latest, func() int64 { return connectsTotal.Load() - c0 })
+				fmt.Fprintf(cfg.Log, "\n%6.1fs  fault %s: %s\n", time.Since(r.start).Seconds(), f.Action, res.Member)
+				c0 := r.connectsTotal.Load()
+				go fr.watch(r.runCtx, &r.mu, &r.devices, sc.Event, r.latest, func() int64 { return r.connectsTotal.Load() - c0 })
 			}})
 		}
 	}
 	sort.Slice(ticks, func(i, j int) bool { return ticks[i].at < ticks[j].at })
+	return ticks
+}
+
+// play runs the ticks at their times, then waits Settle past the scenario's
+// end, showing progress every second. It returns ctx's error if ctx ends first.
+func (r *liveRun) play(ctx context.Context, ticks []tick) error {
 	ticker := time.NewTicker(time.Second)
 	defer ticker.Stop()
-	bar := newProgress(cfg.Log, cfg.Progress, wallStart, total)
-	for _, tk := range ticks {
-		for time.Until(wallStart.Add(tk.at)) > 0 {
+	bar := newProgress(r.cfg.Log, r.cfg.Progress, r.start, r.total)
+	wait := func(until time.Time) error {
+		for time.Until(until) > 0 {
 			select {
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return ctx.Err()
 			case <-ticker.C:
-				bar.update(&mu, &devices, prefetchPerSec, bin)
-			case <-time.After(time.Until(wallStart.Add(tk.at))):
+				bar.update(&r.mu, &r.devices, r.prefetchPerSec, r.bin)
+			case <-time.After(time.Until(until)):
 			}
+		}
+		return nil
+	}
+	for _, tk := range ticks {
+		if err := wait(r.start.Add(tk.at)); err != nil {
+			return err
 		}
 		tk.what()
 	}
-	end := wallStart.Add(total + cfg.Settle)
-	for time.Until(end) > 0 {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-ticker.C:
-			bar.update(&mu, &devices, prefetchPerSec, bin)
-		case <-time.After(time.Until(end)):
-		}
+	if err := wait(r.start.Add(r.total + r.cfg.Settle)); err != nil {
+		return err
 	}
-
 	bar.finish()
-	// Count at the end, then stop every device.
-	mu.Lock()
-	ds := append([]*liveDevice(nil), devices...)
-	mu.Unlock()
+	return nil
+}
+
+// heldNow returns the version each device holds now and how many are connected.
+func (r *liveRun) heldNow() ([]uint64, int) {
+	r.mu.Lock()
+	ds := append([]*liveDevice(nil), r.devices...)
+	r.mu.Unlock()
 	connected := 0
 	held := make([]uint64, len(ds))
 	for k, dv := range ds {
 		if dv.c.Connected() {
 			connected++
 		}
-		_, held[k] = dv.c.State(sc.Event)
+		_, held[k] = dv.c.State(r.sc.Event)
 	}
-	stopDevices()
-	wg.Wait()
+	return held, connected
+}
 
-	part := &Partial{Segment: cfg.Segment, Segments: cfg.Segments, Devices: int64(len(ds)),
+// partial is what this process measured, with each fault's recovery.
+func (r *liveRun) partial(held []uint64, connected int) *Partial {
+	sc, cfg := r.sc, r.cfg
+	part := &Partial{Segment: cfg.Segment, Segments: cfg.Segments, Devices: int64(len(held)),
 		Connected: int64(connected), Held: map[uint64]int64{}, Latency: map[uint64]*hdrhistogram.Snapshot{},
-		PrefetchErrors: prefetchErrs.Load(), Errors: errs.Load(), Proxies: len(cfg.ProxyURLs)}
+		PrefetchErrors: r.prefetchErrs.Load(), Errors: r.errs.Load(), Proxies: len(cfg.ProxyURLs)}
 	for _, h := range held {
 		part.Held[h]++
 	}
-	for s := 0; s < secs; s++ {
-		part.ConnectsPerSec = append(part.ConnectsPerSec, connectsPerSec[s].Load())
-		part.PrefetchPerSec = append(part.PrefetchPerSec, prefetchPerSec[s].Load())
+	for s := 0; s < r.secs; s++ {
+		part.ConnectsPerSec = append(part.ConnectsPerSec, r.connectsPerSec[s].Load())
+		part.PrefetchPerSec = append(part.PrefetchPerSec, r.prefetchPerSec[s].Load())
 	}
-	lat.mu.Lock()
-	for v, l := range lat.byV {
+	r.lat.mu.Lock()
+	for v, l := range r.lat.byV {
 		l.mu.Lock()
 		if l.n > 0 {
 			part.Latency[v] = l.hist.Export()
 		}
 		l.mu.Unlock()
 	}
-	lat.mu.Unlock()
-	if leader {
+	r.lat.mu.Unlock()
+	if r.leader {
 		for i := range sc.Stages {
-			part.Versions = append(part.Versions, versionOf[i].Load())
+			part.Versions = append(part.Versions, r.versionOf[i].Load())
 		}
 	}
-	part.WallSeconds = time.Since(wallStart).Seconds()
+	part.WallSeconds = time.Since(r.start).Seconds()
 	part.TimeScale = cfg.TimeScale
-	last := latest()
+	last := r.latest()
 	var missed int64
 	for _, h := range held {
 		if h < last {
 			missed++
 		}
 	}
-	for _, fr := range faults {
+	for _, fr := range r.faults {
 		if fr.at.IsZero() {
 			fr.stats.Error = "not injected: the run ended first"
 		} else {
@@ -408,10 +475,10 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 		f := fr.stats
 		if f.Error == "" && f.RecoveredMS >= 0 {
 			end := fr.at.Add(time.Duration(max(f.RecoveredMS, 0)*float64(time.Millisecond)) + time.Second)
-			for b := bin(fr.at); b <= bin(end); b++ {
-				f.ReconnectPeakPerS = max(f.ReconnectPeakPerS, float64(reconnectBins[b].Load()))
+			for b := r.bin(fr.at); b <= r.bin(end); b++ {
+				f.ReconnectPeakPerS = max(f.ReconnectPeakPerS, float64(r.reconnectBins[b].Load()))
 			}
-			f.ProducerBlockedMS = posts.longest(fr.at, fr.at.Add(max(end.Sub(fr.at), 10*time.Second)))
+			f.ProducerBlockedMS = r.posts.longest(fr.at, fr.at.Add(max(end.Sub(fr.at), 10*time.Second)))
 		}
 		f.Missed = missed
 		if m, ok := proxyLossLive(sc, fr.fault, f, len(cfg.ProxyURLs)); ok {
@@ -420,7 +487,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 		}
 		part.Faults = append(part.Faults, f)
 	}
-	return part, nil
+	return part
 }
 
 // faultRun follows one injected fault until the fleet recovered.

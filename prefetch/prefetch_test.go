@@ -19,6 +19,7 @@ import (
 
 	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/redistest"
 	"github.com/stagecast/stagecast/internal/waitfor"
@@ -333,7 +334,7 @@ func TestRequestPriority(t *testing.T) {
 // Unknown events are cached too (briefly), so a device fleet asking for a
 // wrong id does not reach the store on every request.
 func TestNotFoundIsCached(t *testing.T) {
-	store := &countingStore{Store: engine.NewMemory(engine.MemoryConfig{})}
+	store := &countingStore{Store: memengine.New(memengine.Config{})}
 	c, err := prefetch.NewCache(prefetch.Config{Logger: quiet(), NotFoundFor: time.Minute}, store)
 	if err != nil {
 		t.Fatal(err)

@@ -7,24 +7,24 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 )
 
 // lookupCounter counts existence lookups reaching the engine.
 type lookupCounter struct {
-	*engine.Memory
+	*memengine.Engine
 	n atomic.Int64
 }
 
 func (l *lookupCounter) Exists(ctx context.Context, event string) (bool, error) {
 	l.n.Add(1)
-	return l.Memory.Exists(ctx, event)
+	return l.Engine.Exists(ctx, event)
 }
 
 // The existence check costs at most LookupRate engine lookups a second, caches
 // both answers, and never refuses an event it knows exists.
 func TestEventCheckerBounds(t *testing.T) {
-	eng := &lookupCounter{Memory: engine.NewMemory(engine.MemoryConfig{})}
+	eng := &lookupCounter{Engine: memengine.New(memengine.Config{})}
 	if _, err := eng.PutStageMap(context.Background(), "real", []byte(`{"stages":{"a":{"default":{}}}}`), 1); err != nil {
 		t.Fatal(err)
 	}

@@ -9,16 +9,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/proxy"
 )
 
 // scriptedEngine lets a test publish any message and decide what the log says.
 type scriptedEngine struct {
-	*engine.Memory // notifications (unused here)
-	mu             sync.Mutex
-	log            []wire.Stage
-	onStage        func(wire.Stage)
+	*memengine.Engine // notifications (unused here)
+	mu                sync.Mutex
+	log               []wire.Stage
+	onStage           func(wire.Stage)
 }
 
 func (e *scriptedEngine) Recent(context.Context, string, int) ([]wire.Stage, error) {
@@ -49,7 +50,7 @@ func (e *scriptedEngine) Exists(context.Context, string) (bool, error)          
 // One version arriving with two stages is a conflict: counted, the log re-read,
 // and the log's stage is what later subscribers catch up on.
 func TestVersionConflictTheLogWins(t *testing.T) {
-	eng := &scriptedEngine{Memory: engine.NewMemory(engine.MemoryConfig{}), log: []wire.Stage{{Event: "ev", Key: "a", V: 5, TS: 1}}}
+	eng := &scriptedEngine{Engine: memengine.New(memengine.Config{}), log: []wire.Stage{{Event: "ev", Key: "a", V: 5, TS: 1}}}
 	p, url := startProxy(t, eng, proxy.Config{})
 	d := dial(t, url)
 	d.send(`{"op":"sub","events":{"ev":0}}`)

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/waitfor"
 	"github.com/stagecast/stagecast/internal/wire"
 )
@@ -22,14 +23,14 @@ import (
 type noteRig struct {
 	t   *testing.T
 	s   *Server
-	eng *engine.Memory
+	eng *memengine.Engine
 	ws  *websocket.Conn
 	c   *conn
 }
 
 func newNoteRig(t *testing.T, cfg Config, device string) *noteRig {
 	t.Helper()
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	for _, ev := range []string{"ev-a", "ev-b"} {
 		if _, err := eng.PutStageMap(context.Background(), ev, []byte(`{"stages":{"x":{"default":{}}}}`), 1); err != nil {
 			t.Fatal(err)
@@ -203,7 +204,7 @@ func TestNoteShedLow(t *testing.T) {
 	}
 }
 
-func mustRead(t *testing.T, eng *engine.Memory, device string) []engine.StoredNote {
+func mustRead(t *testing.T, eng *memengine.Engine, device string) []engine.StoredNote {
 	t.Helper()
 	got, err := eng.ReadInbox(context.Background(), engine.Inbox{Kind: wire.InboxDevice, ID: device}, wire.Pos{}, 100)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/waitfor"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/proxy"
@@ -62,9 +63,9 @@ var testEvents = []string{"fight", "ev", "a", "b", "c"}
 
 // memEngine returns an in-memory engine in which testEvents exist (each has a
 // stage map, no stage yet).
-func memEngine(t *testing.T) *engine.Memory {
+func memEngine(t *testing.T) *memengine.Engine {
 	t.Helper()
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	for _, ev := range testEvents {
 		if _, err := eng.PutStageMap(context.Background(), ev, []byte(`{"stages":{"x":{"default":{}}}}`), 1); err != nil {
 			t.Fatal(err)
@@ -131,7 +132,7 @@ func (d *rawDevice) expect(op string) wire.ProxyFrame {
 	return f
 }
 
-func set(t *testing.T, eng *engine.Memory, event, key string, target *wire.Target) wire.Stage {
+func set(t *testing.T, eng *memengine.Engine, event, key string, target *wire.Target) wire.Stage {
 	t.Helper()
 	r, err := eng.SetStage(context.Background(), engine.SetRequest{Event: event, Key: key, Target: target, TS: time.Now().UnixMilli()})
 	if err != nil {

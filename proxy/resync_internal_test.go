@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/waitfor"
 	"github.com/stagecast/stagecast/internal/wire"
 )
@@ -22,7 +23,7 @@ import (
 // slowInbox is the memory engine with backlog reads that wait for release
 // while gate is set, counting how many run at once.
 type slowInbox struct {
-	*engine.Memory
+	*memengine.Engine
 	gate      atomic.Bool
 	release   chan struct{}
 	inFlight  atomic.Int64
@@ -43,7 +44,7 @@ func (e *slowInbox) ReadInbox(ctx context.Context, ib engine.Inbox, after wire.P
 			return nil, ctx.Err()
 		}
 	}
-	return e.Memory.ReadInbox(ctx, ib, after, limit)
+	return e.Engine.ReadInbox(ctx, ib, after, limit)
 }
 
 // TestResyncBounded (hardening #3): after a resubscribe of every shard, the
@@ -52,7 +53,7 @@ func (e *slowInbox) ReadInbox(ctx context.Context, ib engine.Inbox, after wire.P
 // at once on the engine's callback; the callback returns at once; devices get
 // no frame they did not ask for, and every inbox is re-read once.
 func TestResyncBounded(t *testing.T) {
-	eng := &slowInbox{Memory: engine.NewMemory(engine.MemoryConfig{}), release: make(chan struct{})}
+	eng := &slowInbox{Engine: memengine.New(memengine.Config{}), release: make(chan struct{})}
 	s, err := New(Config{TrustDeviceIDs: true, MaxResumes: 8, MaxConnsPerIP: 1000, IPAdmitRate: 1000, IPAdmitBurst: 1000}, eng)
 	if err != nil {
 		t.Fatal(err)
@@ -130,7 +131,7 @@ func TestResyncBounded(t *testing.T) {
 func TestGapOverExpiredNoteReadsOnce(t *testing.T) {
 	var clock atomic.Int64 // the engine's clock, Unix ns
 	clock.Store(time.Now().UnixNano())
-	eng := &slowInbox{Memory: engine.NewMemory(engine.MemoryConfig{Now: func() time.Time { return time.Unix(0, clock.Load()) }}),
+	eng := &slowInbox{Engine: memengine.New(memengine.Config{Now: func() time.Time { return time.Unix(0, clock.Load()) }}),
 		release: make(chan struct{})}
 	close(eng.release) // reads are counted, never held
 	s, err := New(Config{TrustDeviceIDs: true}, eng)

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/waitfor"
 )
 
@@ -31,7 +31,7 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 func TestNoSkewWarningAtStart(t *testing.T) {
 	var logs syncBuffer
 	s, err := New(Config{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))},
-		engine.NewMemory(engine.MemoryConfig{}))
+		memengine.New(memengine.Config{}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 	"github.com/stagecast/stagecast/graph"
 	"github.com/stagecast/stagecast/internal/analytics"
 	"github.com/stagecast/stagecast/internal/demo"
-	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/filewatch"
 	"github.com/stagecast/stagecast/internal/serve"
@@ -74,7 +74,7 @@ func runDev(args []string) error {
 	}
 	pc.Logger = log
 	pc.DrainWindow = min(pc.DrainWindow, 5*time.Second) // a dev server stops quickly
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	var psk, bsk, fsk sink
 	psk.hooks(&pc, analytics.DefaultDeviceSample)
 	p, err := proxy.New(pc, eng)

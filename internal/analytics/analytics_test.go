@@ -18,6 +18,7 @@ import (
 
 	"github.com/stagecast/stagecast/internal/analytics"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/waitfor"
 	"github.com/stagecast/stagecast/prefetch"
 )
@@ -266,7 +267,7 @@ func TestPrefetchCounts(t *testing.T) {
 	c := broker(t)
 	p := producer(t, c, analytics.Config{Source: "prefetch/pf1"})
 	g := consume(t, c)
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	if _, err := eng.PutStageMap(context.Background(), "ev", []byte(`{"stages":{"a":{"default":{}}}}`), 1); err != nil {
 		t.Fatal(err)
 	}

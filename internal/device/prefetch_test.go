@@ -17,6 +17,7 @@ import (
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/waitfor"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/prefetch"
@@ -29,10 +30,10 @@ type fakeClock struct{ ns atomic.Int64 }
 func (c *fakeClock) now() time.Time          { return time.Unix(0, c.ns.Load()) }
 func (c *fakeClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 
-func prefetchServer(t *testing.T) (*engine.Memory, string, *fakeClock) {
+func prefetchServer(t *testing.T) (*memengine.Engine, string, *fakeClock) {
 	clock := &fakeClock{}
 	clock.ns.Store(time.Unix(1000, 0).UnixNano())
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	if _, err := eng.PutStageMap(context.Background(), "ev", []byte(`{"stages":{"a":{"default":"A","segments":{"s1":"A1"}},"b":{"default":"B"}},"ttl_seconds":100}`), 1); err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +165,7 @@ func TestRunStopsWhenUnauthorized(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, err := proxy.New(proxy.Config{Tokens: ver, RequireToken: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, engine.NewMemory(engine.MemoryConfig{}))
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, memengine.New(memengine.Config{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +185,7 @@ func TestRunStopsWhenUnauthorized(t *testing.T) {
 // every reconnect after a drop waits within the first window, U(0, base),
 // however many drops came before (failed dials, by contrast, escalate).
 func TestBackoffResetsAfterAnEstablishedConnection(t *testing.T) {
-	p, err := proxy.New(proxy.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, engine.NewMemory(engine.MemoryConfig{}))
+	p, err := proxy.New(proxy.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, memengine.New(memengine.Config{}))
 	if err != nil {
 		t.Fatal(err)
 	}

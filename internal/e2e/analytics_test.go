@@ -22,6 +22,7 @@ import (
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/prefetch"
 	"github.com/stagecast/stagecast/proxy"
@@ -41,7 +42,7 @@ func TestAnalyticsEqualsDeliveryReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(kc.Close) // registered first: it runs after the producers' flush
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	var exp *analytics.DeliveryExporter
 	pp := testProducer(t, kc, "proxy/p1")
 	exp = analytics.NewDeliveryExporter(pp, nil)
@@ -252,7 +253,7 @@ func TestAnalyticsConnectionsAndNotes(t *testing.T) {
 		t.Fatal(err)
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	p, err := proxy.New(proxy.Config{ID: "p1", ReportInterval: 50 * time.Millisecond, Tokens: verifier, Logger: quiet,
 		OnActivity: func(a proxy.Activity) {
 			pAct.Connections(a.Connections, a.Connects, a.Disconnects, a.Refused)

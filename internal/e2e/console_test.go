@@ -17,7 +17,7 @@ import (
 
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/internal/device"
-	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/proxy"
 )
@@ -76,7 +76,7 @@ const consoleMap = `{"stages":{"pre-show":{"default":{"rows":["intro"]}},"round-
 // button reaches a real device; the convergence chart reaches 100 %; a double
 // click makes one version; the keyboard shortcut works; a notification is sent.
 func TestConsoleInBrowser(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	bs, err := broadcaster.New(broadcaster.Config{Token: token, Logger: quiet}, eng)
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/graph"
-	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/loadgen"
 	"github.com/stagecast/stagecast/prefetch"
 	"github.com/stagecast/stagecast/proxy"
@@ -42,7 +42,7 @@ drops:
 		t.Fatal(err)
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	p, err := proxy.New(proxy.Config{Logger: quiet}, eng)
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +117,7 @@ stages: [{at: 20m, stage: first}, {at: 45m, stage: last}]
 		t.Fatal(err)
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	p, err := proxy.New(proxy.Config{Logger: quiet}, eng)
 	if err != nil {
 		t.Fatal(err)

@@ -14,7 +14,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/stagecast/stagecast/internal/devicetoken"
-	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/proxy"
 )
@@ -33,7 +33,7 @@ ws.onclose = (e) => { window.seen.code = e.code; window.seen.reason = e.reason; 
 // sends the reconnect hint and closes 1013 with the delay in the reason:
 // the page sees all three, in real Chromium.
 func TestRefusalVisibleInBrowser(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	p, err := proxy.New(proxy.Config{OriginPatterns: []string{"127.0.0.1:*"}, DrainWindow: 50 * time.Millisecond}, eng)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +74,7 @@ func TestTokenRefusalVisibleInBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := proxy.New(proxy.Config{OriginPatterns: []string{"127.0.0.1:*"}, Tokens: verifier, RequireToken: true}, engine.NewMemory(engine.MemoryConfig{}))
+	p, err := proxy.New(proxy.Config{OriginPatterns: []string{"127.0.0.1:*"}, Tokens: verifier, RequireToken: true}, memengine.New(memengine.Config{}))
 	if err != nil {
 		t.Fatal(err)
 	}

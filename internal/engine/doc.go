@@ -1,5 +1,6 @@
 // Package engine holds what stagecast's two engines share: the request and report
-// types, the errors, and the in-memory engine that `make run` embeds.
+// types, the errors and the bounds. The engines are package memengine (in
+// memory: the one `make run` embeds) and package redisengine.
 //
 // An engine stores each event's version counter, current stage and a bounded log
 // of recent stage changes; assigns versions atomically; publishes each change to
@@ -10,7 +11,7 @@
 // Consumers (proxy, broadcaster) declare the small interface they need where they
 // use it; this package declares none.
 //
-// Concurrency: every method of Memory may be called from any goroutine. Subscribe
-// handlers are called from the engine's goroutines and must not block: push to a
-// queue and return.
+// Concurrency: every method of either engine may be called from any goroutine.
+// Subscribe handlers are called from the engine's goroutines and must not block:
+// push to a queue and return.
 package engine

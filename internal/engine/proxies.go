@@ -1,11 +1,5 @@
 package engine
 
-import (
-	"context"
-	"slices"
-	"strings"
-)
-
 // ProxyLoad is what each proxy publishes about itself every report interval,
 // so a draining proxy can direct its devices (directed drain).
 type ProxyLoad struct {
@@ -24,36 +18,3 @@ type ProxyLoad struct {
 
 // ProxyLoadTTL: loads older than this are ignored (the proxy is gone).
 const ProxyLoadTTL = 10_000 // ms
-
-// PutProxyLoad stores a proxy's load.
-func (m *Memory) PutProxyLoad(ctx context.Context, l ProxyLoad) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.loads == nil {
-		m.loads = map[string]ProxyLoad{}
-	}
-	m.loads[l.ID] = l
-	return nil
-}
-
-// ProxyLoads returns every proxy's load reported within ProxyLoadTTL of nowMS.
-func (m *Memory) ProxyLoads(ctx context.Context, nowMS int64) ([]ProxyLoad, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []ProxyLoad
-	for id, l := range m.loads {
-		if nowMS-l.AtMS > ProxyLoadTTL || l.AtMS-nowMS > ProxyLoadTTL { // from the future: it would never age out
-			delete(m.loads, id)
-			continue
-		}
-		out = append(out, l)
-	}
-	slices.SortFunc(out, func(a, b ProxyLoad) int { return strings.Compare(a.ID, b.ID) })
-	return out, nil
-}

@@ -24,6 +24,7 @@ import (
 	"github.com/stagecast/stagecast/graph"
 	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/hostile"
 	"github.com/stagecast/stagecast/internal/serve"
 	"github.com/stagecast/stagecast/internal/waitfor"
@@ -35,13 +36,13 @@ const producerToken = "hostile-suite-7f3a9c1e5b2d4f60a8e1"
 
 // countingEngine counts the existence lookups that reach the engine.
 type countingEngine struct {
-	*engine.Memory
+	*memengine.Engine
 	lookups atomic.Int64
 }
 
 func (c *countingEngine) Exists(ctx context.Context, event string) (bool, error) {
 	c.lookups.Add(1)
-	return c.Memory.Exists(ctx, event)
+	return c.Engine.Exists(ctx, event)
 }
 
 // stack is the all-in-one server of `make run` (or a running one, black-box).
@@ -58,7 +59,7 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 // with the given configs, through internal/serve (the binaries' limits).
 func startStack(t *testing.T, pc proxy.Config, gc graph.ServerConfig) *stack {
 	t.Helper()
-	eng := &countingEngine{Memory: engine.NewMemory(engine.MemoryConfig{})}
+	eng := &countingEngine{Engine: memengine.New(memengine.Config{})}
 	pc.Logger, gc.Cache.Logger = quiet(), quiet()
 	p, err := proxy.New(pc, eng)
 	if err != nil {
@@ -661,7 +662,7 @@ func TestOriginPatterns(t *testing.T) {
 // The producer API: no token, a wrong token and a token for other events get
 // 401 / 403 and change nothing.
 func TestProducerTokens(t *testing.T) {
-	eng := engine.NewMemory(engine.MemoryConfig{})
+	eng := memengine.New(memengine.Config{})
 	bc, err := broadcaster.New(broadcaster.Config{Logger: quiet(), Producers: []broadcaster.Producer{
 		{Name: "fights", Token: "f1ghts-9d8c7b6a5e4f3a2b1c0d", Events: []string{"fight-*"}},
 		{Name: "ops", Token: "0ps-1a2b3c4d5e6f7a8b9c0d1e2f"},

@@ -1,4 +1,4 @@
-package engine
+package memengine
 
 import (
 	"cmp"
@@ -7,27 +7,28 @@ import (
 	"sync"
 	"time"
 
+	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
-// MemoryConfig configures the in-memory engine. Zero values mean the defaults.
-type MemoryConfig struct {
+// Config configures the in-memory engine. Zero values mean the defaults.
+type Config struct {
 	LogLen         int           // recent changes kept per event; default DefaultLogLen
 	IdempotencyTTL time.Duration // default DefaultIdempotencyTTL
 	InboxLen       int           // notes kept per inbox; default DefaultInboxLen
 	Now            func() time.Time
 }
 
-// Memory is the embedded engine of the all-in-one dev server: one process, no
+// Engine is the embedded engine of the all-in-one dev server: one process, no
 // Redis, nothing survives a restart. It is safe for concurrent use.
-type Memory struct {
-	cfg MemoryConfig
+type Engine struct {
+	cfg Config
 
 	mu     sync.Mutex // guards events; held while calling subscriber handlers (they never block)
 	events map[string]*memEvent
 	nextID int
 
-	loads map[string]ProxyLoad // proxy -> its last load (under mu)
+	loads map[string]engine.ProxyLoad // proxy -> its last load (under mu)
 
 	nmu sync.Mutex // guards n (notifications); held while calling push handlers
 	n   memNotes
@@ -38,14 +39,14 @@ type memEvent struct {
 	log       []wire.Stage // ascending by V, at most cfg.LogLen
 	subs      map[int]memSub
 	idem      map[string]idemEntry
-	delivery  map[uint64]map[string]VersionDelivery // v -> proxy -> counters
-	devices   map[string]presence                   // proxy -> devices
-	stageMap  *StageMapRecord
+	delivery  map[uint64]map[string]engine.VersionDelivery // v -> proxy -> counters
+	devices   map[string]presence                          // proxy -> devices
+	stageMap  *engine.StageMapRecord
 	mapV      uint64
 	live      bool
 	updatedMS int64                 // last stage change or map store (the event list's order)
 	digests   map[string]string     // stage key -> payload digest of the stored map
-	audit     []AuditEntry          // oldest first, at most MaxAudit
+	audit     []engine.AuditEntry   // oldest first, at most MaxAudit
 	sched     map[string]wire.Stage // armed schedules by id (Arm set)
 }
 
@@ -64,30 +65,30 @@ type presence struct {
 	atMS    int64
 }
 
-// NewMemory returns an empty in-memory engine.
-func NewMemory(cfg MemoryConfig) *Memory {
+// New returns an empty in-memory engine.
+func New(cfg Config) *Engine {
 	if cfg.LogLen <= 0 {
-		cfg.LogLen = DefaultLogLen
+		cfg.LogLen = engine.DefaultLogLen
 	}
 	if cfg.IdempotencyTTL <= 0 {
-		cfg.IdempotencyTTL = DefaultIdempotencyTTL
+		cfg.IdempotencyTTL = engine.DefaultIdempotencyTTL
 	}
 	if cfg.InboxLen <= 0 {
-		cfg.InboxLen = DefaultInboxLen
+		cfg.InboxLen = engine.DefaultInboxLen
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Memory{cfg: cfg, events: make(map[string]*memEvent)}
+	return &Engine{cfg: cfg, events: make(map[string]*memEvent)}
 }
 
-func (m *Memory) event(name string) *memEvent {
+func (m *Engine) event(name string) *memEvent {
 	e := m.events[name]
 	if e == nil {
 		e = &memEvent{
 			subs:     make(map[int]memSub),
 			idem:     make(map[string]idemEntry),
-			delivery: make(map[uint64]map[string]VersionDelivery),
+			delivery: make(map[uint64]map[string]engine.VersionDelivery),
 			devices:  make(map[string]presence),
 		}
 		m.events[name] = e
@@ -97,9 +98,9 @@ func (m *Memory) event(name string) *memEvent {
 
 // SetStage assigns the next version, stores the stage, appends it to the log and
 // publishes it, as one step.
-func (m *Memory) SetStage(ctx context.Context, req SetRequest) (SetResult, error) {
+func (m *Engine) SetStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error) {
 	if err := ctx.Err(); err != nil {
-		return SetResult{}, err
+		return engine.SetResult{}, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -108,9 +109,9 @@ func (m *Memory) SetStage(ctx context.Context, req SetRequest) (SetResult, error
 	if req.IdempotencyKey != "" {
 		if prev, ok := e.idem[req.IdempotencyKey]; ok && now.Before(prev.expires) {
 			if prev.reqKey != req.Key {
-				return SetResult{Stage: prev.stage}, ErrIdempotencyConflict
+				return engine.SetResult{Stage: prev.stage}, engine.ErrIdempotencyConflict
 			}
-			return SetResult{Stage: prev.stage, Replayed: true}, nil
+			return engine.SetResult{Stage: prev.stage, Replayed: true}, nil
 		}
 	}
 	// The clock floor keeps versions rising across a restart of the dev server:
@@ -137,11 +138,11 @@ func (m *Memory) SetStage(ctx context.Context, req SetRequest) (SetResult, error
 	for _, s := range e.subs {
 		s.onStage(st)
 	}
-	return SetResult{Stage: st}, nil
+	return engine.SetResult{Stage: st}, nil
 }
 
 // appendLog records st as e's newest change (bounded by LogLen). Caller holds m.mu.
-func (m *Memory) appendLog(e *memEvent, st wire.Stage) {
+func (m *Engine) appendLog(e *memEvent, st wire.Stage) {
 	e.v = st.V
 	e.log = append(e.log, st)
 	e.updatedMS = m.cfg.Now().UnixMilli()
@@ -152,7 +153,7 @@ func (m *Memory) appendLog(e *memEvent, st wire.Stage) {
 
 // Recent returns up to n of the event's most recent stage changes, oldest first.
 // An event with no stage returns an empty slice and no error.
-func (m *Memory) Recent(ctx context.Context, event string, n int) ([]wire.Stage, error) {
+func (m *Engine) Recent(ctx context.Context, event string, n int) ([]wire.Stage, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -171,7 +172,7 @@ func (m *Memory) Recent(ctx context.Context, event string, n int) ([]wire.Stage,
 
 // Subscribe calls onSubscribed once the subscription is in place, then onStage
 // for every change of event, until ctx ends. It returns ctx's error.
-func (m *Memory) Subscribe(ctx context.Context, event string, onStage func(wire.Stage), onSubscribed func()) error {
+func (m *Engine) Subscribe(ctx context.Context, event string, onStage func(wire.Stage), onSubscribed func()) error {
 	m.mu.Lock()
 	e := m.event(event)
 	id := m.nextID
@@ -190,7 +191,7 @@ func (m *Memory) Subscribe(ctx context.Context, event string, onStage func(wire.
 
 // PutDelivery stores a proxy's latest aggregates. Counters are replaced, not
 // added: each report carries the proxy's running totals.
-func (m *Memory) PutDelivery(ctx context.Context, r DeliveryReport) error {
+func (m *Engine) PutDelivery(ctx context.Context, r engine.DeliveryReport) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -205,7 +206,7 @@ func (m *Memory) PutDelivery(ctx context.Context, r DeliveryReport) error {
 		for _, vd := range ed.Versions {
 			byProxy := e.delivery[vd.V]
 			if byProxy == nil {
-				byProxy = make(map[string]VersionDelivery)
+				byProxy = make(map[string]engine.VersionDelivery)
 				e.delivery[vd.V] = byProxy
 			}
 			byProxy[r.Proxy] = vd
@@ -225,7 +226,7 @@ func (m *Memory) PutDelivery(ctx context.Context, r DeliveryReport) error {
 }
 
 // Delivery returns every proxy's latest figures for event and version v.
-func (m *Memory) Delivery(ctx context.Context, event string, v uint64) ([]ProxyDelivery, error) {
+func (m *Engine) Delivery(ctx context.Context, event string, v uint64) ([]engine.ProxyDelivery, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -235,14 +236,14 @@ func (m *Memory) Delivery(ctx context.Context, event string, v uint64) ([]ProxyD
 	if e == nil {
 		return nil, nil
 	}
-	out := make([]ProxyDelivery, 0, len(e.devices))
-	staleBefore := m.cfg.Now().Add(-PresenceTTL).UnixMilli()
+	out := make([]engine.ProxyDelivery, 0, len(e.devices))
+	staleBefore := m.cfg.Now().Add(-engine.PresenceTTL).UnixMilli()
 	for proxy, p := range e.devices {
 		if p.atMS < staleBefore {
 			delete(e.devices, proxy) // stopped reporting: its sends still count below
 			continue
 		}
-		pd := ProxyDelivery{Proxy: proxy, AtMS: p.atMS, Devices: p.devices}
+		pd := engine.ProxyDelivery{Proxy: proxy, AtMS: p.atMS, Devices: p.devices}
 		if vd, ok := e.delivery[v][proxy]; ok {
 			pd.Version = vd
 		}
@@ -250,7 +251,7 @@ func (m *Memory) Delivery(ctx context.Context, event string, v uint64) ([]ProxyD
 	}
 	for proxy, vd := range e.delivery[v] {
 		if _, reported := e.devices[proxy]; !reported {
-			out = append(out, ProxyDelivery{Proxy: proxy, Version: vd})
+			out = append(out, engine.ProxyDelivery{Proxy: proxy, Version: vd})
 		}
 	}
 	return out, nil
@@ -258,7 +259,7 @@ func (m *Memory) Delivery(ctx context.Context, event string, v uint64) ([]ProxyD
 
 // PutStageMap replaces the event's stage map atomically and returns its version.
 // raw must already be validated (wire.ParseStageMap).
-func (m *Memory) PutStageMap(ctx context.Context, event string, raw []byte, updatedMS int64) (uint64, error) {
+func (m *Engine) PutStageMap(ctx context.Context, event string, raw []byte, updatedMS int64) (uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -266,7 +267,7 @@ func (m *Memory) PutStageMap(ctx context.Context, event string, raw []byte, upda
 	defer m.mu.Unlock()
 	e := m.event(event)
 	e.mapV++
-	e.stageMap = &StageMapRecord{Version: e.mapV, UpdatedMS: updatedMS, Raw: append([]byte(nil), raw...)}
+	e.stageMap = &engine.StageMapRecord{Version: e.mapV, UpdatedMS: updatedMS, Raw: append([]byte(nil), raw...)}
 	e.digests = nil
 	if sm, err := wire.ParseStageMap(raw); err == nil {
 		e.digests = sm.Digests()
@@ -276,7 +277,7 @@ func (m *Memory) PutStageMap(ctx context.Context, event string, raw []byte, upda
 }
 
 // SetLive switches the event window on or off.
-func (m *Memory) SetLive(ctx context.Context, event string, live bool) error {
+func (m *Engine) SetLive(ctx context.Context, event string, live bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -287,17 +288,17 @@ func (m *Memory) SetLive(ctx context.Context, event string, live bool) error {
 }
 
 // Snapshot returns the event's stage map, current stage and window.
-func (m *Memory) Snapshot(ctx context.Context, event string) (Snapshot, error) {
+func (m *Engine) Snapshot(ctx context.Context, event string) (engine.Snapshot, error) {
 	if err := ctx.Err(); err != nil {
-		return Snapshot{}, err
+		return engine.Snapshot{}, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e := m.events[event]
 	if e == nil {
-		return Snapshot{}, nil
+		return engine.Snapshot{}, nil
 	}
-	snap := Snapshot{Map: e.stageMap, Live: e.live}
+	snap := engine.Snapshot{Map: e.stageMap, Live: e.live}
 	if n := len(e.log); n > 0 {
 		cur := e.log[n-1]
 		snap.Current = &cur
@@ -306,7 +307,7 @@ func (m *Memory) Snapshot(ctx context.Context, event string) (Snapshot, error) {
 }
 
 // Exists reports whether the event has a stage or a stage map.
-func (m *Memory) Exists(ctx context.Context, event string) (bool, error) {
+func (m *Engine) Exists(ctx context.Context, event string) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
@@ -316,6 +317,6 @@ func (m *Memory) Exists(ctx context.Context, event string) (bool, error) {
 	return e != nil && (e.v > 0 || e.stageMap != nil), nil
 }
 
-// Close releases nothing; it exists so Memory and the Redis engine are
+// Close releases nothing; it exists so Engine and the Redis engine are
 // interchangeable.
-func (m *Memory) Close() {}
+func (m *Engine) Close() {}

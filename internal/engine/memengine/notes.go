@@ -1,4 +1,4 @@
-package engine
+package memengine
 
 import (
 	"context"
@@ -7,14 +7,15 @@ import (
 	"sort"
 	"time"
 
+	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
-// memNotes is the memory engine's notification state, under Memory.nmu. Push
+// memNotes is the memory engine's notification state, under Engine.nmu. Push
 // handlers are called under it (they never block), which orders each inbox's
 // appends and registrations as the Redis engine's scripts do.
 type memNotes struct {
-	inboxes map[Inbox]*memInbox
+	inboxes map[engine.Inbox]*memInbox
 	subs    map[string]memNoteSub // proxy -> its push handler
 	recs    map[string]*memNoteRec
 	idem    map[string]memNoteIdem
@@ -33,13 +34,13 @@ type memInbox struct {
 }
 
 type memNote struct {
-	StoredNote
+	engine.StoredNote
 	nid, key string
 }
 
 type memNoteSub struct {
 	id     int
-	onPush func(NotePush)
+	onPush func(engine.NotePush)
 }
 
 type memNoteRec struct {
@@ -53,15 +54,15 @@ type memNoteIdem struct {
 	exp      time.Time
 }
 
-func (m *Memory) notes() *memNotes {
+func (m *Engine) notes() *memNotes {
 	if m.n.inboxes == nil {
-		m.n = memNotes{inboxes: make(map[Inbox]*memInbox), subs: make(map[string]memNoteSub),
+		m.n = memNotes{inboxes: make(map[engine.Inbox]*memInbox), subs: make(map[string]memNoteSub),
 			recs: make(map[string]*memNoteRec), idem: make(map[string]memNoteIdem)}
 	}
 	return &m.n
 }
 
-func (n *memNotes) inbox(ib Inbox) *memInbox {
+func (n *memNotes) inbox(ib engine.Inbox) *memInbox {
 	b := n.inboxes[ib]
 	if b == nil {
 		b = &memInbox{idx: make(map[string]wire.Pos), at: make(map[string]time.Time)}
@@ -102,7 +103,7 @@ func (b *memInbox) unindex(n memNote) {
 	if n.key != "" && b.idx["k:"+n.key] == n.Pos {
 		delete(b.idx, "k:"+n.key)
 	}
-	b.gone = append([]string{n.nid}, b.gone[:min(len(b.gone), GoneRing-1)]...)
+	b.gone = append([]string{n.nid}, b.gone[:min(len(b.gone), engine.GoneRing-1)]...)
 }
 
 func (b *memInbox) find(p wire.Pos) int {
@@ -115,15 +116,15 @@ func (b *memInbox) find(p wire.Pos) int {
 
 // Notify stores the notification in every target's inbox and pushes it to the
 // proxies registered for each inbox, each inbox in one step.
-func (m *Memory) Notify(ctx context.Context, w NoteWrite) (NoteResult, error) {
+func (m *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteResult, error) {
 	if err := ctx.Err(); err != nil {
-		return NoteResult{}, err
+		return engine.NoteResult{}, err
 	}
 	m.nmu.Lock()
 	defer m.nmu.Unlock()
 	n := m.notes()
 	now := m.cfg.Now()
-	res := NoteResult{ID: w.ID}
+	res := engine.NoteResult{ID: w.ID}
 	if w.IdempotencyKey != "" {
 		for k, e := range n.idem {
 			if !now.Before(e.exp) {
@@ -132,7 +133,7 @@ func (m *Memory) Notify(ctx context.Context, w NoteWrite) (NoteResult, error) {
 		}
 		if prev, ok := n.idem[w.IdempotencyKey]; ok {
 			if prev.hash != w.BodyHash {
-				return NoteResult{ID: prev.id}, ErrIdempotencyConflict
+				return engine.NoteResult{ID: prev.id}, engine.ErrIdempotencyConflict
 			}
 			res.ID, res.Replayed = prev.id, true
 		} else {
@@ -145,7 +146,7 @@ func (m *Memory) Notify(ctx context.Context, w NoteWrite) (NoteResult, error) {
 		}
 	}
 	if _, ok := n.recs[res.ID]; !ok {
-		meta, err := json.Marshal(NoteMeta(&w))
+		meta, err := json.Marshal(engine.NoteMeta(&w))
 		if err != nil {
 			return res, err
 		}
@@ -153,7 +154,7 @@ func (m *Memory) Notify(ctx context.Context, w NoteWrite) (NoteResult, error) {
 	}
 	body := wire.AppendNoteBody(nil, res.ID, &w.Note, w.TS)
 	nowMS := now.UnixMilli()
-	for _, ib := range NoteTargets(&w) {
+	for _, ib := range engine.NoteTargets(&w) {
 		b := n.inbox(ib)
 		var prev wire.Pos
 		pos, seen := b.idx["i:"+res.ID]
@@ -180,7 +181,7 @@ func (m *Memory) Notify(ctx context.Context, w NoteWrite) (NoteResult, error) {
 				prev = b.notes[len(b.notes)-1].Pos
 			}
 			pos = n.nextPos(now)
-			b.notes = append(b.notes, memNote{StoredNote{Pos: pos, Body: body, ExpMS: nowMS + w.Note.TTL.Milliseconds()}, res.ID, w.Note.DedupKey})
+			b.notes = append(b.notes, memNote{engine.StoredNote{Pos: pos, Body: body, ExpMS: nowMS + w.Note.TTL.Milliseconds()}, res.ID, w.Note.DedupKey})
 			b.idx["i:"+res.ID] = pos
 			if w.Note.DedupKey != "" {
 				b.idx["k:"+w.Note.DedupKey] = pos
@@ -193,7 +194,7 @@ func (m *Memory) Notify(ctx context.Context, w NoteWrite) (NoteResult, error) {
 				continue
 			}
 			if s, ok := n.subs[px]; ok {
-				s.onPush(NotePush{Inbox: ib, Pos: pos, Prev: prev, Priority: w.Note.Priority, Body: body})
+				s.onPush(engine.NotePush{Inbox: ib, Pos: pos, Prev: prev, Priority: w.Note.Priority, Body: body})
 			}
 			res.Pushes++
 		}
@@ -203,14 +204,14 @@ func (m *Memory) Notify(ctx context.Context, w NoteWrite) (NoteResult, error) {
 
 // Register adds (or refreshes) proxy's registration of the add inboxes for
 // RegistryTTL and removes it from the remove inboxes.
-func (m *Memory) Register(ctx context.Context, proxy string, add, remove []Inbox) error {
+func (m *Engine) Register(ctx context.Context, proxy string, add, remove []engine.Inbox) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	m.nmu.Lock()
 	defer m.nmu.Unlock()
 	n := m.notes()
-	exp := m.cfg.Now().Add(RegistryTTL)
+	exp := m.cfg.Now().Add(engine.RegistryTTL)
 	for _, ib := range add {
 		n.inbox(ib).at[proxy] = exp
 	}
@@ -227,7 +228,7 @@ func (m *Memory) Register(ctx context.Context, proxy string, add, remove []Inbox
 
 // SubscribeNotes calls onSubscribed for every shard once pushes to proxy are
 // delivered, then onPush for each, until ctx ends. It returns ctx's error.
-func (m *Memory) SubscribeNotes(ctx context.Context, proxy string, onPush func(NotePush), onSubscribed func(shard int)) error {
+func (m *Engine) SubscribeNotes(ctx context.Context, proxy string, onPush func(engine.NotePush), onSubscribed func(shard int)) error {
 	m.nmu.Lock()
 	n := m.notes()
 	n.nextSub++
@@ -235,7 +236,7 @@ func (m *Memory) SubscribeNotes(ctx context.Context, proxy string, onPush func(N
 	n.subs[proxy] = sub
 	m.nmu.Unlock()
 	if onSubscribed != nil {
-		for k := 0; k < NoteShards; k++ {
+		for k := 0; k < engine.NoteShards; k++ {
 			onSubscribed(k)
 		}
 	}
@@ -249,15 +250,15 @@ func (m *Memory) SubscribeNotes(ctx context.Context, proxy string, onPush func(N
 }
 
 // InboxStats returns the sizes of ib's notes and index.
-func (m *Memory) InboxStats(ctx context.Context, ib Inbox) (InboxStats, error) {
+func (m *Engine) InboxStats(ctx context.Context, ib engine.Inbox) (engine.InboxStats, error) {
 	if err := ctx.Err(); err != nil {
-		return InboxStats{}, err
+		return engine.InboxStats{}, err
 	}
 	m.nmu.Lock()
 	defer m.nmu.Unlock()
 	b := m.notes().inboxes[ib]
 	if b == nil {
-		return InboxStats{}, nil
+		return engine.InboxStats{}, nil
 	}
 	f := len(b.idx)
 	if !b.read.IsZero() {
@@ -266,11 +267,11 @@ func (m *Memory) InboxStats(ctx context.Context, ib Inbox) (InboxStats, error) {
 	if len(b.gone) > 0 {
 		f++
 	}
-	return InboxStats{Notes: len(b.notes), IndexFields: f}, nil
+	return engine.InboxStats{Notes: len(b.notes), IndexFields: f}, nil
 }
 
 // ReadInbox returns up to limit unexpired notes of ib after position after, oldest first.
-func (m *Memory) ReadInbox(ctx context.Context, ib Inbox, after wire.Pos, limit int) ([]StoredNote, error) {
+func (m *Engine) ReadInbox(ctx context.Context, ib engine.Inbox, after wire.Pos, limit int) ([]engine.StoredNote, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -281,7 +282,7 @@ func (m *Memory) ReadInbox(ctx context.Context, ib Inbox, after wire.Pos, limit 
 		return nil, nil
 	}
 	nowMS := m.cfg.Now().UnixMilli()
-	var out []StoredNote
+	var out []engine.StoredNote
 	for _, sn := range b.notes {
 		if after.Less(sn.Pos) && sn.ExpMS > nowMS {
 			out = append(out, sn.StoredNote)
@@ -294,7 +295,7 @@ func (m *Memory) ReadInbox(ctx context.Context, ib Inbox, after wire.Pos, limit 
 }
 
 // MarkRead records, per inbox, that its notes up to the position were read.
-func (m *Memory) MarkRead(ctx context.Context, marks map[Inbox]wire.Pos) error {
+func (m *Engine) MarkRead(ctx context.Context, marks map[engine.Inbox]wire.Pos) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -309,7 +310,7 @@ func (m *Memory) MarkRead(ctx context.Context, marks map[Inbox]wire.Pos) error {
 }
 
 // PutNoteDelivery adds a proxy's counts per notification id.
-func (m *Memory) PutNoteDelivery(ctx context.Context, counts map[string]NoteCount) error {
+func (m *Engine) PutNoteDelivery(ctx context.Context, counts map[string]engine.NoteCount) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -326,20 +327,20 @@ func (m *Memory) PutNoteDelivery(ctx context.Context, counts map[string]NoteCoun
 }
 
 // NoteReport returns the delivery report of notification id.
-func (m *Memory) NoteReport(ctx context.Context, id string) (NoteReport, error) {
+func (m *Engine) NoteReport(ctx context.Context, id string) (engine.NoteReport, error) {
 	if err := ctx.Err(); err != nil {
-		return NoteReport{}, err
+		return engine.NoteReport{}, err
 	}
 	m.nmu.Lock()
 	defer m.nmu.Unlock()
 	n := m.notes()
 	r := n.recs[id]
 	if r == nil || !m.cfg.Now().Before(r.exp) {
-		return NoteReport{}, ErrNoteNotFound
+		return engine.NoteReport{}, engine.ErrNoteNotFound
 	}
-	rep, targets, err := ReportFromMeta(id, r.meta)
+	rep, targets, err := engine.ReportFromMeta(id, r.meta)
 	if err != nil {
-		return NoteReport{}, err
+		return engine.NoteReport{}, err
 	}
 	rep.Sent, rep.Acked = r.sent, r.acked
 	nowMS := m.cfg.Now().UnixMilli()

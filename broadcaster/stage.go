@@ -1,0 +1,190 @@
+package broadcaster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/stagecast/stagecast/internal/engine"
+	"github.com/stagecast/stagecast/internal/wire"
+)
+
+// Stage changes: POST /v1/events/{event}/stage, its retries and idempotency,
+// and GET /v1/events/{event}.
+
+// StageRequest is the body of POST /v1/events/{event}/stage.
+type StageRequest struct {
+	Stage  string       `json:"stage"`
+	Target *wire.Target `json:"target,omitempty"`
+	// Priority (extension): "critical" makes proxies write this change before
+	// other frames (notes, other events' stages); "" or "normal" otherwise.
+	Priority string `json:"priority,omitempty"`
+	// Paced (extension): proxies release the change in waves at their
+	// --paced-rate, slower while the prefetch tier sheds; for a stage devices
+	// do not hold, so their fetches do not come at once.
+	Paced bool `json:"paced,omitempty"`
+}
+
+// StageReply is the reply of a stage change and of GET /v1/events/{event}.
+type StageReply struct {
+	Event  string       `json:"event"`
+	Stage  string       `json:"stage"`
+	V      uint64       `json:"v"`
+	TS     int64        `json:"ts"`
+	Target *wire.Target `json:"target,omitempty"`
+}
+
+const maxStageBody = 16 << 10
+
+// checkStageFields validates what a stage change and a schedule share.
+func checkStageFields(stage string, target *wire.Target, priority string) error {
+	if err := wire.CheckID("stage", stage); err != nil {
+		return errf(http.StatusBadRequest, "bad_request", "%v", err)
+	}
+	if err := target.Validate(); err != nil {
+		return errf(http.StatusBadRequest, "bad_request", "%v", err)
+	}
+	if priority != "" && priority != "normal" && priority != "critical" {
+		return errf(http.StatusBadRequest, "bad_request", "stage priority %q: only critical or normal", priority)
+	}
+	return nil
+}
+
+func (s *Server) setStage(r *http.Request) (any, error) {
+	event := r.PathValue("event")
+	var req StageRequest
+	if err := decodeJSON(r, maxStageBody, &req); err != nil {
+		return nil, err
+	}
+	if err := checkStageFields(req.Stage, req.Target, req.Priority); err != nil {
+		return nil, err
+	}
+	idem := r.Header.Get("Idempotency-Key")
+	if err := checkIdemKey(idem); err != nil {
+		return nil, err
+	}
+	// A keyless request gets an internal key, so retries inside the budget (a
+	// pooled Redis connection found dead only on use, a master failing over)
+	// can never make a second version, and the producer can retry with it.
+	key, keyTTL := idem, time.Duration(0)
+	if key == "" {
+		key = "auto-" + strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
+		keyTTL = AutoKeyTTL
+	}
+	ts := s.cfg.Now().UnixMilli()
+	res, err := s.changeStage(r.Context(), engine.SetRequest{Event: event, Key: req.Stage, Target: req.Target, TS: ts, IdempotencyKey: key, KeyTTL: keyTTL,
+		Critical: req.Priority == "critical", Paced: req.Paced})
+	if err != nil {
+		s.audit(r, "set_stage", "stage", req.Stage, "idempotency_key", key, "result", "error", "err", err.Error())
+		s.trail(r, engine.AuditEntry{Action: "set_stage", Stage: req.Stage, Result: "error", Detail: err.Error()})
+	}
+	if errors.Is(err, engine.ErrIdempotencyConflict) {
+		return nil, errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key %q was used for stage %q (v%d); use a new key", idem, res.Stage.Key, res.Stage.V)
+	}
+	if err != nil {
+		return nil, s.outcomeUnknown(err, key)
+	}
+	if res.Replayed {
+		s.m.changes.WithLabelValues("replayed").Inc()
+		s.audit(r, "set_stage", "stage", res.Stage.Key, "v", res.Stage.V, "idempotency_key", idem, "result", "replayed")
+		s.trail(r, engine.AuditEntry{Action: "set_stage", Stage: res.Stage.Key, V: res.Stage.V, Result: "replayed"})
+	} else {
+		s.m.changes.WithLabelValues("created").Inc()
+		s.audit(r, "set_stage", "stage", res.Stage.Key, "v", res.Stage.V, "target", res.Stage.Target, "idempotency_key", idem, "result", "created")
+		s.trail(r, engine.AuditEntry{Action: "set_stage", Stage: res.Stage.Key, V: res.Stage.V, Result: "created", Detail: targetDetail(res.Stage.Target, req.Priority)})
+	}
+	return replyOf(res.Stage), nil
+}
+
+// changeStage runs one stage change through the event's breaker, retrying a
+// failing engine under the same idempotency key (see retrying).
+func (s *Server) changeStage(ctx context.Context, req engine.SetRequest) (engine.SetResult, error) {
+	return retrying(s, ctx, s.breakers.stage(req.Event), "stage change", []any{"event", req.Event},
+		func(ctx context.Context) (engine.SetResult, error) { return s.eng.SetStage(ctx, req) })
+}
+
+// retrying runs f through breaker cb, retrying a failing engine with
+// full-jitter backoff (50 ms x 2^attempt, capped by what is left, at most
+// 400 ms) until StageBudget is spent. f must be safe to repeat (an idempotency
+// key, a note id). The retries are one outcome for the breaker, so a master
+// failing over does not open it.
+func retrying[T any](s *Server, ctx context.Context, cb *gobreaker.CircuitBreaker[any], what string, attrs []any, f func(context.Context) (T, error)) (T, error) {
+	deadline := s.cfg.Now().Add(s.cfg.StageBudget)
+	out, err := cb.Execute(func() (any, error) {
+		var res T
+		var err error
+		for attempt := 0; ; attempt++ {
+			left := deadline.Sub(s.cfg.Now())
+			actx, cancel := context.WithTimeout(ctx, min(s.cfg.EngineTimeout, left))
+			res, err = f(actx)
+			cancel()
+			if err == nil || errors.Is(err, engine.ErrIdempotencyConflict) || ctx.Err() != nil {
+				return res, err
+			}
+			s.m.engErr.Inc()
+			wait := time.Duration(rand.Int64N(int64(min(400*time.Millisecond, 50*time.Millisecond<<min(attempt, 4))) + 1))
+			if left = deadline.Sub(s.cfg.Now()); wait+50*time.Millisecond > left {
+				return res, err
+			}
+			s.log.Warn(what+" failed; retrying with the same key", append(attrs, "attempt", attempt+1, "in", wait.String(), "err", err)...)
+			select {
+			case <-ctx.Done():
+				return res, err
+			case <-time.After(wait):
+			}
+		}
+	})
+	if out == nil {
+		var zero T
+		return zero, err
+	}
+	return out.(T), err
+}
+
+// checkIdemKey checks an Idempotency-Key header: at most 200 printable ASCII
+// characters without spaces ("" is allowed: no key).
+func checkIdemKey(idem string) error {
+	if len(idem) > 200 || strings.ContainsFunc(idem, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return errf(http.StatusBadRequest, "bad_request", "Idempotency-Key must be 1-200 printable ASCII characters without spaces")
+	}
+	return nil
+}
+
+// outcomeUnknown turns a failed stage change into the producer's answer: 503,
+// nothing known to be changed or not (a timeout, or a change Redis made but did
+// not replicate in time), and the key to retry with.
+func (s *Server) outcomeUnknown(err error, key string) error {
+	ae := s.engineError(err)
+	if !errors.Is(err, gobreaker.ErrOpenState) && !errors.Is(err, gobreaker.ErrTooManyRequests) {
+		ae.code = "outcome_unknown"
+		ae.msg = fmt.Sprintf("the engine did not confirm the change within %v (%v); it may or may not have happened: retry with Idempotency-Key %s, which never makes a second version",
+			s.cfg.StageBudget, err, key)
+	} else {
+		ae.msg = "the engine is unavailable for this event (breaker open); nothing was changed; retry with Idempotency-Key " + key
+	}
+	ae.idemKey = key
+	return ae
+}
+
+func replyOf(st wire.Stage) StageReply {
+	return StageReply{Event: st.Event, Stage: st.Key, V: st.V, TS: st.TS, Target: st.Target}
+}
+
+func (s *Server) getEvent(r *http.Request) (any, error) {
+	event := r.PathValue("event")
+	recent, err := call(s, s.breakers.reads, r, func(ctx context.Context) ([]wire.Stage, error) { return s.eng.Recent(ctx, event, 1) })
+	if err != nil {
+		return nil, err
+	}
+	if len(recent) == 0 {
+		return nil, errf(http.StatusNotFound, "not_found", "event %s has no stage yet", event)
+	}
+	return replyOf(recent[0]), nil
+}
