@@ -1,11 +1,14 @@
 package broadcaster
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stagecast/stagecast/internal/defaults"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
@@ -60,49 +63,70 @@ type Config struct {
 	Now        func() time.Time
 }
 
-// Validate fills defaults and checks the config.
-func (c *Config) Validate() error {
+// DefaultConfig returns the broadcaster's documented defaults (the flags of
+// `stagecast broadcaster` take theirs from it). New fills each zero field of
+// its Config from it (package defaults; each lane field by field), then
+// validates.
+func DefaultConfig() Config {
+	return Config{
+		EngineTimeout:    2 * time.Second,
+		StageBudget:      4500 * time.Millisecond,
+		BreakerFailures:  5,
+		BreakerOpenFor:   5 * time.Second,
+		ReportStaleAfter: 30 * time.Second,
+		MaxMapBytes:      wire.DefaultMaxMapSize,
+		ProducerRate:     DefaultProducerRate,
+		ProducerBurst:    int(2 * DefaultProducerRate),
+		Lanes:            DefaultLanes,
+		Logger:           slog.Default(),
+		Now:              time.Now,
+	}
+}
+
+// fill is New's first step: Token joins Producers as "default", and the zero
+// fields take DefaultConfig's values.
+func (c *Config) fill() {
 	if c.Token != "" {
 		c.Producers = append(append([]Producer(nil), c.Producers...), Producer{Name: "default", Token: c.Token})
 		c.Token = ""
 	}
-	if _, err := newProducerSet(c.Producers); err != nil {
+	lanes := c.Lanes
+	defaults.Fill(c, DefaultConfig())
+	for p := range lanes {
+		defaults.Fill(&lanes[p], DefaultLanes[p])
+	}
+	c.Lanes = lanes
+}
+
+// Validate checks a filled Config (see DefaultConfig) and changes nothing.
+// Negative values are errors, except ProducerRate, where negative turns the
+// limit off.
+func (c *Config) Validate() error {
+	ps := c.Producers
+	if c.Token != "" {
+		ps = append(append([]Producer(nil), ps...), Producer{Name: "default", Token: c.Token})
+	}
+	if _, err := newProducerSet(ps); err != nil {
 		return err
 	}
-	if c.EngineTimeout <= 0 {
-		c.EngineTimeout = 2 * time.Second
+	var errs []error
+	for name, v := range map[string]time.Duration{"EngineTimeout": c.EngineTimeout, "StageBudget": c.StageBudget,
+		"BreakerOpenFor": c.BreakerOpenFor, "ReportStaleAfter": c.ReportStaleAfter} {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("broadcaster config: %s = %v must be > 0", name, v))
+		}
 	}
-	if c.BreakerFailures == 0 {
-		c.BreakerFailures = 5
-	}
-	if c.BreakerOpenFor <= 0 {
-		c.BreakerOpenFor = 5 * time.Second
-	}
-	if c.ReportStaleAfter <= 0 {
-		c.ReportStaleAfter = 30 * time.Second
-	}
-	if c.StageBudget <= 0 {
-		c.StageBudget = 4500 * time.Millisecond
-	}
-	if c.MaxMapBytes <= 0 {
-		c.MaxMapBytes = wire.DefaultMaxMapSize
-	}
-	if c.ProducerRate == 0 {
-		c.ProducerRate = DefaultProducerRate
-	}
-	if c.ProducerBurst <= 0 {
-		c.ProducerBurst = int(2 * DefaultProducerRate)
+	if c.BreakerFailures == 0 || c.MaxMapBytes <= 0 || c.ProducerBurst <= 0 || c.ProducerRate == 0 {
+		errs = append(errs, fmt.Errorf("broadcaster config: BreakerFailures %d, MaxMapBytes %d, ProducerBurst %d and ProducerRate %v must be > 0 (ProducerRate negative: off)",
+			c.BreakerFailures, c.MaxMapBytes, c.ProducerBurst, c.ProducerRate))
 	}
 	if err := validateLanes(&c.Lanes); err != nil {
-		return err
+		errs = append(errs, err)
 	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
+	if c.Logger == nil || c.Now == nil {
+		errs = append(errs, errors.New("broadcaster config: Logger and Now must be set (New fills them)"))
 	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // DefaultProducerRate is each producer's request rate bound (per second): far

@@ -263,13 +263,7 @@ func (c *Client) NoteReport(ctx context.Context, id string) (engine.NoteReport, 
 
 func validateLanes(l *[wire.NumPriorities]LaneConfig) error {
 	for p := range l {
-		if l[p].Queue == 0 {
-			l[p].Queue = DefaultLanes[p].Queue
-		}
-		if l[p].Workers == 0 {
-			l[p].Workers = DefaultLanes[p].Workers
-		}
-		if l[p].Queue < 0 || l[p].Workers < 0 || l[p].Workers > 1024 {
+		if l[p].Queue <= 0 || l[p].Workers <= 0 || l[p].Workers > 1024 {
 			return fmt.Errorf("broadcaster: lane %s: queue %d and workers %d must be > 0 (workers at most 1024)",
 				wire.Priority(p), l[p].Queue, l[p].Workers)
 		}

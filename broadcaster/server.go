@@ -58,8 +58,10 @@ type metrics struct {
 	engErr   prometheus.Counter
 }
 
-// New validates cfg and returns a broadcaster.
+// New fills cfg's zero fields from DefaultConfig, validates it and returns a
+// broadcaster.
 func New(cfg Config, eng Engine) (*Server, error) {
+	cfg.fill()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stagecast/stagecast/internal/defaults"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/prefetch"
 )
@@ -66,27 +67,28 @@ type Config struct {
 	Registerer       prometheus.Registerer
 }
 
-func (c *Config) defaults() {
-	set := func(p *int, v int) {
-		if *p <= 0 {
-			*p = v
+// DefaultConfig returns the handler's documented defaults. New fills each
+// zero field of its Config from it (package defaults), then validates.
+func DefaultConfig() Config {
+	return Config{MaxQueryLength: 4096, MaxDepth: 6, IntrospectionDepth: 16, IntrospectionSelections: 2000,
+		MaxSelections: 200, MaxParallelism: 4, MaxBody: 16 << 10, QueryCacheSize: 1024, QueryCacheBytes: 64 << 20,
+		MaxCachedResponse: 1 << 20, MaxLiveEvents: 4, MaxStageLists: 1, MaxResponseBytes: 2 << 20}
+}
+
+// Validate checks a filled Config (see DefaultConfig) and changes nothing:
+// every bound must be positive.
+func (c *Config) Validate() error {
+	for name, v := range map[string]int64{"MaxQueryLength": int64(c.MaxQueryLength), "MaxDepth": int64(c.MaxDepth),
+		"IntrospectionDepth": int64(c.IntrospectionDepth), "IntrospectionSelections": int64(c.IntrospectionSelections),
+		"MaxSelections": int64(c.MaxSelections), "MaxParallelism": int64(c.MaxParallelism), "MaxBody": c.MaxBody,
+		"QueryCacheSize": int64(c.QueryCacheSize), "QueryCacheBytes": int64(c.QueryCacheBytes),
+		"MaxCachedResponse": int64(c.MaxCachedResponse), "MaxLiveEvents": int64(c.MaxLiveEvents),
+		"MaxStageLists": int64(c.MaxStageLists), "MaxResponseBytes": int64(c.MaxResponseBytes)} {
+		if v <= 0 {
+			return fmt.Errorf("graphql config: %s = %d must be > 0", name, v)
 		}
 	}
-	set(&c.MaxQueryLength, 4096)
-	set(&c.MaxDepth, 6)
-	set(&c.IntrospectionDepth, 16)
-	set(&c.IntrospectionSelections, 2000)
-	set(&c.MaxSelections, 200)
-	set(&c.MaxParallelism, 4)
-	set(&c.QueryCacheSize, 1024)
-	set(&c.MaxCachedResponse, 1<<20)
-	set(&c.QueryCacheBytes, 64<<20)
-	set(&c.MaxLiveEvents, 4)
-	set(&c.MaxStageLists, 1)
-	set(&c.MaxResponseBytes, 2<<20)
-	if c.MaxBody <= 0 {
-		c.MaxBody = 16 << 10
-	}
+	return nil
 }
 
 // Handler serves POST and GET /graphql.
@@ -112,7 +114,10 @@ type template struct {
 
 // New builds the schema (it panics only on a schema bug, caught by tests).
 func New(cfg Config, cache *prefetch.Cache, shed *prefetch.Shedder) (*Handler, error) {
-	cfg.defaults()
+	defaults.Fill(&cfg, DefaultConfig())
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	root := &resolver{cache: cache, inbox: cfg.Inbox}
 	opts := func(depth, selections int) []graphql.SchemaOpt {
 		o := []graphql.SchemaOpt{graphql.MaxQueryLength(cfg.MaxQueryLength), graphql.MaxDepth(depth),

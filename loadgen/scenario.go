@@ -13,6 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/stagecast/stagecast/internal/defaults"
 	"github.com/stagecast/stagecast/internal/fleetapi"
 	"github.com/stagecast/stagecast/internal/wire"
 )
@@ -224,72 +225,54 @@ func (sc *Scenario) fieldErr(field, format string, args ...any) error {
 	}
 }
 
+// DefaultScenario holds the documented defaults of a scenario's fields
+// (docs/loadgen.md); a scenario file's zero fields take them (package
+// defaults, section by section). Fleet's admission defaults are the proxy's;
+// a negative value is refused by validate, never taken as the default.
+func DefaultScenario() Scenario {
+	return Scenario{
+		Event:    "rehearsal",
+		Prefetch: Prefetch{TTL: Duration(300 * time.Second), Jitter: 0.5, RefetchWindow: Duration(30 * time.Second), RefetchSlots: 300, RefreshLo: 0.5, RefreshHi: 0.9},
+		Fleet:    Fleet{AdmitRate: 2000, AdmitBurst: 2000, Capacity: 200000, FanoutRate: 87000},
+		Network:  Network{PubSub: Duration(time.Millisecond), DeviceP50: Duration(40 * time.Millisecond), DeviceP99: Duration(200 * time.Millisecond)},
+	}
+}
+
+// defaultDrop and defaultFault are each drop's and fault's defaults.
+var (
+	defaultDrop  = Drop{BackoffBase: Duration(500 * time.Millisecond), BackoffCap: Duration(30 * time.Second)}
+	defaultFault = Fault{Window: Duration(30 * time.Second), Target: "random", BackoffBase: Duration(500 * time.Millisecond), BackoffCap: Duration(30 * time.Second)}
+)
+
+// defaults fills the zero fields from DefaultScenario. Two rules are not a
+// field's zero: RefreshLo and RefreshHi are a pair (both zero take the
+// defaults), and no_jitter keeps Jitter at 0.
 func (sc *Scenario) defaults() {
+	def := DefaultScenario()
 	if sc.Event == "" {
-		sc.Event = "rehearsal"
+		sc.Event = def.Event
 	}
-	if sc.Fleet.AdmitRate == 0 {
-		sc.Fleet.AdmitRate = 2000
+	lo, hi, jitter := sc.Prefetch.RefreshLo, sc.Prefetch.RefreshHi, sc.Prefetch.Jitter
+	defaults.Fill(&sc.Prefetch, def.Prefetch)
+	if lo != 0 || hi != 0 {
+		sc.Prefetch.RefreshLo, sc.Prefetch.RefreshHi = lo, hi
 	}
-	if sc.Fleet.AdmitBurst == 0 {
-		sc.Fleet.AdmitBurst = 2000
+	if sc.Prefetch.NoJitter {
+		sc.Prefetch.Jitter = jitter // no_jitter: a jitter left at 0 stays 0
 	}
-	if sc.Prefetch.TTL == 0 {
-		sc.Prefetch.TTL = Duration(300 * time.Second)
-	}
-	if sc.Prefetch.Jitter == 0 && !sc.Prefetch.NoJitter {
-		sc.Prefetch.Jitter = 0.5
-	}
-	if sc.Prefetch.RefetchWindow.D() <= 0 {
-		sc.Prefetch.RefetchWindow = Duration(30 * time.Second)
-	}
-	if sc.Prefetch.RefetchSlots <= 0 {
-		sc.Prefetch.RefetchSlots = 300
-	}
-	if sc.Prefetch.RefreshLo == 0 && sc.Prefetch.RefreshHi == 0 {
-		sc.Prefetch.RefreshLo, sc.Prefetch.RefreshHi = 0.5, 0.9
-	}
-	if sc.Fleet.Capacity == 0 {
-		sc.Fleet.Capacity = 200000
-	}
-	if sc.Fleet.FanoutRate == 0 {
-		sc.Fleet.FanoutRate = 87000
-	}
-	if sc.Network.PubSub == 0 {
-		sc.Network.PubSub = Duration(time.Millisecond)
-	}
-	if sc.Network.DeviceP50 == 0 {
-		sc.Network.DeviceP50 = Duration(40 * time.Millisecond)
-	}
-	if sc.Network.DeviceP99 == 0 {
-		sc.Network.DeviceP99 = Duration(200 * time.Millisecond)
-	}
+	defaults.Fill(&sc.Fleet, def.Fleet)
+	defaults.Fill(&sc.Network, def.Network)
 	for i := range sc.Drops {
-		if sc.Drops[i].BackoffBase == 0 {
-			sc.Drops[i].BackoffBase = Duration(500 * time.Millisecond)
-		}
-		if sc.Drops[i].BackoffCap == 0 {
-			sc.Drops[i].BackoffCap = Duration(30 * time.Second)
-		}
+		defaults.Fill(&sc.Drops[i], defaultDrop)
 	}
 	for i := range sc.Faults {
-		if sc.Faults[i].Window == 0 {
-			sc.Faults[i].Window = Duration(30 * time.Second)
+		f := &sc.Faults[i]
+		if f.DrainProxy && f.Action == "" {
+			f.Action = "proxy-drain"
 		}
-		if sc.Faults[i].DrainProxy && sc.Faults[i].Action == "" {
-			sc.Faults[i].Action = "proxy-drain"
-		}
-		if sc.Faults[i].Target == "" {
-			sc.Faults[i].Target = "random"
-		}
-		if sc.Faults[i].BackoffBase == 0 {
-			sc.Faults[i].BackoffBase = Duration(500 * time.Millisecond)
-		}
-		if sc.Faults[i].BackoffCap == 0 {
-			sc.Faults[i].BackoffCap = Duration(30 * time.Second)
-		}
-		if sc.Faults[i].Action == "redis-pause" && sc.Faults[i].Duration == 0 {
-			sc.Faults[i].Duration = Duration(5 * time.Second)
+		defaults.Fill(f, defaultFault)
+		if f.Action == "redis-pause" && f.Duration == 0 {
+			f.Duration = Duration(5 * time.Second)
 		}
 	}
 	sort.SliceStable(sc.Stages, func(i, j int) bool { return sc.Stages[i].At < sc.Stages[j].At })
@@ -326,6 +309,9 @@ func (sc *Scenario) validate() error {
 	}
 	if p := sc.Prefetch; p.Jitter < 0 || p.Jitter >= 1 {
 		errs = append(errs, sc.fieldErr("prefetch.jitter", "%v outside [0, 1)", p.Jitter))
+	}
+	if p := sc.Prefetch; p.RefetchWindow < 0 || p.RefetchSlots < 0 || p.TTL < 0 {
+		errs = append(errs, sc.fieldErr("prefetch", "ttl %v, refetch_window %v and refetch_slots %d must be > 0 (0: the default)", p.TTL, p.RefetchWindow, p.RefetchSlots))
 	}
 	if p := sc.Prefetch; p.RefreshLo <= 0 || p.RefreshHi > 1 || p.RefreshLo > p.RefreshHi {
 		errs = append(errs, sc.fieldErr("prefetch.refresh_lo", "refresh range [%v, %v] must lie in (0, 1]", p.RefreshLo, p.RefreshHi))

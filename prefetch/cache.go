@@ -16,6 +16,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/stagecast/stagecast/internal/defaults"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
@@ -59,48 +60,57 @@ type Config struct {
 	Rand            *rand.Rand
 }
 
-// Validate fills defaults and checks ranges.
+// DefaultConfig returns the cache's documented defaults. NewCache fills each
+// zero field of its Config from it (package defaults; RefreshLo and RefreshHi
+// as a pair: both zero take the defaults), then validates.
+func DefaultConfig() Config {
+	return Config{
+		CacheSize:       10000,
+		FreshFor:        2 * time.Second,
+		MaxStale:        time.Hour,
+		NotFoundFor:     2 * time.Second,
+		DefaultTTL:      300 * time.Second,
+		TTLJitter:       0.5,
+		RefreshLo:       0.5,
+		RefreshHi:       0.9,
+		StoreTimeout:    time.Second,
+		BreakerFailures: 3,
+		BreakerOpenFor:  2 * time.Second,
+		Logger:          slog.Default(),
+		Now:             time.Now,
+	}
+}
+
+// fill is NewCache's first step.
+func (c *Config) fill() {
+	lo, hi := c.RefreshLo, c.RefreshHi
+	defaults.Fill(c, DefaultConfig())
+	if lo != 0 || hi != 0 {
+		c.RefreshLo, c.RefreshHi = lo, hi
+	}
+	if c.Rand == nil {
+		c.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+}
+
+// Validate checks a filled Config (see DefaultConfig) and changes nothing.
 func (c *Config) Validate() error {
-	if c.CacheSize == 0 {
-		c.CacheSize = 10000
-	}
-	for _, d := range []struct {
-		p *time.Duration
-		v time.Duration
-	}{{&c.FreshFor, 2 * time.Second}, {&c.MaxStale, time.Hour}, {&c.NotFoundFor, 2 * time.Second},
-		{&c.DefaultTTL, 300 * time.Second}, {&c.StoreTimeout, time.Second}, {&c.BreakerOpenFor, 2 * time.Second}} {
-		if *d.p == 0 {
-			*d.p = d.v
+	for _, d := range []time.Duration{c.FreshFor, c.MaxStale, c.NotFoundFor, c.DefaultTTL, c.StoreTimeout, c.BreakerOpenFor} {
+		if d <= 0 {
+			return fmt.Errorf("prefetch config: duration %v must be > 0", d)
 		}
-		if *d.p < 0 {
-			return fmt.Errorf("prefetch config: negative duration %v", *d.p)
-		}
-	}
-	if c.TTLJitter == 0 {
-		c.TTLJitter = 0.5
-	}
-	if c.RefreshLo == 0 && c.RefreshHi == 0 {
-		c.RefreshLo, c.RefreshHi = 0.5, 0.9
-	}
-	if c.BreakerFailures == 0 {
-		c.BreakerFailures = 3
 	}
 	switch {
-	case c.CacheSize < 0:
-		return fmt.Errorf("prefetch config: CacheSize %d < 0", c.CacheSize)
+	case c.CacheSize <= 0:
+		return fmt.Errorf("prefetch config: CacheSize %d must be > 0", c.CacheSize)
+	case c.BreakerFailures == 0:
+		return errors.New("prefetch config: BreakerFailures must be > 0")
 	case c.TTLJitter < 0 || c.TTLJitter >= 1:
 		return fmt.Errorf("prefetch config: TTLJitter %v outside [0, 1)", c.TTLJitter)
 	case c.RefreshLo < 0 || c.RefreshHi > 1 || c.RefreshLo > c.RefreshHi:
 		return fmt.Errorf("prefetch config: refresh range [%v, %v] must lie in [0, 1]", c.RefreshLo, c.RefreshHi)
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Rand == nil {
-		c.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	case c.Logger == nil || c.Now == nil || c.Rand == nil:
+		return errors.New("prefetch config: Logger, Now and Rand must be set (NewCache fills them)")
 	}
 	return nil
 }
@@ -158,6 +168,7 @@ type cacheMetrics struct {
 
 // NewCache validates cfg and returns a cache over store.
 func NewCache(cfg Config, store Store) (*Cache, error) {
+	cfg.fill()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stagecast/stagecast/internal/defaults"
 )
 
 // Priority of a prefetch request.
@@ -41,25 +42,20 @@ type ShedConfig struct {
 	Now        func() time.Time
 }
 
-// Validate fills defaults and checks ranges.
+// DefaultShedConfig returns the shedder's documented defaults. NewShedder
+// fills each zero field of its ShedConfig from it (package defaults;
+// NormalInFlight from the MaxInFlight given), then validates.
+func DefaultShedConfig() ShedConfig {
+	return ShedConfig{MaxInFlight: 2048, NormalInFlight: 2048 / 4, LatencyBudget: 200 * time.Millisecond, RetryAfter: 2 * time.Second, Now: time.Now}
+}
+
+// Validate checks a filled ShedConfig and changes nothing.
 func (c *ShedConfig) Validate() error {
-	if c.MaxInFlight == 0 {
-		c.MaxInFlight = 2048
-	}
-	if c.NormalInFlight == 0 {
-		c.NormalInFlight = max(1, c.MaxInFlight/4)
-	}
-	if c.LatencyBudget == 0 {
-		c.LatencyBudget = 200 * time.Millisecond
-	}
-	if c.RetryAfter == 0 {
-		c.RetryAfter = 2 * time.Second
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
 	if c.MaxInFlight < 1 || c.NormalInFlight < 1 || c.NormalInFlight > c.MaxInFlight {
 		return fmt.Errorf("shed config: need 1 <= NormalInFlight (%d) <= MaxInFlight (%d)", c.NormalInFlight, c.MaxInFlight)
+	}
+	if c.LatencyBudget <= 0 || c.RetryAfter <= 0 || c.Now == nil {
+		return fmt.Errorf("shed config: LatencyBudget (%v) and RetryAfter (%v) must be > 0, Now set", c.LatencyBudget, c.RetryAfter)
 	}
 	return nil
 }
@@ -82,6 +78,10 @@ type Shedder struct {
 
 // NewShedder validates cfg.
 func NewShedder(cfg ShedConfig, reg prometheus.Registerer) (*Shedder, error) {
+	if cfg.NormalInFlight == 0 && cfg.MaxInFlight > 0 {
+		cfg.NormalInFlight = max(1, cfg.MaxInFlight/4)
+	}
+	defaults.Fill(&cfg, DefaultShedConfig())
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

@@ -3,12 +3,13 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"github.com/stagecast/stagecast/internal/engine"
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
 	"os"
 	"time"
+
+	"github.com/stagecast/stagecast/internal/engine"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -104,7 +105,7 @@ type Config struct {
 	LookupRate float64
 	// MaxConnsPerIP caps concurrent connections from one source IP (429 above);
 	// IPAdmitRate/IPAdmitBurst cap new connections per second from one IP.
-	// Defaults 1000, 20, 100; -1 turns a limit off. Addresses in IPLimitExempt
+	// Defaults 1000, 20, 100; a negative value turns a limit off. Addresses in IPLimitExempt
 	// (e.g. a load generator's loopback range) are not limited.
 	MaxConnsPerIP int
 	IPAdmitRate   float64
@@ -163,68 +164,58 @@ type Config struct {
 	Rand *rand.Rand
 }
 
-// Validate fills defaults and checks ranges. Call it once at start.
+// DefaultConfig returns the proxy's documented defaults (the flags of
+// `stagecast proxy` take theirs from it). New fills each zero field of its
+// Config from it (package defaults), then validates.
+func DefaultConfig() Config {
+	h, _ := os.Hostname()
+	return Config{
+		ID:                 fmt.Sprintf("%s-%d", h, os.Getpid()),
+		MaxConnections:     200000,
+		MaxSubscriptions:   16,
+		MaxFramesPerSecond: 20,
+		AdmitRate:          2000,
+		AdmitBurst:         2000,
+		Writers:            max(8, 4*runtimeProcs()),
+		MaxWriters:         1024,
+		HistoryLen:         64,
+		StatsVersions:      16,
+		MaxEvents:          10000,
+		SubscribeBudget:    60,
+		ErrorBudget:        30,
+		MaxPendingNotes:    512,
+		PacedRate:          1000,
+		InboxLen:           engine.DefaultInboxLen,
+		MaxResumes:         256,
+		ResumeBudget:       10,
+		ShedWaiting:        10000,
+		ShedNoteBytes:      256 << 20,
+		MaxConnsPerIP:      1000,
+		IPAdmitRate:        20,
+		IPAdmitBurst:       100,
+		LookupRate:         1000,
+		ExistsTTL:          30 * time.Second,
+		MissingTTL:         5 * time.Second,
+		ReadLimit:          4096,
+		WriteTimeout:       5 * time.Second,
+		PingInterval:       25 * time.Second,
+		PongTimeout:        10 * time.Second,
+		RetryAfter:         5 * time.Second,
+		DrainWindow:        30 * time.Second,
+		ReconnectJitter:    2 * time.Second,
+		ReportInterval:     time.Second,
+		ReconcileInterval:  30 * time.Second,
+		TopicLinger:        60 * time.Second,
+		MaxClockSkew:       250 * time.Millisecond,
+		Logger:             slog.Default(),
+		Now:                time.Now,
+	}
+}
+
+// Validate checks a filled Config (see DefaultConfig) and changes nothing.
+// Negative values are errors, except for the per-IP limits, where a negative
+// value turns the limit off.
 func (c *Config) Validate() error {
-	if c.ID == "" {
-		h, _ := os.Hostname()
-		c.ID = fmt.Sprintf("%s-%d", h, os.Getpid())
-	}
-	def := func(p *int, d int) {
-		if *p == 0 {
-			*p = d
-		}
-	}
-	defD := func(p *time.Duration, d time.Duration) {
-		if *p == 0 {
-			*p = d
-		}
-	}
-	def(&c.MaxConnections, 200000)
-	def(&c.MaxSubscriptions, 16)
-	def(&c.MaxFramesPerSecond, 20)
-	def(&c.AdmitBurst, 2000)
-	def(&c.Writers, max(8, 4*runtimeProcs()))
-	def(&c.MaxWriters, 1024)
-	def(&c.HistoryLen, 64)
-	def(&c.StatsVersions, 16)
-	def(&c.MaxEvents, 10000)
-	def(&c.SubscribeBudget, 60)
-	def(&c.ErrorBudget, 30)
-	def(&c.MaxPendingNotes, 512)
-	def(&c.PacedRate, 1000)
-	def(&c.InboxLen, engine.DefaultInboxLen)
-	def(&c.MaxResumes, 256)
-	def(&c.ResumeBudget, 10)
-	def(&c.ShedWaiting, 10000)
-	if c.ShedNoteBytes == 0 {
-		c.ShedNoteBytes = 256 << 20
-	}
-	def(&c.MaxConnsPerIP, 1000)
-	def(&c.IPAdmitBurst, 100)
-	if c.IPAdmitRate == 0 {
-		c.IPAdmitRate = 20
-	}
-	if c.LookupRate == 0 {
-		c.LookupRate = 1000
-	}
-	defD(&c.ExistsTTL, 30*time.Second)
-	defD(&c.MissingTTL, 5*time.Second)
-	if c.ReadLimit == 0 {
-		c.ReadLimit = 4096
-	}
-	if c.AdmitRate == 0 {
-		c.AdmitRate = 2000
-	}
-	defD(&c.WriteTimeout, 5*time.Second)
-	defD(&c.PingInterval, 25*time.Second)
-	defD(&c.PongTimeout, 10*time.Second)
-	defD(&c.RetryAfter, 5*time.Second)
-	defD(&c.DrainWindow, 30*time.Second)
-	defD(&c.ReconnectJitter, 2*time.Second)
-	defD(&c.ReportInterval, time.Second)
-	defD(&c.ReconcileInterval, 30*time.Second)
-	defD(&c.TopicLinger, 60*time.Second)
-	defD(&c.MaxClockSkew, 250*time.Millisecond)
 	var errs []error
 	for name, v := range map[string]int{"MaxConnections": c.MaxConnections, "MaxSubscriptions": c.MaxSubscriptions,
 		"MaxFramesPerSecond": c.MaxFramesPerSecond, "AdmitBurst": c.AdmitBurst, "Writers": c.Writers,
@@ -257,8 +248,8 @@ func (c *Config) Validate() error {
 	if c.RequireToken && c.Tokens == nil {
 		errs = append(errs, errors.New("proxy config: RequireToken needs device keys (Tokens)"))
 	}
-	if c.MaxConnsPerIP < -1 || c.IPAdmitBurst < -1 || (c.IPAdmitRate < 0 && c.IPAdmitRate != -1) || c.LookupRate < 0 {
-		errs = append(errs, errors.New("proxy config: per-IP limits and LookupRate must be > 0 (or -1: off for per-IP limits)"))
+	if c.LookupRate < 0 {
+		errs = append(errs, fmt.Errorf("proxy config: LookupRate = %v must be > 0", c.LookupRate))
 	}
 	if c.AdmitRate < 0 {
 		errs = append(errs, fmt.Errorf("proxy config: AdmitRate = %v must be > 0", c.AdmitRate))
@@ -269,14 +260,8 @@ func (c *Config) Validate() error {
 	if !validID(c.ID) {
 		errs = append(errs, fmt.Errorf("proxy config: ID %q must be 1-128 printable characters without spaces", c.ID))
 	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Rand == nil {
-		c.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	if c.Logger == nil || c.Now == nil || c.Rand == nil {
+		errs = append(errs, errors.New("proxy config: Logger, Now and Rand must be set (New fills them)"))
 	}
 	return errors.Join(errs...)
 }

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
@@ -380,16 +381,45 @@ func TestDeliveryReportPublished(t *testing.T) {
 	})
 }
 
+// TestConfigValidate: DefaultConfig is valid; Validate refuses what is wrong
+// and changes nothing; New fills zero fields from DefaultConfig, keeps the
+// rest, and a negative per-IP limit means off, not the default.
 func TestConfigValidate(t *testing.T) {
-	bad := []proxy.Config{{MaxConnections: -1}, {ReadLimit: 10}, {Writers: 10, MaxWriters: 5}, {ID: "has space"}, {WriteTimeout: -time.Second}}
-	for _, c := range bad {
+	for _, bad := range []func(*proxy.Config){
+		func(c *proxy.Config) { c.MaxConnections = -1 },
+		func(c *proxy.Config) { c.ReadLimit = 10 },
+		func(c *proxy.Config) { c.Writers, c.MaxWriters = 10, 5 },
+		func(c *proxy.Config) { c.ID = "has space" },
+		func(c *proxy.Config) { c.WriteTimeout = -time.Second },
+		func(c *proxy.Config) { c.Now = nil },
+	} {
+		c := proxy.DefaultConfig()
+		c.Rand = rand.New(rand.NewPCG(1, 2))
+		bad(&c)
+		before := fmt.Sprintf("%+v", c)
 		if err := c.Validate(); err == nil {
 			t.Errorf("Validate(%+v) = nil", c)
 		}
+		if after := fmt.Sprintf("%+v", c); after != before {
+			t.Errorf("Validate changed the config:\n%s\n%s", before, after)
+		}
 	}
-	var c proxy.Config
+	c := proxy.DefaultConfig()
+	c.Rand = rand.New(rand.NewPCG(1, 2))
 	if err := c.Validate(); err != nil || c.WriteTimeout != 5*time.Second || c.MaxSubscriptions != 16 {
 		t.Fatalf("defaults: %v %+v", err, c)
+	}
+	var zero proxy.Config
+	if err := zero.Validate(); err == nil {
+		t.Fatal("an unfilled Config passed Validate")
+	}
+	p, err := proxy.New(proxy.Config{MaxSubscriptions: 3, MaxConnsPerIP: -1, IPAdmitRate: -1}, memengine.New(memengine.Config{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if got := p.Config(); got.MaxSubscriptions != 3 || got.MaxConnections != 200000 || got.MaxConnsPerIP != -1 || got.IPAdmitRate != -1 || got.IPAdmitBurst != 100 {
+		t.Fatalf("New's config %+v", got)
 	}
 }
 

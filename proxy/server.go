@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -24,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/time/rate"
 
+	"github.com/stagecast/stagecast/internal/defaults"
 	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/serve"
@@ -88,8 +90,13 @@ type Server struct {
 	prefetchLevel atomic.Int32 // the prefetch tier's shedding level (paced broadcasts)
 }
 
-// New validates cfg and starts a proxy's background work (writers, reports).
+// New fills cfg's zero fields from DefaultConfig, validates it and starts a
+// proxy's background work (writers, reports).
 func New(cfg Config, eng Engine) (*Server, error) {
+	defaults.Fill(&cfg, DefaultConfig())
+	if cfg.Rand == nil {
+		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) // one source per server, not a shared default
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -140,6 +147,10 @@ const maxClosing = 1024
 
 // ID is the proxy's id (Config.ID, or the default it was given).
 func (s *Server) ID() string { return s.cfg.ID }
+
+// Config returns the configuration the server runs with: its Config with
+// the zero fields filled from DefaultConfig.
+func (s *Server) Config() Config { return s.cfg }
 
 // Registry returns the proxy's own registry (nil if Config.Registerer was set).
 func (s *Server) Registry() *prometheus.Registry { return s.reg }

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/stagecast/stagecast/internal/notifybench"
 )
@@ -42,13 +41,14 @@ func run(args []string) error {
 	var cfg notifybench.Config
 	fs.StringVar(&cfg.Stagecast, "stagecast", "bin/stagecast", "stagecast binary")
 	fs.StringVar(&cfg.OutDir, "out", "out/bench/notify", "output directory (logs, results.json)")
-	fs.IntVar(&cfg.Devices, "devices", 20000, "online devices (two per member)")
-	fs.IntVar(&cfg.PerClient, "per-client", 10000, "devices per client process")
+	d := notifybench.DefaultConfig() // the defaults, typed once
+	fs.IntVar(&cfg.Devices, "devices", d.Devices, "online devices (two per member)")
+	fs.IntVar(&cfg.PerClient, "per-client", d.PerClient, "devices per client process")
 	rates := fs.String("rates", "2000,5000,10000,15000", "steady rates to try, notes/s, in order (stops at the first that fails)")
-	fs.DurationVar(&cfg.Duration, "duration", 60*time.Second, "time per rate")
-	fs.DurationVar(&cfg.P99Budget, "p99", 250*time.Millisecond, "p99 budget from POST to device")
-	fs.IntVar(&cfg.Flood, "flood", 50000, "low notes flooded while critical ones go out")
-	fs.IntVar(&cfg.Critical, "critical-rate", 200, "critical notes/s in the priority phase")
+	fs.DurationVar(&cfg.Duration, "duration", d.Duration, "time per rate")
+	fs.DurationVar(&cfg.P99Budget, "p99", d.P99Budget, "p99 budget from POST to device")
+	fs.IntVar(&cfg.Flood, "flood", d.Flood, "low notes flooded while critical ones go out")
+	fs.IntVar(&cfg.Critical, "critical-rate", d.Critical, "critical notes/s in the priority phase")
 	fs.StringVar(&cfg.Pprof, "pprof", "", "profile the broadcaster during the first rate (its --debug-addr, e.g. 127.0.0.1:6061)")
 	_ = fs.Parse(args)
 	for _, s := range strings.Split(*rates, ",") {

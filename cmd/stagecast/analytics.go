@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -40,7 +41,8 @@ type kafkaOpts struct {
 func kafkaFlags(fs *flag.FlagSet) *kafkaOpts {
 	o := &kafkaOpts{}
 	fs.StringVar(&o.brokers, "kafka-brokers", "", "analytics stream: Kafka brokers, comma-separated (docs/analytics.md); empty: off")
-	fs.StringVar(&o.prefix, "kafka-topic-prefix", "stagecast.", "analytics topics are <prefix>audit and <prefix>delivery")
+	ad := analytics.DefaultConfig() // the defaults, typed once
+	fs.StringVar(&o.prefix, "kafka-topic-prefix", ad.TopicPrefix, "analytics topics are <prefix>audit, delivery, devices, connections, notes and prefetch")
 	fs.BoolVar(&o.tls, "kafka-tls", false, "connect to Kafka over TLS")
 	fs.StringVar(&o.tlsCA, "kafka-tls-ca", "", "PEM file of the CA(s) that sign the brokers' certificates (default: the system pool)")
 	fs.StringVar(&o.tlsServerName, "kafka-tls-server-name", "", "name to verify in the brokers' certificates")
@@ -51,8 +53,8 @@ func kafkaFlags(fs *flag.FlagSet) *kafkaOpts {
 	fs.StringVar(&o.saslUser, "kafka-sasl-user", "", "SASL user")
 	fs.StringVar(&o.saslPassword, "kafka-sasl-password", "", "SASL password (prefer --kafka-sasl-password-file: flags show in ps)")
 	fs.StringVar(&o.saslPassFile, "kafka-sasl-password-file", "", "read the SASL password from this file")
-	fs.IntVar(&o.maxRecords, "kafka-max-buffered-records", 10000, "records waiting for the brokers at most; past it they are dropped and counted")
-	fs.IntVar(&o.maxBytes, "kafka-max-buffered-bytes", 16<<20, "bytes waiting for the brokers at most; past it records are dropped and counted")
+	fs.IntVar(&o.maxRecords, "kafka-max-buffered-records", ad.MaxBufferedRecords, "records waiting for the brokers at most; past it they are dropped and counted")
+	fs.IntVar(&o.maxBytes, "kafka-max-buffered-bytes", ad.MaxBufferedBytes, "bytes waiting for the brokers at most; past it records are dropped and counted")
 	fs.Float64Var(&o.deviceSample, "analytics-device-sample", analytics.DefaultDeviceSample, "share of devices (0 to 1, by a hash of the device id: the same on every proxy) whose connect, stages, acks and disconnect are streamed one by one")
 	return o
 }
@@ -85,7 +87,7 @@ func (o *kafkaOpts) producer(source string, reg prometheus.Registerer, log *slog
 	if err != nil {
 		return nil, err
 	}
-	log.Info("analytics stream on", "brokers", o.brokers, "topics", o.prefix+"{audit,delivery,devices,connections,notes,prefetch}", "source", source)
+	log.Info("analytics stream on", "brokers", o.brokers, "topics", cmp.Or(o.prefix, analytics.DefaultConfig().TopicPrefix)+"{audit,delivery,devices,connections,notes,prefetch}", "source", source)
 	return p, nil
 }
 
@@ -112,7 +114,7 @@ func runAnalytics(args []string) error {
 	}
 	fs := flag.NewFlagSet("analytics tail", flag.ContinueOnError)
 	brokers := fs.String("kafka-brokers", "127.0.0.1:9092", "Kafka brokers, comma-separated (make run prints its own)")
-	prefix := fs.String("kafka-topic-prefix", "stagecast.", "topic prefix")
+	prefix := fs.String("kafka-topic-prefix", analytics.DefaultConfig().TopicPrefix, "topic prefix")
 	event := fs.String("event", "", "only this event")
 	once := fs.Bool("once", false, "print once, when the topics are read up to now, and exit")
 	asJSON := fs.Bool("json", false, "print each table as JSON lines (one convergence per line)")

@@ -80,32 +80,33 @@ func randomToken() string {
 	return "dev-" + hex.EncodeToString(b)
 }
 
-// proxyFlags registers the proxy's tunables on fs.
+// proxyFlags registers the proxy's tunables on fs, with proxy.DefaultConfig's defaults.
 func proxyFlags(fs *flag.FlagSet, c *proxy.Config) {
+	d := proxy.DefaultConfig() // the defaults, typed once
 	fs.StringVar(&c.ID, "proxy-id", "", "proxy id in delivery reports (default hostname-pid)")
-	fs.IntVar(&c.MaxConnections, "max-connections", 200000, "most devices this proxy holds")
-	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", 16, "most events per device connection")
-	fs.Float64Var(&c.AdmitRate, "admit-rate", 2000, "new connections per second admitted (503 + Retry-After above)")
-	fs.IntVar(&c.AdmitBurst, "admit-burst", 2000, "burst of new connections admitted")
-	fs.DurationVar(&c.WriteTimeout, "write-timeout", 5*time.Second, "a device that cannot take a frame this long is closed (4000)")
-	fs.DurationVar(&c.PingInterval, "ping-interval", 25*time.Second, "WebSocket ping interval")
-	fs.DurationVar(&c.PongTimeout, "pong-timeout", 10*time.Second, "close devices that do not answer a ping in this time (4001)")
-	fs.DurationVar(&c.DrainWindow, "drain-window", 30*time.Second, "on SIGTERM, spread devices' reconnects over this window")
-	fs.DurationVar(&c.ReconnectJitter, "reconnect-jitter", 2*time.Second, "max after_ms of reconnect frames")
-	fs.IntVar(&c.Writers, "writers", 0, "writer goroutines kept (default 4*GOMAXPROCS, min 8)")
-	fs.IntVar(&c.PacedRate, "paced-rate", 1000, "devices per second a paced stage change is released to (halved while the prefetch tier sheds, a fifth while it sheds critical work)")
+	fs.IntVar(&c.MaxConnections, "max-connections", d.MaxConnections, "most devices this proxy holds")
+	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", d.MaxSubscriptions, "most events per device connection")
+	fs.Float64Var(&c.AdmitRate, "admit-rate", d.AdmitRate, "new connections per second admitted (503 + Retry-After above)")
+	fs.IntVar(&c.AdmitBurst, "admit-burst", d.AdmitBurst, "burst of new connections admitted")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", d.WriteTimeout, "a device that cannot take a frame this long is closed (4000)")
+	fs.DurationVar(&c.PingInterval, "ping-interval", d.PingInterval, "WebSocket ping interval")
+	fs.DurationVar(&c.PongTimeout, "pong-timeout", d.PongTimeout, "close devices that do not answer a ping in this time (4001)")
+	fs.DurationVar(&c.DrainWindow, "drain-window", d.DrainWindow, "on SIGTERM, spread devices' reconnects over this window")
+	fs.DurationVar(&c.ReconnectJitter, "reconnect-jitter", d.ReconnectJitter, "max after_ms of reconnect frames")
+	fs.IntVar(&c.Writers, "writers", d.Writers, "writer goroutines kept (4*GOMAXPROCS, min 8)")
+	fs.IntVar(&c.PacedRate, "paced-rate", d.PacedRate, "devices per second a paced stage change is released to (halved while the prefetch tier sheds, a fifth while it sheds critical work)")
 	fs.StringVar(&c.PublicURL, "public-url", "", "where devices reach this proxy (ws://host:port/v1/ws), published so draining proxies direct devices here; empty: never a drain target")
-	fs.DurationVar(&c.MaxClockSkew, "max-clock-skew", 250*time.Millisecond, "armed stages fire from this proxy's clock only within this of Redis's")
+	fs.DurationVar(&c.MaxClockSkew, "max-clock-skew", d.MaxClockSkew, "armed stages fire from this proxy's clock only within this of Redis's")
 	fs.BoolVar(&c.TrustDeviceIDs, "trust-device-ids", false, "give devices without a token the notes of the ?device= inbox (only where ids cannot be impersonated; make run does)")
-	fs.IntVar(&c.MaxPendingNotes, "max-pending-notes", 512, "notes queued per connection: low shed past half, slow devices closed past it")
-	fs.IntVar(&c.ResumeBudget, "resume-budget", 10, "inbox ops (resumes) per connection per minute")
-	fs.IntVar(&c.MaxFramesPerSecond, "max-frames-per-second", 20, "device frames per second per connection; above it rate_limited, at 10x closed (1008)")
-	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", 30*time.Second, "each event re-reads its recent stages this often (jittered): a safety net under pub/sub")
-	fs.IntVar(&c.MaxEvents, "max-events", 10000, "most events (engine subscriptions) this proxy holds; subs past it get event_limit")
-	fs.IntVar(&c.SubscribeBudget, "subscribe-budget", 60, "new subscriptions per connection per minute; past it rate_limited")
-	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", 1000, "concurrent connections from one source IP (429 above; -1 off)")
-	fs.Float64Var(&c.IPAdmitRate, "ip-admit-rate", 20, "new connections per second from one source IP (429 above; -1 off)")
-	fs.IntVar(&c.IPAdmitBurst, "ip-admit-burst", 100, "burst of new connections from one source IP")
+	fs.IntVar(&c.MaxPendingNotes, "max-pending-notes", d.MaxPendingNotes, "notes queued per connection: low shed past half, slow devices closed past it")
+	fs.IntVar(&c.ResumeBudget, "resume-budget", d.ResumeBudget, "inbox ops (resumes) per connection per minute")
+	fs.IntVar(&c.MaxFramesPerSecond, "max-frames-per-second", d.MaxFramesPerSecond, "device frames per second per connection; above it rate_limited, at 10x closed (1008)")
+	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", d.ReconcileInterval, "each event re-reads its recent stages this often (jittered): a safety net under pub/sub")
+	fs.IntVar(&c.MaxEvents, "max-events", d.MaxEvents, "most events (engine subscriptions) this proxy holds; subs past it get event_limit")
+	fs.IntVar(&c.SubscribeBudget, "subscribe-budget", d.SubscribeBudget, "new subscriptions per connection per minute; past it rate_limited")
+	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", d.MaxConnsPerIP, "concurrent connections from one source IP (429 above; negative: off)")
+	fs.Float64Var(&c.IPAdmitRate, "ip-admit-rate", d.IPAdmitRate, "new connections per second from one source IP (429 above; negative: off)")
+	fs.IntVar(&c.IPAdmitBurst, "ip-admit-burst", d.IPAdmitBurst, "burst of new connections from one source IP")
 	fs.Func("ip-limit-exempt", "comma-separated CIDRs whose sources skip the per-IP limits (e.g. a load generator's 127.0.0.0/8)", func(v string) error {
 		c.IPLimitExempt = nil
 		for _, p := range splitAddrs(v) {
@@ -218,7 +219,7 @@ func redisFlags(fs *flag.FlagSet, c *redisengine.Config) *redisOpts {
 	fs.StringVar(&o.tlsClientKey, "redis-tls-key", "", "client key (PEM) for mutual TLS")
 	fs.BoolVar(&o.tlsInsecure, "redis-tls-insecure-skip-verify", false, "do not verify Redis's certificate (tests only)")
 	fs.IntVar(&c.WaitReplicas, "redis-wait-replicas", 0, "confirm a stage change only once this many replicas have it (WAIT); 0: Redis's asynchronous replication")
-	fs.DurationVar(&c.WaitTimeout, "redis-wait-timeout", 100*time.Millisecond, "how long a stage change waits for --redis-wait-replicas")
+	fs.DurationVar(&c.WaitTimeout, "redis-wait-timeout", redisengine.DefaultConfig().WaitTimeout, "how long a stage change waits for --redis-wait-replicas")
 	return o
 }
 

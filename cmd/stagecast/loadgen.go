@@ -5,13 +5,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"golang.org/x/term"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"golang.org/x/term"
 
 	"github.com/stagecast/stagecast/internal/localcluster"
 	"github.com/stagecast/stagecast/loadgen"

@@ -21,7 +21,6 @@ import (
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/filewatch"
 	"github.com/stagecast/stagecast/internal/serve"
-	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/prefetch"
 	"github.com/stagecast/stagecast/proxy"
 )
@@ -93,7 +92,7 @@ func runDev(args []string) error {
 		}
 		defer kc.Close()
 		kafka = addr
-		ko := &kafkaOpts{brokers: addr, prefix: "stagecast.", maxRecords: 10000, maxBytes: 16 << 20}
+		ko := &kafkaOpts{brokers: addr} // the rest: analytics.DefaultConfig
 		pp, err := ko.producer("proxy/dev", p.Registry(), log)
 		if err != nil {
 			return err
@@ -117,7 +116,7 @@ func runDev(args []string) error {
 		return err
 	}
 	if kafka != "" {
-		fp, err := (&kafkaOpts{brokers: kafka, prefix: "stagecast.", maxRecords: 10000, maxBytes: 16 << 20}).producer("prefetch/dev", pf.Registry(), log)
+		fp, err := (&kafkaOpts{brokers: kafka}).producer("prefetch/dev", pf.Registry(), log)
 		if err != nil {
 			return err
 		}
@@ -238,8 +237,9 @@ func runBroadcaster(args []string) error {
 	tokenFile := fs.String("producer-token-file", "", "read the producer token from this file (keeps it out of ps and the environment)")
 	tokensFile := fs.String("producer-tokens", "", `named producer tokens, a JSON file {"producers":[{"name":..,"token":..,"events":["fight-*"]}]}; re-read when it changes (rotation)`)
 	publicReads := fs.Bool("public-reads", true, "serve GET /v1/events/{event} without a token")
-	maxMap := fs.Int64("max-map-bytes", wire.DefaultMaxMapSize, "largest stage map accepted (413 above)")
-	producerRate := fs.Float64("producer-rate", broadcaster.DefaultProducerRate, "requests per second each producer token may send (429 above; burst twice that); negative: no limit")
+	bd := broadcaster.DefaultConfig() // the defaults, typed once
+	maxMap := fs.Int64("max-map-bytes", bd.MaxMapBytes, "largest stage map accepted (413 above)")
+	producerRate := fs.Float64("producer-rate", bd.ProducerRate, "requests per second each producer token may send (429 above; burst twice that); negative: no limit")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	ko := kafkaFlags(fs)
 	var rc redisengine.Config

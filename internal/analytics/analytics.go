@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stagecast/stagecast/internal/defaults"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
@@ -60,7 +61,7 @@ func InSample(device string, rate float64) bool {
 	return float64(h.Sum32()%10000) < rate*10000
 }
 
-// Config configures a Producer. Zero values are the documented defaults.
+// Config configures a Producer. Zero values take DefaultConfig's.
 type Config struct {
 	// Brokers to bootstrap from. Required (an empty list: analytics off, New
 	// returns nil).
@@ -88,36 +89,30 @@ type Config struct {
 	Now             func() time.Time
 }
 
-// Validate fills defaults and checks the config.
+// DefaultConfig returns the producer's documented defaults (no brokers, no
+// source: those are the caller's). New fills each zero field of its Config
+// from it (package defaults), then validates.
+func DefaultConfig() Config {
+	return Config{TopicPrefix: "stagecast.", MaxBufferedRecords: 10000, MaxBufferedBytes: 16 << 20,
+		Linger: 100 * time.Millisecond, DeliveryTimeout: 10 * time.Second, Logger: slog.Default(), Now: time.Now}
+}
+
+// Validate checks a filled Config (see DefaultConfig) and changes nothing.
 func (c *Config) Validate() error {
 	if c.Source == "" {
 		return errors.New("analytics: Source is required")
 	}
-	if c.TopicPrefix == "" {
-		c.TopicPrefix = "stagecast."
-	}
-	if c.MaxBufferedRecords <= 0 {
-		c.MaxBufferedRecords = 10000
-	}
-	if c.MaxBufferedBytes <= 0 {
-		c.MaxBufferedBytes = 16 << 20
-	}
-	if c.Linger <= 0 {
-		c.Linger = 100 * time.Millisecond
-	}
-	if c.DeliveryTimeout <= 0 {
-		c.DeliveryTimeout = 10 * time.Second
+	if c.MaxBufferedRecords <= 0 || c.MaxBufferedBytes <= 0 || c.Linger <= 0 || c.DeliveryTimeout <= 0 {
+		return fmt.Errorf("analytics: MaxBufferedRecords %d, MaxBufferedBytes %d, Linger %v and DeliveryTimeout %v must be > 0",
+			c.MaxBufferedRecords, c.MaxBufferedBytes, c.Linger, c.DeliveryTimeout)
 	}
 	switch c.SASLMechanism {
 	case "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
 	default:
 		return fmt.Errorf("analytics: SASL mechanism %q: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.SASLMechanism)
 	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	if c.Now == nil {
-		c.Now = time.Now
+	if c.Logger == nil || c.Now == nil {
+		return errors.New("analytics: Logger and Now must be set (New fills them)")
 	}
 	return nil
 }
@@ -138,6 +133,7 @@ func New(cfg Config) (*Producer, error) {
 	if len(cfg.Brokers) == 0 {
 		return nil, nil
 	}
+	defaults.Fill(&cfg, DefaultConfig())
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

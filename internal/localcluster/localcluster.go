@@ -23,6 +23,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stagecast/stagecast/internal/defaults"
 	"github.com/stagecast/stagecast/internal/redistest"
 )
 
@@ -56,24 +57,20 @@ type Info struct {
 	Control     ControlInfo
 }
 
+// DefaultConfig returns the local fleet's defaults (make cluster's ports);
+// Start fills each zero field of its Config from it (package defaults).
+func DefaultConfig() Config {
+	return Config{RedisPorts: []int{7001, 7002, 7003, 7004, 7005, 7006}, BroadcasterPort: 9100,
+		ProxyPorts: []int{9101, 9102, 9103}, PrefetchPorts: []int{9111, 9112}, Out: io.Discard, ControlAddr: "127.0.0.1:0"}
+}
+
 func (c *Config) defaults() error {
 	if c.Token == "" {
 		return errors.New("localcluster: set STAGECAST_PRODUCER_TOKEN (at least 16 characters)")
 	}
-	if len(c.RedisPorts) == 0 {
-		c.RedisPorts = []int{7001, 7002, 7003, 7004, 7005, 7006}
-	}
+	defaults.Fill(c, DefaultConfig())
 	if len(c.RedisPorts) != 6 {
 		return errors.New("localcluster: need 6 Redis ports (3 masters, 3 replicas)")
-	}
-	if c.BroadcasterPort == 0 {
-		c.BroadcasterPort = 9100
-	}
-	if len(c.ProxyPorts) == 0 {
-		c.ProxyPorts = []int{9101, 9102, 9103}
-	}
-	if len(c.PrefetchPorts) == 0 {
-		c.PrefetchPorts = []int{9111, 9112}
 	}
 	if c.Dir == "" {
 		d, err := os.MkdirTemp("", "stagecast-cluster-")
@@ -81,12 +78,6 @@ func (c *Config) defaults() error {
 			return err
 		}
 		c.Dir = d
-	}
-	if c.Out == nil {
-		c.Out = io.Discard
-	}
-	if c.ControlAddr == "" {
-		c.ControlAddr = "127.0.0.1:0"
 	}
 	return nil
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/internal/benchproc"
+	"github.com/stagecast/stagecast/internal/defaults"
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/redistest"
@@ -47,29 +48,14 @@ type Config struct {
 	Log   io.Writer
 }
 
-func (c *Config) defaults() {
-	if c.Devices <= 0 {
-		c.Devices = 20000
-	}
-	if c.PerClient <= 0 {
-		c.PerClient = 10000
-	}
-	if len(c.Rates) == 0 {
-		c.Rates = []int{2000, 5000, 10000, 15000}
-	}
-	if c.Duration <= 0 {
-		c.Duration = 60 * time.Second
-	}
-	if c.P99Budget <= 0 {
-		c.P99Budget = 250 * time.Millisecond
-	}
-	if c.Flood <= 0 {
-		c.Flood = 50000
-	}
-	if c.Critical <= 0 {
-		c.Critical = 200
-	}
+// DefaultConfig returns the bench's defaults (make bench-notify); Run fills
+// each zero field of its Config from it (package defaults).
+func DefaultConfig() Config {
+	return Config{Devices: 20000, PerClient: 10000, Rates: []int{2000, 5000, 10000, 15000}, Duration: 60 * time.Second,
+		P99Budget: 250 * time.Millisecond, Flood: 50000, Critical: 200}
 }
+
+func (c *Config) defaults() { defaults.Fill(c, DefaultConfig()) }
 
 func (c *Config) logf(format string, args ...any) {
 	if c.Log != nil {

@@ -7,11 +7,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/stagecast/stagecast/internal/defaults"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
-// Config configures the in-memory engine. Zero values mean the defaults.
+// Config configures the in-memory engine. Zero values take DefaultConfig's.
 type Config struct {
 	LogLen         int           // recent changes kept per event; default DefaultLogLen
 	IdempotencyTTL time.Duration // default DefaultIdempotencyTTL
@@ -67,19 +68,18 @@ type presence struct {
 
 // New returns an empty in-memory engine.
 func New(cfg Config) *Engine {
-	if cfg.LogLen <= 0 {
-		cfg.LogLen = engine.DefaultLogLen
-	}
-	if cfg.IdempotencyTTL <= 0 {
-		cfg.IdempotencyTTL = engine.DefaultIdempotencyTTL
-	}
-	if cfg.InboxLen <= 0 {
-		cfg.InboxLen = engine.DefaultInboxLen
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	defaults.Fill(&cfg, DefaultConfig())
+	if cfg.LogLen < 0 || cfg.IdempotencyTTL < 0 || cfg.InboxLen < 0 {
+		// built in code only (tests, the dev server): a programming error
+		panic(fmt.Sprintf("memengine: negative LogLen %d, IdempotencyTTL %v or InboxLen %d", cfg.LogLen, cfg.IdempotencyTTL, cfg.InboxLen))
 	}
 	return &Engine{cfg: cfg, events: make(map[string]*memEvent)}
+}
+
+// DefaultConfig returns the in-memory engine's defaults (package engine's
+// bounds); New fills each zero field of its Config from it.
+func DefaultConfig() Config {
+	return Config{LogLen: engine.DefaultLogLen, IdempotencyTTL: engine.DefaultIdempotencyTTL, InboxLen: engine.DefaultInboxLen, Now: time.Now}
 }
 
 func (m *Engine) event(name string) *memEvent {

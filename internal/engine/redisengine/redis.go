@@ -40,6 +40,7 @@ import (
 
 	"github.com/redis/rueidis"
 
+	"github.com/stagecast/stagecast/internal/defaults"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
@@ -93,7 +94,28 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Validate fills defaults and checks the config.
+// DefaultConfig returns the Redis engine's documented defaults (no address:
+// that is the caller's). New fills each zero field of its Config from it
+// (package defaults), then validates.
+func DefaultConfig() Config {
+	return Config{
+		LogLen:          engine.DefaultLogLen,
+		InboxLen:        engine.DefaultInboxLen,
+		IdempotencyTTL:  engine.DefaultIdempotencyTTL,
+		ReportTTL:       engine.DefaultReportTTL,
+		EventTTL:        7 * 24 * time.Hour,
+		OpTimeout:       2 * time.Second,
+		ResubscribeMax:  5 * time.Second,
+		WaitTimeout:     100 * time.Millisecond,
+		DialTimeout:     time.Second,
+		TopologyRefresh: 500 * time.Millisecond,
+		CacheTTL:        time.Minute,
+		Logger:          slog.Default(),
+		Now:             time.Now,
+	}
+}
+
+// Validate checks a filled Config (see DefaultConfig) and changes nothing.
 func (c *Config) Validate() error {
 	if len(c.Addrs) == 0 {
 		return errors.New("redis engine: no address (set --redis)")
@@ -103,47 +125,21 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("redis engine: address %q is not host:port", a)
 		}
 	}
-	if c.LogLen <= 0 {
-		c.LogLen = engine.DefaultLogLen
+	if c.LogLen <= 0 || c.InboxLen <= 0 {
+		return fmt.Errorf("redis engine: LogLen %d and InboxLen %d must be > 0", c.LogLen, c.InboxLen)
 	}
-	if c.InboxLen <= 0 {
-		c.InboxLen = engine.DefaultInboxLen
-	}
-	if c.IdempotencyTTL <= 0 {
-		c.IdempotencyTTL = engine.DefaultIdempotencyTTL
-	}
-	if c.ReportTTL <= 0 {
-		c.ReportTTL = engine.DefaultReportTTL
-	}
-	if c.EventTTL <= 0 {
-		c.EventTTL = 7 * 24 * time.Hour
-	}
-	if c.OpTimeout <= 0 {
-		c.OpTimeout = 2 * time.Second
-	}
-	if c.ResubscribeMax <= 0 {
-		c.ResubscribeMax = 5 * time.Second
+	for name, d := range map[string]time.Duration{"IdempotencyTTL": c.IdempotencyTTL, "ReportTTL": c.ReportTTL, "EventTTL": c.EventTTL,
+		"OpTimeout": c.OpTimeout, "ResubscribeMax": c.ResubscribeMax, "WaitTimeout": c.WaitTimeout, "DialTimeout": c.DialTimeout,
+		"TopologyRefresh": c.TopologyRefresh, "CacheTTL": c.CacheTTL} {
+		if d <= 0 {
+			return fmt.Errorf("redis engine: %s = %v must be > 0", name, d)
+		}
 	}
 	if c.WaitReplicas < 0 {
 		return errors.New("redis engine: WaitReplicas must be >= 0")
 	}
-	if c.WaitTimeout <= 0 {
-		c.WaitTimeout = 100 * time.Millisecond
-	}
-	if c.DialTimeout <= 0 {
-		c.DialTimeout = time.Second
-	}
-	if c.TopologyRefresh <= 0 {
-		c.TopologyRefresh = 500 * time.Millisecond
-	}
-	if c.CacheTTL <= 0 {
-		c.CacheTTL = time.Minute
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	if c.Now == nil {
-		c.Now = time.Now
+	if c.Logger == nil || c.Now == nil {
+		return errors.New("redis engine: Logger and Now must be set (New fills them)")
 	}
 	return nil
 }
@@ -159,6 +155,7 @@ type Engine struct {
 
 // New connects to Redis. It fails fast when no node answers.
 func New(cfg Config) (*Engine, error) {
+	defaults.Fill(&cfg, DefaultConfig())
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
