@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/engine/memengine"
 )
 
@@ -44,7 +45,7 @@ func TestConsoleEndpoints(t *testing.T) {
 	}
 
 	ctx := context.Background()
-	admin := &broadcaster.Client{BaseURL: ts.URL, Token: token}
+	admin := &producer.Client{BaseURL: ts.URL, Token: token}
 	for _, ev := range []string{"fight-1", "other"} {
 		if _, err := admin.SetStage(ctx, ev, "round-1", nil, ""); err != nil {
 			t.Fatal(err)

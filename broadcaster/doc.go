@@ -8,4 +8,9 @@
 // Concurrency: a Server is safe for concurrent use by many HTTP requests. The
 // breakers and the producers' rate limiters have their own locks; no lock is
 // held across an engine call.
+//
+// The package is the server of `stagecast broadcaster` and `stagecast dev`;
+// its signatures name internal types (the engine's), so it is not an API for
+// other modules. Producers' programs use package producer (its own types,
+// nothing internal), whose types this server answers with.
 package broadcaster

@@ -2,26 +2,20 @@ package broadcaster
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
 // Stage maps and live windows.
 
-// MapReply is the reply of PUT /v1/events/{event}/stages.
-type MapReply struct {
-	Event     string `json:"event"`
-	Version   uint64 `json:"version"`
-	Stages    int    `json:"stages"`
-	Bytes     int    `json:"bytes"`
-	UpdatedMS int64  `json:"updated"`
-}
+// MapReply is producer.MapReply: the API's types are the public client's.
+type MapReply = producer.MapReply
 
 func (s *Server) putStageMap(r *http.Request) (any, error) {
 	event := r.PathValue("event")
@@ -47,13 +41,8 @@ func (s *Server) putStageMap(r *http.Request) (any, error) {
 	return MapReply{Event: event, Version: v, Stages: len(m.Stages), Bytes: len(raw), UpdatedMS: now}, nil
 }
 
-// StoredMap is the reply of GET /v1/events/{event}/stages.
-type StoredMap struct {
-	Event     string          `json:"event"`
-	Version   uint64          `json:"version"`
-	UpdatedMS int64           `json:"updated"`
-	Map       json.RawMessage `json:"map"`
-}
+// StoredMap is producer.StoredMap: the API's types are the public client's.
+type StoredMap = producer.StoredMap
 
 func (s *Server) getStageMap(r *http.Request) (any, error) {
 	event := r.PathValue("event")
@@ -67,10 +56,8 @@ func (s *Server) getStageMap(r *http.Request) (any, error) {
 	return StoredMap{Event: event, Version: snap.Map.Version, UpdatedMS: snap.Map.UpdatedMS, Map: snap.Map.Raw}, nil
 }
 
-// WindowRequest is the body of PUT /v1/events/{event}/window.
-type WindowRequest struct {
-	Live *bool `json:"live"`
-}
+// WindowRequest is producer.WindowRequest: the API's types are the public client's.
+type WindowRequest = producer.WindowRequest
 
 func (s *Server) setWindow(r *http.Request) (any, error) {
 	event := r.PathValue("event")

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
@@ -117,15 +118,8 @@ func (s *Server) notifyRetry(ctx context.Context, w engine.NoteWrite) (engine.No
 		func(ctx context.Context) (engine.NoteResult, error) { return s.eng.Notify(ctx, w) })
 }
 
-// NotifyReply is the 202 reply of POST /v1/notifications: the contract's fields
-// and how many inboxes stored it and push messages went to proxies (extension).
-type NotifyReply struct {
-	wire.NotifyReply
-	Priority string `json:"priority"`
-	Stored   int    `json:"stored"`
-	Pushes   int    `json:"pushes"`
-	Replayed bool   `json:"replayed,omitempty"`
-}
+// NotifyReply is producer.NotifyReply: the API's types are the public client's.
+type NotifyReply = producer.NotifyReply
 
 type statusReply struct {
 	status int
@@ -215,9 +209,8 @@ func (s *Server) notify(r *http.Request) (any, error) {
 		out.res.ID, n.Type, prio, len(n.Members), len(n.Devices), out.res.Stored, out.res.Pushes)})
 	s.audit(r, "notify", "id", out.res.ID, "type", n.Type, "priority", prio, "members", len(n.Members), "devices", len(n.Devices),
 		"stored", out.res.Stored, "pushes", out.res.Pushes, "result", result)
-	return statusReply{http.StatusAccepted, NotifyReply{
-		NotifyReply: wire.NotifyReply{ID: out.res.ID, Members: len(n.Members), Devices: len(n.Devices)},
-		Priority:    prio, Stored: out.res.Stored, Pushes: out.res.Pushes, Replayed: out.res.Replayed}}, nil
+	return statusReply{http.StatusAccepted, NotifyReply{ID: out.res.ID, Members: len(n.Members), Devices: len(n.Devices),
+		Priority: prio, Stored: out.res.Stored, Pushes: out.res.Pushes, Replayed: out.res.Replayed}}, nil
 }
 
 // NoteAccepted is one notification the broadcaster stored (Config.OnNote).
@@ -241,24 +234,6 @@ func (s *Server) noteReport(r *http.Request) (any, error) {
 		return nil, errf(http.StatusNotFound, "not_found", "no notification %s is kept (unknown, or past its ttl)", id)
 	}
 	return rep, err
-}
-
-// Notify sends a notification (POST /v1/notifications). idemKey may be "".
-func (c *Client) Notify(ctx context.Context, req wire.NotifyRequest, idemKey string) (NotifyReply, error) {
-	var out NotifyReply
-	var hdr http.Header
-	if idemKey != "" {
-		hdr = http.Header{"Idempotency-Key": {idemKey}}
-	}
-	err := c.do(ctx, http.MethodPost, "/v1/notifications", req, hdr, &out)
-	return out, err
-}
-
-// NoteReport fetches a notification's delivery report.
-func (c *Client) NoteReport(ctx context.Context, id string) (engine.NoteReport, error) {
-	var out engine.NoteReport
-	err := c.do(ctx, http.MethodGet, "/v1/notifications/"+id+"/report", nil, nil, &out)
-	return out, err
 }
 
 func validateLanes(l *[wire.NumPriorities]LaneConfig) error {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/wire"
@@ -74,8 +75,8 @@ func TestNotifyValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	c := &broadcaster.Client{BaseURL: httptest.NewServer(s.Handler()).URL, Token: "0ld-7c6b5a4f3e2d1c0b9a8f7e6d"}
-	_, err = c.Notify(context.Background(), wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m1"}}, Type: "t"}, "")
+	c := &producer.Client{BaseURL: httptest.NewServer(s.Handler()).URL, Token: "0ld-7c6b5a4f3e2d1c0b9a8f7e6d"}
+	_, err = c.Notify(context.Background(), producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m1"}}, Type: "t"}, "")
 	apiErr(t, err, 403, "forbidden")
 }
 
@@ -84,7 +85,7 @@ func TestNotifyValidation(t *testing.T) {
 func TestNotifyAcceptedAndIdempotent(t *testing.T) {
 	c, eng, _ := start(t)
 	ctx := context.Background()
-	req := wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m1", "m1", "m2"}, Devices: []string{"d7"}},
+	req := producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m1", "m1", "m2"}, Devices: []string{"d7"}},
 		Type: "profile-updated", Priority: "high", Payload: json.RawMessage(`{"name": "Ana"}`), DedupKey: "profile:m1"}
 	r, err := c.Notify(ctx, req, "key-1")
 	if err != nil {
@@ -209,23 +210,23 @@ func TestNotifyKeysPerProducer(t *testing.T) {
 	_, url := serve(t, broadcaster.Config{Producers: []broadcaster.Producer{{Name: "a", Token: tokA}, {Name: "b", Token: tokB},
 		{Name: "ev-only", Token: tokEv, Events: []string{"fight-*"}}}}, memengine.New(memengine.Config{}))
 	ctx := context.Background()
-	a := &broadcaster.Client{BaseURL: url, Token: tokA}
-	b := &broadcaster.Client{BaseURL: url, Token: tokB}
-	ra, err := a.Notify(ctx, wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m1"}}, Type: "from-a"}, "shared-key")
+	a := &producer.Client{BaseURL: url, Token: tokA}
+	b := &producer.Client{BaseURL: url, Token: tokB}
+	ra, err := a.Notify(ctx, producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m1"}}, Type: "from-a"}, "shared-key")
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb, err := b.Notify(ctx, wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m1"}}, Type: "from-b"}, "shared-key")
+	rb, err := b.Notify(ctx, producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m1"}}, Type: "from-b"}, "shared-key")
 	if err != nil {
 		t.Fatalf("b's first use of its key: %v (a's note %s)", err, ra.ID)
 	}
 	if rb.ID == ra.ID || rb.Replayed {
 		t.Fatalf("b got a's note: %+v", rb)
 	}
-	if again, err := b.Notify(ctx, wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m1"}}, Type: "from-b"}, "shared-key"); err != nil || again.ID != rb.ID || !again.Replayed {
+	if again, err := b.Notify(ctx, producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m1"}}, Type: "from-b"}, "shared-key"); err != nil || again.ID != rb.ID || !again.Replayed {
 		t.Fatalf("b's retry: %+v %v", again, err)
 	}
-	ev := &broadcaster.Client{BaseURL: url, Token: tokEv}
+	ev := &producer.Client{BaseURL: url, Token: tokEv}
 	_, err = ev.NoteReport(ctx, ra.ID)
 	apiErr(t, err, 403, "forbidden")
 }

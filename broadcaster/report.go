@@ -6,43 +6,18 @@ import (
 	"sort"
 	"strconv"
 
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
 // The delivery report: the proxies' figures for one version, merged.
 
-// Report is the merged delivery report of one version.
-type Report struct {
-	Event string `json:"event"`
-	V     uint64 `json:"v"`
-	Stage string `json:"stage,omitempty"`
-	TS    int64  `json:"ts,omitempty"`
-	// Devices subscribed to the event now (proxies that reported recently).
-	Devices int64  `json:"devices"`
-	Sent    uint64 `json:"sent"`
-	Acked   uint64 `json:"acked"`
-	// SentPct and AckedPct are of max(devices, sent).
-	SentPct  float64 `json:"sent_pct"`
-	AckedPct float64 `json:"acked_pct"`
-	// SentMS: time from ts until 50/90/99/100 % of the devices had been sent the
-	// version (upper bound of the histogram bucket); null while not reached.
-	SentMS       map[string]*int64 `json:"sent_ms"`
-	Proxies      int               `json:"proxies"`
-	StaleProxies int               `json:"stale_proxies"`
-	// PerProxy (extension) is each proxy's share, for the console.
-	PerProxy []ProxyReport `json:"per_proxy"`
-}
+// Report is producer.Report: the API's types are the public client's.
+type Report = producer.Report
 
-// ProxyReport is one proxy's figures for the version.
-type ProxyReport struct {
-	Proxy   string            `json:"proxy"`
-	Devices int64             `json:"devices"`
-	Sent    uint64            `json:"sent"`
-	Acked   uint64            `json:"acked"`
-	Stale   bool              `json:"stale,omitempty"`
-	SentMS  map[string]*int64 `json:"sent_ms"`
-}
+// ProxyReport is producer.ProxyReport: the API's types are the public client's.
+type ProxyReport = producer.ProxyReport
 
 func (s *Server) report(r *http.Request) (any, error) {
 	event := r.PathValue("event")

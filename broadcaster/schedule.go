@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
@@ -18,24 +19,11 @@ import (
 // (fireLoop), with the version assigned at arming, so a proxy that missed the
 // arming still delivers and nothing is delivered twice as two versions.
 
-// ScheduleRequest is the body of POST /v1/events/{event}/schedule.
-type ScheduleRequest struct {
-	Stage    string       `json:"stage"`
-	At       int64        `json:"at"` // Unix ms
-	Target   *wire.Target `json:"target,omitempty"`
-	Priority string       `json:"priority,omitempty"`
-}
+// ScheduleRequest is producer.ScheduleRequest: the API's types are the public client's.
+type ScheduleRequest = producer.ScheduleRequest
 
-// ScheduleReply describes an armed schedule.
-type ScheduleReply struct {
-	ID     string       `json:"id"`
-	Event  string       `json:"event"`
-	Stage  string       `json:"stage"`
-	V      uint64       `json:"v"`
-	At     int64        `json:"at"`
-	Target *wire.Target `json:"target,omitempty"`
-	State  string       `json:"state"` // armed, cancelled
-}
+// ScheduleReply is producer.ScheduleReply: the API's types are the public client's.
+type ScheduleReply = producer.ScheduleReply
 
 // Bounds of a schedule's time.
 const (
@@ -46,7 +34,7 @@ const (
 )
 
 func scheduleReply(st wire.Stage, state string) ScheduleReply {
-	return ScheduleReply{ID: st.Arm.ID, Event: st.Event, Stage: st.Key, V: st.V, At: st.Arm.At, Target: st.Target, State: state}
+	return ScheduleReply{ID: st.Arm.ID, Event: st.Event, Stage: st.Key, V: st.V, At: st.Arm.At, Target: (*producer.Target)(st.Target), State: state}
 }
 
 func (s *Server) armStage(r *http.Request) (any, error) {
@@ -55,7 +43,7 @@ func (s *Server) armStage(r *http.Request) (any, error) {
 	if err := decodeJSON(r, maxStageBody, &req); err != nil {
 		return nil, err
 	}
-	if err := checkStageFields(req.Stage, req.Target, req.Priority); err != nil {
+	if err := checkStageFields(req.Stage, (*wire.Target)(req.Target), req.Priority); err != nil {
 		return nil, err
 	}
 	now := s.cfg.Now()
@@ -76,7 +64,7 @@ func (s *Server) armStage(r *http.Request) (any, error) {
 		id = "s" + strconv.FormatUint(uint64(now.UnixNano()), 36) + newNoteID()[1:9]
 	}
 	st, err := call(s, s.breakers.stage(event), r, func(ctx context.Context) (wire.Stage, error) {
-		return s.eng.Arm(ctx, engine.ArmRequest{ID: id, Event: event, Key: req.Stage, Target: req.Target,
+		return s.eng.Arm(ctx, engine.ArmRequest{ID: id, Event: event, Key: req.Stage, Target: (*wire.Target)(req.Target),
 			Critical: req.Priority == "critical", AtMS: req.At})
 	})
 	switch {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/internal/waitfor"
@@ -22,7 +23,7 @@ import (
 
 const token = "test-producer-token-123456"
 
-func start(t *testing.T) (*broadcaster.Client, *memengine.Engine, string) {
+func start(t *testing.T) (*producer.Client, *memengine.Engine, string) {
 	t.Helper()
 	eng := memengine.New(memengine.Config{})
 	s, err := broadcaster.New(broadcaster.Config{Token: token, PublicReads: true,
@@ -32,7 +33,7 @@ func start(t *testing.T) (*broadcaster.Client, *memengine.Engine, string) {
 	}
 	ts := httptest.NewServer(s.Handler())
 	t.Cleanup(ts.Close)
-	return &broadcaster.Client{BaseURL: ts.URL, Token: token}, eng, ts.URL
+	return &producer.Client{BaseURL: ts.URL, Token: token}, eng, ts.URL
 }
 
 // serve starts a broadcaster with cfg (quiet unless cfg.Logger is set) on eng
@@ -54,7 +55,7 @@ func serve(t *testing.T, cfg broadcaster.Config, eng broadcaster.Engine) (*broad
 
 func apiErr(t *testing.T, err error, status int, code string) {
 	t.Helper()
-	var ae *broadcaster.APIError
+	var ae *producer.APIError
 	if !errors.As(err, &ae) || ae.Status != status || ae.Code != code || ae.Msg == "" {
 		t.Fatalf("err = %v, want %d %s with a message", err, status, code)
 	}
@@ -248,7 +249,7 @@ func TestTransientEngineErrorRetriedOnce(t *testing.T) {
 	}
 	ts := httptest.NewServer(s.Handler())
 	defer ts.Close()
-	c := &broadcaster.Client{BaseURL: ts.URL, Token: token}
+	c := &producer.Client{BaseURL: ts.URL, Token: token}
 	r, err := c.SetStage(context.Background(), "ev", "round-1", nil, "") // no key: the server makes one
 	if err != nil || r.V == 0 {
 		t.Fatalf("after a transient failure: %+v %v", r, err)
@@ -266,11 +267,11 @@ func TestPrivateReads(t *testing.T) {
 	}
 	ts := httptest.NewServer(s.Handler())
 	defer ts.Close()
-	c := &broadcaster.Client{BaseURL: ts.URL, Token: token}
+	c := &producer.Client{BaseURL: ts.URL, Token: token}
 	if _, err := c.SetStage(context.Background(), "ev", "a", nil, ""); err != nil {
 		t.Fatal(err)
 	}
-	anon := &broadcaster.Client{BaseURL: ts.URL}
+	anon := &producer.Client{BaseURL: ts.URL}
 	_, err = anon.Get(context.Background(), "ev")
 	apiErr(t, err, 401, "unauthorized")
 	_, err = anon.GetStageMap(context.Background(), "ev")
@@ -290,7 +291,7 @@ func TestProducerRotation(t *testing.T) {
 	ts := httptest.NewServer(s.Handler())
 	defer ts.Close()
 	set := func(tok string) error {
-		c := &broadcaster.Client{BaseURL: ts.URL, Token: tok}
+		c := &producer.Client{BaseURL: ts.URL, Token: tok}
 		_, err := c.SetStage(context.Background(), "ev", "k", nil, "")
 		return err
 	}
@@ -368,7 +369,7 @@ func TestOutcomeUnknownAndRetry(t *testing.T) {
 		t.Fatalf("the producer waited %v, the budget is 300ms", took)
 	}
 	eng.down.Store(false)
-	c := &broadcaster.Client{BaseURL: ts.URL, Token: token}
+	c := &producer.Client{BaseURL: ts.URL, Token: token}
 	r, err := c.SetStage(context.Background(), "failing", "round-1", nil, key)
 	if err != nil {
 		t.Fatal(err)
@@ -390,7 +391,7 @@ func TestBulkheads(t *testing.T) {
 	}
 	ts := httptest.NewServer(s.Handler())
 	defer ts.Close()
-	c := &broadcaster.Client{BaseURL: ts.URL, Token: token}
+	c := &producer.Client{BaseURL: ts.URL, Token: token}
 	ctx := context.Background()
 	if _, err := c.SetStage(ctx, "slow", "a", nil, ""); err != nil {
 		t.Fatal(err)
@@ -471,7 +472,7 @@ func TestBreakerGaugesClearAfterRecovery(t *testing.T) {
 	eng.fail.Store(true)
 	s, url := serve(t, broadcaster.Config{Token: token, BreakerFailures: 2, BreakerOpenFor: 200 * time.Millisecond,
 		StageBudget: 100 * time.Millisecond}, eng)
-	c := &broadcaster.Client{BaseURL: url, Token: token}
+	c := &producer.Client{BaseURL: url, Token: token}
 	ctx := context.Background()
 	for range 3 {
 		_, _ = c.SetStage(ctx, "ev", "k", nil, "")
@@ -496,7 +497,7 @@ func TestProducerRateLimit(t *testing.T) {
 	_, url := serve(t, broadcaster.Config{Producers: []broadcaster.Producer{{Name: "p1", Token: token}, {Name: "p2", Token: other}},
 		ProducerRate: 1, ProducerBurst: 5}, memengine.New(memengine.Config{}))
 	ctx := context.Background()
-	c := &broadcaster.Client{BaseURL: url, Token: token}
+	c := &producer.Client{BaseURL: url, Token: token}
 	for i := range 5 {
 		if _, err := c.SetStage(ctx, "ev", fmt.Sprintf("k%d", i), nil, ""); err != nil {
 			t.Fatalf("request %d: %v", i, err)
@@ -504,7 +505,7 @@ func TestProducerRateLimit(t *testing.T) {
 	}
 	_, err := c.SetStage(ctx, "ev", "k9", nil, "")
 	apiErr(t, err, 429, "rate_limited")
-	if _, err := (&broadcaster.Client{BaseURL: url, Token: other}).SetStage(ctx, "ev", "k", nil, ""); err != nil {
+	if _, err := (&producer.Client{BaseURL: url, Token: other}).SetStage(ctx, "ev", "k", nil, ""); err != nil {
 		t.Fatalf("another producer: %v", err)
 	}
 }

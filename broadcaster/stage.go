@@ -12,6 +12,7 @@ import (
 
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/wire"
 )
@@ -19,27 +20,11 @@ import (
 // Stage changes: POST /v1/events/{event}/stage, its retries and idempotency,
 // and GET /v1/events/{event}.
 
-// StageRequest is the body of POST /v1/events/{event}/stage.
-type StageRequest struct {
-	Stage  string       `json:"stage"`
-	Target *wire.Target `json:"target,omitempty"`
-	// Priority (extension): "critical" makes proxies write this change before
-	// other frames (notes, other events' stages); "" or "normal" otherwise.
-	Priority string `json:"priority,omitempty"`
-	// Paced (extension): proxies release the change in waves at their
-	// --paced-rate, slower while the prefetch tier sheds; for a stage devices
-	// do not hold, so their fetches do not come at once.
-	Paced bool `json:"paced,omitempty"`
-}
+// StageRequest is producer.StageRequest: the API's types are the public client's.
+type StageRequest = producer.StageRequest
 
-// StageReply is the reply of a stage change and of GET /v1/events/{event}.
-type StageReply struct {
-	Event  string       `json:"event"`
-	Stage  string       `json:"stage"`
-	V      uint64       `json:"v"`
-	TS     int64        `json:"ts"`
-	Target *wire.Target `json:"target,omitempty"`
-}
+// StageReply is producer.StageReply: the API's types are the public client's.
+type StageReply = producer.StageReply
 
 const maxStageBody = 16 << 10
 
@@ -63,7 +48,7 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 	if err := decodeJSON(r, maxStageBody, &req); err != nil {
 		return nil, err
 	}
-	if err := checkStageFields(req.Stage, req.Target, req.Priority); err != nil {
+	if err := checkStageFields(req.Stage, (*wire.Target)(req.Target), req.Priority); err != nil {
 		return nil, err
 	}
 	idem := r.Header.Get("Idempotency-Key")
@@ -79,7 +64,7 @@ func (s *Server) setStage(r *http.Request) (any, error) {
 		keyTTL = AutoKeyTTL
 	}
 	ts := s.cfg.Now().UnixMilli()
-	res, err := s.changeStage(r.Context(), engine.SetRequest{Event: event, Key: req.Stage, Target: req.Target, TS: ts, IdempotencyKey: key, KeyTTL: keyTTL,
+	res, err := s.changeStage(r.Context(), engine.SetRequest{Event: event, Key: req.Stage, Target: (*wire.Target)(req.Target), TS: ts, IdempotencyKey: key, KeyTTL: keyTTL,
 		Critical: req.Priority == "critical", Paced: req.Paced})
 	if err != nil {
 		s.audit(r, "set_stage", "stage", req.Stage, "idempotency_key", key, "result", "error", "err", err.Error())
@@ -174,7 +159,7 @@ func (s *Server) outcomeUnknown(err error, key string) error {
 }
 
 func replyOf(st wire.Stage) StageReply {
-	return StageReply{Event: st.Event, Stage: st.Key, V: st.V, TS: st.TS, Target: st.Target}
+	return StageReply{Event: st.Event, Stage: st.Key, V: st.V, TS: st.TS, Target: (*producer.Target)(st.Target)}
 }
 
 func (s *Server) getEvent(r *http.Request) (any, error) {

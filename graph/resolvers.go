@@ -11,6 +11,10 @@
 //
 // Concurrency: a Handler is safe for concurrent use. Resolvers may run in
 // parallel (MaxParallelism); the per-request render state has its own lock.
+//
+// The package is the server of `stagecast prefetch` (and `stagecast dev`); its
+// signatures name internal types, so it is not an API for other modules: they
+// speak the protocol (docs/protocol.md) or use package broadcaster/producer.
 package graph
 
 import (

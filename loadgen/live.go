@@ -19,6 +19,7 @@ import (
 	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/schollz/progressbar/v3"
 
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/wire"
 )
@@ -108,7 +109,7 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 		if err := putMap(ctx, r.bc, sc); err != nil {
 			return nil, err
 		}
-		if err := r.bc.setLive(ctx, sc.Event, true); err != nil {
+		if err := r.bc.SetLive(ctx, sc.Event, true); err != nil {
 			return nil, fmt.Errorf("loadgen live: event window: %w", err)
 		}
 	}
@@ -134,7 +135,7 @@ type liveRun struct {
 	n      int64 // devices in the scenario (this process runs its share)
 	total  time.Duration
 	start  time.Time // wall time of the scenario's 0
-	bc     *producer
+	bc     *producer.Client
 	leader bool // segment 0: makes the stage changes, injects the faults
 	runCtx context.Context
 
@@ -177,7 +178,7 @@ func newLiveRun(ctx context.Context, sc *Scenario, cfg LiveConfig) (*liveRun, er
 	if len(sc.Faults) > 0 && cfg.Fleet == nil && cfg.Segment == 0 {
 		return nil, fmt.Errorf("loadgen live: scenario %q has %d faults but no fleet to inject them into: pass --fleet <log folder>/control.json of a fleet loadgen can control (make cluster), or remove the faults", sc.Name, len(sc.Faults))
 	}
-	r := &liveRun{sc: sc, cfg: cfg, n: sc.Devices, bc: &producer{base: cfg.Broadcaster, token: cfg.Token}, leader: cfg.Segment == 0,
+	r := &liveRun{sc: sc, cfg: cfg, n: sc.Devices, bc: &producer.Client{BaseURL: cfg.Broadcaster, Token: cfg.Token}, leader: cfg.Segment == 0,
 		start: cfg.StartAt, runCtx: ctx}
 	if cfg.Devices > 0 {
 		r.n = cfg.Devices
@@ -331,7 +332,7 @@ func (r *liveRun) timeline(ctx context.Context) []tick {
 		for i, st := range sc.Stages {
 			ticks = append(ticks, tick{r.scale(st.At), func() {
 				t0 := time.Now()
-				res, err := r.bc.setStageRetrying(ctx, sc.Event, st.Stage, fmt.Sprintf("loadgen-%d-%d", r.start.UnixNano(), i), st.Paced, 20*time.Second)
+				res, err := setStageRetrying(ctx, r.bc, sc.Event, st.Stage, fmt.Sprintf("loadgen-%d-%d", r.start.UnixNano(), i), st.Paced, 20*time.Second)
 				r.posts.add(t0, time.Since(t0))
 				if err != nil {
 					r.errs.Add(1)
@@ -636,7 +637,7 @@ func (p *progress) update(mu *sync.Mutex, devices *[]*liveDevice, pps []atomic.I
 }
 
 // putMap stores a stage map with one payload per scenario stage.
-func putMap(ctx context.Context, bc *producer, sc *Scenario) error {
+func putMap(ctx context.Context, bc *producer.Client, sc *Scenario) error {
 	stages := map[string]any{}
 	for _, st := range sc.Stages {
 		if st.Changed {
@@ -645,7 +646,7 @@ func putMap(ctx context.Context, bc *producer, sc *Scenario) error {
 		stages[st.Stage] = map[string]any{"default": map[string]any{"rows": []string{st.Stage + "-rows"}}}
 	}
 	b, _ := json.Marshal(map[string]any{"stages": stages, "ttl_seconds": int(sc.Prefetch.TTL.D().Seconds())})
-	if err := bc.putStageMap(ctx, sc.Event, b); err != nil {
+	if _, err := bc.PutStageMap(ctx, sc.Event, b); err != nil {
 		return fmt.Errorf("loadgen live: stage map: %w", err)
 	}
 	return nil

@@ -16,4 +16,8 @@
 //
 // Concurrency: Cache, Shedder and the handler are safe for concurrent use. An
 // Entry is immutable once published. The random source is guarded by a mutex.
+//
+// The package is the server of `stagecast prefetch` (and `stagecast dev`); its
+// signatures name internal types, so it is not an API for other modules: they
+// speak the protocol (docs/protocol.md) or use package broadcaster/producer.
 package prefetch

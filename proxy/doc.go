@@ -65,4 +65,8 @@
 //     short-lived one (at most one at a time) that reports back to run, so a slow
 //     or failing engine never stops live fanout. They exit when the topic is removed.
 //   - The engine's subscription callbacks only push to the topic inbox; they never block.
+//
+// The package is the server of `stagecast proxy` (and `stagecast dev`); its
+// signatures name internal types, so it is not an API for other modules: they
+// speak the protocol (docs/protocol.md) or use package broadcaster/producer.
 package proxy

@@ -8,8 +8,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/stagecast/stagecast/broadcaster"
-	"github.com/stagecast/stagecast/internal/wire"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 )
 
 const notifyUsage = `Usage:
@@ -51,13 +50,13 @@ func runNotify(args []string) error {
 		fs.Usage()
 		return errors.New("missing send or report")
 	}
-	c := &broadcaster.Client{BaseURL: *base, Token: *token}
+	c := &producer.Client{BaseURL: *base, Token: *token}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	print := printer(*asJSON)
 	switch rest[0] {
 	case "send":
-		req := wire.NotifyRequest{To: wire.NotifyTargets{Members: members, Devices: devices}, Type: *typ,
+		req := producer.NotifyRequest{To: producer.NotifyTargets{Members: members, Devices: devices}, Type: *typ,
 			Priority: *prio, DedupKey: *dedup, TTLSeconds: int64(ttl.Seconds())}
 		if *payload != "" {
 			if !json.Valid([]byte(*payload)) {

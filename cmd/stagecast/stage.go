@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/wire"
 )
@@ -48,7 +49,7 @@ func runStage(args []string) error {
 		fs.Usage()
 		return errors.New("missing command or event")
 	}
-	c := &broadcaster.Client{BaseURL: *base, Token: *token}
+	c := &producer.Client{BaseURL: *base, Token: *token}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	out := printer(*asJSON)
@@ -57,9 +58,9 @@ func runStage(args []string) error {
 		if len(rest) != 3 {
 			return errors.New("usage: stage set EVENT STAGE")
 		}
-		var target *wire.Target
+		var target *producer.Target
 		if *platforms != "" || *segments != "" {
-			target = &wire.Target{Platforms: splitAddrs(*platforms), Segments: splitAddrs(*segments)}
+			target = &producer.Target{Platforms: splitAddrs(*platforms), Segments: splitAddrs(*segments)}
 		}
 		key := *idem
 		if key == "" {
@@ -125,7 +126,7 @@ func runStage(args []string) error {
 	}
 }
 
-func runMap(ctx context.Context, c *broadcaster.Client, args []string, asJSON bool) error {
+func runMap(ctx context.Context, c *producer.Client, args []string, asJSON bool) error {
 	switch {
 	case len(args) == 3 && args[0] == "put":
 		var raw []byte

@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/graph"
 	"github.com/stagecast/stagecast/internal/analytics"
 	"github.com/stagecast/stagecast/internal/device"
@@ -64,7 +65,7 @@ func TestAnalyticsEqualsDeliveryReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(bs.Close)
-	bc := &broadcaster.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}
+	bc := &producer.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	pre, err := bc.SetStage(ctx, "an", "pre-show", nil, "")
@@ -273,7 +274,7 @@ func TestAnalyticsConnectionsAndNotes(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(bs.Close)
-	bc := &broadcaster.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}
+	bc := &producer.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}
 	pf, err := graph.NewServer(graph.ServerConfig{Identity: prefetch.IdentityConfig{Tokens: verifier}, OnPull: func(typ, prio string) {
 		fAct.Note(analytics.NoteClass{Type: typ, Priority: prio}, analytics.Notes{Pulled: 1})
 	}}, eng)
@@ -332,7 +333,7 @@ func TestAnalyticsConnectionsAndNotes(t *testing.T) {
 	_ = refused.Run(rctx)
 	rcancel()
 	// one notification to the three online members and one offline
-	if _, err := bc.Notify(ctx, wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m0", "m1", "m2", "m3"}},
+	if _, err := bc.Notify(ctx, producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m0", "m1", "m2", "m3"}},
 		Type: "goal", Priority: "high", Payload: json.RawMessage(`{"team":"home"}`)}, ""); err != nil {
 		t.Fatal(err)
 	}

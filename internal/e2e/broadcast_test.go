@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/redistest"
 	"github.com/stagecast/stagecast/internal/wire"
 	"github.com/stagecast/stagecast/proxy"
@@ -76,7 +77,7 @@ func TestRedisLoss(t *testing.T) {
 
 	f.redis.Kill()
 	_, err := f.bc.SetStage(ctx, event, "touchdown", nil, "td-1")
-	var ae *broadcaster.APIError
+	var ae *producer.APIError
 	if !errors.As(err, &ae) || ae.Status != 503 || (ae.Code != "outcome_unknown" && ae.Code != "engine_unavailable") {
 		t.Fatalf("stage change with Redis down: %v, want 503 outcome_unknown or engine_unavailable", err)
 	}
@@ -134,7 +135,7 @@ func TestRedisRestartEmpty(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.bc = &broadcaster.Client{BaseURL: "http://" + serveHTTP(t, bs2.Handler()), Token: token}
+	f.bc = &producer.Client{BaseURL: "http://" + serveHTTP(t, bs2.Handler()), Token: token}
 	next := f.setRetrying(ctx, event, "after-restart", "ar-1", 20*time.Second)
 	if next.V <= last.V {
 		t.Fatalf("version went back from v%d to v%d after Redis lost its data", last.V, next.V)

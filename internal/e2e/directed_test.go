@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/redistest"
 	"github.com/stagecast/stagecast/internal/wire"
@@ -70,7 +71,7 @@ func drainRun(t *testing.T, n int, directed bool) (peaks [2]int, totals [2]int) 
 		t.Fatal(err)
 	}
 	t.Cleanup(bs.Close)
-	bc := &broadcaster.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}
+	bc := &producer.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}
 	var ps []*proxy.Server
 	var urls []string
 	var counts []*arrivals

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/redistest"
@@ -24,7 +25,7 @@ const token = "e2e-producer-token-0123456789"
 type fleet struct {
 	t       *testing.T
 	redis   *redistest.Server
-	bc      *broadcaster.Client
+	bc      *producer.Client
 	proxies []*proxy.Server
 	urls    []string
 }
@@ -70,7 +71,7 @@ func startFleetOn(t *testing.T, n int, addrs []string, pcfg proxy.Config) *fleet
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.bc = &broadcaster.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}
+	f.bc = &producer.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}
 	for i := 0; i < n; i++ {
 		cfg := pcfg
 		cfg.ID = fmt.Sprintf("proxy-%d", i)

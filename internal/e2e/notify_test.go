@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/graph"
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/devicetoken"
@@ -122,7 +123,7 @@ func (r *noteRig) startDev(ctx context.Context, t *testing.T, urls []string, dev
 	return d
 }
 
-func (r *noteRig) notify(ctx context.Context, t *testing.T, req wire.NotifyRequest) broadcaster.NotifyReply {
+func (r *noteRig) notify(ctx context.Context, t *testing.T, req producer.NotifyRequest) broadcaster.NotifyReply {
 	t.Helper()
 	rep, err := r.f.bc.Notify(ctx, req, "")
 	if err != nil {
@@ -147,7 +148,7 @@ func TestNotificationsOnlineAndOffline(t *testing.T) {
 	eventually(t, 10*time.Second, "both proxies registered m1 and their device", func() bool {
 		return registered(t, r.f.proxies[0], 2)() && registered(t, r.f.proxies[1], 2)()
 	})
-	rep := r.notify(ctx, t, wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m1", "m2"}, Devices: []string{"dev-a"}},
+	rep := r.notify(ctx, t, producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m1", "m2"}, Devices: []string{"dev-a"}},
 		Type: "profile-updated", Priority: "high", Payload: json.RawMessage(`{"name":"Ana"}`)})
 	if rep.Stored != 3 || rep.Pushes != 3 { // m1 on two proxies, dev-a on one; m2 nowhere
 		t.Fatalf("reply %+v, want 3 stored, 3 pushes", rep)
@@ -216,7 +217,7 @@ func TestNotificationsSurviveDropsAndProxyKill(t *testing.T) {
 			})
 			holder.Close() // killed: the device moves to the other proxy
 		}
-		r.notify(ctx, t, wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m-k"}}, Type: "t",
+		r.notify(ctx, t, producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m-k"}}, Type: "t",
 			Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))})
 	}
 	stored, err := r.eng.ReadInbox(ctx, engine.Inbox{Kind: wire.InboxMember, ID: "m-k"}, wire.Pos{}, 500)
@@ -255,7 +256,7 @@ func TestNotificationsClusterFailoverWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(bs.Close)
-	bc := &broadcaster.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}
+	bc := &producer.Client{BaseURL: "http://" + serveHTTP(t, bs.Handler()), Token: token}
 	// A member whose inbox lives on the master about to die.
 	victim := cl.Nodes[0]
 	member := ""
@@ -280,7 +281,7 @@ func TestNotificationsClusterFailoverWait(t *testing.T) {
 		deadline := time.Now().Add(20 * time.Second)
 		for {
 			rctx, rcancel := context.WithTimeout(ctx, 6*time.Second)
-			rep, err := bc.Notify(rctx, wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{member}}, Type: "t",
+			rep, err := bc.Notify(rctx, producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{member}}, Type: "t",
 				Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}, key)
 			rcancel()
 			if err == nil {
@@ -339,7 +340,7 @@ func TestLostRegistrationSkipsNothing(t *testing.T) {
 	eventually(t, 10*time.Second, "registered", registered(t, r.f.proxies[0], 2))
 	ib := engine.Inbox{Kind: wire.InboxMember, ID: "m-g"}
 	send := func(typ string) broadcaster.NotifyReply {
-		return r.notify(ctx, t, wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{"m-g"}}, Type: typ, Payload: json.RawMessage(`{}`)})
+		return r.notify(ctx, t, producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m-g"}}, Type: typ, Payload: json.RawMessage(`{}`)})
 	}
 	first := send("first")
 	eventually(t, 5*time.Second, "the first note", func() bool { return len(d.distinct(t)) == 1 })
@@ -457,7 +458,7 @@ func TestNotesReachDevicesAcrossMasterKill(t *testing.T) {
 		deadline := time.Now().Add(20 * time.Second)
 		for {
 			rctx, rcancel := context.WithTimeout(ctx, 6*time.Second)
-			_, err := f.bc.Notify(rctx, wire.NotifyRequest{To: wire.NotifyTargets{Members: members}, Type: "t",
+			_, err := f.bc.Notify(rctx, producer.NotifyRequest{To: producer.NotifyTargets{Members: members}, Type: "t",
 				Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}, key)
 			rcancel()
 			if err == nil {

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/benchproc"
 	"github.com/stagecast/stagecast/internal/redistest"
 )
@@ -254,9 +254,9 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 		proxies = append(proxies, p)
 		urls = append(urls, "ws://"+paddr+"/v1/ws")
 	}
-	client := &broadcaster.Client{BaseURL: "http://" + baddr, Token: benchToken}
+	client := &producer.Client{BaseURL: "http://" + baddr, Token: benchToken}
 	const event = "bench"
-	var first broadcaster.StageReply
+	var first producer.StageReply
 	for i := 0; ; i++ {
 		if first, err = client.SetStage(ctx, event, "round-0", nil, "bench-first"); err == nil {
 			break

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/localcluster"
 	"github.com/stagecast/stagecast/internal/redistest"
@@ -105,7 +105,7 @@ func TestLocalCluster(t *testing.T) {
 		t.Fatal("cluster not ready within 90s")
 	}
 
-	bc := &broadcaster.Client{BaseURL: info.Broadcaster, Token: cfg.Token}
+	bc := &producer.Client{BaseURL: info.Broadcaster, Token: cfg.Token}
 	if _, err := bc.PutStageMap(ctx, "fight", []byte(`{"stages":{"round-3":{"default":{"rows":[1]}}}}`)); err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ import (
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 
-	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/benchproc"
 	"github.com/stagecast/stagecast/internal/defaults"
 	"github.com/stagecast/stagecast/internal/device"
@@ -106,7 +106,7 @@ const benchToken = "notifybench-token-0123456789"
 type run struct {
 	cfg     Config
 	procs   []*benchproc.Proc
-	bc      *broadcaster.Client
+	bc      *producer.Client
 	clients []*benchproc.Proc
 	redis   string
 	gql     string
@@ -175,7 +175,7 @@ func Run(ctx context.Context, cfg Config) (Results, error) {
 	if err := waitReady("http://" + gaddr + "/readyz"); err != nil {
 		return res, err
 	}
-	r := &run{cfg: cfg, bc: &broadcaster.Client{BaseURL: "http://" + baddr, Token: benchToken,
+	r := &run{cfg: cfg, bc: &producer.Client{BaseURL: "http://" + baddr, Token: benchToken,
 		HTTP: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}},
 		redis: raddr, gql: "http://" + gaddr + "/graphql", signer: signer, members: cfg.Devices / 2}
 	for from := 0; from < cfg.Devices; from += cfg.PerClient {
@@ -308,9 +308,9 @@ func (r *run) reset() error {
 	return nil
 }
 
-// producer sends notes to random members at a paced rate (0: as fast as the
+// noteSender sends notes to random members at a paced rate (0: as fast as the
 // workers go) until n are sent (n > 0) or ctx ends.
-type producer struct {
+type noteSender struct {
 	r        *run
 	prio     string
 	rate     int
@@ -322,7 +322,7 @@ type producer struct {
 	post     *hdrhistogram.Histogram
 }
 
-func (p *producer) run(ctx context.Context) {
+func (p *noteSender) run(ctx context.Context) {
 	p.post = newHist()
 	jobs := make(chan struct{}, 1<<16)
 	var wg sync.WaitGroup
@@ -334,7 +334,7 @@ func (p *producer) run(ctx context.Context) {
 			for range jobs {
 				start := time.Now()
 				member := "m" + strconv.Itoa(rng.IntN(p.r.members))
-				_, err := p.r.bc.Notify(context.Background(), wire.NotifyRequest{To: wire.NotifyTargets{Members: []string{member}},
+				_, err := p.r.bc.Notify(context.Background(), producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{member}},
 					Type: "bench", Priority: p.prio, Payload: json.RawMessage(`{"t":` + strconv.FormatInt(start.UnixNano(), 10) + `}`)}, "")
 				if err != nil {
 					p.refused.Add(1)
@@ -395,7 +395,7 @@ func (r *run) steady(ctx context.Context, rate int) (Step, error) {
 		return st, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.Duration)
-	p := &producer{r: r, prio: "normal", rate: rate, workers: 256}
+	p := &noteSender{r: r, prio: "normal", rate: rate, workers: 256}
 	cpu0 := r.cpu()
 	start := time.Now()
 	if r.cfg.Pprof != "" && rate == r.cfg.Rates[0] {
@@ -432,7 +432,7 @@ func (r *run) priorities(ctx context.Context, res *Results) error {
 		return err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	crit := &producer{r: r, prio: "critical", rate: r.cfg.Critical, workers: 16}
+	crit := &noteSender{r: r, prio: "critical", rate: r.cfg.Critical, workers: 16}
 	crit.run(cctx)
 	cancel()
 	_, hist, err := r.settle(wire.PriorityCritical, 2*crit.accepted.Load())
@@ -444,8 +444,8 @@ func (r *run) priorities(ctx context.Context, res *Results) error {
 	if err := r.reset(); err != nil {
 		return err
 	}
-	low := &producer{r: r, prio: "low", n: int64(r.cfg.Flood), workers: 256}
-	crit = &producer{r: r, prio: "critical", rate: r.cfg.Critical, workers: 16}
+	low := &noteSender{r: r, prio: "low", n: int64(r.cfg.Flood), workers: 256}
+	crit = &noteSender{r: r, prio: "critical", rate: r.cfg.Critical, workers: 16}
 	fctx, stopCrit := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)

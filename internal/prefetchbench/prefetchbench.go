@@ -22,7 +22,7 @@ import (
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 
-	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/device"
 	"github.com/stagecast/stagecast/internal/redistest"
 )
@@ -86,7 +86,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		return nil, err
 	}
 	defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }()
-	bc := &broadcaster.Client{BaseURL: "http://" + baddr, Token: token}
+	bc := &producer.Client{BaseURL: "http://" + baddr, Token: token}
 	var b strings.Builder
 	b.WriteString(`{"ttl_seconds":300,"stages":{`)
 	for i := 0; i < cfg.Stages; i++ {

@@ -216,13 +216,6 @@ type NotifyTargets struct {
 	Devices []string `json:"devices,omitempty"`
 }
 
-// NotifyReply is the 202 answer to POST /v1/notifications.
-type NotifyReply struct {
-	ID      string `json:"id"`
-	Members int    `json:"members"`
-	Devices int    `json:"devices"`
-}
-
 // Notification is a validated NotifyRequest.
 type Notification struct {
 	Members, Devices []string // distinct, in request order

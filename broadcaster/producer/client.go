@@ -1,4 +1,4 @@
-package broadcaster
+package producer
 
 import (
 	"bytes"
@@ -10,11 +10,10 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-
-	"github.com/stagecast/stagecast/internal/wire"
 )
 
-// Client calls a broadcaster's producer API (the `stagecast stage` CLI uses it).
+// Client calls a broadcaster's producer API. The zero HTTP is
+// http.DefaultClient.
 type Client struct {
 	BaseURL string // e.g. http://127.0.0.1:8081
 	Token   string
@@ -90,7 +89,7 @@ func (c *Client) do(ctx context.Context, method, path string, body any, hdr http
 }
 
 // SetStage changes event's stage. idemKey may be empty.
-func (c *Client) SetStage(ctx context.Context, event, stage string, target *wire.Target, idemKey string) (StageReply, error) {
+func (c *Client) SetStage(ctx context.Context, event, stage string, target *Target, idemKey string) (StageReply, error) {
 	var out StageReply
 	hdr := http.Header{}
 	if idemKey != "" {
@@ -162,4 +161,31 @@ func (c *Client) Arm(ctx context.Context, event string, req ScheduleRequest, ide
 // CancelSchedule cancels schedule id of version v.
 func (c *Client) CancelSchedule(ctx context.Context, event, id string, v uint64) error {
 	return c.do(ctx, http.MethodDelete, "/v1/events/"+url.PathEscape(event)+"/schedule/"+url.PathEscape(id)+"?v="+strconv.FormatUint(v, 10), nil, nil, nil)
+}
+
+// Schedules lists event's armed schedules.
+func (c *Client) Schedules(ctx context.Context, event string) ([]ScheduleReply, error) {
+	var out struct {
+		Schedules []ScheduleReply `json:"schedules"`
+	}
+	err := c.do(ctx, http.MethodGet, "/v1/events/"+url.PathEscape(event)+"/schedule", nil, nil, &out)
+	return out.Schedules, err
+}
+
+// Notify sends a notification (POST /v1/notifications). idemKey may be "".
+func (c *Client) Notify(ctx context.Context, req NotifyRequest, idemKey string) (NotifyReply, error) {
+	var out NotifyReply
+	var hdr http.Header
+	if idemKey != "" {
+		hdr = http.Header{"Idempotency-Key": {idemKey}}
+	}
+	err := c.do(ctx, http.MethodPost, "/v1/notifications", req, hdr, &out)
+	return out, err
+}
+
+// NoteReport fetches a notification's delivery report.
+func (c *Client) NoteReport(ctx context.Context, id string) (NoteReport, error) {
+	var out NoteReport
+	err := c.do(ctx, http.MethodGet, "/v1/notifications/"+url.PathEscape(id)+"/report", nil, nil, &out)
+	return out, err
 }

@@ -1,0 +1,115 @@
+package producer_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"go/parser"
+	"go/token"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stagecast/stagecast/broadcaster"
+	"github.com/stagecast/stagecast/broadcaster/producer"
+	"github.com/stagecast/stagecast/internal/engine/memengine"
+)
+
+// TestPublicOnly: the package imports no internal package and no server, so
+// its API can name no internal type and any module can import it.
+func TestPublicOnly(t *testing.T) {
+	files, _ := filepath.Glob("*.go")
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pf, err := parser.ParseFile(token.NewFileSet(), f, src, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range pf.Imports {
+			p, _ := strconv.Unquote(imp.Path.Value)
+			if strings.Contains(p, "/internal/") || strings.HasPrefix(p, "github.com/stagecast/") {
+				t.Errorf("%s imports %s", f, p)
+			}
+		}
+	}
+}
+
+// TestAgainstABroadcaster: every call of the client against a real
+// broadcaster (in-memory engine): the server answers in the client's types.
+func TestAgainstABroadcaster(t *testing.T) {
+	const token = "producer-test-token-0123456789"
+	bs, err := broadcaster.New(broadcaster.Config{Token: token, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, memengine.New(memengine.Config{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bs.Close)
+	hs := httptest.NewServer(bs.Handler())
+	t.Cleanup(hs.Close)
+	c := &producer.Client{BaseURL: hs.URL, Token: token}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	mr, err := c.PutStageMap(ctx, "ev", []byte(`{"stages":{"round-3":{"default":{"rows":["r3"]}}}}`))
+	if err != nil || mr.Stages != 1 || mr.Version == 0 {
+		t.Fatalf("map: %+v %v", mr, err)
+	}
+	if sm, err := c.GetStageMap(ctx, "ev"); err != nil || sm.Version != mr.Version || !json.Valid(sm.Map) {
+		t.Fatalf("stored map: %+v %v", sm, err)
+	}
+	if err := c.SetLive(ctx, "ev", true); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.SetStage(ctx, "ev", "round-3", &producer.Target{Platforms: []string{"tv"}}, "k1")
+	if err != nil || st.V == 0 || st.Target == nil || st.Target.Platforms[0] != "tv" {
+		t.Fatalf("stage: %+v %v", st, err)
+	}
+	if again, err := c.SetStage(ctx, "ev", "round-3", &producer.Target{Platforms: []string{"tv"}}, "k1"); err != nil || again.V != st.V {
+		t.Fatalf("a retry with the same key: %+v %v, want v%d", again, err, st.V)
+	}
+	if got, err := c.Get(ctx, "ev"); err != nil || got.V != st.V || got.Stage != "round-3" {
+		t.Fatalf("get: %+v %v", got, err)
+	}
+	if rep, err := c.Report(ctx, "ev", st.V); err != nil || rep.V != st.V || rep.Event != "ev" {
+		t.Fatalf("report: %+v %v", rep, err)
+	}
+	sch, err := c.Arm(ctx, "ev", producer.ScheduleRequest{Stage: "knockout", At: time.Now().Add(time.Hour).UnixMilli()}, "arm-1")
+	if err != nil || sch.State != "armed" || sch.V <= st.V {
+		t.Fatalf("arm: %+v %v", sch, err)
+	}
+	if list, err := c.Schedules(ctx, "ev"); err != nil || len(list) != 1 || list[0].ID != sch.ID {
+		t.Fatalf("schedules: %+v %v", list, err)
+	}
+	if err := c.CancelSchedule(ctx, "ev", sch.ID, sch.V); err != nil {
+		t.Fatal(err)
+	}
+	nr, err := c.Notify(ctx, producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m1"}}, Type: "goal", Priority: "high",
+		Payload: json.RawMessage(`{"t":1}`)}, "")
+	if err != nil || nr.ID == "" || nr.Members != 1 || nr.Priority != "high" || nr.Stored != 1 {
+		t.Fatalf("notify: %+v %v", nr, err)
+	}
+	if rep, err := c.NoteReport(ctx, nr.ID); err != nil || rep.ID != nr.ID || rep.Type != "goal" || rep.Pending != 1 {
+		t.Fatalf("note report: %+v %v", rep, err)
+	}
+	// an error reply is an *APIError with the status and the wire code
+	_, err = c.SetStage(ctx, "ev", "not a stage key", nil, "")
+	var apiErr *producer.APIError
+	if !errors.As(err, &apiErr) || apiErr.Status != 400 || apiErr.Code != "bad_request" {
+		t.Fatalf("bad stage: %v", err)
+	}
+	_, err = (&producer.Client{BaseURL: hs.URL, Token: "wrong-token-0123456789abcdef"}).SetStage(ctx, "ev", "x", nil, "")
+	if !errors.As(err, &apiErr) || apiErr.Status != 401 {
+		t.Fatalf("bad token: %v", err)
+	}
+}
