@@ -8,6 +8,7 @@
 // distributions), so 100M devices take seconds. It writes the same report as a
 // live run (report.json, and report.html with inline SVG plots).
 //
-// loadgen imports only the device client (internal/device), the wire format and
-// its own code, so it can run against a deployment it did not start.
+// loadgen imports only the clients (the device client, internal/device, and
+// the public producer client, broadcaster/producer), the wire format and its
+// own code, never a server, so it can run against a deployment it did not start.
 package loadgen
