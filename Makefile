@@ -4,6 +4,8 @@ BIN       := bin/stagecast
 SUDO      := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # Packages with concurrency run under the race detector; all run in `make test`.
 PKGS      := ./...
+# staticcheck, pinned (fetched by `go run` from the module proxy on first use)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .DEFAULT_GOAL := help
 .PHONY: help build run cluster test sdk-test deps bench bench-sdk bench-micro bench-fanout bench-prefetch bench-notify fuzz vet clean
@@ -32,8 +34,9 @@ deps: ## install what the tests need (redis-server and chromium via apt-get when
 	@redis-server --version
 	@chromium --version 2>/dev/null
 
-vet: ## go vet and gofmt check
+vet: ## go vet, staticcheck and gofmt check
 	$(GO) vet $(PKGS)
+	$(GO) run $(STATICCHECK) $(PKGS)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
 
 test: deps vet ## everything the tests need, then every test, with -race (timing tests without it), then the TypeScript SDK's

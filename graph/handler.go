@@ -123,7 +123,7 @@ func New(cfg Config, cache *prefetch.Cache, shed *prefetch.Shedder) (*Handler, e
 		o := []graphql.SchemaOpt{graphql.MaxQueryLength(cfg.MaxQueryLength), graphql.MaxDepth(depth),
 			graphql.MaxSelections(selections), graphql.MaxParallelism(cfg.MaxParallelism), graphql.UseFieldResolvers()}
 		if cfg.NoIntrospection {
-			o = append(o, graphql.DisableIntrospection())
+			o = append(o, graphql.RestrictIntrospection(func(context.Context) bool { return false }))
 		}
 		return o
 	}
