@@ -56,6 +56,9 @@ type Result struct {
 	Floor         bool
 	P50MS, P99MS  float64 // publish -> last device's receipt, over the broadcasts
 	MaxMS         float64
+	// BroadcastMS is each broadcast's publish -> last device's receipt, in order
+	// (which one is slow, and whether it is always the same one).
+	BroadcastMS []float64
 	DeliveriesSec float64 // devices / p50 time to last device
 	ServerUSPer   float64 // server CPU microseconds per delivery
 	ClientUSPer   float64 // client CPU microseconds per delivery (connect phase excluded)
@@ -366,6 +369,7 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	}
 	deliveries := float64(sc.Devices * cfg.Broadcasts)
 	res.P50MS, res.P99MS, res.MaxMS = percentile(lats, 0.5), percentile(lats, 0.99), percentile(lats, 1)
+	res.BroadcastMS = lats
 	res.DeliveriesSec = float64(sc.Devices) / (res.P50MS / 1000)
 	res.ServerUSPer = float64(cpu.Microseconds()) / deliveries
 	res.ClientUSPer = float64(ccpu.Microseconds()) / deliveries
@@ -436,6 +440,7 @@ func runFloor(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	}
 	deliveries := float64(n * cfg.Broadcasts)
 	res.P50MS, res.P99MS, res.MaxMS = percentile(lats, 0.5), percentile(lats, 0.99), percentile(lats, 1)
+	res.BroadcastMS = lats
 	res.DeliveriesSec = float64(n) / (res.P50MS / 1000)
 	res.ServerUSPer = float64(cpu.Microseconds()) / deliveries
 	res.ClientUSPer = float64(ccpu.Microseconds()) / deliveries
