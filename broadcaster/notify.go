@@ -1,10 +1,12 @@
 package broadcaster
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -146,6 +148,28 @@ func (s *Server) notify(r *http.Request) (any, error) {
 		}
 		return nil, errf(http.StatusBadRequest, "bad_request", "reading body: %v", err)
 	}
+	j, err := s.queueNote(r, p, raw, r.Header.Get("Idempotency-Key"), 0)
+	if err != nil {
+		return nil, err
+	}
+	reply, err := s.noteOutcome(r, j)
+	if err != nil {
+		return nil, err
+	}
+	return statusReply{http.StatusAccepted, reply}, nil
+}
+
+// queuedNote is one notification handed to its lane, waiting for the engine.
+type queuedNote struct {
+	job  *noteJob
+	n    wire.Notification
+	idem string
+}
+
+// queueNote validates one notification's body and hands it to its lane. With
+// wait 0 a full lane refuses at once (503 overloaded: nothing stored); with a
+// wait, it waits that long for room (a batch).
+func (s *Server) queueNote(r *http.Request, p *producerEntry, raw []byte, idem string, wait time.Duration) (*queuedNote, error) {
 	n, err := wire.ParseNotifyRequest(raw)
 	if err != nil {
 		s.nm.notes.WithLabelValues("unknown", "invalid").Inc()
@@ -154,7 +178,6 @@ func (s *Server) notify(r *http.Request) (any, error) {
 		}
 		return nil, errf(http.StatusBadRequest, "bad_request", "%v", err)
 	}
-	idem := r.Header.Get("Idempotency-Key")
 	if err := checkIdemKey(idem); err != nil {
 		return nil, err
 	}
@@ -169,21 +192,44 @@ func (s *Server) notify(r *http.Request) (any, error) {
 	// the note id, and each inbox stores an id once.
 	prio := n.Priority.String()
 	j := &noteJob{ctx: r.Context(), w: w, enq: time.Now(), done: make(chan noteOut, 1)}
+	var room <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		room = t.C
+	}
 	select {
 	case s.lanes.q[n.Priority] <- j:
+		return &queuedNote{job: j, n: n, idem: idem}, nil
 	default:
-		s.nm.notes.WithLabelValues(prio, "shed").Inc()
-		return nil, errf(http.StatusServiceUnavailable, "overloaded", "the %s lane is full (%d notifications queued); nothing was stored; retry later", prio, cap(s.lanes.q[n.Priority]))
 	}
+	if room != nil {
+		select {
+		case s.lanes.q[n.Priority] <- j:
+			return &queuedNote{job: j, n: n, idem: idem}, nil
+		case <-room:
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		}
+	}
+	s.nm.notes.WithLabelValues(prio, "shed").Inc()
+	return nil, errf(http.StatusServiceUnavailable, "overloaded", "the %s lane is full (%d notifications queued); nothing was stored; retry later", prio, cap(s.lanes.q[n.Priority]))
+}
+
+// noteOutcome waits for a queued notification's engine result and answers it.
+func (s *Server) noteOutcome(r *http.Request, q *queuedNote) (NotifyReply, error) {
+	j, n, idem := q.job, q.n, q.idem
+	w := j.w
+	prio := n.Priority.String()
 	var out noteOut
 	select {
 	case out = <-j.done:
 	case <-r.Context().Done():
-		return nil, r.Context().Err()
+		return NotifyReply{}, r.Context().Err()
 	}
 	if errors.Is(out.err, engine.ErrIdempotencyConflict) {
 		s.nm.notes.WithLabelValues(prio, "invalid").Inc()
-		return nil, errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key %q was used for another notification (%s); use a new key", idem, out.res.ID)
+		return NotifyReply{}, errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key %q was used for another notification (%s); use a new key", idem, out.res.ID)
 	}
 	if out.err != nil {
 		s.nm.notes.WithLabelValues(prio, "failed").Inc()
@@ -192,9 +238,9 @@ func (s *Server) notify(r *http.Request) (any, error) {
 			ae := s.engineError(out.err)
 			ae.code = "outcome_unknown"
 			ae.msg = fmt.Sprintf("the engine did not confirm notification %s within %v (%v); it may be stored in some inboxes: send requests with an Idempotency-Key to retry safely", w.ID, s.cfg.StageBudget, out.err)
-			return nil, ae
+			return NotifyReply{}, ae
 		}
-		return nil, s.outcomeUnknown(out.err, idem)
+		return NotifyReply{}, s.outcomeUnknown(out.err, idem)
 	}
 	result := "stored"
 	if out.res.Replayed {
@@ -209,8 +255,88 @@ func (s *Server) notify(r *http.Request) (any, error) {
 		out.res.ID, n.Type, prio, len(n.Members), len(n.Devices), out.res.Stored, out.res.Pushes)})
 	s.audit(r, "notify", "id", out.res.ID, "type", n.Type, "priority", prio, "members", len(n.Members), "devices", len(n.Devices),
 		"stored", out.res.Stored, "pushes", out.res.Pushes, "result", result)
-	return statusReply{http.StatusAccepted, NotifyReply{ID: out.res.ID, Members: len(n.Members), Devices: len(n.Devices),
-		Priority: prio, Stored: out.res.Stored, Pushes: out.res.Pushes, Replayed: out.res.Replayed}}, nil
+	return NotifyReply{ID: out.res.ID, Members: len(n.Members), Devices: len(n.Devices),
+		Priority: prio, Stored: out.res.Stored, Pushes: out.res.Pushes, Replayed: out.res.Replayed}, nil
+}
+
+// Batches (POST /v1/notifications:batch): at most MaxNoteBatch notifications
+// and MaxNoteBatchBody bytes in one request.
+const (
+	MaxNoteBatch     = 1000
+	MaxNoteBatchBody = 4 << 20
+)
+
+// notifyBatch answers POST /v1/notifications:batch: each notification is
+// validated, queued (waiting for lane room within the stage budget) and
+// answered on its own, in the order sent; one bad or refused notification
+// never fails the others. The request itself fails (4xx) only when the batch
+// cannot be read.
+func (s *Server) notifyBatch(r *http.Request) (any, error) {
+	p, _ := r.Context().Value(producerKey{}).(*producerEntry)
+	if p != nil && p.events != nil {
+		return nil, errf(http.StatusForbidden, "forbidden", "producer %s is limited to some events; notifications need a producer token allowed every event", p.name)
+	}
+	raw, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, MaxNoteBatchBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, errf(http.StatusRequestEntityTooLarge, "too_large", "batch body larger than %d bytes", MaxNoteBatchBody)
+		}
+		return nil, errf(http.StatusBadRequest, "bad_request", "reading body: %v", err)
+	}
+	var req struct {
+		Notifications []struct {
+			IdempotencyKey string          `json:"idempotency_key"`
+			Notification   json.RawMessage `json:"notification"`
+		} `json:"notifications"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return nil, errf(http.StatusBadRequest, "bad_request", "batch body: %v", err)
+	}
+	switch n := len(req.Notifications); {
+	case n == 0:
+		return nil, errf(http.StatusBadRequest, "bad_request", "batch holds no notification")
+	case n > MaxNoteBatch:
+		return nil, errf(http.StatusRequestEntityTooLarge, "too_large", "batch holds %d notifications, at most %d", n, MaxNoteBatch)
+	}
+	results := make([]producer.BatchResult, len(req.Notifications))
+	queued := make([]*queuedNote, len(req.Notifications))
+	deadline := time.Now().Add(s.cfg.StageBudget)
+	for i, bn := range req.Notifications {
+		if len(bn.Notification) == 0 {
+			results[i] = batchError(errf(http.StatusBadRequest, "bad_request", "notification %d: no \"notification\" object", i))
+			continue
+		}
+		q, err := s.queueNote(r, p, bn.Notification, bn.IdempotencyKey, max(time.Until(deadline), time.Millisecond))
+		if err != nil {
+			results[i] = batchError(err)
+			continue
+		}
+		queued[i] = q
+	}
+	for i, q := range queued {
+		if q == nil {
+			continue
+		}
+		reply, err := s.noteOutcome(r, q)
+		if err != nil {
+			results[i] = batchError(err)
+			continue
+		}
+		results[i] = producer.BatchResult{Status: http.StatusAccepted, Reply: &reply}
+	}
+	return producer.BatchReply{Results: results}, nil
+}
+
+// batchError is one notification's refusal in a batch reply.
+func batchError(err error) producer.BatchResult {
+	var ae *apiError
+	if !errors.As(err, &ae) {
+		ae = errf(http.StatusServiceUnavailable, "unavailable", "%v", err)
+	}
+	return producer.BatchResult{Status: ae.status, Error: &producer.APIError{Status: ae.status, Code: ae.code, Msg: ae.msg}}
 }
 
 // NoteAccepted is one notification the broadcaster stored (Config.OnNote).

@@ -109,6 +109,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/events/{event}/stages", s.route("get_stage_map", !s.cfg.PublicReads, s.getStageMap))
 	mux.HandleFunc("PUT /v1/events/{event}/window", s.route("set_window", true, s.setWindow))
 	mux.HandleFunc("POST /v1/notifications", s.route("notify", true, s.notify))
+	mux.HandleFunc("POST /v1/notifications:batch", s.route("notify_batch", true, s.notifyBatch))
 	mux.HandleFunc("GET /v1/whoami", s.route("whoami", true, s.whoami))
 	mux.HandleFunc("POST /v1/events/{event}/schedule", s.route("arm_stage", true, s.armStage))
 	mux.HandleFunc("GET /v1/events/{event}/schedule", s.route("list_schedules", true, s.listSchedules))

@@ -22,7 +22,7 @@ type Client struct {
 
 // APIError is an error reply of the producer API.
 type APIError struct {
-	Status int
+	Status int    `json:"-"`
 	Code   string `json:"code"`
 	Msg    string `json:"msg"`
 }
@@ -188,4 +188,29 @@ func (c *Client) NoteReport(ctx context.Context, id string) (NoteReport, error) 
 	var out NoteReport
 	err := c.do(ctx, http.MethodGet, "/v1/notifications/"+url.PathEscape(id)+"/report", nil, nil, &out)
 	return out, err
+}
+
+// MaxBatch is the most notifications one NotifyBatch call sends (the API's
+// bound; a batch's body is also bounded, at 4 MiB).
+const MaxBatch = 1000
+
+// NotifyBatch sends up to MaxBatch notifications in one request (POST
+// /v1/notifications:batch), each with its own Idempotency-Key, and returns
+// one result per notification, in order. A refused notification is a result
+// with its status and error, never the call's error; the call fails only when
+// the batch itself cannot be sent or read.
+func (c *Client) NotifyBatch(ctx context.Context, notes []BatchNote) ([]BatchResult, error) {
+	var out BatchReply
+	err := c.do(ctx, http.MethodPost, "/v1/notifications:batch", struct {
+		Notifications []BatchNote `json:"notifications"`
+	}{notes}, nil, &out)
+	if err == nil && len(out.Results) != len(notes) {
+		err = fmt.Errorf("POST /v1/notifications:batch: %d results for %d notifications", len(out.Results), len(notes))
+	}
+	for i := range out.Results {
+		if e := out.Results[i].Error; e != nil {
+			e.Status = out.Results[i].Status
+		}
+	}
+	return out.Results, err
 }

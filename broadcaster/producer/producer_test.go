@@ -113,3 +113,58 @@ func TestAgainstABroadcaster(t *testing.T) {
 		t.Fatalf("bad token: %v", err)
 	}
 }
+
+// TestNotifyBatch: a batch answers each notification on its own, in order:
+// stored, replayed under its key, refused as the single endpoint would
+// (a bad type, a key reused for another body), never failing the others; a
+// batch over the bound is refused whole.
+func TestNotifyBatch(t *testing.T) {
+	const token = "producer-test-token-0123456789"
+	bs, err := broadcaster.New(broadcaster.Config{Token: token, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, memengine.New(memengine.Config{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bs.Close)
+	hs := httptest.NewServer(bs.Handler())
+	t.Cleanup(hs.Close)
+	c := &producer.Client{BaseURL: hs.URL, Token: token}
+	ctx := context.Background()
+	note := func(member, typ string) producer.NotifyRequest {
+		return producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{member}}, Type: typ, Payload: json.RawMessage(`{}`)}
+	}
+	batch := []producer.BatchNote{
+		{IdempotencyKey: "a", Notification: note("m1", "goal")},
+		{Notification: note("m2", "not a type")},
+		{IdempotencyKey: "a", Notification: note("m1", "goal")},     // the same key and body: replayed
+		{IdempotencyKey: "a", Notification: note("m3", "goal")},     // the same key, another body: conflict
+		{Notification: producer.NotifyRequest{Type: "goal"}},        // no target
+		{IdempotencyKey: "b", Notification: note("m4", "red-card")}, // stored
+	}
+	res, err := c.NotifyBatch(ctx, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []int{202, 400, 202, 409, 400, 202}
+	for i, r := range res {
+		if r.Status != want[i] || (r.Status == 202) != (r.Reply != nil) || (r.Status != 202) != (r.Error != nil) {
+			t.Fatalf("result %d: %+v (reply %+v, error %+v), want status %d", i, r, r.Reply, r.Error, want[i])
+		}
+	}
+	if !res[2].Reply.Replayed || res[2].Reply.ID != res[0].Reply.ID || res[5].Reply.Stored != 1 || res[3].Error.Code != "idempotency_conflict" || res[3].Error.Status != 409 {
+		t.Fatalf("results %+v %+v %+v %+v", res[0].Reply, res[2].Reply, res[3].Error, res[5].Reply)
+	}
+	if rep, err := c.NoteReport(ctx, res[5].Reply.ID); err != nil || rep.Type != "red-card" {
+		t.Fatalf("the batch's note report: %+v %v", rep, err)
+	}
+	big := make([]producer.BatchNote, producer.MaxBatch+1)
+	for i := range big {
+		big[i] = producer.BatchNote{Notification: note("m1", "goal")}
+	}
+	var apiErr *producer.APIError
+	if _, err := c.NotifyBatch(ctx, big); !errors.As(err, &apiErr) || apiErr.Status != 413 {
+		t.Fatalf("a batch over the bound: %v", err)
+	}
+	if _, err := c.NotifyBatch(ctx, nil); !errors.As(err, &apiErr) || apiErr.Status != 400 {
+		t.Fatalf("an empty batch: %v", err)
+	}
+}

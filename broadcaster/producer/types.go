@@ -153,3 +153,23 @@ type NoteReport struct {
 	Read    int `json:"read"`
 	Gone    int `json:"gone"`
 }
+
+// BatchNote is one notification of a batch (POST /v1/notifications:batch)
+// with its own Idempotency-Key ("" for none).
+type BatchNote struct {
+	IdempotencyKey string        `json:"idempotency_key,omitempty"`
+	Notification   NotifyRequest `json:"notification"`
+}
+
+// BatchReply answers a batch: one result per notification, in the order sent.
+type BatchReply struct {
+	Results []BatchResult `json:"results"`
+}
+
+// BatchResult is one notification's outcome: Status 202 with its Reply, or
+// the status and the error the single endpoint would have answered.
+type BatchResult struct {
+	Status int          `json:"status"`
+	Reply  *NotifyReply `json:"reply,omitempty"`
+	Error  *APIError    `json:"error,omitempty"`
+}

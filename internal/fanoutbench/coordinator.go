@@ -52,13 +52,13 @@ type Config struct {
 
 // Result is one scenario's figures.
 type Result struct {
-	Scenario      Scenario
-	Floor         bool
-	P50MS, P99MS  float64 // publish -> last device's receipt, over the broadcasts
-	MaxMS         float64
+	Scenario     Scenario
+	Floor        bool
+	P50MS, P99MS float64 // publish -> last device's receipt, over the broadcasts
+	MaxMS        float64
 	// BroadcastMS is each broadcast's publish -> last device's receipt, in order
 	// (which one is slow, and whether it is always the same one).
-	BroadcastMS []float64
+	BroadcastMS   []float64
 	DeliveriesSec float64 // devices / p50 time to last device
 	ServerUSPer   float64 // server CPU microseconds per delivery
 	ClientUSPer   float64 // client CPU microseconds per delivery (connect phase excluded)

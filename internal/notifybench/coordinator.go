@@ -42,6 +42,9 @@ type Config struct {
 	P99Budget time.Duration // POST -> device; default 250ms
 	Flood     int           // low notes in the flood; default 50000
 	Critical  int           // critical notes/s during the priority phase; default 200
+	// Batch > 1 sends the steady rates' notes in batches of up to Batch
+	// (POST /v1/notifications:batch); 0 or 1: one note per request.
+	Batch int
 	// Pprof, if set (e.g. 127.0.0.1:6061), is the broadcaster's --debug-addr, and
 	// a 10 s CPU profile of the first rate is written to OutDir/broadcaster.cpu.pprof.
 	Pprof string
@@ -316,6 +319,7 @@ type noteSender struct {
 	rate     int
 	n        int64
 	workers  int
+	batch    int // notes per request (> 1: POST /v1/notifications:batch)
 	accepted atomic.Int64
 	refused  atomic.Int64
 	mu       sync.Mutex
@@ -331,19 +335,56 @@ func (p *noteSender) run(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+			batch := max(1, p.batch)
+			notes := make([]producer.BatchNote, 0, batch)
 			for range jobs {
 				start := time.Now()
-				member := "m" + strconv.Itoa(rng.IntN(p.r.members))
-				_, err := p.r.bc.Notify(context.Background(), producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{member}},
-					Type: "bench", Priority: p.prio, Payload: json.RawMessage(`{"t":` + strconv.FormatInt(start.UnixNano(), 10) + `}`)}, "")
-				if err != nil {
-					p.refused.Add(1)
+				note := func() producer.NotifyRequest {
+					member := "m" + strconv.Itoa(rng.IntN(p.r.members))
+					return producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{member}},
+						Type: "bench", Priority: p.prio, Payload: json.RawMessage(`{"t":` + strconv.FormatInt(start.UnixNano(), 10) + `}`)}
+				}
+				if batch == 1 {
+					if _, err := p.r.bc.Notify(context.Background(), note(), ""); err != nil {
+						p.refused.Add(1)
+						continue
+					}
+					p.accepted.Add(1)
+					p.mu.Lock()
+					_ = p.post.RecordValue(max(time.Since(start).Microseconds(), 1))
+					p.mu.Unlock()
 					continue
 				}
-				p.accepted.Add(1)
-				p.mu.Lock()
-				_ = p.post.RecordValue(max(time.Since(start).Microseconds(), 1))
-				p.mu.Unlock()
+				// a batch: this job and as many queued ones as are owed now
+				notes = append(notes[:0], producer.BatchNote{Notification: note()})
+			fill:
+				for len(notes) < batch {
+					select {
+					case _, ok := <-jobs:
+						if !ok {
+							break fill
+						}
+						notes = append(notes, producer.BatchNote{Notification: note()})
+					default:
+						break fill
+					}
+				}
+				res, err := p.r.bc.NotifyBatch(context.Background(), notes)
+				if err != nil {
+					p.refused.Add(int64(len(notes)))
+					continue
+				}
+				took := max(time.Since(start).Microseconds(), 1)
+				for _, r := range res {
+					if r.Status != 202 {
+						p.refused.Add(1)
+						continue
+					}
+					p.accepted.Add(1)
+					p.mu.Lock()
+					_ = p.post.RecordValue(took)
+					p.mu.Unlock()
+				}
 			}
 		}()
 	}
@@ -395,7 +436,7 @@ func (r *run) steady(ctx context.Context, rate int) (Step, error) {
 		return st, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.Duration)
-	p := &noteSender{r: r, prio: "normal", rate: rate, workers: 256}
+	p := &noteSender{r: r, prio: "normal", rate: rate, workers: 256, batch: r.cfg.Batch}
 	cpu0 := r.cpu()
 	start := time.Now()
 	if r.cfg.Pprof != "" && rate == r.cfg.Rates[0] {
