@@ -302,30 +302,52 @@ func (s *Server) notifyBatch(r *http.Request) (any, error) {
 		return nil, errf(http.StatusRequestEntityTooLarge, "too_large", "batch holds %d notifications, at most %d", n, MaxNoteBatch)
 	}
 	results := make([]producer.BatchResult, len(req.Notifications))
-	queued := make([]*queuedNote, len(req.Notifications))
 	deadline := time.Now().Add(s.cfg.StageBudget)
-	for i, bn := range req.Notifications {
-		if len(bn.Notification) == 0 {
-			results[i] = batchError(errf(http.StatusBadRequest, "bad_request", "notification %d: no \"notification\" object", i))
-			continue
-		}
-		q, err := s.queueNote(r, p, bn.Notification, bn.IdempotencyKey, max(time.Until(deadline), time.Millisecond))
-		if err != nil {
-			results[i] = batchError(err)
-			continue
-		}
-		queued[i] = q
+	// Rounds: a note whose Idempotency-Key an earlier note of the batch holds
+	// waits for that one's outcome, so a repeated key is answered in order
+	// (the first stores, a later one replays or conflicts), as if sent one
+	// after another; every other note goes in the first round.
+	pending := make([]int, len(req.Notifications))
+	for i := range pending {
+		pending[i] = i
 	}
-	for i, q := range queued {
-		if q == nil {
-			continue
+	for len(pending) > 0 {
+		var later []int
+		inRound := map[string]bool{}
+		queued := map[int]*queuedNote{}
+		for _, i := range pending {
+			bn := req.Notifications[i]
+			if k := bn.IdempotencyKey; k != "" {
+				if inRound[k] {
+					later = append(later, i)
+					continue
+				}
+				inRound[k] = true
+			}
+			if len(bn.Notification) == 0 {
+				results[i] = batchError(errf(http.StatusBadRequest, "bad_request", "notification %d: no \"notification\" object", i))
+				continue
+			}
+			q, err := s.queueNote(r, p, bn.Notification, bn.IdempotencyKey, max(time.Until(deadline), time.Millisecond))
+			if err != nil {
+				results[i] = batchError(err)
+				continue
+			}
+			queued[i] = q
 		}
-		reply, err := s.noteOutcome(r, q)
-		if err != nil {
-			results[i] = batchError(err)
-			continue
+		for _, i := range pending {
+			q := queued[i]
+			if q == nil {
+				continue
+			}
+			reply, err := s.noteOutcome(r, q)
+			if err != nil {
+				results[i] = batchError(err)
+				continue
+			}
+			results[i] = producer.BatchResult{Status: http.StatusAccepted, Reply: &reply}
 		}
-		results[i] = producer.BatchResult{Status: http.StatusAccepted, Reply: &reply}
+		pending = later
 	}
 	return producer.BatchReply{Results: results}, nil
 }
