@@ -4,11 +4,14 @@ BIN       := bin/stagecast
 SUDO      := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # Packages with concurrency run under the race detector; all run in `make test`.
 PKGS      := ./...
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# podman as these machines run it (../shared/libraries.md): runc, cgroupfs, no ulimits
+PODMAN    := CONTAINERS_CONF=$(CURDIR)/deploy/image/containers.conf podman --runtime runc --cgroup-manager cgroupfs
 # staticcheck, pinned (fetched by `go run` from the module proxy on first use)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .DEFAULT_GOAL := help
-.PHONY: help build run cluster test sdk-test deps bench bench-sdk bench-micro bench-fanout bench-prefetch bench-notify fuzz vet clean
+.PHONY: help build run cluster image test sdk-test deps bench bench-sdk bench-micro bench-fanout bench-prefetch bench-notify fuzz vet clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,13 +27,23 @@ cluster: build deps ## supervised local fleet: Redis Cluster 7001-7006, broadcas
 	$(GO) build -o bin/localcluster ./cmd/localcluster
 	./bin/localcluster --stagecast $(BIN)
 
-deps: ## install what the tests need (redis-server and chromium via apt-get when missing)
+image: deps ## the container image stagecast:$(VERSION) without a registry: a static binary (no plotting: -tags nocharts) in a scratch image, non-root (podman)
+	@mkdir -p out/image
+	CGO_ENABLED=0 $(GO) build -tags nocharts -trimpath -ldflags="-s -w" -o out/image/stagecast ./cmd/stagecast
+	cp /etc/ssl/certs/ca-certificates.crt deploy/image/passwd deploy/image/group deploy/image/Containerfile out/image/
+	$(PODMAN) build -q -t stagecast:$(VERSION) -f out/image/Containerfile out/image
+	@$(PODMAN) image inspect --format 'stagecast:$(VERSION): {{.Size}} bytes, user {{.Config.User}}' stagecast:$(VERSION)
+
+deps: ## install what the tests need (redis-server, chromium, podman and runc via apt-get when missing)
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server (Debian package) for the Redis tests"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null; }
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing chromium (Debian package) for the console's browser tests"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 || { \
+	  echo "installing podman and runc (Debian packages) for the image test"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends podman runc >/dev/null; }
 	@redis-server --version
 	@chromium --version 2>/dev/null
 
