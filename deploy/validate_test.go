@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -338,4 +339,46 @@ func fmtSeconds(g *int64) string {
 		return "none"
 	}
 	return (time.Duration(*g) * time.Second).String()
+}
+
+// TestLoadgenJob (issue 23, item 5): the rehearsal Job decodes strictly; it is
+// Indexed with as many completions as parallel pods and as --segment's shares
+// (the ConfigMap's SHARES), starts every share at START_AT, mints device
+// tokens from the mounted key, writes each share where merge finds it, and
+// runs as the image's user on a read-only root.
+func TestLoadgenJob(t *testing.T) {
+	var job *batchv1.Job
+	var cm *corev1.ConfigMap
+	for _, o := range build(t, "k8s/loadgen") {
+		switch o := o.(type) {
+		case *batchv1.Job:
+			job = o
+		case *corev1.ConfigMap:
+			cm = o
+		}
+	}
+	if job == nil || cm == nil {
+		t.Fatal("want the Job and its ConfigMap")
+	}
+	s := job.Spec
+	if s.CompletionMode == nil || *s.CompletionMode != batchv1.IndexedCompletion || s.Completions == nil || s.Parallelism == nil ||
+		*s.Completions != *s.Parallelism || strconv.Itoa(int(*s.Completions)) != cm.Data["SHARES"] {
+		t.Fatalf("job spec: indexed %v, completions %v, parallelism %v, SHARES %q: all the same number", s.CompletionMode, s.Completions, s.Parallelism, cm.Data["SHARES"])
+	}
+	c := s.Template.Spec.Containers[0]
+	args := strings.Join(c.Args, " ")
+	for _, want := range []string{"loadgen live", "--segment=$(JOB_COMPLETION_INDEX)/$(SHARES)", "--start-at=$(START_AT)", "--device-key=/keys/", "--partial-out=/results/share-$(JOB_COMPLETION_INDEX).json"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("args %q lack %q", args, want)
+		}
+	}
+	if sc := c.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Error("the loadgen must run on a read-only root, as the image allows")
+	}
+	if psc := s.Template.Spec.SecurityContext; psc == nil || psc.RunAsUser == nil || *psc.RunAsUser != 65532 {
+		t.Error("the loadgen must run as the image's user 65532")
+	}
+	if !strings.HasPrefix(c.Image, "ghcr.io/") {
+		t.Errorf("image %q: the kustomize images transformer did not apply", c.Image)
+	}
 }

@@ -55,6 +55,17 @@ type LiveConfig struct {
 	// cluster's control.json): the scenario's faults are injected through it.
 	// A scenario with faults and no Fleet is refused.
 	Fleet *FleetControl
+	// Tokens, when set, gives each device its device token (a deployment that
+	// requires them: --device-key mints one per device, --device-tokens reads
+	// pre-minted ones). The token goes on the upgrade and with each prefetch.
+	Tokens func(DeviceIdentity) (string, error)
+}
+
+// DeviceIdentity is who a simulated device is: what its device token claims.
+// Member spreads the devices over members, Scenario.DevicesPerMember each.
+type DeviceIdentity struct {
+	Index                             int64
+	Device, Member, Platform, Segment string
 }
 
 // liveDevice is one simulated device.
@@ -259,10 +270,21 @@ func (r *liveRun) startDevices() {
 func (r *liveRun) runDevice(idx int64) {
 	sc, cfg := r.sc, r.cfg
 	platform, segment := mixPick(sc.Platforms, idx, "tv"), mixPick(sc.Segments, idx+7, "")
+	var token string
+	if cfg.Tokens != nil {
+		var err error
+		id := DeviceIdentity{Index: idx, Device: fmt.Sprintf("lg-%d", idx), Member: fmt.Sprintf("lg-m-%d", int64(float64(idx)/sc.DevicesPerMember)),
+			Platform: platform, Segment: segment}
+		if token, err = cfg.Tokens(id); err != nil {
+			r.errs.Add(1)
+			fmt.Fprintf(cfg.Log, "device token for %s: %v\n", id.Device, err)
+			return
+		}
+	}
 	hc := r.client(idx)
 	urls := append(append([]string(nil), cfg.ProxyURLs[int(idx)%len(cfg.ProxyURLs):]...), cfg.ProxyURLs[:int(idx)%len(cfg.ProxyURLs)]...)
 	pf, err := device.NewPrefetcher(device.PrefetchConfig{URL: cfg.GraphQLURL, Event: sc.Event, Segment: segment, Critical: true,
-		HTTPClient: hc, MissDelayMax: time.Duration(float64(5*time.Second) / cfg.TimeScale),
+		Token: token, HTTPClient: hc, MissDelayMax: time.Duration(float64(5*time.Second) / cfg.TimeScale),
 		DeviceID: fmt.Sprintf("lg-%d", idx),
 		Sleep: func(ctx context.Context, d time.Duration) error {
 			return device.Sleep(ctx, time.Duration(float64(d)/cfg.TimeScale))
@@ -287,7 +309,7 @@ func (r *liveRun) runDevice(idx int64) {
 	}
 	var dev *liveDevice
 	c, err := device.New(device.Config{URLs: urls, Device: fmt.Sprintf("lg-%d", idx), Platform: platform, Segment: segment,
-		Events: map[string]uint64{sc.Event: 0}, Ack: true, HTTPClient: hc,
+		Token: token, Events: map[string]uint64{sc.Event: 0}, Ack: true, HTTPClient: hc,
 		OnConnect: func() {
 			r.connectsTotal.Add(1)
 			r.reconnectBins[r.bin(time.Now())].Add(1)

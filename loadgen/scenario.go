@@ -47,13 +47,16 @@ type Scenario struct {
 	Devices   int64              `yaml:"devices"`
 	Platforms map[string]float64 `yaml:"platforms"`
 	Segments  map[string]float64 `yaml:"segments"`
-	Connect   Connect            `yaml:"connect"`
-	Prefetch  Prefetch           `yaml:"prefetch"`
-	Stages    []StageAt          `yaml:"stages"`
-	Drops     []Drop             `yaml:"drops"`
-	Faults    []Fault            `yaml:"faults"`
-	Fleet     Fleet              `yaml:"fleet"`
-	Network   Network            `yaml:"network"`
+	// DevicesPerMember spreads the devices over members (accounts) for their
+	// device tokens: device i belongs to member i / DevicesPerMember. Default 2.
+	DevicesPerMember float64   `yaml:"devices_per_member"`
+	Connect          Connect   `yaml:"connect"`
+	Prefetch         Prefetch  `yaml:"prefetch"`
+	Stages           []StageAt `yaml:"stages"`
+	Drops            []Drop    `yaml:"drops"`
+	Faults           []Fault   `yaml:"faults"`
+	Fleet            Fleet     `yaml:"fleet"`
+	Network          Network   `yaml:"network"`
 
 	lines map[string]int // field path -> line, for errors
 }
@@ -231,10 +234,11 @@ func (sc *Scenario) fieldErr(field, format string, args ...any) error {
 // a negative value is refused by validate, never taken as the default.
 func DefaultScenario() Scenario {
 	return Scenario{
-		Event:    "rehearsal",
-		Prefetch: Prefetch{TTL: Duration(300 * time.Second), Jitter: 0.5, RefetchWindow: Duration(30 * time.Second), RefetchSlots: 300, RefreshLo: 0.5, RefreshHi: 0.9},
-		Fleet:    Fleet{AdmitRate: 2000, AdmitBurst: 2000, Capacity: 200000, FanoutRate: 87000},
-		Network:  Network{PubSub: Duration(time.Millisecond), DeviceP50: Duration(40 * time.Millisecond), DeviceP99: Duration(200 * time.Millisecond)},
+		Event:            "rehearsal",
+		DevicesPerMember: 2,
+		Prefetch:         Prefetch{TTL: Duration(300 * time.Second), Jitter: 0.5, RefetchWindow: Duration(30 * time.Second), RefetchSlots: 300, RefreshLo: 0.5, RefreshHi: 0.9},
+		Fleet:            Fleet{AdmitRate: 2000, AdmitBurst: 2000, Capacity: 200000, FanoutRate: 87000},
+		Network:          Network{PubSub: Duration(time.Millisecond), DeviceP50: Duration(40 * time.Millisecond), DeviceP99: Duration(200 * time.Millisecond)},
 	}
 }
 
@@ -251,6 +255,9 @@ func (sc *Scenario) defaults() {
 	def := DefaultScenario()
 	if sc.Event == "" {
 		sc.Event = def.Event
+	}
+	if sc.DevicesPerMember == 0 {
+		sc.DevicesPerMember = def.DevicesPerMember
 	}
 	lo, hi, jitter := sc.Prefetch.RefreshLo, sc.Prefetch.RefreshHi, sc.Prefetch.Jitter
 	defaults.Fill(&sc.Prefetch, def.Prefetch)
@@ -309,6 +316,9 @@ func (sc *Scenario) validate() error {
 	}
 	if p := sc.Prefetch; p.Jitter < 0 || p.Jitter >= 1 {
 		errs = append(errs, sc.fieldErr("prefetch.jitter", "%v outside [0, 1)", p.Jitter))
+	}
+	if sc.DevicesPerMember < 1 {
+		errs = append(errs, sc.fieldErr("devices_per_member", "%v: at least 1", sc.DevicesPerMember))
 	}
 	if p := sc.Prefetch; p.RefetchWindow < 0 || p.RefetchSlots < 0 || p.TTL < 0 {
 		errs = append(errs, sc.fieldErr("prefetch", "ttl %v, refetch_window %v and refetch_slots %d must be > 0 (0: the default)", p.TTL, p.RefetchWindow, p.RefetchSlots))

@@ -10,10 +10,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/term"
 
+	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/localcluster"
 	"github.com/stagecast/stagecast/loadgen"
 )
@@ -25,6 +27,7 @@ const loadgenUsage = `Usage:
       the same, with the fanout rate and delays a live run measured
   stagecast loadgen live --scenario FILE [--devices N] [--time-scale X] [--procs N] [--token T] [--out DIR]
       real devices (WebSocket + GraphQL prefetch) against a deployment; defaults point at make run
+      [--device-key KEY.jwk | --device-tokens FILE]: a device token per device, where they are required
   stagecast loadgen live ... --segment i/n --partial-out FILE
       one share of a run spread over machines; then:
   stagecast loadgen merge --scenario FILE --out DIR share-0.json share-1.json ...
@@ -109,11 +112,16 @@ func runLive(args []string) error {
 	startAt := fs.Int64("start-at", 0, "Unix ms at which the run starts (aligns shares; default now)")
 	quiet := fs.Bool("quiet", false, "no progress output (workers of --procs)")
 	fleet := fs.String("fleet", "", "inject the scenario's faults into this fleet: its control.json (make cluster prints its folder), or \"local\" to start one here for the run")
+	deviceKey := fs.String("device-key", "", "a device-token signing key (stagecast token keygen's device-signing.jwk): mint a token per simulated device, for a deployment that requires them")
+	deviceTokens := fs.String("device-tokens", "", "a file of pre-minted device tokens, one per line: device i uses line i (instead of --device-key)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	sc, err := scenarioFlag(*scenario)
 	if err != nil {
+		return err
+	}
+	if cfg.Tokens, err = deviceTokenSource(*deviceKey, *deviceTokens, sc, cfg.TimeScale); err != nil {
 		return err
 	}
 	if _, err := fmt.Sscanf(*segment, "%d/%d", &cfg.Segment, &cfg.Segments); err != nil || cfg.Segments < 1 || cfg.Segment < 0 || cfg.Segment >= cfg.Segments {
@@ -191,6 +199,47 @@ func runLive(args []string) error {
 		return err
 	}
 	return printLiveReport(r, *out)
+}
+
+// deviceTokenSource is the loadgen's device tokens: minted per device from a
+// signing key (living for the compressed run plus 10 minutes), or read from a
+// file of pre-minted ones (device i uses line i); nil when neither is given.
+func deviceTokenSource(keyFile, tokensFile string, sc *loadgen.Scenario, timeScale float64) (func(loadgen.DeviceIdentity) (string, error), error) {
+	switch {
+	case keyFile != "" && tokensFile != "":
+		return nil, errors.New("--device-key and --device-tokens: give one")
+	case keyFile != "":
+		signer, err := devicetoken.LoadSigner(keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--device-key: %w", err)
+		}
+		scale := timeScale
+		if scale <= 0 { // the default --time-scale: the scenario fit in 60 s
+			scale = max(1, sc.Duration.D().Seconds()/60)
+		}
+		ttl := time.Duration(float64(sc.Duration.D())/scale) + 10*time.Minute
+		return func(id loadgen.DeviceIdentity) (string, error) {
+			return signer.Mint(devicetoken.Claims{Device: id.Device, Member: id.Member, Platform: id.Platform, Segment: id.Segment}, ttl)
+		}, nil
+	case tokensFile != "":
+		b, err := os.ReadFile(tokensFile)
+		if err != nil {
+			return nil, fmt.Errorf("--device-tokens: %w", err)
+		}
+		var toks []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+				toks = append(toks, l)
+			}
+		}
+		return func(id loadgen.DeviceIdentity) (string, error) {
+			if id.Index >= int64(len(toks)) {
+				return "", fmt.Errorf("--device-tokens holds %d tokens; device %d has none", len(toks), id.Index)
+			}
+			return toks[id.Index], nil
+		}, nil
+	}
+	return nil, nil
 }
 
 // runWorkers forks procs-1 copies of this command for shares 1..procs-1 (each

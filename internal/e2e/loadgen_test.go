@@ -9,11 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stagecast/stagecast/broadcaster"
 	"github.com/stagecast/stagecast/graph"
+	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/engine/memengine"
 	"github.com/stagecast/stagecast/loadgen"
 	"github.com/stagecast/stagecast/prefetch"
@@ -160,5 +162,88 @@ stages: [{at: 20m, stage: first}, {at: 45m, stage: last}]
 	}
 	if p.Connections() != 0 {
 		t.Fatalf("%d devices still connected after the run", p.Connections())
+	}
+}
+
+// TestLoadgenLiveWithDeviceTokens (issue 23, item 5): against a deployment
+// that requires device tokens (proxy and prefetch), a run whose devices mint
+// theirs (what --device-key does) passes with every device on every stage and
+// no prefetch error; the same run without tokens connects nobody.
+func TestLoadgenLiveWithDeviceTokens(t *testing.T) {
+	sc, err := loadgen.ParseScenario([]byte(`
+name: tokens
+event: e2e-tokens
+duration: 30m
+devices: 60
+devices_per_member: 3
+platforms: {tv: 0.5, web: 0.5}
+connect: {start: 0s, ramp: 5m}
+prefetch: {ttl: 600s}
+stages:
+  - {at: 10m, stage: kickoff}
+  - {at: 20m, stage: final}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, verifier, err := devicetoken.NewTestPair("loadgen")
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	eng := memengine.New(memengine.Config{})
+	p, err := proxy.New(proxy.Config{Logger: quiet, Tokens: verifier, RequireToken: true}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	bs, err := broadcaster.New(broadcaster.Config{Token: token, Logger: quiet}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: quiet}, Identity: prefetch.IdentityConfig{Tokens: verifier, Require: true}}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, bsrv, gsrv := httptest.NewServer(p.Handler()), httptest.NewServer(bs.Handler()), httptest.NewServer(pf.Handler())
+	defer ps.Close()
+	defer bsrv.Close()
+	defer gsrv.Close()
+	cfg := loadgen.LiveConfig{ProxyURLs: []string{"ws" + ps.URL[len("http"):] + "/v1/ws"}, GraphQLURL: gsrv.URL + "/graphql", Broadcaster: bsrv.URL,
+		Token: token, TimeScale: 360, Settle: 3 * time.Second} // 30 min in 5 s
+	members := map[string]int{}
+	var mu sync.Mutex
+	cfg.Tokens = func(id loadgen.DeviceIdentity) (string, error) {
+		mu.Lock()
+		members[id.Member]++
+		mu.Unlock()
+		return signer.Mint(devicetoken.Claims{Device: id.Device, Member: id.Member, Platform: id.Platform, Segment: id.Segment}, time.Hour)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r, err := loadgen.LiveReport(ctx, sc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Devices != 60 || r.Connected != 60 || r.Errors != 0 || r.Prefetch.Errors != 0 || r.Prefetch.Requests < 60 {
+		t.Fatalf("devices %d connected %d errors %d prefetch %+v", r.Devices, r.Connected, r.Errors, r.Prefetch)
+	}
+	for _, b := range r.Broadcasts {
+		if b.Missed != 0 {
+			t.Fatalf("broadcast %+v: missed", b)
+		}
+	}
+	if len(members) != 20 {
+		t.Fatalf("%d members for 60 devices at 3 a member", len(members))
+	}
+	// Without tokens the same deployment refuses every device.
+	sc.Devices = 10
+	cfg.Tokens = nil
+	r, err = loadgen.LiveReport(ctx, sc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Connected != 0 || r.Prefetch.Errors == 0 {
+		t.Fatalf("without tokens: %d connected, prefetch %+v: the deployment must refuse them", r.Connected, r.Prefetch)
 	}
 }
