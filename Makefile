@@ -22,10 +22,10 @@ build: ## build bin/stagecast
 run: build ## all-in-one dev server (in-memory engine, no Redis): proxy :8080, broadcaster :8081
 	./$(BIN) dev
 
-cluster: build deps ## supervised local fleet: Redis Cluster 7001-7006, broadcaster :9100, proxies :9101-9103, prefetch :9111-9112; control.json for faults (Ctrl-C stops all)
+cluster: build deps ## supervised local fleet: Redis Cluster 7001-7006, broadcaster :9100, proxies :9101-9103, prefetch :9111-9112; control.json for faults (Ctrl-C stops all); CLUSTER_FLAGS=--require-device-token as production
 	@[ -n "$$STAGECAST_PRODUCER_TOKEN" ] || { echo "set STAGECAST_PRODUCER_TOKEN first, e.g. export STAGECAST_PRODUCER_TOKEN=$$(openssl rand -hex 24)"; exit 1; }
 	$(GO) build -o bin/localcluster ./cmd/localcluster
-	./bin/localcluster --stagecast $(BIN)
+	./bin/localcluster --stagecast $(BIN) $(CLUSTER_FLAGS)
 
 image: deps ## the container image stagecast:$(VERSION) without a registry: a static binary (no plotting: -tags nocharts) in a scratch image, non-root (podman)
 	@mkdir -p out/image

@@ -20,6 +20,7 @@ func main() {
 	flag.StringVar(&cfg.Dir, "dir", "", "logs and Redis data (default: a new temp dir)")
 	restart := flag.Bool("restart", true, "restart a member that exits (with backoff); false: the first exit stops the fleet")
 	flag.StringVar(&cfg.ControlAddr, "control-addr", "127.0.0.1:0", "control interface address (loopback; its token is in <dir>/control.json)")
+	flag.BoolVar(&cfg.RequireDeviceToken, "require-device-token", false, "make a device-token key pair in --dir and require tokens on the proxies and prefetch servers, as production does (loadgen live --device-key <dir>/device-signing.jwk)")
 	flag.Parse()
 	cfg.NoRestart = !*restart
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

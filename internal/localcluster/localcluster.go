@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/internal/defaults"
+	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/redistest"
 )
 
@@ -45,11 +46,17 @@ type Config struct {
 	ControlAddr string
 	// Ready, if set, is called once everything answers.
 	Ready func(Info)
+	// RequireDeviceToken makes a device-token key pair in Dir and runs the
+	// proxies and prefetch servers with --device-keys and
+	// --require-device-token, as production does; Info.DeviceKey is the
+	// signing key (loadgen live --device-key, stagecast token mint).
+	RequireDeviceToken bool
 }
 
 // Info is what is running.
 type Info struct {
 	Dir         string
+	DeviceKey   string // the device-token signing key, with RequireDeviceToken
 	Redis       []string
 	Broadcaster string   // http://...
 	Proxies     []string // ws://.../v1/ws
@@ -136,6 +143,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("redis cluster not ok: %w", err)
 	}
 	env := []string{"STAGECAST_REDIS=" + strings.Join(info.Redis[:3], ","), "STAGECAST_PRODUCER_TOKEN=" + cfg.Token}
+	edgeEnv := env // proxies and prefetch servers
+	if cfg.RequireDeviceToken {
+		keys, jwks, err := deviceKeys(cfg.Dir)
+		if err != nil {
+			return err
+		}
+		info.DeviceKey = keys
+		edgeEnv = append(append([]string(nil), env...), "STAGECAST_DEVICE_KEYS="+jwks, "STAGECAST_REQUIRE_DEVICE_TOKEN=true")
+	}
 	bc := "127.0.0.1:" + strconv.Itoa(cfg.BroadcasterPort)
 	if err := start("broadcaster", "broadcaster", bc, env, cfg.Stagecast, "broadcaster", "--addr", bc); err != nil {
 		return err
@@ -145,7 +161,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	for i, port := range cfg.ProxyPorts {
 		addr := "127.0.0.1:" + strconv.Itoa(port)
 		// A local fleet's devices (watch, loadgen) all come from loopback.
-		if err := start(fmt.Sprintf("proxy-%d", i+1), "proxy", addr, env, cfg.Stagecast, "proxy", "--addr", addr, "--proxy-id", fmt.Sprintf("proxy-%d", i+1), "--drain-window", "3s",
+		if err := start(fmt.Sprintf("proxy-%d", i+1), "proxy", addr, edgeEnv, cfg.Stagecast, "proxy", "--addr", addr, "--proxy-id", fmt.Sprintf("proxy-%d", i+1), "--drain-window", "3s",
 			"--public-url", "ws://"+addr+"/v1/ws",
 			"--ip-limit-exempt", "127.0.0.0/8"); err != nil {
 			return err
@@ -155,7 +171,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	for i, port := range cfg.PrefetchPorts {
 		addr := "127.0.0.1:" + strconv.Itoa(port)
-		if err := start(fmt.Sprintf("prefetch-%d", i+1), "prefetch", addr, env, cfg.Stagecast, "prefetch", "--addr", addr); err != nil {
+		if err := start(fmt.Sprintf("prefetch-%d", i+1), "prefetch", addr, edgeEnv, cfg.Stagecast, "prefetch", "--addr", addr); err != nil {
 			return err
 		}
 		info.Prefetch = append(info.Prefetch, "http://"+addr+"/graphql")
@@ -183,7 +199,32 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 }
 
+// deviceKeys writes a new device-token key pair into dir: the signing key
+// and the key set the edge servers verify with.
+func deviceKeys(dir string) (signing, jwks string, err error) {
+	priv, pub, err := devicetoken.Keygen("localcluster")
+	if err != nil {
+		return "", "", err
+	}
+	set, err := devicetoken.AddToKeySet(nil, pub)
+	if err != nil {
+		return "", "", err
+	}
+	pb, err := priv.MarshalJSON()
+	if err != nil {
+		return "", "", err
+	}
+	signing, jwks = filepath.Join(dir, "device-signing.jwk"), filepath.Join(dir, "device-keys.jwks")
+	if err := os.WriteFile(signing, append(pb, '\n'), 0o600); err != nil {
+		return "", "", err
+	}
+	return signing, jwks, os.WriteFile(jwks, append(set, '\n'), 0o644)
+}
+
 func printInfo(w io.Writer, i Info) {
+	if i.DeviceKey != "" {
+		fmt.Fprintf(w, "\nDevice tokens are required; mint them with the key %s\n  (loadgen live --device-key %s; stagecast token mint --key %s ...)\n", i.DeviceKey, i.DeviceKey, i.DeviceKey)
+	}
 	fmt.Fprintf(w, `
 stagecast local cluster is up (Ctrl-C stops everything).
 

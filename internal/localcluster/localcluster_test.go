@@ -2,6 +2,7 @@ package localcluster_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/device"
+	"github.com/stagecast/stagecast/internal/devicetoken"
 	"github.com/stagecast/stagecast/internal/localcluster"
 	"github.com/stagecast/stagecast/internal/redistest"
 	"github.com/stagecast/stagecast/internal/waitfor"
@@ -80,30 +82,57 @@ func buildStagecast(t *testing.T) string {
 // processes) on free ports: a device on each proxy receives a stage set through
 // the broadcaster, both prefetch servers serve the stage map, and stopping it
 // stops everything.
-func TestLocalCluster(t *testing.T) {
+// startCluster runs a local fleet on free ports (edit changes its Config)
+// until stop is called or the test ends, and returns what runs; stop returns
+// Run's error (or a timeout's after 60 s).
+func startCluster(t *testing.T, edit func(*localcluster.Config)) (cfg localcluster.Config, info localcluster.Info, stop func() error) {
+	t.Helper()
 	bin := buildStagecast(t)
 	taken := map[int]bool{}
-	cfg := localcluster.Config{Stagecast: bin, Dir: t.TempDir(), Token: "local-cluster-token-0123456789"}
+	cfg = localcluster.Config{Stagecast: bin, Dir: t.TempDir(), Token: "local-cluster-token-0123456789"}
 	for i := 0; i < 6; i++ {
 		cfg.RedisPorts = append(cfg.RedisPorts, redisPort(t, taken))
 	}
 	cfg.BroadcasterPort = freePort(t, taken)
 	cfg.ProxyPorts = []int{freePort(t, taken), freePort(t, taken), freePort(t, taken)}
 	cfg.PrefetchPorts = []int{freePort(t, taken), freePort(t, taken)}
+	if edit != nil {
+		edit(&cfg)
+	}
 	ready := make(chan localcluster.Info, 1)
 	cfg.Ready = func(i localcluster.Info) { ready <- i }
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- localcluster.Run(ctx, cfg) }()
-	var info localcluster.Info
+	var once sync.Once
+	var stopErr error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(60 * time.Second):
+				stopErr = errors.New("cluster did not stop within 60s")
+			}
+		})
+		return stopErr
+	}
+	t.Cleanup(func() { _ = stop() })
 	select {
 	case info = <-ready:
+		return cfg, info, stop
 	case err := <-done:
 		t.Fatalf("cluster did not start: %v", err)
 	case <-time.After(90 * time.Second):
 		t.Fatal("cluster not ready within 90s")
 	}
+	return cfg, info, stop
+}
+
+func TestLocalCluster(t *testing.T) {
+	cfg, info, stop := startCluster(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 
 	bc := &producer.Client{BaseURL: info.Broadcaster, Token: cfg.Token}
 	if _, err := bc.PutStageMap(ctx, "fight", []byte(`{"stages":{"round-3":{"default":{"rows":[1]}}}}`)); err != nil {
@@ -216,14 +245,8 @@ func TestLocalCluster(t *testing.T) {
 
 	dcancel()
 	wg.Wait()
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("cluster did not stop within 60s")
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
 	}
 	for _, a := range info.Redis {
 		if redistest.Ping(a) == nil {
@@ -232,5 +255,63 @@ func TestLocalCluster(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(cfg.ProxyPorts[0]), time.Second); err == nil {
 		t.Fatal("a proxy still listens after stop")
+	}
+}
+
+// TestLocalClusterRequiresTokens (issue 23, item 5): a fleet started with
+// RequireDeviceToken (make cluster CLUSTER_FLAGS=--require-device-token)
+// refuses a device without a token, and a loadgen run that mints one per
+// device from the fleet's key (loadgen live --device-key) ends with every
+// device on every stage.
+func TestLocalClusterRequiresTokens(t *testing.T) {
+	cfg, info, _ := startCluster(t, func(c *localcluster.Config) { c.RequireDeviceToken = true })
+	if info.DeviceKey == "" {
+		t.Fatal("no device key in the fleet's info")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	anon, err := device.New(device.Config{URLs: info.Proxies[:1], Device: "anon", Events: map[string]uint64{"fight": 0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+	err = anon.Run(actx)
+	timedOut := actx.Err() != nil
+	acancel()
+	if err == nil || timedOut {
+		t.Fatalf("a device without a token: %v (want refused at once, not kept retrying)", err)
+	}
+	signer, err := devicetoken.LoadSigner(info.DeviceKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := loadgen.ParseScenario([]byte(`
+name: tokens
+event: lc-tokens
+duration: 30m
+devices: 90
+connect: {start: 0s, ramp: 5m}
+stages:
+  - {at: 10m, stage: kickoff}
+  - {at: 20m, stage: final}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := loadgen.LiveReport(ctx, sc, loadgen.LiveConfig{ProxyURLs: info.Proxies, GraphQLURL: info.Prefetch[0], Broadcaster: info.Broadcaster,
+		Token: cfg.Token, TimeScale: 360, Settle: 3 * time.Second,
+		Tokens: func(id loadgen.DeviceIdentity) (string, error) {
+			return signer.Mint(devicetoken.Claims{Device: id.Device, Member: id.Member, Platform: id.Platform, Segment: id.Segment}, time.Hour)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Connected != 90 || r.Errors != 0 || r.Prefetch.Errors != 0 {
+		t.Fatalf("connected %d errors %d prefetch %+v", r.Connected, r.Errors, r.Prefetch)
+	}
+	for _, b := range r.Broadcasts {
+		if b.Missed != 0 {
+			t.Fatalf("broadcast %+v missed", b)
+		}
 	}
 }
