@@ -49,6 +49,7 @@ type Server struct {
 	m         metrics
 	lanes     *lanes
 	nm        noteMetrics
+	ahead     *aheadMetrics // ahead.go: what an autoscaler scales on
 	stop      context.CancelFunc
 }
 
@@ -90,6 +91,8 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	s.lanes = s.startLanes(ctx)
 	go s.fireLoop(ctx)
 	s.nm = newNoteMetrics(reg, s.lanes)
+	s.ahead = newAheadMetrics(reg)
+	go s.aheadLoop(ctx)
 	return s, nil
 }
 

@@ -1,6 +1,8 @@
 package deploy_test
 
 import (
+	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +29,13 @@ import (
 // Kubernetes API types: unknown or misplaced fields fail.
 func build(t *testing.T, dir string) []runtime.Object {
 	t.Helper()
+	return buildWith(t, dir, nil)
+}
+
+// buildWith is build; other, when set, takes the objects of API groups the
+// Kubernetes scheme does not hold (KEDA's), as JSON, and decodes them itself.
+func buildWith(t *testing.T, dir string, other func(apiVersion, kind string, json []byte)) []runtime.Object {
+	t.Helper()
 	scheme := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{appsv1.AddToScheme, corev1.AddToScheme, policyv1.AddToScheme, autoscalingv2.AddToScheme, batchv1.AddToScheme, networkingv1.AddToScheme} {
 		if err := add(scheme); err != nil {
@@ -40,6 +49,14 @@ func build(t *testing.T, dir string) []runtime.Object {
 	}
 	var out []runtime.Object
 	for _, r := range res.Resources() {
+		if other != nil && strings.HasPrefix(r.GetApiVersion(), "keda.sh/") {
+			j, err := r.MarshalJSON()
+			if err != nil {
+				t.Fatal(err)
+			}
+			other(r.GetApiVersion(), r.GetKind(), j)
+			continue
+		}
 		y, err := r.AsYAML()
 		if err != nil {
 			t.Fatal(err)
@@ -380,5 +397,104 @@ func TestLoadgenJob(t *testing.T) {
 	}
 	if !strings.HasPrefix(c.Image, "ghcr.io/") {
 		t.Errorf("image %q: the kustomize images transformer did not apply", c.Image)
+	}
+}
+
+// scaledObject is the part of KEDA's ScaledObject (keda.sh/v1alpha1) the
+// live-event overlay uses, decoded with unknown fields refused: a misspelt
+// field fails here, as the Kubernetes kinds do in build.
+type scaledObject struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name      string `json:"name"`
+		Namespace string `json:"namespace"`
+	} `json:"metadata"`
+	Spec struct {
+		ScaleTargetRef struct {
+			Name string `json:"name"`
+		} `json:"scaleTargetRef"`
+		MinReplicaCount int `json:"minReplicaCount"`
+		MaxReplicaCount int `json:"maxReplicaCount"`
+		PollingInterval int `json:"pollingInterval"`
+		CooldownPeriod  int `json:"cooldownPeriod"`
+		Advanced        struct {
+			HorizontalPodAutoscalerConfig struct {
+				Behavior autoscalingv2.HorizontalPodAutoscalerBehavior `json:"behavior"`
+			} `json:"horizontalPodAutoscalerConfig"`
+		} `json:"advanced"`
+		Triggers []struct {
+			Type     string            `json:"type"`
+			Metadata map[string]string `json:"metadata"`
+		} `json:"triggers"`
+	} `json:"spec"`
+}
+
+// TestLiveEventOverlay (issue 23, item 3): the live-event overlay decodes
+// strictly; its proxy tier is the base proxy's pod under its own name, with
+// no HPA of its own (KEDA makes it); the ScaledObject targets it, scales up
+// fast and down slowly, on the event's window (cron), on a stage armed within
+// 15 minutes (the broadcaster's gauge) and on connections.
+func TestLiveEventOverlay(t *testing.T) {
+	var sos []scaledObject
+	objs := buildWith(t, "k8s/overlays/live-event", func(apiVersion, kind string, j []byte) {
+		if kind != "ScaledObject" {
+			t.Errorf("unexpected %s %s", apiVersion, kind)
+			return
+		}
+		var so scaledObject
+		dec := json.NewDecoder(bytes.NewReader(j))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&so); err != nil {
+			t.Fatalf("ScaledObject: %v", err)
+		}
+		sos = append(sos, so)
+	})
+	var live *appsv1.Deployment
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *appsv1.Deployment:
+			if o.Name == "proxy-live" {
+				live = o
+			}
+		case *autoscalingv2.HorizontalPodAutoscaler:
+			if o.Spec.ScaleTargetRef.Name == "proxy-live" {
+				t.Error("an HPA targets proxy-live: KEDA makes its own, two would fight")
+			}
+		}
+	}
+	if live == nil || live.Namespace != "stagecast" || !strings.HasPrefix(live.Spec.Template.Spec.Containers[0].Image, "ghcr.io/") ||
+		live.Spec.Template.Labels["app.kubernetes.io/name"] != "proxy-live" {
+		t.Fatalf("the live proxy Deployment: %+v", live)
+	}
+	if len(sos) != 1 {
+		t.Fatalf("%d ScaledObjects, want 1", len(sos))
+	}
+	so := sos[0]
+	if so.Spec.ScaleTargetRef.Name != "proxy-live" || so.Metadata.Namespace != "stagecast" || so.Spec.MaxReplicaCount <= so.Spec.MinReplicaCount {
+		t.Fatalf("ScaledObject %+v", so)
+	}
+	up := so.Spec.Advanced.HorizontalPodAutoscalerConfig.Behavior.ScaleUp
+	if up == nil || up.StabilizationWindowSeconds == nil || *up.StabilizationWindowSeconds != 0 || len(up.Policies) == 0 || up.Policies[0].PeriodSeconds > 15 {
+		t.Fatalf("scale-up %+v: want no stabilization and a policy every 15 s at most", up)
+	}
+	kinds := map[string]bool{}
+	for _, tr := range so.Spec.Triggers {
+		kinds[tr.Type] = true
+		if tr.Type == "prometheus" && (tr.Metadata["query"] == "" || tr.Metadata["threshold"] == "" || tr.Metadata["serverAddress"] == "") {
+			t.Errorf("prometheus trigger %+v lacks query, threshold or serverAddress", tr.Metadata)
+		}
+		if tr.Type == "cron" && (tr.Metadata["start"] == "" || tr.Metadata["end"] == "" || tr.Metadata["desiredReplicas"] == "") {
+			t.Errorf("cron trigger %+v lacks start, end or desiredReplicas", tr.Metadata)
+		}
+	}
+	armed := false
+	for _, tr := range so.Spec.Triggers {
+		if strings.Contains(tr.Metadata["query"], "stagecast_broadcaster_armed_stages_ahead") {
+			armed = true
+		}
+	}
+	if !kinds["cron"] || !kinds["prometheus"] || !armed {
+		t.Fatalf("triggers %v (armed-stage query %v): want the window (cron) and the armed stages ahead (prometheus)", kinds, armed)
 	}
 }
