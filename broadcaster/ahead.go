@@ -5,8 +5,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/stagecast/stagecast/internal/engine"
 )
 
 // What an autoscaler needs to scale the proxy and prefetch tiers before the
@@ -35,7 +33,7 @@ func newAheadMetrics(reg prometheus.Registerer) *aheadMetrics {
 		armed: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "broadcaster", Name: "armed_stages_ahead",
 			Help: "Armed stages due within the next 15 minutes and the next hour, over every event."}, []string{"within"}),
 		live: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "broadcaster", Name: "live_events",
-			Help: "Events whose live window is on (PUT /v1/events/{event}/window)."}),
+			Help: "Events whose live window is on (PUT /v1/events/{event}/window), among the 1,000 most recently changed."}),
 		updated: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "broadcaster", Name: "ahead_updated_timestamp_seconds",
 			Help: "When the ahead-of-the-event gauges were last read from the engine (Unix seconds); stale: the engine is not answering."}),
 	}
@@ -58,8 +56,14 @@ func (s *Server) aheadLoop(ctx context.Context) {
 	}
 }
 
-// maxAheadSchedules bounds one read of the armed stages ahead.
-const maxAheadSchedules = 10000
+// maxAheadSchedules bounds one read of the armed stages ahead; live windows
+// are counted among the maxAheadEvents most recently changed events (a live
+// event is a recent one), so a refresh costs at most 3,000 pipelined engine
+// commands.
+const (
+	maxAheadSchedules = 10000
+	maxAheadEvents    = 1000
+)
 
 func (s *Server) refreshAhead(ctx context.Context) {
 	now := s.cfg.Now()
@@ -79,7 +83,7 @@ func (s *Server) refreshAhead(ctx context.Context) {
 		}
 		in60++
 	}
-	events, err := s.eng.Events(rctx, engine.MaxIndexedEvents)
+	events, err := s.eng.Events(rctx, maxAheadEvents)
 	if err != nil {
 		s.log.Warn("live windows not read; the gauges keep their last values", "err", err)
 		return
