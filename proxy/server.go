@@ -478,7 +478,14 @@ func (s *Server) frameHandler() {
 // to a frame handler and waits for the answer, so a connection's frames apply in
 // order and at most one goroutine at a time processes them.
 func (c *conn) readLoop() {
-	defer c.unregister()
+	// A read error without a close frame (the device's TCP connection reset
+	// or ended) leaves coder/websocket's conn open until its finalizer runs:
+	// close it here, so the socket's file is released at once, not at some
+	// later GC (a connect storm's leavers would hold files meanwhile).
+	defer func() {
+		c.unregister()
+		_ = c.ws.CloseNow()
+	}()
 	s := c.s
 	c.handled = make(chan bool, 1)
 	for {
