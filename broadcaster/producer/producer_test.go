@@ -46,18 +46,26 @@ func TestPublicOnly(t *testing.T) {
 	}
 }
 
-// TestAgainstABroadcaster: every call of the client against a real
-// broadcaster (in-memory engine): the server answers in the client's types.
-func TestAgainstABroadcaster(t *testing.T) {
-	const token = "producer-test-token-0123456789"
-	bs, err := broadcaster.New(broadcaster.Config{Token: token, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, memengine.New(memengine.Config{}))
+const testToken = "producer-test-token-0123456789"
+
+// startBroadcaster serves a broadcaster (in-memory engine) until the test
+// ends and returns a client of it.
+func startBroadcaster(t *testing.T) (*producer.Client, *httptest.Server) {
+	t.Helper()
+	bs, err := broadcaster.New(broadcaster.Config{Token: testToken, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, memengine.New(memengine.Config{}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(bs.Close)
 	hs := httptest.NewServer(bs.Handler())
 	t.Cleanup(hs.Close)
-	c := &producer.Client{BaseURL: hs.URL, Token: token}
+	return &producer.Client{BaseURL: hs.URL, Token: testToken}, hs
+}
+
+// TestAgainstABroadcaster: every call of the client against a real
+// broadcaster (in-memory engine): the server answers in the client's types.
+func TestAgainstABroadcaster(t *testing.T) {
+	c, hs := startBroadcaster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
@@ -119,15 +127,7 @@ func TestAgainstABroadcaster(t *testing.T) {
 // (a bad type, a key reused for another body), never failing the others; a
 // batch over the bound is refused whole.
 func TestNotifyBatch(t *testing.T) {
-	const token = "producer-test-token-0123456789"
-	bs, err := broadcaster.New(broadcaster.Config{Token: token, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, memengine.New(memengine.Config{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bs.Close)
-	hs := httptest.NewServer(bs.Handler())
-	t.Cleanup(hs.Close)
-	c := &producer.Client{BaseURL: hs.URL, Token: token}
+	c, _ := startBroadcaster(t)
 	ctx := context.Background()
 	note := func(member, typ string) producer.NotifyRequest {
 		return producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{member}}, Type: typ, Payload: json.RawMessage(`{}`)}

@@ -43,31 +43,11 @@ drops:
 	if err != nil {
 		t.Fatal(err)
 	}
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	eng := memengine.New(memengine.Config{})
-	p, err := proxy.New(proxy.Config{Logger: quiet}, eng)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	bs, err := broadcaster.New(broadcaster.Config{Token: token, Logger: quiet}, eng)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: quiet}}, eng)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, bsrv, gsrv := httptest.NewServer(p.Handler()), httptest.NewServer(bs.Handler()), httptest.NewServer(pf.Handler())
-	defer ps.Close()
-	defer bsrv.Close()
-	defer gsrv.Close()
-
+	cfg := serveDeployment(t, proxy.Config{}, prefetch.IdentityConfig{})
+	cfg.TimeScale, cfg.Settle = 360, 3*time.Second // 1 h in 10 s
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	r, err := loadgen.LiveReport(ctx, sc, loadgen.LiveConfig{
-		ProxyURLs: []string{"ws" + ps.URL[len("http"):] + "/v1/ws"}, GraphQLURL: gsrv.URL + "/graphql", Broadcaster: bsrv.URL,
-		Token: token, TimeScale: 360, Settle: 3 * time.Second}) // 1 h in 10 s
+	r, err := loadgen.LiveReport(ctx, sc, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,27 +170,8 @@ stages:
 	if err != nil {
 		t.Fatal(err)
 	}
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	eng := memengine.New(memengine.Config{})
-	p, err := proxy.New(proxy.Config{Logger: quiet, Tokens: verifier, RequireToken: true}, eng)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	bs, err := broadcaster.New(broadcaster.Config{Token: token, Logger: quiet}, eng)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: quiet}, Identity: prefetch.IdentityConfig{Tokens: verifier, Require: true}}, eng)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, bsrv, gsrv := httptest.NewServer(p.Handler()), httptest.NewServer(bs.Handler()), httptest.NewServer(pf.Handler())
-	defer ps.Close()
-	defer bsrv.Close()
-	defer gsrv.Close()
-	cfg := loadgen.LiveConfig{ProxyURLs: []string{"ws" + ps.URL[len("http"):] + "/v1/ws"}, GraphQLURL: gsrv.URL + "/graphql", Broadcaster: bsrv.URL,
-		Token: token, TimeScale: 360, Settle: 3 * time.Second} // 30 min in 5 s
+	cfg := serveDeployment(t, proxy.Config{Tokens: verifier, RequireToken: true}, prefetch.IdentityConfig{Tokens: verifier, Require: true})
+	cfg.TimeScale, cfg.Settle = 360, 3*time.Second // 30 min in 5 s
 	members := map[string]int{}
 	var mu sync.Mutex
 	cfg.Tokens = func(id loadgen.DeviceIdentity) (string, error) {
@@ -246,4 +207,30 @@ stages:
 	if r.Connected != 0 || r.Prefetch.Errors == 0 {
 		t.Fatalf("without tokens: %d connected, prefetch %+v: the deployment must refuse them", r.Connected, r.Prefetch)
 	}
+}
+
+// serveDeployment serves a proxy (pcfg), a broadcaster and a prefetch server
+// (ident) over one in-memory engine until the test ends, and returns a live
+// run's config pointing at them.
+func serveDeployment(t *testing.T, pcfg proxy.Config, ident prefetch.IdentityConfig) loadgen.LiveConfig {
+	t.Helper()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	eng := memengine.New(memengine.Config{})
+	pcfg.Logger = quiet
+	p, err := proxy.New(pcfg, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs, err := broadcaster.New(broadcaster.Config{Token: token, Logger: quiet}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf, err := graph.NewServer(graph.ServerConfig{Cache: prefetch.Config{Logger: quiet}, Identity: ident}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, bsrv, gsrv := httptest.NewServer(p.Handler()), httptest.NewServer(bs.Handler()), httptest.NewServer(pf.Handler())
+	t.Cleanup(func() { ps.Close(); bsrv.Close(); gsrv.Close(); p.Close(); bs.Close() })
+	return loadgen.LiveConfig{ProxyURLs: []string{"ws" + ps.URL[len("http"):] + "/v1/ws"}, GraphQLURL: gsrv.URL + "/graphql",
+		Broadcaster: bsrv.URL, Token: token}
 }

@@ -33,23 +33,11 @@ ws.onclose = (e) => { window.seen.code = e.code; window.seen.reason = e.reason; 
 // sends the reconnect hint and closes 1013 with the delay in the reason:
 // the page sees all three, in real Chromium.
 func TestRefusalVisibleInBrowser(t *testing.T) {
-	eng := memengine.New(memengine.Config{})
-	p, err := proxy.New(proxy.Config{OriginPatterns: []string{"127.0.0.1:*"}, DrainWindow: 50 * time.Millisecond}, eng)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: p.Handler()}
-	go hs.Serve(l)
-	t.Cleanup(func() { hs.Close() })
+	p, addr := servePageProxy(t, proxy.Config{DrainWindow: 50 * time.Millisecond})
 	if err := p.Drain(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	seen := pageSees(t, "ws://"+l.Addr().String()+"/v1/ws?device=browser-1")
+	seen := pageSees(t, "ws://"+addr+"/v1/ws?device=browser-1")
 	if wire.CloseCode(seen.Code) != wire.CloseTryAgainLater || !strings.HasPrefix(seen.Reason, "retry after ") || !strings.Contains(seen.Reason, "draining") {
 		t.Fatalf("the page saw close %d %q, want 1013 with the delay", seen.Code, seen.Reason)
 	}
@@ -74,7 +62,26 @@ func TestTokenRefusalVisibleInBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := proxy.New(proxy.Config{OriginPatterns: []string{"127.0.0.1:*"}, Tokens: verifier, RequireToken: true}, memengine.New(memengine.Config{}))
+	p, addr := servePageProxy(t, proxy.Config{Tokens: verifier, RequireToken: true})
+	seen := pageSees(t, "ws://"+addr+"/v1/ws?token=not-a-token")
+	if wire.CloseCode(seen.Code) != wire.CloseUnauthorized || !strings.HasPrefix(seen.Reason, "unauthorized: ") || len(seen.Frames) != 0 {
+		t.Fatalf("the page saw %+v, want close 4500 with the reason and no frame", seen)
+	}
+	if wire.CloseCode(seen.Code).Reconnect() {
+		t.Fatal("4500 must mean: do not reconnect with the same token")
+	}
+	if p.Connections() != 0 {
+		t.Fatalf("a refused browser counts as %d connections", p.Connections())
+	}
+}
+
+// servePageProxy serves a proxy (in-memory engine) that pages of 127.0.0.1
+// may connect to, on a real listener (Chromium connects to it), until the
+// test ends.
+func servePageProxy(t *testing.T, cfg proxy.Config) (*proxy.Server, string) {
+	t.Helper()
+	cfg.OriginPatterns = []string{"127.0.0.1:*"}
+	p, err := proxy.New(cfg, memengine.New(memengine.Config{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,16 +93,7 @@ func TestTokenRefusalVisibleInBrowser(t *testing.T) {
 	hs := &http.Server{Handler: p.Handler()}
 	go hs.Serve(l)
 	t.Cleanup(func() { hs.Close() })
-	seen := pageSees(t, "ws://"+l.Addr().String()+"/v1/ws?token=not-a-token")
-	if wire.CloseCode(seen.Code) != wire.CloseUnauthorized || !strings.HasPrefix(seen.Reason, "unauthorized: ") || len(seen.Frames) != 0 {
-		t.Fatalf("the page saw %+v, want close 4500 with the reason and no frame", seen)
-	}
-	if wire.CloseCode(seen.Code).Reconnect() {
-		t.Fatal("4500 must mean: do not reconnect with the same token")
-	}
-	if p.Connections() != 0 {
-		t.Fatalf("a refused browser counts as %d connections", p.Connections())
-	}
+	return p, l.Addr().String()
 }
 
 // pageSeen is what a page's WebSocket saw: its frames and its close event.
