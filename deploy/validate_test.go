@@ -36,20 +36,14 @@ func build(t *testing.T, dir string) []runtime.Object {
 // Kubernetes scheme does not hold (KEDA's), as JSON, and decodes them itself.
 func buildWith(t *testing.T, dir string, other func(apiVersion, kind string, json []byte)) []runtime.Object {
 	t.Helper()
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{appsv1.AddToScheme, corev1.AddToScheme, policyv1.AddToScheme, autoscalingv2.AddToScheme, batchv1.AddToScheme, networkingv1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dec := serializer.NewCodecFactory(scheme, serializer.EnableStrict).UniversalDeserializer()
+	dec := strictDecoder(t)
 	res, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
 	if err != nil {
 		t.Fatalf("kustomize build %s: %v", dir, err)
 	}
 	var out []runtime.Object
 	for _, r := range res.Resources() {
-		if other != nil && strings.HasPrefix(r.GetApiVersion(), "keda.sh/") {
+		if other != nil && !kubernetesGroup(r.GetApiVersion()) {
 			j, err := r.MarshalJSON()
 			if err != nil {
 				t.Fatal(err)
@@ -70,12 +64,34 @@ func buildWith(t *testing.T, dir string, other func(apiVersion, kind string, jso
 	return out
 }
 
+// kubernetesGroup: apiVersion is of a group the Kubernetes scheme here holds
+// (the rest, KEDA's and prometheus-operator's, are decoded into mirrors).
+func kubernetesGroup(apiVersion string) bool {
+	return !strings.HasPrefix(apiVersion, "keda.sh/") && !strings.HasPrefix(apiVersion, "monitoring.coreos.com/")
+}
+
+// strictDecoder decodes the Kubernetes kinds the manifests use, refusing
+// unknown or misplaced fields.
+func strictDecoder(t *testing.T) runtime.Decoder {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{appsv1.AddToScheme, corev1.AddToScheme, policyv1.AddToScheme, autoscalingv2.AddToScheme, batchv1.AddToScheme, networkingv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return serializer.NewCodecFactory(scheme, serializer.EnableStrict).UniversalDeserializer()
+}
+
 func TestManifests(t *testing.T) {
 	for _, dir := range []string{"k8s/base", "k8s/overlays/production"} {
 		t.Run(dir, func(t *testing.T) { checkManifests(t, build(t, dir)) })
 	}
-	// Production requires signed device tokens.
+	// Production requires signed device tokens, and runs a pinned release.
 	for _, o := range build(t, "k8s/overlays/production") {
+		if d, ok := o.(*appsv1.Deployment); ok && !strings.HasSuffix(d.Spec.Template.Spec.Containers[0].Image, ":v0.1.0") {
+			t.Errorf("production %s runs %s, not the pinned release", d.Name, d.Spec.Template.Spec.Containers[0].Image)
+		}
 		if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == "stagecast" && cm.Data["STAGECAST_REQUIRE_DEVICE_TOKEN"] != "true" {
 			t.Error("the production overlay must set STAGECAST_REQUIRE_DEVICE_TOKEN=true")
 		}
@@ -85,48 +101,91 @@ func TestManifests(t *testing.T) {
 	}
 }
 
-func checkManifests(t *testing.T, objs []runtime.Object) {
-	deps := map[string]*appsv1.Deployment{}
-	var cfg *corev1.ConfigMap
-	var pdb *policyv1.PodDisruptionBudget
-	hpas := map[string]*autoscalingv2.HorizontalPodAutoscaler{}
-	var pods []corev1.PodSpec
-	var netpols []*networkingv1.NetworkPolicy
-	podLabels := map[string]bool{}
-	redisConf := ""
+// manifests indexes a rendering's objects by component (the pod template's
+// app.kubernetes.io/name), so that the kustomize base, its overlays and the
+// Helm chart, whose object names differ, are checked alike.
+type manifests struct {
+	deps      map[string]*appsv1.Deployment // by component
+	hpas      map[string]*autoscalingv2.HorizontalPodAutoscaler
+	pdbs      map[string]*policyv1.PodDisruptionBudget
+	cfg       *corev1.ConfigMap // the one with STAGECAST_REDIS
+	redisConf string
+	pods      []corev1.PodSpec
+	netpols   []*networkingv1.NetworkPolicy
+	podLabels map[string]bool
+	secrets   []*corev1.Secret
+	statefuls map[string]*appsv1.StatefulSet
+	other     []runtime.Object
+}
+
+func index(objs []runtime.Object) *manifests {
+	m := &manifests{deps: map[string]*appsv1.Deployment{}, hpas: map[string]*autoscalingv2.HorizontalPodAutoscaler{},
+		pdbs: map[string]*policyv1.PodDisruptionBudget{}, podLabels: map[string]bool{}, statefuls: map[string]*appsv1.StatefulSet{}}
+	byName := map[string]string{}
+	var hpas []*autoscalingv2.HorizontalPodAutoscaler
 	for _, o := range objs {
 		switch v := o.(type) {
 		case *networkingv1.NetworkPolicy:
-			netpols = append(netpols, v)
+			m.netpols = append(m.netpols, v)
 		case *corev1.Secret:
-			t.Errorf("Secret %s is shipped in the manifests: secrets come from the operator's secret manager", v.Name)
+			m.secrets = append(m.secrets, v)
 		case *appsv1.Deployment:
-			deps[v.Name] = v
-			pods = append(pods, v.Spec.Template.Spec)
-			podLabels[v.Spec.Template.Labels["app.kubernetes.io/name"]] = true
+			c := v.Spec.Template.Labels["app.kubernetes.io/name"]
+			m.deps[c] = v
+			byName[v.Name] = c
+			m.pods = append(m.pods, v.Spec.Template.Spec)
+			m.podLabels[c] = true
 		case *appsv1.StatefulSet:
-			pods = append(pods, v.Spec.Template.Spec)
-			podLabels[v.Spec.Template.Labels["app.kubernetes.io/name"]] = true
+			m.statefuls[v.Spec.Template.Labels["app.kubernetes.io/name"]] = v
+			m.pods = append(m.pods, v.Spec.Template.Spec)
+			m.podLabels[v.Spec.Template.Labels["app.kubernetes.io/name"]] = true
 		case *batchv1.Job:
-			pods = append(pods, v.Spec.Template.Spec)
-			podLabels[v.Spec.Template.Labels["app.kubernetes.io/name"]] = true
+			m.pods = append(m.pods, v.Spec.Template.Spec)
+			m.podLabels[v.Spec.Template.Labels["app.kubernetes.io/name"]] = true
 		case *corev1.ConfigMap:
-			if v.Name == "stagecast" {
-				cfg = v
+			if _, ok := v.Data["STAGECAST_REDIS"]; ok {
+				m.cfg = v
 			}
-			if v.Name == "redis-cluster" {
-				redisConf = v.Data["redis.conf"]
+			if c, ok := v.Data["redis.conf"]; ok {
+				m.redisConf = c
 			}
 		case *policyv1.PodDisruptionBudget:
-			pdb = v
+			m.pdbs[v.Spec.Selector.MatchLabels["app.kubernetes.io/name"]] = v
 		case *autoscalingv2.HorizontalPodAutoscaler:
-			hpas[v.Name] = v
+			hpas = append(hpas, v)
+		default:
+			m.other = append(m.other, o)
 		}
+	}
+	for _, h := range hpas {
+		m.hpas[byName[h.Spec.ScaleTargetRef.Name]] = h
+	}
+	return m
+}
+
+func checkManifests(t *testing.T, objs []runtime.Object) {
+	m := index(objs)
+	deps, cfg, hpas, pods := m.deps, m.cfg, m.hpas, m.pods
+	for _, s := range m.secrets {
+		t.Errorf("Secret %s is shipped in the manifests: secrets come from the operator's secret manager", s.Name)
 	}
 	for _, name := range []string{"broadcaster", "proxy", "prefetch"} {
 		if deps[name] == nil {
 			t.Fatalf("no %s Deployment", name)
 		}
+		if hpas[name] != nil && deps[name].Spec.Replicas != nil {
+			t.Errorf("the %s Deployment sets replicas and has an HPA: applying the manifests during an event would scale the tier back to %d", name, *deps[name].Spec.Replicas)
+		}
+		c := deps[name].Spec.Template.Spec.Containers[0]
+		if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil || c.Lifecycle.PreStop.Sleep.Seconds <= 0 {
+			t.Errorf("%s has no preStop sleep: SIGTERM would arrive while the load balancer still sends it requests", name)
+		}
+		if m.pdbs[name] == nil {
+			t.Errorf("%s has no PodDisruptionBudget", name)
+		}
+	}
+	if cfg == nil {
+		t.Fatal("no ConfigMap with the shared STAGECAST_* settings")
 	}
 	for _, p := range pods {
 		if p.SecurityContext == nil || p.SecurityContext.RunAsNonRoot == nil || !*p.SecurityContext.RunAsNonRoot {
@@ -143,26 +202,31 @@ func checkManifests(t *testing.T, objs []runtime.Object) {
 	if err != nil {
 		t.Fatalf("STAGECAST_DRAIN_WINDOW: %v", err)
 	}
-	if g := proxy.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= drain+10*time.Second {
-		t.Errorf("proxy terminationGracePeriodSeconds must exceed the drain window %v + 10s (have %v)", drain, fmtSeconds(g))
-	}
 	c := proxy.Containers[0]
+	preStop := time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
+	if g := proxy.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= preStop+drain+10*time.Second {
+		t.Errorf("proxy terminationGracePeriodSeconds must exceed the preStop sleep %v + the drain window %v + 10s (have %v)", preStop, drain, fmtSeconds(g))
+	}
 	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
 		t.Error("proxy readiness must use /readyz (it fails while draining)")
 	}
 	if proxy.Affinity == nil || proxy.Affinity.PodAntiAffinity == nil {
 		t.Error("proxies need pod anti-affinity")
 	}
-	if pdb == nil || pdb.Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "proxy" || pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 {
+	if len(proxy.TopologySpreadConstraints) == 0 || proxy.TopologySpreadConstraints[0].TopologyKey != "topology.kubernetes.io/zone" {
+		t.Error("proxies need spreading over zones: one zone's loss must not be most devices")
+	}
+	pdb := m.pdbs["proxy"]
+	if pdb == nil || pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 {
 		t.Error("proxies need a PodDisruptionBudget of maxUnavailable 1")
 	}
 	h := hpas["proxy"]
-	if h == nil || h.Spec.ScaleTargetRef.Name != "proxy" || len(h.Spec.Metrics) == 0 || h.Spec.Metrics[0].Pods == nil ||
+	if h == nil || len(h.Spec.Metrics) == 0 || h.Spec.Metrics[0].Pods == nil ||
 		h.Spec.Metrics[0].Pods.Metric.Name != "stagecast_proxy_connections" {
 		t.Error("the proxy HPA must scale on stagecast_proxy_connections")
 	}
 	checkSettingsAreFlags(t, cfg)
-	checkSecurity(t, cfg, pods, netpols, podLabels, redisConf)
+	checkSecurity(t, cfg, pods, m.netpols, m.podLabels, m.redisConf)
 }
 
 // checkSecurity: Redis needs a password and only stagecast's pods reach it;
@@ -456,6 +520,9 @@ func TestLiveEventOverlay(t *testing.T) {
 		case *appsv1.Deployment:
 			if o.Name == "proxy-live" {
 				live = o
+			}
+			if img := o.Spec.Template.Spec.Containers[0].Image; img != "ghcr.io/stagecast/stagecast:v0.1.0" {
+				t.Errorf("%s runs %s, not the pinned release", o.Name, img)
 			}
 		case *autoscalingv2.HorizontalPodAutoscaler:
 			if o.Spec.ScaleTargetRef.Name == "proxy-live" {
