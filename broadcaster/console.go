@@ -143,12 +143,34 @@ func (s *Server) trail(r *http.Request, a engine.AuditEntry) {
 	if event == "" {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), min(s.cfg.EngineTimeout, 500*time.Millisecond))
-	defer cancel()
-	if err := s.eng.PutAudit(ctx, event, a); err != nil {
-		s.log.Warn("audit entry not stored", "event", event, "action", a.Action, "err", err)
+	put := func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), min(s.cfg.EngineTimeout, 500*time.Millisecond))
+		defer cancel()
+		if err := s.eng.PutAudit(ctx, event, a); err != nil {
+			s.log.Warn("audit entry not stored", "event", event, "action", a.Action, "err", err)
+		}
+	}
+	if a.Result != "error" {
+		put()
+		return
+	}
+	// A failed request's entry goes to the engine that just failed: written
+	// in the background, so that the producer's 503 comes within the stage
+	// budget and not the audit write's timeout later; at most
+	// maxFailedTrails at once, the rest only logged.
+	select {
+	case s.failedTrails <- struct{}{}:
+		go func() {
+			defer func() { <-s.failedTrails }()
+			put()
+		}()
+	default:
+		s.log.Warn("audit entry of a failed request not stored: too many in flight", "event", event, "action", a.Action, "detail", a.Detail)
 	}
 }
+
+// maxFailedTrails bounds the failed requests' audit writes in flight.
+const maxFailedTrails = 64
 
 func targetDetail(t *wire.Target, prio string) string {
 	var parts []string

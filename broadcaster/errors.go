@@ -22,6 +22,8 @@ type apiError struct {
 	// idemKey, when set, is returned as the Idempotency-Key header: the key
 	// to retry with (also for requests that sent none).
 	idemKey string
+	// retryAfter, when > 0, is the Retry-After header in seconds (429s).
+	retryAfter int
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.msg }

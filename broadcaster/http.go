@@ -67,6 +67,9 @@ func (s *Server) route(name string, auth bool, h func(*http.Request) (any, error
 			if ae.idemKey != "" {
 				sw.Header().Set("Idempotency-Key", ae.idemKey)
 			}
+			if ae.retryAfter > 0 {
+				sw.Header().Set("Retry-After", strconv.Itoa(ae.retryAfter))
+			}
 			writeError(sw, ae.status, ae.code, ae.msg)
 			return
 		}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"time"
 
@@ -266,6 +267,29 @@ const (
 	MaxNoteBatchBody = 4 << 20
 )
 
+// chargeBatch takes a batch of n notes from the producer's rate limit: one
+// token per note (the request took the first), so a batch costs what the
+// same notes sent one by one cost. A batch the limit cannot take now is
+// refused whole with 429 and when to retry; one larger than the burst could
+// never be taken: 413.
+func (s *Server) chargeBatch(p *producerEntry, n int) error {
+	if p == nil || n <= 1 {
+		return nil
+	}
+	now := time.Now()
+	res := p.limit.ReserveN(now, n-1)
+	if !res.OK() {
+		return errf(http.StatusRequestEntityTooLarge, "too_large", "a batch of %d notifications is more than producer %s's burst (%d): send smaller batches", n, p.name, p.limit.Burst())
+	}
+	if d := res.DelayFrom(now); d > 0 {
+		res.CancelAt(now)
+		e := errf(http.StatusTooManyRequests, "rate_limited", "producer %s sends more than %.0f notifications a second (burst %d); this batch of %d fits in %v", p.name, s.cfg.ProducerRate, s.cfg.ProducerBurst, n, d.Round(time.Millisecond))
+		e.retryAfter = int(math.Ceil(d.Seconds()))
+		return e
+	}
+	return nil
+}
+
 // notifyBatch answers POST /v1/notifications:batch: each notification is
 // validated, queued (waiting for lane room within the stage budget) and
 // answered on its own, in the order sent; one bad or refused notification
@@ -300,6 +324,9 @@ func (s *Server) notifyBatch(r *http.Request) (any, error) {
 		return nil, errf(http.StatusBadRequest, "bad_request", "batch holds no notification")
 	case n > MaxNoteBatch:
 		return nil, errf(http.StatusRequestEntityTooLarge, "too_large", "batch holds %d notifications, at most %d", n, MaxNoteBatch)
+	}
+	if err := s.chargeBatch(p, len(req.Notifications)); err != nil {
+		return nil, err
 	}
 	results := make([]producer.BatchResult, len(req.Notifications))
 	deadline := time.Now().Add(s.cfg.StageBudget)

@@ -50,7 +50,10 @@ type Server struct {
 	lanes     *lanes
 	nm        noteMetrics
 	ahead     *aheadMetrics // ahead.go: what an autoscaler scales on
-	stop      context.CancelFunc
+	// failedTrails bounds the audit entries of failed requests written in
+	// the background (console.go, trail).
+	failedTrails chan struct{}
+	stop         context.CancelFunc
 }
 
 type metrics struct {
@@ -66,7 +69,7 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, eng: eng, log: cfg.Logger.With("component", "broadcaster")}
+	s := &Server{cfg: cfg, eng: eng, log: cfg.Logger.With("component", "broadcaster"), failedTrails: make(chan struct{}, maxFailedTrails)}
 	if err := s.SetProducers(cfg.Producers); err != nil {
 		return nil, err
 	}

@@ -108,7 +108,7 @@ func retrying[T any](s *Server, ctx context.Context, cb *gobreaker.CircuitBreake
 		for attempt := 0; ; attempt++ {
 			left := deadline.Sub(s.cfg.Now())
 			actx, cancel := context.WithTimeout(ctx, min(s.cfg.EngineTimeout, left))
-			res, err = f(actx)
+			res, err = withinDeadline(actx, f)
 			cancel()
 			if err == nil || errors.Is(err, engine.ErrIdempotencyConflict) || ctx.Err() != nil {
 				return res, err
@@ -131,6 +131,31 @@ func retrying[T any](s *Server, ctx context.Context, cb *gobreaker.CircuitBreake
 		return zero, err
 	}
 	return out.(T), err
+}
+
+// withinDeadline runs f(ctx) and returns when it does or when ctx ends,
+// whichever is first: the budget is kept even where the engine's client does
+// not honour ctx (rueidis dials and handshakes a new connection under its own
+// dial timeout, up to a second past the deadline on a link that drops
+// packets). An abandoned call ends by the engine's own timeouts; its outcome
+// is unknown, as the caller's answer (503 outcome_unknown) says.
+func withinDeadline[T any](ctx context.Context, f func(context.Context) (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := f(ctx)
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, ctx.Err()
+	}
 }
 
 // checkIdemKey checks an Idempotency-Key header: at most 200 printable ASCII

@@ -30,6 +30,18 @@ type FaultStats struct {
 	Missed int64 `json:"missed"`
 	// Predicted by the simulator's recovery model, for comparison (proxy faults).
 	PredictedMS float64 `json:"predicted_ms,omitempty"`
+
+	// Network faults (partition, blackhole, delay, bandwidth, reset). For
+	// them DevicesAffected also counts devices connected but stale (behind a
+	// change the broadcaster acknowledged more than a second before), and
+	// RecoveredMS runs until none is down or stale once the fault healed.
+	// NoticedMS: until the member hit reported not ready (-1: it never did).
+	NoticedMS float64 `json:"noticed_ms,omitempty"`
+	// HealedMS: when the fault healed, from the injection.
+	HealedMS float64 `json:"healed_ms,omitempty"`
+	// RecoveredAfterHealMS: from the heal until every device was back on the
+	// latest stage.
+	RecoveredAfterHealMS float64 `json:"recovered_after_heal_ms,omitempty"`
 }
 
 // faultHeadline says whether every device recovered from every fault.

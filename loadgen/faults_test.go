@@ -58,6 +58,40 @@ func TestSimulateProxyKill(t *testing.T) {
 	}
 }
 
+// A proxy partitioned from Redis: its share of the devices is stale from a
+// change made during the cut until the heal, then caught up (pub/sub time +
+// share / fanout rate); it notices after 1.5 probe intervals + 3 s; a
+// partition with no change during it leaves nobody stale; a partition of the
+// devices' way in or of a broadcaster is not this model.
+func TestSimulatePartitionedProxy(t *testing.T) {
+	sc := base(1_000_000)
+	sc.Fleet.Proxies = 10
+	cut := Fault{At: Duration(1800e9 - 10e9), Action: "partition", Member: "proxy", Link: "redis", Duration: Duration(60e9)}
+	sc.Faults = []Fault{cut}
+	f := Simulate(sc, SimOptions{}).Faults[0]
+	// 100,000 devices per proxy at 50,000 deliveries/s: 2 s after the heal, + 2 ms of pub/sub.
+	if f.DevicesAffected != 100_000 || f.HealedMS != 60000 || f.RecoveredAfterHealMS != 2002 || f.RecoveredMS != 62002 || f.NoticedMS != 4500 {
+		t.Fatalf("partition: %+v", f)
+	}
+	// Compressed 10x (a live run's time scale), 6 s of real cut span 60 s of
+	// scenario time: the change at 30m is inside it.
+	sc.Faults[0].Duration = Duration(6e9)
+	if f := Simulate(sc, SimOptions{TimeScale: 10}).Faults[0]; f.RecoveredMS != 6000+2002 {
+		t.Fatalf("compressed partition: %+v", f)
+	}
+	if f := Simulate(sc, SimOptions{}).Faults[0]; f.RecoveredMS != 0 {
+		t.Fatalf("a 6 s partition with no change in it: %+v, want recovered at once", f)
+	}
+	for _, other := range []Fault{{Action: "partition", Link: "devices", Duration: Duration(60e9)}, {Action: "partition", Member: "broadcaster", Duration: Duration(60e9)},
+		{Action: "delay", Latency: Duration(3e8), Duration: Duration(60e9)}} {
+		other.At = cut.At
+		sc.Faults = []Fault{other}
+		if f := Simulate(sc, SimOptions{}).Faults[0]; f.RecoveredMS != 0 || f.DevicesAffected != 0 {
+			t.Errorf("%+v modelled as a cut proxy: %+v", other, f)
+		}
+	}
+}
+
 // The report marks every fault on every timeline plot and lists it.
 func TestReportMarksFaults(t *testing.T) {
 	sc := base(100_000)

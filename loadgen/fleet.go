@@ -87,10 +87,19 @@ func (f *FleetControl) Act(ctx context.Context, member, action string, d time.Du
 
 // Inject injects a game-day fault (see Fault).
 func (f *FleetControl) Inject(ctx context.Context, action, target string, d time.Duration) (FaultResult, error) {
-	body := fleetapi.Fault{Action: action, Target: target}
+	body := FleetFault{Action: action, Target: target}
 	if d > 0 {
 		body.Duration = d.String()
 	}
+	return f.InjectFault(ctx, body)
+}
+
+// FleetFault is the control interface's fault request, network faults
+// included (member, link, direction, latency, jitter, rate).
+type FleetFault = fleetapi.Fault
+
+// InjectFault injects any fault the fleet takes.
+func (f *FleetControl) InjectFault(ctx context.Context, body FleetFault) (FaultResult, error) {
 	var r FaultResult
 	return r, f.call(ctx, http.MethodPost, "/v1/faults", body, &r)
 }

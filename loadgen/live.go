@@ -159,6 +159,7 @@ type liveRun struct {
 	posts              postLog
 	lat                *latencies
 	versionOf          []atomic.Uint64 // the version each scenario stage got
+	storedAt           []atomic.Int64  // when the broadcaster acknowledged it (Unix ns)
 	httpClients        map[string]*http.Client
 	faults             []*faultRun
 	mu                 sync.Mutex // guards devices
@@ -206,6 +207,7 @@ func newLiveRun(ctx context.Context, sc *Scenario, cfg LiveConfig) (*liveRun, er
 	// scenario's stages plus a few older ones a device catches up on.
 	r.lat = &latencies{byV: map[uint64]*versionLatency{}, max: len(sc.Stages) + 64}
 	r.versionOf = make([]atomic.Uint64, len(sc.Stages))
+	r.storedAt = make([]atomic.Int64, len(sc.Stages))
 	r.httpClients = map[string]*http.Client{}
 	for _, ip := range append([]string{""}, cfg.SourceIPs...) {
 		r.httpClients[ip] = device.NewHTTPClient(ip)
@@ -361,6 +363,7 @@ func (r *liveRun) timeline(ctx context.Context) []tick {
 					fmt.Fprintf(cfg.Log, "stage %s: %v\n", st.Stage, err)
 					return
 				}
+				r.storedAt[i].Store(time.Now().UnixNano())
 				r.versionOf[i].Store(res.V)
 				fmt.Fprintf(cfg.Log, "\n%6.1fs  stage %-16s v%d\n", time.Since(r.start).Seconds(), st.Stage, res.V)
 			}})
@@ -386,7 +389,10 @@ func (r *liveRun) timeline(ctx context.Context) []tick {
 			fr := &faultRun{fault: f, stats: FaultStats{AtS: f.At.D().Seconds(), Action: f.Action, Target: f.Target}, done: make(chan struct{})}
 			r.faults = append(r.faults, fr)
 			ticks = append(ticks, tick{r.scale(f.At), func() {
-				res, err := cfg.Fleet.Inject(ctx, f.Action, f.Target, f.Duration.D())
+				if f.Action == "heal" {
+					r.healOpen(time.Now())
+				}
+				res, err := cfg.Fleet.InjectFault(ctx, f.request())
 				fr.at = time.Now()
 				if err != nil {
 					r.errs.Add(1)
@@ -398,7 +404,15 @@ func (r *liveRun) timeline(ctx context.Context) []tick {
 				fr.stats.Member = res.Member
 				fmt.Fprintf(cfg.Log, "\n%6.1fs  fault %s: %s\n", time.Since(r.start).Seconds(), f.Action, res.Member)
 				c0 := r.connectsTotal.Load()
-				go fr.watch(r.runCtx, &r.mu, &r.devices, sc.Event, r.latest, func() int64 { return r.connectsTotal.Load() - c0 })
+				reconnects := func() int64 { return r.connectsTotal.Load() - c0 }
+				if f.network() {
+					if res.HealAtMS > 0 {
+						fr.setHeal(time.UnixMilli(res.HealAtMS))
+					}
+					go fr.watchNetwork(r.runCtx, r, reconnects)
+					return
+				}
+				go fr.watch(r.runCtx, &r.mu, &r.devices, sc.Event, r.latest, reconnects)
 			}})
 		}
 	}
@@ -515,10 +529,11 @@ func (r *liveRun) partial(held []uint64, connected int) *Partial {
 
 // faultRun follows one injected fault until the fleet recovered.
 type faultRun struct {
-	fault Fault
-	stats FaultStats
-	at    time.Time
-	done  chan struct{}
+	fault  Fault
+	stats  FaultStats
+	at     time.Time
+	healNS atomic.Int64 // a network fault's heal (Unix ns; 0: not yet)
+	done   chan struct{}
 }
 
 // watch samples every 20 ms how many devices are disconnected or behind the

@@ -37,6 +37,12 @@ func TestScenarioErrorsNameLineAndField(t *testing.T) {
 		"name: x\nduration: 1h\ndevices: 5\nstages: [{at: 1s, stage: a}]\ndrops:\n  - {at: 1s, fraction: 2}\n":                                     "line 6: drops[0].fraction",
 		"{\"name\": \"x\", \"duration\": \"1h\", \"devices\": 5, \"stages\": [{\"at\": \"1s\", \"stage\": \"a\"}], \"fleet\": {\"capacity\": -1}}": "fleet",
 		"name: [\n": "not YAML or JSON",
+		"name: x\nduration: 1h\ndevices: 5\nstages: [{at: 1s, stage: a}]\nfaults:\n  - {at: 1s, action: partition, direction: sideways}\n": "line 6: faults[0].direction",
+		"name: x\nduration: 1h\ndevices: 5\nstages: [{at: 1s, stage: a}]\nfaults:\n  - {at: 1s, action: delay}\n":                          "line 6: faults[0].latency",
+		"name: x\nduration: 1h\ndevices: 5\nstages: [{at: 1s, stage: a}]\nfaults:\n  - {at: 1s, action: bandwidth, link: devices}\n":       "faults[0].rate_kbps",
+		"name: x\nduration: 1h\ndevices: 5\nstages: [{at: 1s, stage: a}]\nfaults:\n  - {at: 1s, action: partition, link: moon}\n":          "faults[0].link",
+		"name: x\nduration: 1h\ndevices: 5\nstages: [{at: 1s, stage: a}]\nfaults:\n  - {at: 1s, action: proxy-kill, link: redis}\n":        "are for network faults",
+		"name: x\nduration: 1h\ndevices: 5\nstages: [{at: 1s, stage: a}]\nfaults:\n  - {at: 1s, action: partition, duration: 1h}\n":        "faults[0].duration",
 	}
 	for in, want := range cases {
 		_, err := ParseScenario([]byte(in))

@@ -353,7 +353,7 @@ svg.chart{width:100%;height:auto}.multiples{display:grid;grid-template-columns:r
 <div class="multiples">{{range convergence .}}{{.}}{{end}}</div>
 {{latencyPlot .}}
 {{if .Faults}}<h2>Faults</h2>
-<table><tr><th>at</th><th>fault</th><th>member</th><th>devices affected</th><th>reconnects</th><th>peak</th><th>recovered</th><th>producer blocked</th><th>missed</th></tr>
-{{range .Faults}}<tr><td>{{clock .AtS}}</td><td>{{.Action}}</td><td>{{.Member}}{{.Error}}</td><td>{{human .DevicesAffected}}</td><td>{{human .Reconnects}}</td><td>{{rate .ReconnectPeakPerS}}</td><td>{{if ge .RecoveredMS 0.0}}{{ms .RecoveredMS}}{{else}}<b>not recovered</b>{{end}}</td><td>{{ms .ProducerBlockedMS}}</td><td>{{.Missed}}</td></tr>
+<table><tr><th>at</th><th>fault</th><th>member</th><th>devices affected</th><th>reconnects</th><th>peak</th><th>recovered</th><th>producer blocked</th><th>missed</th><th>noticed (not ready)</th><th>healed</th><th>after the heal</th></tr>
+{{range .Faults}}<tr><td>{{clock .AtS}}</td><td>{{.Action}}</td><td>{{.Member}}{{.Error}}</td><td>{{human .DevicesAffected}}</td><td>{{human .Reconnects}}</td><td>{{rate .ReconnectPeakPerS}}</td><td>{{if ge .RecoveredMS 0.0}}{{ms .RecoveredMS}}{{else}}<b>not recovered</b>{{end}}</td><td>{{ms .ProducerBlockedMS}}</td><td>{{.Missed}}</td><td>{{if gt .HealedMS 0.0}}{{if ge .NoticedMS 0.0}}{{ms .NoticedMS}}{{else}}never{{end}}{{end}}</td><td>{{if gt .HealedMS 0.0}}{{ms .HealedMS}}{{end}}</td><td>{{if gt .HealedMS 0.0}}{{ms .RecoveredAfterHealMS}}{{end}}</td></tr>
 {{end}}</table>{{end}}
 </body></html>`

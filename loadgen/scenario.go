@@ -110,13 +110,26 @@ type Drop struct {
 type Fault struct {
 	At Duration `yaml:"at"`
 	// Action: proxy-kill, proxy-drain, redis-master-kill, redis-pause,
-	// broadcaster-kill.
+	// broadcaster-kill; or a network fault (the fleet's links, make cluster):
+	// partition, blackhole, delay, bandwidth, reset, heal.
 	Action string `yaml:"action"`
 	// Target: "random" (default) or the index of the member among those the
-	// action applies to (proxies, Redis masters).
+	// action applies to (proxies, Redis masters; of a network fault, the
+	// members of kind Member).
 	Target string `yaml:"target"`
-	// Duration of redis-pause (default 5s), in real time.
+	// Duration of redis-pause (default 5s), in real time. Of a network fault:
+	// it heals after this long, in real time (default: at a later heal).
 	Duration Duration `yaml:"duration"`
+	// Network faults: Member, a name (proxy-2) or kind (proxy, the default;
+	// broadcaster; prefetch); Link, redis (default), shard:<i>, devices or
+	// all; Direction, both (default), out or in; Latency and Jitter of
+	// delay; RateKBps of bandwidth.
+	Member    string   `yaml:"member"`
+	Link      string   `yaml:"link"`
+	Direction string   `yaml:"direction"`
+	Latency   Duration `yaml:"latency"`
+	Jitter    Duration `yaml:"jitter"`
+	RateKBps  int64    `yaml:"rate_kbps"`
 	// DrainProxy is the older spelling of action: proxy-drain.
 	DrainProxy bool `yaml:"drain_proxy"`
 	// Window is the drain window the simulator assumes (default 30s; make
@@ -128,8 +141,27 @@ type Fault struct {
 	BackoffCap  Duration `yaml:"backoff_cap"`
 }
 
-// FaultActions are the faults a scenario may name.
-var FaultActions = fleetapi.Actions
+// FaultActions are the faults a scenario may name: a process's
+// (fleetapi.Actions) or a link's (fleetapi.NetworkActions).
+var FaultActions = append(slices.Clone(fleetapi.Actions), fleetapi.NetworkActions...)
+
+// network reports whether f breaks links rather than processes.
+func (f Fault) network() bool { return slices.Contains(fleetapi.NetworkActions, f.Action) }
+
+// request is f as the fleet's control interface takes it.
+func (f Fault) request() fleetapi.Fault {
+	r := fleetapi.Fault{Action: f.Action, Target: f.Target, Member: f.Member, Link: f.Link, Direction: f.Direction, RateKBps: f.RateKBps}
+	if f.Duration > 0 {
+		r.Duration = f.Duration.D().String()
+	}
+	if f.Latency > 0 {
+		r.Latency = f.Latency.D().String()
+	}
+	if f.Jitter > 0 {
+		r.Jitter = f.Jitter.D().String()
+	}
+	return r
+}
 
 // Fleet is the serving side the simulation models.
 type Fleet struct {
@@ -363,6 +395,25 @@ func (sc *Scenario) validate() error {
 		}
 		if ft.At < 0 || ft.At > sc.Duration {
 			errs = append(errs, sc.fieldErr(f+".at", "outside the scenario"))
+		}
+		if !ft.network() && (ft.Member != "" || ft.Link != "" || ft.Direction != "" || ft.Latency != 0 || ft.Jitter != 0 || ft.RateKBps != 0) {
+			errs = append(errs, sc.fieldErr(f, "member, link, direction, latency, jitter and rate_kbps are for network faults (%s)", strings.Join(fleetapi.NetworkActions, ", ")))
+		}
+		if ft.network() && ft.Action != "heal" {
+			switch {
+			case ft.Direction != "" && ft.Direction != "both" && ft.Direction != "out" && ft.Direction != "in":
+				errs = append(errs, sc.fieldErr(f+".direction", "both, out or in"))
+			case ft.Action == "delay" && (ft.Latency <= 0 || ft.Jitter < 0 || ft.Jitter > ft.Latency || ft.Latency.D() > time.Minute):
+				errs = append(errs, sc.fieldErr(f+".latency", "delay needs 0 < latency <= 1m and 0 <= jitter <= latency"))
+			case ft.Action == "bandwidth" && ft.RateKBps <= 0:
+				errs = append(errs, sc.fieldErr(f+".rate_kbps", "bandwidth needs a rate > 0 KB/s"))
+			}
+			if l := ft.Link; l != "" && l != "redis" && l != "devices" && l != "all" && !strings.HasPrefix(l, "shard:") {
+				errs = append(errs, sc.fieldErr(f+".link", "redis, shard:<i>, devices or all"))
+			}
+			if ft.Duration < 0 || ft.Duration.D() > 10*time.Minute {
+				errs = append(errs, sc.fieldErr(f+".duration", "up to 10m"))
+			}
 		}
 	}
 	if sc.Fleet.Proxies < 0 || sc.Fleet.Capacity <= 0 || sc.Fleet.FanoutRate <= 0 {

@@ -1,9 +1,11 @@
 package loadgen
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/stagecast/stagecast/internal/chart"
@@ -18,6 +20,10 @@ type SimOptions struct {
 	// Calibration, when set, replaces the fleet's fanout rate and the network
 	// delay model with figures measured by a live run.
 	Calibration *Calibration
+	// TimeScale is the live run's, when comparing with one: faults' real-time
+	// durations (a partition's) span TimeScale times as much scenario time.
+	// Default 1.
+	TimeScale float64
 }
 
 // Calibration is what a live run measured (see Report.Calibration).
@@ -104,6 +110,10 @@ func Simulate(sc *Scenario, o SimOptions) *Report {
 			spread(reconnects, at, math.Max(secs, 1), m.Devices)
 			fs.DevicesAffected, fs.Reconnects = int64(m.Devices), int64(m.Devices)
 			fs.RecoveredMS, fs.ReconnectPeakPerS, fs.PredictedMS = secs*1000, peak, secs*1000
+		} else if p, ok := partitionedProxy(sc, f, connected[at], proxies, fleet, pubsub*1000, cmp.Or(o.TimeScale, 1)); ok {
+			fs.DevicesAffected = int64(p.devices)
+			fs.NoticedMS, fs.HealedMS = p.noticedMS, p.healedMS
+			fs.RecoveredMS, fs.RecoveredAfterHealMS, fs.PredictedMS = p.recoveredMS, p.afterHealMS, p.recoveredMS
 		}
 		faults = append(faults, fs)
 	}
@@ -340,6 +350,60 @@ func proxyLossLive(sc *Scenario, f Fault, st FaultStats, proxies int) (RecoveryM
 	// The devices it moved: every one reconnected once.
 	m, ok := proxyLoss(f, float64(st.Reconnects)*float64(proxies), proxies, sc.Fleet)
 	return m, ok
+}
+
+// The proxy's defaults the partition model keeps (proxy.DefaultConfig):
+// the load it publishes every reportInterval is also its reachability probe,
+// each write failing after at most reportInterval; it counts itself cut after
+// engineLostAfter of failures.
+const (
+	reportInterval  = 1.0 // seconds
+	engineLostAfter = 3.0
+)
+
+// partition is the model of a proxy cut from Redis (partition or blackhole
+// of its Redis links) for the fault's duration: its devices stay connected
+// but receive nothing; a change made meanwhile reaches them after the heal:
+// the connections the cut held are closed by the heal, the engine redials at
+// once and its subscription's return re-reads the event's history (the
+// proxy's probe, within a report interval, is the fallback), then the
+// proxy fans the latest stage out to its share (pub/sub time + share /
+// fanout rate).
+type partition struct {
+	devices                                       float64
+	noticedMS, healedMS, recoveredMS, afterHealMS float64
+}
+
+// partitionedProxy models f when it cuts one proxy from Redis; ok is false
+// for every other fault. Times are real milliseconds from the injection; a
+// stage change during the cut is one the scenario makes within
+// [at, at + duration x timeScale] of scenario time.
+func partitionedProxy(sc *Scenario, f Fault, connected float64, proxies int, fleet Fleet, pubsubMS, timeScale float64) (partition, bool) {
+	if (f.Action != "partition" && f.Action != "blackhole") || proxies < 1 || f.Duration <= 0 ||
+		(f.Member != "" && f.Member != "proxy" && !strings.HasPrefix(f.Member, "proxy-")) ||
+		(f.Link != "" && f.Link != "redis" && f.Link != "all") || (f.Action == "partition" && f.Direction != "" && f.Direction != "both") {
+		return partition{}, false
+	}
+	d := f.Duration.D().Seconds()
+	p := partition{devices: connected / float64(proxies), healedMS: d * 1000, noticedMS: -1}
+	// The first probe after the cut starts U(0, interval) later and fails
+	// after interval; the cut is counted engineLostAfter after that failure.
+	if notice := reportInterval/2 + reportInterval + engineLostAfter; notice < d {
+		p.noticedMS = notice * 1000
+	}
+	from, to := f.At.D().Seconds(), f.At.D().Seconds()+d*timeScale
+	changed := false
+	for _, st := range sc.Stages {
+		if s := st.At.D().Seconds(); s >= from && s <= to {
+			changed = true
+		}
+	}
+	if !changed {
+		return p, true // nobody was stale: recovered at once
+	}
+	p.afterHealMS = pubsubMS + p.devices/fleet.FanoutRate*1000
+	p.recoveredMS = p.healedMS + p.afterHealMS
+	return p, true
 }
 
 // proxyLoss is the recovery model of a proxy fault (kill or drain) with this

@@ -58,6 +58,13 @@ type Config struct {
 	StatsVersions int
 	// ReportInterval between delivery reports to the engine. Default 1s.
 	ReportInterval time.Duration
+	// EngineLostAfter: when every write to the engine (the load the proxy
+	// publishes each ReportInterval) has failed for this long, the proxy counts
+	// itself cut off: /readyz fails, so that load balancers send new devices
+	// elsewhere, and stagecast_proxy_engine_reachable is 0. Its devices stay
+	// connected, on the stage they hold. When a write succeeds again every
+	// event re-reads its history at once. Default 3s.
+	EngineLostAfter time.Duration
 	// OnReport, when set, is given each delivery report as it is built (the
 	// analytics stream's delivery aggregates). It runs on the report loop and
 	// must not block; the fanout path never calls it.
@@ -204,6 +211,7 @@ func DefaultConfig() Config {
 		DrainWindow:        30 * time.Second,
 		ReconnectJitter:    2 * time.Second,
 		ReportInterval:     time.Second,
+		EngineLostAfter:    3 * time.Second,
 		ReconcileInterval:  30 * time.Second,
 		TopicLinger:        60 * time.Second,
 		MaxClockSkew:       250 * time.Millisecond,
@@ -229,7 +237,7 @@ func (c *Config) Validate() error {
 	}
 	for name, v := range map[string]time.Duration{"WriteTimeout": c.WriteTimeout, "PingInterval": c.PingInterval,
 		"PongTimeout": c.PongTimeout, "RetryAfter": c.RetryAfter, "DrainWindow": c.DrainWindow,
-		"ReconnectJitter": c.ReconnectJitter, "ReportInterval": c.ReportInterval,
+		"ReconnectJitter": c.ReconnectJitter, "ReportInterval": c.ReportInterval, "EngineLostAfter": c.EngineLostAfter,
 		"ReconcileInterval": c.ReconcileInterval, "TopicLinger": c.TopicLinger,
 		"ExistsTTL": c.ExistsTTL, "MissingTTL": c.MissingTTL} {
 		if v < 0 {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/stagecast/stagecast/internal/engine"
@@ -24,14 +25,69 @@ type drainPlan struct {
 	to      string // "" : undirected
 }
 
-// publishLoad reports this proxy's load (report loop).
+// loadLoop publishes this proxy's load every ReportInterval, on its own, so
+// that a report flush stuck on a dead link does not delay the reachability
+// probe the publish also is.
+func (s *Server) loadLoop() {
+	defer s.wg.Done()
+	tick := time.NewTicker(s.cfg.ReportInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		s.publishLoad(s.ctx)
+	}
+}
+
+// publishLoad reports this proxy's load (loadLoop).
 func (s *Server) publishLoad(ctx context.Context) {
 	l := engine.ProxyLoad{ID: s.cfg.ID, URL: s.cfg.PublicURL, Connections: int64(s.Connections()),
 		Capacity: int64(s.cfg.MaxConnections), AdmitRate: s.cfg.AdmitRate, Draining: s.draining.Load(), AtMS: s.cfg.Now().UnixMilli()}
-	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	rctx, cancel := context.WithTimeout(ctx, min(time.Second, s.cfg.ReportInterval))
 	defer cancel()
-	if err := s.eng.PutProxyLoad(rctx, l); err != nil {
+	err := s.eng.PutProxyLoad(rctx, l)
+	if err != nil {
 		s.log.Debug("load not published", "err", err)
+	}
+	s.reach.observe(s, err)
+}
+
+// reachability tracks whether the engine answers this proxy's writes (the
+// load it publishes each ReportInterval): the probe of a partition that
+// drops packets silently, which no connection error reports.
+//
+// Concurrency: observe runs on the report loop only; lost is read anywhere.
+type reachability struct {
+	failingSince time.Time // zero while the last write succeeded
+	lost         atomic.Bool
+}
+
+func (r *reachability) observe(s *Server, err error) {
+	now := s.cfg.Now()
+	if err == nil {
+		if r.lost.Swap(false) {
+			s.metrics.engineReachable.Set(1)
+			s.log.Warn("engine reachable again: every event re-reads its history; ready for new devices",
+				"cut_for", now.Sub(r.failingSince).Round(time.Millisecond).String())
+			for _, t := range s.hub.all() {
+				t.requestResync()
+			}
+		}
+		r.failingSince = time.Time{}
+		return
+	}
+	if r.failingSince.IsZero() {
+		r.failingSince = now
+	}
+	if !r.lost.Load() && now.Sub(r.failingSince) >= s.cfg.EngineLostAfter {
+		r.lost.Store(true)
+		s.metrics.engineReachable.Set(0)
+		s.metrics.engineLost.Inc()
+		s.log.Error("engine unreachable: not ready for new devices; connected devices keep their stage and catch up when it is back",
+			"failing_for", now.Sub(r.failingSince).Round(time.Millisecond).String(), "err", err)
 	}
 }
 

@@ -21,6 +21,8 @@ type metrics struct {
 	rejected            *prometheus.CounterVec
 	badFrames           *prometheus.CounterVec
 	engineErrors        prometheus.Counter
+	engineReachable     prometheus.Gauge
+	engineLost          prometheus.Counter
 	inboxOverflow       prometheus.Counter
 	catchupRereads      prometheus.Counter
 	writersSpawned      prometheus.Counter
@@ -128,7 +130,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Stage changes released in waves (paced)."})
 	m.pacedOffers = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "paced_offers_total",
 		Help: "Devices a paced change was released to."})
-	reg.MustRegister(m.armed, m.clockSkew, m.pacedBroadcasts, m.pacedOffers)
+	m.engineReachable = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "engine_reachable",
+		Help: "1 while the proxy's writes to the engine (Redis) succeed; 0 once every write failed for --engine-lost-after: /readyz fails, devices stay connected."})
+	m.engineReachable.Set(1)
+	m.engineLost = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "engine_lost_total",
+		Help: "Times the proxy lost the engine (every write failing for --engine-lost-after)."})
+	reg.MustRegister(m.armed, m.clockSkew, m.pacedBroadcasts, m.pacedOffers, m.engineReachable, m.engineLost)
 	reg.MustRegister(m.notePushes, sent, m.notesShed, m.noteDuplicates, m.noteResyncs, m.noteGaps, m.resyncs, m.drainTargetsRefused, m.registrations, m.backlogNotes, m.resumes)
 	reg.MustRegister(m.connections, m.subscriptions, m.topics, m.broadcasts, m.deliveries, m.skipped, m.acks,
 		m.sendLatency, m.slowConsumerCloses, m.pingTimeouts, m.writeErrors, m.rejected, m.badFrames,

@@ -104,7 +104,6 @@ func (s *Server) reportLoop() {
 		s.hub.sweep(s.cfg.Now())
 		s.flushReport(s.ctx)
 		s.notes.flushCounts(s.ctx)
-		s.publishLoad(s.ctx)
 		s.readTierLoad(s.ctx)
 	}
 }

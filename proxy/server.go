@@ -84,6 +84,7 @@ type Server struct {
 	perIP         map[netip.Addr]int // open and reserved connections per source IP (non-exempt only)
 	reserved      int                // connections in their handshake
 	draining      atomic.Bool
+	reach         reachability // the engine answers our writes (loadLoop)
 	closed        atomic.Bool
 	skewOK        atomic.Bool // the clock is within MaxClockSkew of the engine's: armed stages fire here
 	skewMeasured  atomic.Bool
@@ -135,8 +136,9 @@ func New(cfg Config, eng Engine) (*Server, error) {
 		s.wg.Add(1)
 		go s.frameHandler()
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.reportLoop()
+	go s.loadLoop()
 	s.wg.Add(1)
 	go s.skewLoop()
 	return s, nil
@@ -174,6 +176,10 @@ func (s *Server) Handler() http.Handler {
 		}
 		if !s.notes.ready() {
 			http.Error(w, "note push subscriptions not up yet", http.StatusServiceUnavailable)
+			return
+		}
+		if s.reach.lost.Load() {
+			http.Error(w, "engine (Redis) unreachable: connected devices are kept, new ones should go elsewhere", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = io.WriteString(w, "ready\n")

@@ -1,6 +1,7 @@
 // Command localcluster runs a stagecast fleet on this machine (make cluster):
 // Redis Cluster on 7001-7006, broadcaster :9100, proxies :9101-9103, prefetch
-// :9111-9112, each a separate process, until Ctrl-C.
+// :9111-9112, each a separate process, until Ctrl-C; every link between them
+// runs through a relay that network faults can break (--links).
 package main
 
 import (
@@ -21,6 +22,7 @@ func main() {
 	restart := flag.Bool("restart", true, "restart a member that exits (with backoff); false: the first exit stops the fleet")
 	flag.StringVar(&cfg.ControlAddr, "control-addr", "127.0.0.1:0", "control interface address (loopback; its token is in <dir>/control.json)")
 	flag.BoolVar(&cfg.RequireDeviceToken, "require-device-token", false, "make a device-token key pair in --dir and require tokens on the proxies and prefetch servers, as production does (loadgen live --device-key <dir>/device-signing.jwk)")
+	flag.BoolVar(&cfg.Links, "links", true, "route each server's way to each Redis node, and the devices' way in, through fault links (partition, delay, ...: stagecast fleet fault partition)")
 	flag.Parse()
 	cfg.NoRestart = !*restart
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -102,6 +102,7 @@ func proxyFlags(fs *flag.FlagSet, c *proxy.Config) {
 	fs.IntVar(&c.ResumeBudget, "resume-budget", d.ResumeBudget, "inbox ops (resumes) per connection per minute")
 	fs.IntVar(&c.MaxFramesPerSecond, "max-frames-per-second", d.MaxFramesPerSecond, "device frames per second per connection; above it rate_limited, at 10x closed (1008)")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", d.ReconcileInterval, "each event re-reads its recent stages this often (jittered): a safety net under pub/sub")
+	fs.DurationVar(&c.EngineLostAfter, "engine-lost-after", d.EngineLostAfter, "when every write to Redis has failed this long, /readyz fails (new devices go elsewhere) while connected devices stay; when Redis answers again every event re-reads its history")
 	fs.IntVar(&c.MaxEvents, "max-events", d.MaxEvents, "most events (engine subscriptions) this proxy holds; subs past it get event_limit")
 	fs.IntVar(&c.SubscribeBudget, "subscribe-budget", d.SubscribeBudget, "new subscriptions per connection per minute; past it rate_limited")
 	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", d.MaxConnsPerIP, "concurrent connections from one source IP (429 above; negative: off)")
@@ -220,6 +221,20 @@ func redisFlags(fs *flag.FlagSet, c *redisengine.Config) *redisOpts {
 	fs.BoolVar(&o.tlsInsecure, "redis-tls-insecure-skip-verify", false, "do not verify Redis's certificate (tests only)")
 	fs.IntVar(&c.WaitReplicas, "redis-wait-replicas", 0, "confirm a stage change only once this many replicas have it (WAIT); 0: Redis's asynchronous replication")
 	fs.DurationVar(&c.WaitTimeout, "redis-wait-timeout", redisengine.DefaultConfig().WaitTimeout, "how long a stage change waits for --redis-wait-replicas")
+	fs.DurationVar(&c.ConnTimeout, "redis-conn-timeout", redisengine.DefaultConfig().ConnTimeout, "close and redial a Redis connection that answers nothing (not even the client's PING) for this long: how soon a silent partition is noticed")
+	fs.Func("redis-addr-map", "comma-separated from=to pairs (host:port each): when Redis names node <from> (CLUSTER SLOTS, redirects), dial <to>: Redis behind NAT, port forwards or tunnels", func(v string) error {
+		if c.AddrMap == nil {
+			c.AddrMap = map[string]string{}
+		}
+		for _, pair := range strings.Split(v, ",") {
+			from, to, ok := strings.Cut(strings.TrimSpace(pair), "=")
+			if !ok || from == "" || to == "" {
+				return fmt.Errorf("%q is not from=to", pair)
+			}
+			c.AddrMap[from] = to
+		}
+		return nil
+	})
 	return o
 }
 

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -18,6 +19,12 @@ const fleetUsage = `Usage: stagecast fleet --control DIR/control.json <command>
   fault ACTION [--target random|N] [--duration D]
                                proxy-kill, proxy-drain, broadcaster-kill,
                                redis-master-kill, redis-pause (--duration)
+  fault NETWORK-ACTION [--member proxy|proxy-2|broadcaster|prefetch] [--target N]
+        [--link redis|shard:I|devices|all] [--direction both|out|in] [--duration D]
+        [--latency 300ms --jitter 100ms] [--rate-kbps 64]
+                               partition, blackhole, delay, bandwidth, reset: on the
+                               member's links, healed after --duration (default: at heal)
+  heal [--member NAME]         remove every network fault (of one member)
 The control file is in the log folder 'make cluster' prints.
 `
 
@@ -26,7 +33,14 @@ func runFleet(args []string) error {
 	control := fs.String("control", "", "the fleet's control.json (required)")
 	forD := fs.Duration("for", 0, "pause: resume after this long")
 	target := fs.String("target", "random", "fault: random, or the index of the member among those it applies to")
-	dur := fs.Duration("duration", 0, "fault redis-pause: how long")
+	dur := fs.Duration("duration", 0, "fault: how long (redis-pause; a network fault heals after it)")
+	var nf loadgen.FleetFault
+	fs.StringVar(&nf.Member, "member", "", "network fault: the member (a name from list, or a kind: proxy, broadcaster, prefetch; --target picks one)")
+	fs.StringVar(&nf.Link, "link", "", "network fault: redis (default), shard:I, devices or all")
+	fs.StringVar(&nf.Direction, "direction", "", "network fault: both (default), out (what the member sends), in (what it receives)")
+	fs.StringVar(&nf.Latency, "latency", "", "delay: added latency each way (e.g. 300ms)")
+	fs.StringVar(&nf.Jitter, "jitter", "", "delay: +/- jitter (e.g. 100ms)")
+	fs.Int64Var(&nf.RateKBps, "rate-kbps", 0, "bandwidth: cap in KB/s")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -48,9 +62,19 @@ func runFleet(args []string) error {
 			return err
 		}
 		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "NAME\tKIND\tADDR\tPID\tSTATE\tROLE\tRESTARTS\tLAST EXIT")
+		fmt.Fprintln(w, "NAME\tKIND\tADDR\tPID\tSTATE\tREADY\tROLE\tRESTARTS\tNETWORK FAULTS\tLAST EXIT")
 		for _, m := range ms {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", m.Name, m.Kind, m.Addr, m.PID, m.State, m.Role, m.Restarts, m.LastExit)
+			ready := ""
+			if m.Ready != nil {
+				ready = fmt.Sprint(*m.Ready)
+			}
+			var faults []string
+			for _, l := range m.Links {
+				for _, f := range l.Faults {
+					faults = append(faults, f+" "+l.Name)
+				}
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\n", m.Name, m.Kind, m.Addr, m.PID, m.State, ready, m.Role, m.Restarts, strings.Join(faults, "; "), m.LastExit)
 		}
 		return w.Flush()
 	case "kill", "drain", "pause", "resume", "restart":
@@ -67,11 +91,29 @@ func runFleet(args []string) error {
 		if len(pos) != 2 {
 			return errors.New("fleet fault: name an action")
 		}
-		r, err := f.Inject(ctx, pos[1], *target, *dur)
+		nf.Action, nf.Target = pos[1], *target
+		if *dur > 0 {
+			nf.Duration = dur.String()
+		}
+		r, err := f.InjectFault(ctx, nf)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("%s: %s at %s\n", r.Action, r.Member, time.UnixMilli(r.AtMS).Format("15:04:05.000"))
+		fmt.Printf("%s: %s at %s", r.Action, r.Member, time.UnixMilli(r.AtMS).Format("15:04:05.000"))
+		if len(r.Links) > 0 {
+			fmt.Printf(" on %s", strings.Join(r.Links, ", "))
+		}
+		if r.HealAtMS > 0 {
+			fmt.Printf(", heals at %s", time.UnixMilli(r.HealAtMS).Format("15:04:05.000"))
+		}
+		fmt.Println()
+		return nil
+	case "heal":
+		r, err := f.InjectFault(ctx, loadgen.FleetFault{Action: "heal", Member: nf.Member})
+		if err != nil {
+			return err
+		}
+		fmt.Printf("healed %d links\n", len(r.Links))
 		return nil
 	}
 	fmt.Fprint(os.Stderr, fleetUsage)

@@ -370,7 +370,7 @@ func startLocalFleet(ctx context.Context, cfg *loadgen.LiveConfig) (stop func(),
 	if err != nil {
 		return nil, err
 	}
-	lc := localcluster.Config{Stagecast: self, Dir: dir, Token: cfg.Token, Out: os.Stdout}
+	lc := localcluster.Config{Stagecast: self, Dir: dir, Token: cfg.Token, Out: os.Stdout, Links: true}
 	if err := localcluster.FreePorts(&lc); err != nil {
 		return nil, err
 	}
@@ -410,6 +410,13 @@ func printFaults(fs []loadgen.FaultStats) {
 		}
 		fmt.Printf("  fault %-18s at %6.0fs  %-14s %8d devices affected, %8d reconnects (peak %.0f/s), recovered in %s, producer blocked %.0f ms, %d missed\n",
 			f.Action, f.AtS, f.Member, f.DevicesAffected, f.Reconnects, f.ReconnectPeakPerS, rec, f.ProducerBlockedMS, f.Missed)
+		if f.HealedMS > 0 {
+			noticed := "never reported not ready"
+			if f.NoticedMS >= 0 {
+				noticed = fmt.Sprintf("not ready after %.0f ms", f.NoticedMS)
+			}
+			fmt.Printf("  %-50s %s, healed at %.0f ms, every device on the latest stage %.0f ms after the heal\n", "", noticed, f.HealedMS, f.RecoveredAfterHealMS)
+		}
 	}
 }
 

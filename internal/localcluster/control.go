@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -82,7 +83,7 @@ func (c *control) handler() http.Handler {
 			if m.kind == "redis" && s.State == "running" {
 				s.Role = redisRole(m.addr)
 			}
-			out = append(out, s)
+			out = append(out, withReadiness(s))
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
@@ -185,6 +186,9 @@ func (c *control) act(m *member, action string, d time.Duration) error {
 
 // fault resolves a game-day fault to a member and applies it.
 func (c *control) fault(f Fault) (FaultResult, error) {
+	if slices.Contains(fleetapi.NetworkActions, f.Action) {
+		return c.networkFault(f)
+	}
 	var kind, action string
 	var d time.Duration
 	switch f.Action {
@@ -205,7 +209,7 @@ func (c *control) fault(f Fault) (FaultResult, error) {
 			}
 		}
 	default:
-		return FaultResult{}, fmt.Errorf("unknown fault %q (proxy-kill, proxy-drain, broadcaster-kill, redis-master-kill, redis-pause)", f.Action)
+		return FaultResult{}, fmt.Errorf("unknown fault %q (%s, %s)", f.Action, strings.Join(fleetapi.Actions, ", "), strings.Join(fleetapi.NetworkActions, ", "))
 	}
 	var candidates []*member
 	for _, m := range c.members {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/stagecast/stagecast/internal/defaults"
 	"github.com/stagecast/stagecast/internal/devicetoken"
+	"github.com/stagecast/stagecast/internal/netfault"
 	"github.com/stagecast/stagecast/internal/redistest"
 )
 
@@ -51,6 +52,12 @@ type Config struct {
 	// --require-device-token, as production does; Info.DeviceKey is the
 	// signing key (loadgen live --device-key, stagecast token mint).
 	RequireDeviceToken bool
+	// Links routes every link that matters through a relay the fleet embeds
+	// (internal/netfault, toxiproxy), so network faults can break it: each
+	// server's way to each Redis node (--redis-addr-map) and the devices' way
+	// in to each proxy and prefetch server (Info.Proxies and Info.Prefetch
+	// are then the relays' addresses). make cluster turns it on.
+	Links bool
 }
 
 // Info is what is running.
@@ -59,9 +66,11 @@ type Info struct {
 	DeviceKey   string // the device-token signing key, with RequireDeviceToken
 	Redis       []string
 	Broadcaster string   // http://...
-	Proxies     []string // ws://.../v1/ws
-	Prefetch    []string // http://.../graphql
+	Proxies     []string // ws://.../v1/ws (through the devices' links, with Links)
+	Prefetch    []string // http://.../graphql (likewise)
 	Control     ControlInfo
+	// Links: how many network links the fleet routes through its relays.
+	Links int
 }
 
 // DefaultConfig returns the local fleet's defaults (make cluster's ports);
@@ -94,11 +103,22 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := cfg.defaults(); err != nil {
 		return err
 	}
+	info := Info{Dir: cfg.Dir}
+	for _, port := range cfg.RedisPorts {
+		info.Redis = append(info.Redis, "127.0.0.1:"+strconv.Itoa(port))
+	}
 	var members []*member
 	exited := make(chan string, 32)
 	sctx, stopSupervisors := context.WithCancel(ctx)
+	var links *netfault.Links
+	if cfg.Links {
+		links = netfault.New()
+	}
+	// pending are the links made for the member start makes next.
+	var pending []memberLink
 	start := func(name, kind, addr string, env []string, argv ...string) error {
-		m := &member{name: name, kind: kind, addr: addr, argv: argv, env: env, dir: cfg.Dir}
+		m := &member{name: name, kind: kind, addr: addr, argv: argv, env: env, dir: cfg.Dir, links: pending}
+		pending = nil
 		if err := m.start(); err != nil {
 			return err
 		}
@@ -112,10 +132,43 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			members[i].stop(15 * time.Second)
 		}
 		stopSupervisors()
+		if links != nil {
+			links.Close()
+		}
 		fmt.Fprintf(cfg.Out, "stopped everything; logs are in %s\n", cfg.Dir)
 	}()
+	// redisVia makes name's links to every Redis node and returns the
+	// --redis-addr-map argument that routes its connections through them.
+	redisVia := func(name string) ([]string, error) {
+		if links == nil {
+			return nil, nil
+		}
+		var pairs []string
+		for _, a := range info.Redis {
+			_, port, _ := strings.Cut(a, ":")
+			l, err := links.Add(name+"->redis-"+port, a)
+			if err != nil {
+				return nil, err
+			}
+			pending = append(pending, memberLink{link: l, kind: "redis", peer: a})
+			pairs = append(pairs, a+"="+l.Listen)
+		}
+		return []string{"--redis-addr-map", strings.Join(pairs, ",")}, nil
+	}
+	// devicesVia makes the devices' link to name at addr and returns the
+	// address devices dial.
+	devicesVia := func(name, addr string) (string, error) {
+		if links == nil {
+			return addr, nil
+		}
+		l, err := links.Add("devices->"+name, addr)
+		if err != nil {
+			return "", err
+		}
+		pending = append(pending, memberLink{link: l, kind: "devices", peer: addr})
+		return l.Listen, nil
+	}
 
-	info := Info{Dir: cfg.Dir}
 	for _, port := range cfg.RedisPorts {
 		dir := filepath.Join(cfg.Dir, "redis-"+strconv.Itoa(port))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -127,7 +180,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			"--appendonly", "yes", "--save", "", "--protected-mode", "no"); err != nil {
 			return err
 		}
-		info.Redis = append(info.Redis, addr)
 	}
 	for _, a := range info.Redis {
 		if err := waitFor(ctx, 15*time.Second, func() bool { return redistest.Ping(a) == nil }); err != nil {
@@ -153,29 +205,53 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		edgeEnv = append(append([]string(nil), env...), "STAGECAST_DEVICE_KEYS="+jwks, "STAGECAST_REQUIRE_DEVICE_TOKEN=true")
 	}
 	bc := "127.0.0.1:" + strconv.Itoa(cfg.BroadcasterPort)
-	if err := start("broadcaster", "broadcaster", bc, env, cfg.Stagecast, "broadcaster", "--addr", bc); err != nil {
+	via, err := redisVia("broadcaster")
+	if err != nil {
+		return err
+	}
+	if err := start("broadcaster", "broadcaster", bc, env, append([]string{cfg.Stagecast, "broadcaster", "--addr", bc}, via...)...); err != nil {
 		return err
 	}
 	info.Broadcaster = "http://" + bc
 	ready := []string{info.Broadcaster + "/readyz"}
 	for i, port := range cfg.ProxyPorts {
-		addr := "127.0.0.1:" + strconv.Itoa(port)
-		// A local fleet's devices (watch, loadgen) all come from loopback.
-		if err := start(fmt.Sprintf("proxy-%d", i+1), "proxy", addr, edgeEnv, cfg.Stagecast, "proxy", "--addr", addr, "--proxy-id", fmt.Sprintf("proxy-%d", i+1), "--drain-window", "3s",
-			"--public-url", "ws://"+addr+"/v1/ws",
-			"--ip-limit-exempt", "127.0.0.0/8"); err != nil {
+		name, addr := fmt.Sprintf("proxy-%d", i+1), "127.0.0.1:"+strconv.Itoa(port)
+		via, err := redisVia(name)
+		if err != nil {
 			return err
 		}
-		info.Proxies = append(info.Proxies, "ws://"+addr+"/v1/ws")
+		front, err := devicesVia(name, addr)
+		if err != nil {
+			return err
+		}
+		// A local fleet's devices (watch, loadgen) all come from loopback.
+		// Directed drains send devices to the others' way in.
+		argv := append([]string{cfg.Stagecast, "proxy", "--addr", addr, "--proxy-id", name, "--drain-window", "3s",
+			"--public-url", "ws://" + front + "/v1/ws", "--ip-limit-exempt", "127.0.0.0/8"}, via...)
+		if err := start(name, "proxy", addr, edgeEnv, argv...); err != nil {
+			return err
+		}
+		info.Proxies = append(info.Proxies, "ws://"+front+"/v1/ws")
 		ready = append(ready, "http://"+addr+"/readyz")
 	}
 	for i, port := range cfg.PrefetchPorts {
-		addr := "127.0.0.1:" + strconv.Itoa(port)
-		if err := start(fmt.Sprintf("prefetch-%d", i+1), "prefetch", addr, edgeEnv, cfg.Stagecast, "prefetch", "--addr", addr); err != nil {
+		name, addr := fmt.Sprintf("prefetch-%d", i+1), "127.0.0.1:"+strconv.Itoa(port)
+		via, err := redisVia(name)
+		if err != nil {
 			return err
 		}
-		info.Prefetch = append(info.Prefetch, "http://"+addr+"/graphql")
+		front, err := devicesVia(name, addr)
+		if err != nil {
+			return err
+		}
+		if err := start(name, "prefetch", addr, edgeEnv, append([]string{cfg.Stagecast, "prefetch", "--addr", addr}, via...)...); err != nil {
+			return err
+		}
+		info.Prefetch = append(info.Prefetch, "http://"+front+"/graphql")
 		ready = append(ready, "http://"+addr+"/readyz")
+	}
+	if links != nil {
+		info.Links = len(links.All())
 	}
 	for _, u := range ready {
 		if err := waitFor(ctx, 20*time.Second, func() bool { return httpOK(u) }); err != nil {

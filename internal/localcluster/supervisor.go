@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stagecast/stagecast/internal/fleetapi"
+	"github.com/stagecast/stagecast/internal/netfault"
 )
 
 // member is one supervised process of the fleet. Like a Kubernetes pod under a
@@ -27,6 +28,9 @@ type member struct {
 	argv []string
 	env  []string
 	dir  string // logs
+	// links are the member's network links (Config.Links), fixed at start:
+	// a restarted member dials the same ones.
+	links []memberLink
 
 	mu        sync.Mutex
 	cmd       *exec.Cmd
@@ -39,6 +43,14 @@ type member struct {
 	exited    chan struct{} // closed when the current process exits
 }
 
+// memberLink is one of a member's links: to a Redis node (kind redis, peer
+// its address) or the devices' way in (kind devices).
+type memberLink struct {
+	link *netfault.Link
+	kind string
+	peer string
+}
+
 // MemberStatus is what the control interface reports about a member.
 type MemberStatus = fleetapi.Member
 
@@ -46,6 +58,9 @@ func (m *member) status() MemberStatus {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := MemberStatus{Name: m.name, Kind: m.kind, Addr: m.addr, State: m.state, Restarts: m.restarts, LastExit: m.lastExit}
+	for _, ml := range m.links {
+		s.Links = append(s.Links, fleetapi.Link{Name: ml.link.Name, Listen: ml.link.Listen, Peer: ml.peer, Faults: ml.link.Faults()})
+	}
 	if m.cmd != nil && m.cmd.Process != nil && m.state != "stopped" {
 		s.PID = m.cmd.Process.Pid
 	}

@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -84,6 +85,15 @@ type Config struct {
 	// TopologyRefresh is how often a cluster client re-reads the topology, so a
 	// promoted replica is found within it even without a redirect. Default 500ms.
 	TopologyRefresh time.Duration
+	// ConnTimeout bounds how long a connection may go without an answer (a
+	// command's reply or the client's periodic PING) before it is closed and
+	// dialed again: how soon a silent partition (packets dropped, no reset) is
+	// noticed. Default 3s.
+	ConnTimeout time.Duration
+	// AddrMap: when Redis names a node at a key (host:port, as CLUSTER SLOTS
+	// reports it), dial the value instead: Redis behind NAT, port forwards or
+	// tunnels, and the local fleet's fault-injection links. Default none.
+	AddrMap map[string]string
 	// ClientCache turns on Redis client-side caching (RESP3 tracking) for stage
 	// maps and event windows: reads come from local memory until Redis says the
 	// key changed. CacheTTL bounds how long a cached value is trusted. Default off; 1m.
@@ -109,6 +119,7 @@ func DefaultConfig() Config {
 		WaitTimeout:     100 * time.Millisecond,
 		DialTimeout:     time.Second,
 		TopologyRefresh: 500 * time.Millisecond,
+		ConnTimeout:     3 * time.Second,
 		CacheTTL:        time.Minute,
 		Logger:          slog.Default(),
 		Now:             time.Now,
@@ -130,9 +141,17 @@ func (c *Config) Validate() error {
 	}
 	for name, d := range map[string]time.Duration{"IdempotencyTTL": c.IdempotencyTTL, "ReportTTL": c.ReportTTL, "EventTTL": c.EventTTL,
 		"OpTimeout": c.OpTimeout, "ResubscribeMax": c.ResubscribeMax, "WaitTimeout": c.WaitTimeout, "DialTimeout": c.DialTimeout,
-		"TopologyRefresh": c.TopologyRefresh, "CacheTTL": c.CacheTTL} {
+		"TopologyRefresh": c.TopologyRefresh, "CacheTTL": c.CacheTTL, "ConnTimeout": c.ConnTimeout} {
 		if d <= 0 {
 			return fmt.Errorf("redis engine: %s = %v must be > 0", name, d)
+		}
+	}
+	for from, to := range c.AddrMap {
+		if _, _, err := net.SplitHostPort(from); err != nil {
+			return fmt.Errorf("redis engine: AddrMap key %q is not host:port", from)
+		}
+		if _, _, err := net.SplitHostPort(to); err != nil {
+			return fmt.Errorf("redis engine: AddrMap[%q] = %q is not host:port", from, to)
 		}
 	}
 	if c.WaitReplicas < 0 {
@@ -160,15 +179,34 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	opt := rueidis.ClientOption{
-		Dialer:        net.Dialer{Timeout: cfg.DialTimeout},
-		ClusterOption: rueidis.ClusterOption{ShardsRefreshInterval: cfg.TopologyRefresh},
-		InitAddress:   cfg.Addrs,
-		Username:      cfg.Username,
-		Password:      cfg.Password,
-		TLSConfig:     cfg.TLS,
-		DisableCache:  !cfg.ClientCache,
+		Dialer:           net.Dialer{Timeout: cfg.DialTimeout},
+		ConnWriteTimeout: cfg.ConnTimeout,
+		ClusterOption:    rueidis.ClusterOption{ShardsRefreshInterval: cfg.TopologyRefresh},
+		InitAddress:      cfg.Addrs,
+		Username:         cfg.Username,
+		Password:         cfg.Password,
+		TLSConfig:        cfg.TLS,
+		DisableCache:     !cfg.ClientCache,
 		// Sharded pub/sub works on standalone Redis 7 too, so one code path
 		// serves both; rueidis routes by slot on a cluster.
+	}
+	if len(cfg.AddrMap) > 0 {
+		m := maps.Clone(cfg.AddrMap)
+		opt.DialCtxFn = func(ctx context.Context, dst string, d *net.Dialer, tc *tls.Config) (net.Conn, error) {
+			if to, ok := m[dst]; ok {
+				if tc != nil && tc.ServerName == "" {
+					// Verify the certificate of the node Redis named, not the relay's.
+					tc = tc.Clone()
+					tc.ServerName, _, _ = net.SplitHostPort(dst)
+				}
+				dst = to
+			}
+			if tc != nil {
+				td := tls.Dialer{NetDialer: d, Config: tc}
+				return td.DialContext(ctx, "tcp", dst)
+			}
+			return d.DialContext(ctx, "tcp", dst)
+		}
 	}
 	client, err := rueidis.NewClient(opt)
 	if err != nil {
