@@ -55,7 +55,7 @@ vet: ## go vet, staticcheck and gofmt check
 test: deps vet ## everything the tests need, then every test, with -race (timing tests without it), then the TypeScript SDK's
 	$(GO) test -race -count=1 -timeout 8m $(PKGS)
 	$(GO) test -count=1 -timeout 3m -run 'TestSimulatorCalibration' ./internal/e2e
-	$(GO) test -count=1 -timeout 6m -run 'TestGameDayFaults|TestNetworkFaults' ./internal/localcluster
+	$(GO) test -count=1 -timeout 8m -run 'TestGameDayFaults|TestNetworkFaults|TestSplitBrain' ./internal/localcluster
 	$(MAKE) sdk-test
 
 sdk-test: build ## the TypeScript SDK (sdk/js): npm ci, build, typecheck, codegen check, Node and Chromium tests against bin/stagecast

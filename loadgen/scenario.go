@@ -408,8 +408,8 @@ func (sc *Scenario) validate() error {
 			case ft.Action == "bandwidth" && ft.RateKBps <= 0:
 				errs = append(errs, sc.fieldErr(f+".rate_kbps", "bandwidth needs a rate > 0 KB/s"))
 			}
-			if l := ft.Link; l != "" && l != "redis" && l != "devices" && l != "all" && !strings.HasPrefix(l, "shard:") {
-				errs = append(errs, sc.fieldErr(f+".link", "redis, shard:<i>, devices or all"))
+			if l := ft.Link; l != "" && !slices.Contains([]string{"redis", "devices", "all", "peers", "clients", "proxies"}, l) && !strings.HasPrefix(l, "shard:") {
+				errs = append(errs, sc.fieldErr(f+".link", "redis, shard:<i>, devices or all (a server's); peers, clients, proxies or all (a Redis node's)"))
 			}
 			if ft.Duration < 0 || ft.Duration.D() > 10*time.Minute {
 				errs = append(errs, sc.fieldErr(f+".duration", "up to 10m"))

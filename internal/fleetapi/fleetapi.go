@@ -51,12 +51,16 @@ type Fault struct {
 	Duration string `json:"duration,omitempty"`
 
 	// Network faults (NetworkActions) act on links of one member:
-	// Member is a member's name (proxy-2) or kind (proxy, broadcaster,
-	// prefetch: Target picks one, in address order). Default: proxy.
+	// Member is a member's name (proxy-2, redis-7001) or kind (proxy,
+	// broadcaster, prefetch, redis, redis-master: Target picks one, in
+	// address order). Default: proxy.
 	Member string `json:"member,omitempty"`
-	// Link: "redis" (default: its links to every Redis node), "shard:<i>" (to
-	// the i-th Redis master in address order and its replicas), "devices"
-	// (the devices' way in), "all" (every link it has).
+	// Link, of a server: "redis" (default: its links to every Redis node),
+	// "shard:<i>" (to the i-th Redis master in address order and its
+	// replicas), "devices" (the devices' way in), "all" (every link it has).
+	// Of a Redis node: "peers" (its replicas' and the other nodes' way to it,
+	// replication and cluster bus), "clients" (every server's way to it),
+	// "proxies" (the proxies' only), "all".
 	Link string `json:"link,omitempty"`
 	// Direction, seen from the dialing side: both (default), out, in.
 	Direction string `json:"direction,omitempty"`

@@ -10,6 +10,7 @@
 package localcluster
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -58,6 +59,8 @@ type Config struct {
 	// in to each proxy and prefetch server (Info.Proxies and Info.Prefetch
 	// are then the relays' addresses). make cluster turns it on.
 	Links bool
+	// RedisWaitReplicas is the broadcaster's --redis-wait-replicas (0: off).
+	RedisWaitReplicas int
 }
 
 // Info is what is running.
@@ -114,6 +117,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if cfg.Links {
 		links = netfault.New()
 	}
+	announced := map[string]string{} // a Redis node's real address -> the one it announces (with links)
 	// pending are the links made for the member start makes next.
 	var pending []memberLink
 	start := func(name, kind, addr string, env []string, argv ...string) error {
@@ -151,7 +155,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				return nil, err
 			}
 			pending = append(pending, memberLink{link: l, kind: "redis", peer: a})
-			pairs = append(pairs, a+"="+l.Listen)
+			// The seed by its own address, the node as Redis names it.
+			pairs = append(pairs, a+"="+l.Listen, announced[a]+"="+l.Listen)
 		}
 		return []string{"--redis-addr-map", strings.Join(pairs, ",")}, nil
 	}
@@ -169,15 +174,34 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return l.Listen, nil
 	}
 
+	// With links, each node announces relays in front of its client and bus
+	// ports: its replicas and the other nodes reach it only through them (so
+	// a fault can cut a master from its replica), and CLUSTER SLOTS names them.
 	for _, port := range cfg.RedisPorts {
 		dir := filepath.Join(cfg.Dir, "redis-"+strconv.Itoa(port))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
 		addr := "127.0.0.1:" + strconv.Itoa(port)
-		if err := start("redis-"+strconv.Itoa(port), "redis", addr, nil, "redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		argv := []string{"redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 			"--dir", dir, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
-			"--appendonly", "yes", "--save", "", "--protected-mode", "no"); err != nil {
+			"--appendonly", "yes", "--save", "", "--protected-mode", "no"}
+		if links != nil {
+			in, err := links.Add("peers->redis-"+strconv.Itoa(port), addr)
+			if err != nil {
+				return err
+			}
+			bus, err := links.Add("peers->redis-"+strconv.Itoa(port)+"-bus", "127.0.0.1:"+strconv.Itoa(port+10000))
+			if err != nil {
+				return err
+			}
+			pending = append(pending, memberLink{link: in, kind: "peers", peer: addr}, memberLink{link: bus, kind: "peers", peer: addr})
+			_, inPort, _ := strings.Cut(in.Listen, ":")
+			_, busPort, _ := strings.Cut(bus.Listen, ":")
+			argv = append(argv, "--cluster-announce-ip", "127.0.0.1", "--cluster-announce-port", inPort, "--cluster-announce-bus-port", busPort)
+			announced[addr] = in.Listen
+		}
+		if err := start("redis-"+strconv.Itoa(port), "redis", addr, nil, argv...); err != nil {
 			return err
 		}
 	}
@@ -186,13 +210,21 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return fmt.Errorf("redis %s did not start (see %s): %w", a, cfg.Dir, err)
 		}
 	}
-	create := append([]string{"--cluster", "create"}, info.Redis...)
+	create := []string{"--cluster", "create"}
+	for _, a := range info.Redis {
+		create = append(create, cmp.Or(announced[a], a))
+	}
 	create = append(create, "--cluster-replicas", "1", "--cluster-yes")
 	if out, err := exec.CommandContext(ctx, "redis-cli", create...).CombinedOutput(); err != nil {
 		return fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
 	}
 	if err := waitFor(ctx, 30*time.Second, func() bool { return clusterOK(info.Redis) }); err != nil {
 		return fmt.Errorf("redis cluster not ok: %w", err)
+	}
+	// Ready means replicated: every master has its replica online (a full
+	// sync first), so --redis-wait-replicas works from the first change.
+	if err := waitFor(ctx, 30*time.Second, func() bool { return replicasOnline(info.Redis) }); err != nil {
+		return fmt.Errorf("redis replicas not in sync: %w", err)
 	}
 	env := []string{"STAGECAST_REDIS=" + strings.Join(info.Redis[:3], ","), "STAGECAST_PRODUCER_TOKEN=" + cfg.Token}
 	edgeEnv := env // proxies and prefetch servers
@@ -208,6 +240,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	via, err := redisVia("broadcaster")
 	if err != nil {
 		return err
+	}
+	if cfg.RedisWaitReplicas > 0 {
+		via = append(via, "--redis-wait-replicas", strconv.Itoa(cfg.RedisWaitReplicas))
 	}
 	if err := start("broadcaster", "broadcaster", bc, env, append([]string{cfg.Stagecast, "broadcaster", "--addr", bc}, via...)...); err != nil {
 		return err
@@ -350,6 +385,26 @@ func clusterOK(addrs []string) bool {
 		}
 	}
 	return true
+}
+
+// replicasOnline: every master among addrs has a replica in state online.
+func replicasOnline(addrs []string) bool {
+	masters := 0
+	for _, a := range addrs {
+		_, port, _ := strings.Cut(a, ":")
+		out, err := exec.Command("redis-cli", "-p", port, "INFO", "replication").Output()
+		if err != nil {
+			return false
+		}
+		if !strings.Contains(string(out), "role:master") {
+			continue
+		}
+		masters++
+		if !strings.Contains(string(out), "state=online") {
+			return false
+		}
+	}
+	return masters > 0
 }
 
 func httpOK(u string) bool {

@@ -116,12 +116,15 @@ func (c *control) pickMember(f Fault) (*member, error) {
 			}
 			return m, nil
 		}
-		if m.kind == want && len(m.links) > 0 {
+		switch {
+		case len(m.links) == 0:
+		case m.kind == want,
+			want == "redis-master" && m.kind == "redis" && m.status().State == "running" && redisRole(m.addr) == "master":
 			candidates = append(candidates, m)
 		}
 	}
 	if len(candidates) == 0 {
-		return nil, fmt.Errorf("member %q: no such member or kind with network links (broadcaster, proxy, prefetch, or a name from list)", want)
+		return nil, fmt.Errorf("member %q: no such member or kind with network links (broadcaster, proxy, prefetch, redis, redis-master, or a name from list)", want)
 	}
 	sort.Slice(candidates, func(i, j int) bool { return candidates[i].addr < candidates[j].addr })
 	switch f.Target {
@@ -138,6 +141,9 @@ func (c *control) pickMember(f Fault) (*member, error) {
 // linksOf is m's links that which names: redis (default), shard:<i>,
 // devices or all.
 func (c *control) linksOf(m *member, which string) ([]*netfault.Link, error) {
+	if m.kind == "redis" {
+		return c.redisLinks(m, which)
+	}
 	var peers []string // Redis nodes, for shard:<i>
 	switch {
 	case which == "" || which == "redis" || which == "devices" || which == "all":
@@ -147,7 +153,7 @@ func (c *control) linksOf(m *member, which string) ([]*netfault.Link, error) {
 		if err != nil || i < 0 || i >= len(masters) {
 			return nil, fmt.Errorf("link %q: shard:<i> with i below the %d masters", which, len(masters))
 		}
-		peers = append([]string{masters[i]}, replicasOf(masters[i])...)
+		peers = append([]string{masters[i]}, c.replicasOf(masters[i])...)
 	default:
 		return nil, fmt.Errorf("link %q: redis, shard:<i>, devices or all", which)
 	}
@@ -184,6 +190,60 @@ func (c *control) redisMasters() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// redisLinks is the links that which names around Redis node m: peers (its
+// replicas' and the other nodes' way to it: client port and cluster bus),
+// clients (every server's way to it), proxies (the proxies' only), all.
+func (c *control) redisLinks(m *member, which string) ([]*netfault.Link, error) {
+	var out []*netfault.Link
+	if which == "peers" || which == "all" {
+		for _, ml := range m.links {
+			out = append(out, ml.link)
+		}
+	}
+	if which == "clients" || which == "proxies" || which == "all" {
+		for _, o := range c.members {
+			if which == "proxies" && o.kind != "proxy" {
+				continue
+			}
+			for _, ml := range o.links {
+				if ml.kind == "redis" && ml.peer == m.addr {
+					out = append(out, ml.link)
+				}
+			}
+		}
+	}
+	if which != "peers" && which != "clients" && which != "proxies" && which != "all" {
+		return nil, fmt.Errorf("link %q of Redis node %s: peers, clients, proxies or all", which, m.name)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s has no %s link", m.name, which)
+	}
+	return out, nil
+}
+
+// replicasOf lists the replicas of the master at addr by their real
+// addresses (replicas report the address they announce).
+func (c *control) replicasOf(addr string) []string {
+	var out []string
+	for _, a := range replicasOf(addr) {
+		out = append(out, c.realAddr(a))
+	}
+	return out
+}
+
+// realAddr is the address of the Redis node that announces a (a relay in
+// front of it, with links), or a itself.
+func (c *control) realAddr(a string) string {
+	for _, m := range c.members {
+		for _, ml := range m.links {
+			if ml.kind == "peers" && ml.link.Listen == a {
+				return m.addr
+			}
+		}
+	}
+	return a
 }
 
 // replicasOf lists the replicas connected to the master at addr (INFO

@@ -345,9 +345,9 @@ func (e *Engine) setDurable(ctx context.Context, keys, args []string) ([]rueidis
 		if err != nil {
 			return err
 		}
-		if replayed, _ := res[0].AsInt64(); replayed == 1 {
-			return nil // nothing new was written
-		}
+		// A replay too: the script rewrote the stored reply, so WAIT proves
+		// the original change is on the replicas, not only that this
+		// connection wrote nothing new.
 		return e.waitReplicas(ctx, dc)
 	})
 	return res, err

@@ -132,7 +132,8 @@ func TestCorruptLogEntry(t *testing.T) {
 }
 
 // WaitReplicas: a change is confirmed only when a replica acknowledged it; with
-// none, the producer gets ErrNotDurable and a retry with the same key replays.
+// none, the producer gets ErrNotDurable, and so does a retry with the same key
+// until a replica has the change; then the retry replays.
 func TestWaitReplicas(t *testing.T) {
 	master := redistest.Start(t, redistest.Options{})
 	e := newEngine(t, redisengine.Config{Addrs: []string{master.Addr()}, WaitReplicas: 1, WaitTimeout: time.Second}) // generous: the machine is busy under -race
@@ -140,6 +141,12 @@ func TestWaitReplicas(t *testing.T) {
 	req := engine.SetRequest{Event: "ev", Key: "a", TS: 1, IdempotencyKey: "k1"}
 	if _, err := e.SetStage(ctx, req); !errors.Is(err, engine.ErrNotDurable) {
 		t.Fatalf("no replica: %v, want ErrNotDurable", err)
+	}
+	// A retry under the same key, still without a replica, is not
+	// acknowledged either: a replay waits for the replicas like a write
+	// (the split-brain rehearsal found it acknowledged).
+	if r, err := e.SetStage(ctx, req); !errors.Is(err, engine.ErrNotDurable) {
+		t.Fatalf("a retry with no replica: %+v %v, want ErrNotDurable", r, err)
 	}
 	replica := redistest.Start(t, redistest.Options{Args: []string{"--replicaof", "127.0.0.1", master.Addr()[strings.LastIndex(master.Addr(), ":")+1:]}})
 	waitfor.True(t, 20*time.Second, "the replica in sync", func() bool {

@@ -7,7 +7,7 @@
 -- ARGV[5] event ttl ms   ARGV[6] maxSchedules
 --
 -- Returns the armed message (the existing one for a known id with the same
--- body), or an error reply SCHEDULE_LIMIT (the event holds maxSchedules) or
+-- body, rewritten unchanged for WAIT's sake), or an error reply SCHEDULE_LIMIT (the event holds maxSchedules) or
 -- SCHEDULE_CONFLICT (the id was armed with another body). The version is
 -- max(at in us, newest logged + 1), moved past any armed schedule of the
 -- event that has it, so two arms at one time never share a version. The
@@ -17,6 +17,9 @@
 local prev = redis.call('HGET', KEYS[2], ARGV[1])
 if prev then
   if string.sub(prev, 1, #ARGV[4]) ~= ARGV[4] then return redis.error_reply('SCHEDULE_CONFLICT the schedule id was armed with another body') end
+  -- Rewritten as it is, so a WAIT after this replay proves the original arm
+  -- is on the replicas (see set_stage.lua).
+  redis.call('HSET', KEYS[2], ARGV[1], prev)
   return prev
 end
 if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[6]) then return redis.error_reply('SCHEDULE_LIMIT too many schedules for this event') end

@@ -14,7 +14,7 @@
 -- Returns {position, pushes, prev}: prev is the entry before the note ("" when
 -- none), which the push carries so a proxy can tell it missed one
 -- (engine.NotePush.Prev). A retry of a note id that is stored returns its
--- position and pushes again; a retry of one that is gone (replaced by its
+-- position and pushes again (its index field rewritten unchanged, for WAIT); a retry of one that is gone (replaced by its
 -- dedup key, or removed by a bound: the goneLen ids removed last) returns
 -- {'', 0, ''} and stores nothing.
 --
@@ -68,6 +68,9 @@ if pos then
   if #redis.call('XRANGE', KEYS[1], pos, pos) == 0 then
     return {'', 0, ''} -- a retry of a note that is gone: nothing to push
   end
+  -- Rewritten as it is, so a WAIT after this retry proves the stored note
+  -- is on the replicas (see set_stage.lua).
+  redis.call('HSET', KEYS[2], 'i:' .. nid, pos)
   prev = last('(' .. pos)
 elseif isGone(nid) then
   return {'', 0, ''}

@@ -9,8 +9,8 @@
 -- ARGV[4] idempotency ttl s   ARGV[5] event ttl ms   ARGV[6] "1": use KEYS[2]
 -- ARGV[7] the stage key (its digest is copied into the message)
 --
--- Returns {1, previous reply} for a replayed idempotency key, else {0,
--- message}. The version is max(floor, newest logged + 1, Redis's clock in
+-- Returns {1, previous reply} for a replayed idempotency key (rewritten
+-- unchanged, for WAIT's sake), else {0, message}. The version is max(floor, newest logged + 1, Redis's clock in
 -- us): strictly increasing per event whatever the callers' clocks.
 -- Versions are below 2^53 (a microsecond clock reaches it in the year 2255),
 -- so Lua's doubles hold them exactly; they are formatted with %.0f, never by
@@ -21,7 +21,14 @@
 local useIdem = ARGV[6] == '1'
 if useIdem then
   local prev = redis.call('GET', KEYS[2])
-  if prev then return {1, prev} end
+  if prev then
+    -- Rewritten as it is: a write that replicates after the original, so a
+    -- WAIT after a replay proves the original change is on the replicas
+    -- (a replay writing nothing would let WAIT count a replica that never
+    -- got it: a retry after a failed WAIT would then be acknowledged).
+    redis.call('SET', KEYS[2], prev, 'KEEPTTL')
+    return {1, prev}
+  end
 end
 local v = tonumber(ARGV[3])
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
