@@ -77,6 +77,14 @@ type RecoveryModel struct {
 	Window      float64 // seconds; 0 for a kill
 	Jitter      float64 // seconds, drain's after_ms spread
 	CatchUpSecs float64 // after reconnecting: sub + catch-up frame (a few ms)
+	// RetryAfter, when > 0: a refused attempt carries the proxy's Retry-After,
+	// U(RetryAfter, 2 x RetryAfter) seconds, and the device retries after it
+	// (never sooner than its backoff: the longer of the two, as the device
+	// client does). 0: the backoff alone.
+	RetryAfter float64
+	// Arrivals, when true, spreads the first attempts uniformly over Window
+	// (devices arriving, as in a connect storm) instead of a drain's plan.
+	Arrivals bool
 }
 
 // Recovery returns when the last device is connected again (seconds) and the
@@ -92,7 +100,9 @@ func (m RecoveryModel) Recovery() (seconds, peakAttempts float64) {
 		diff[k] = make([]float64, n+1)
 	}
 	first := make([]float64, n)
-	if m.Window > 0 {
+	if m.Arrivals {
+		spreadUniform(first, 0, math.Max(m.Window, dt), m.Devices, dt)
+	} else if m.Window > 0 {
 		// Drain: each device is told at U(0, Window) and waits U(0, Jitter).
 		spreadConv(first, m.Devices, m.Window, m.Jitter, dt)
 	} else {
@@ -133,9 +143,18 @@ func (m RecoveryModel) Recovery() (seconds, peakAttempts float64) {
 					continue
 				}
 				next := min(k+1, gens-1)
+				from := i + 1
 				steps := max(1, int(math.Ceil(math.Min(m.Cap, m.Base*math.Pow(2, float64(k+1)))/dt)))
-				end := min(i+1+steps, n)
-				diff[next][i+1] += rej / float64(steps)
+				if ra := m.RetryAfter; ra > 0 && ra >= math.Min(m.Cap, m.Base*math.Pow(2, float64(k+1)))/2 {
+					// The proxy's U(ra, 2ra) wait is the longer one (the
+					// backoff's mean is half its window): retry in it.
+					from, steps = i+int(math.Ceil(ra/dt)), max(1, int(math.Ceil(ra/dt)))
+				}
+				if from >= n {
+					continue
+				}
+				end := min(from+steps, n)
+				diff[next][from] += rej / float64(steps)
 				diff[next][end] -= rej / float64(steps)
 			}
 		}

@@ -92,6 +92,32 @@ func TestSimulatePartitionedProxy(t *testing.T) {
 	}
 }
 
+// A connect storm (19,500 devices at once on one proxy admitting 2,000/s,
+// burst 2,000, Retry-After 5-10 s): everyone is in no sooner than the
+// admission bound, (19,500 - 2,000) / 2,000 = 8.75 s, nor than the first
+// Retry-After (5 s); a longer ramp is not a storm (0).
+func TestSimulateConnectStorm(t *testing.T) {
+	sc := base(19_500)
+	sc.Fleet.Proxies = 1
+	sc.Connect.Ramp = 0
+	r := Simulate(sc, SimOptions{})
+	if r.AllConnectedS < 8.75 || r.AllConnectedS > 40 {
+		t.Fatalf("storm: everyone in after %.2f s, want between 8.75 s and 40 s", r.AllConnectedS)
+	}
+	sc.Fleet.RetryAfter = Duration(2e9)
+	if r2 := Simulate(sc, SimOptions{}); r2.AllConnectedS >= r.AllConnectedS || r2.AllConnectedS < 8.75 {
+		t.Fatalf("a shorter Retry-After: %.2f s (5 s: %.2f s), want sooner, still >= 8.75 s", r2.AllConnectedS, r.AllConnectedS)
+	}
+	sc.Devices = 1_500 // within the burst: at once
+	if r3 := Simulate(sc, SimOptions{}); r3.AllConnectedS > 0.1 {
+		t.Fatalf("1,500 devices within a 2,000 burst: %.2f s", r3.AllConnectedS)
+	}
+	sc.Connect.Ramp = Duration(10 * 60e9)
+	if r4 := Simulate(sc, SimOptions{}); r4.AllConnectedS != 0 {
+		t.Fatalf("a 10-minute ramp modelled as a storm: %.2f s", r4.AllConnectedS)
+	}
+}
+
 // The report marks every fault on every timeline plot and lists it.
 func TestReportMarksFaults(t *testing.T) {
 	sc := base(100_000)

@@ -128,6 +128,8 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 	defer stopDevices()
 	r.runCtx = runCtx
 	r.startDevices()
+	allUp := make(chan float64, 1)
+	go func() { allUp <- r.watchAllConnected(runCtx) }()
 	if err := r.play(ctx, r.timeline(ctx)); err != nil {
 		return nil, err
 	}
@@ -135,7 +137,41 @@ func Live(ctx context.Context, sc *Scenario, cfg LiveConfig) (*Partial, error) {
 	held, connected := r.heldNow()
 	stopDevices()
 	r.wg.Wait()
-	return r.partial(held, connected), nil
+	p := r.partial(held, connected)
+	p.AllConnectedS = <-allUp
+	return p, nil
+}
+
+// watchAllConnected returns the seconds from the scenario's connect start
+// until every device of this process was connected at once for the first
+// time (-1 if that never happened before ctx ended), polling every 100 ms:
+// how long a connect storm takes to be served.
+func (r *liveRun) watchAllConnected(ctx context.Context) float64 {
+	share := (r.n - int64(r.cfg.Segment) + int64(r.cfg.Segments) - 1) / int64(r.cfg.Segments)
+	from := r.start.Add(r.scale(r.sc.Connect.Start))
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return -1
+		case <-tick.C:
+		}
+		r.mu.Lock()
+		ds := r.devices
+		up := int64(0)
+		if int64(len(ds)) == share {
+			for _, d := range ds {
+				if d.c.Connected() {
+					up++
+				}
+			}
+		}
+		r.mu.Unlock()
+		if up == share && share > 0 {
+			return time.Since(from).Seconds()
+		}
+	}
 }
 
 // liveRun is one Live run's state: the devices, the producer's timeline and

@@ -33,6 +33,9 @@ type Partial struct {
 	// Faults (segment 0 injects them) and how the fleet recovered.
 	Faults    []FaultStats `json:"faults,omitempty"`
 	TimeScale float64      `json:"time_scale,omitempty"`
+	// AllConnectedS: real seconds from the connect start until every device
+	// of this share was connected at once (-1: never).
+	AllConnectedS float64 `json:"all_connected_s"`
 }
 
 // WriteFile stores the partial as JSON.
@@ -100,6 +103,11 @@ func Merge(sc *Scenario, parts []*Partial) (*Report, error) {
 		rep.Errors += p.Errors
 		rep.Prefetch.Errors += p.PrefetchErrors
 		rep.WallSeconds = math.Max(rep.WallSeconds, p.WallSeconds)
+		if rep.AllConnectedS >= 0 && p.AllConnectedS >= 0 {
+			rep.AllConnectedS = math.Max(rep.AllConnectedS, p.AllConnectedS)
+		} else {
+			rep.AllConnectedS = -1
+		}
 		for v, n := range p.Held {
 			held[v] += n
 		}

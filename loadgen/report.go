@@ -29,6 +29,11 @@ type Report struct {
 	Calibration *Calibration `json:"calibration,omitempty"`
 	// Faults injected (live) or modelled (simulate), and the recovery.
 	Faults []FaultStats `json:"faults,omitempty"`
+	// AllConnectedS: seconds from the connect start until every device was
+	// connected (live: measured, real seconds, the slowest share; -1 never;
+	// simulate: the admission model's prediction for a connect storm, a ramp
+	// of 2 minutes or less; 0 when not modelled).
+	AllConnectedS float64 `json:"all_connected_s"`
 	// TimeScale maps scenario time to the series' time axis (live runs play the
 	// scenario compressed; 1 for simulate).
 	TimeScale float64 `json:"time_scale,omitempty"`

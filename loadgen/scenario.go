@@ -173,6 +173,9 @@ type Fleet struct {
 	// proxy admits (its --admit-rate, --admit-burst). Defaults 2000, 2000.
 	AdmitRate  float64 `yaml:"admit_rate"`
 	AdmitBurst float64 `yaml:"admit_burst"`
+	// RetryAfter: the base of the Retry-After a proxy sends with a refused
+	// upgrade, U(base, 2 x base) (its --retry-after). Default 5s.
+	RetryAfter Duration `yaml:"retry_after"`
 	// DirectedDrain: proxies have --public-url, so a drain directs devices to
 	// the survivors, paced under 80 % of their admission over the window
 	// (make cluster's fleets do). Else devices are told at U(0, window) and
@@ -269,7 +272,7 @@ func DefaultScenario() Scenario {
 		Event:            "rehearsal",
 		DevicesPerMember: 2,
 		Prefetch:         Prefetch{TTL: Duration(300 * time.Second), Jitter: 0.5, RefetchWindow: Duration(30 * time.Second), RefetchSlots: 300, RefreshLo: 0.5, RefreshHi: 0.9},
-		Fleet:            Fleet{AdmitRate: 2000, AdmitBurst: 2000, Capacity: 200000, FanoutRate: 87000},
+		Fleet:            Fleet{AdmitRate: 2000, AdmitBurst: 2000, Capacity: 200000, FanoutRate: 87000, RetryAfter: Duration(5 * time.Second)},
 		Network:          Network{PubSub: Duration(time.Millisecond), DeviceP50: Duration(40 * time.Millisecond), DeviceP99: Duration(200 * time.Millisecond)},
 	}
 }

@@ -131,6 +131,7 @@ func Simulate(sc *Scenario, o SimOptions) *Report {
 	rep.Connected = int64(connected[T-1])
 	rep.Marks, rep.ArrivalEndS = scenarioMarks(sc), (sc.Connect.Start.D() + sc.Connect.Ramp.D()).Seconds()
 	rep.Faults = faults
+	rep.AllConnectedS = connectStorm(sc, n, proxies, fleet)
 	delay := logNormalQuantiles(p50, p99, 400)
 	for i, st := range sc.Stages {
 		at := min(int(st.At.D().Seconds()), T-1)
@@ -352,6 +353,27 @@ func proxyLossLive(sc *Scenario, f Fault, st FaultStats, proxies int) (RecoveryM
 	return m, ok
 }
 
+// stormRamp is the longest connect ramp modelled as a storm (the admission
+// model runs in 1 ms steps over at most 300 s).
+const stormRamp = 2 * time.Minute
+
+// connectStorm predicts, for a connect ramp of stormRamp or less, the seconds
+// from the connect start until every device is connected: arrivals spread
+// uniformly over the ramp meet the proxies' admission (burst, then rate); a
+// refused device retries after the proxy's Retry-After, U(r, 2r), or its own
+// backoff (500 ms doubling to 30 s, the reference device's) when longer. 0:
+// not a storm (a longer ramp, whose arrivals admission does not bind).
+func connectStorm(sc *Scenario, n float64, proxies int, fleet Fleet) float64 {
+	ramp := sc.Connect.Ramp.D()
+	if ramp > stormRamp || n <= 0 || proxies < 1 {
+		return 0
+	}
+	m := RecoveryModel{Devices: n, Base: 0.5, Cap: 30, Admit: fleet.AdmitRate * float64(proxies), Burst: fleet.AdmitBurst * float64(proxies),
+		Window: ramp.Seconds(), Arrivals: true, RetryAfter: fleet.RetryAfter.D().Seconds(), CatchUpSecs: 0.005}
+	secs, _ := m.Recovery()
+	return secs
+}
+
 // The proxy's defaults the partition model keeps (proxy.DefaultConfig):
 // the load it publishes every reportInterval is also its reachability probe,
 // each write failing after at most reportInterval; it counts itself cut after
@@ -416,7 +438,7 @@ func proxyLoss(f Fault, connected float64, proxies int, fleet Fleet) (RecoveryMo
 	}
 	survivors := float64(proxies - 1)
 	m := RecoveryModel{Devices: connected / float64(proxies), Base: f.BackoffBase.D().Seconds(), Cap: f.BackoffCap.D().Seconds(),
-		Admit: fleet.AdmitRate * survivors, Burst: fleet.AdmitBurst * survivors, CatchUpSecs: 0.005}
+		Admit: fleet.AdmitRate * survivors, Burst: fleet.AdmitBurst * survivors, CatchUpSecs: 0.005, RetryAfter: fleet.RetryAfter.D().Seconds()}
 	if f.Action == "proxy-drain" {
 		m.Window, m.Jitter = f.Window.D().Seconds(), 2 // the proxy's drain window; reconnect after U(0, 2 s)
 		if fleet.DirectedDrain {

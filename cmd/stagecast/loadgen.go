@@ -75,6 +75,7 @@ func runSimulate(args []string) error {
 	}
 	r := loadgen.Simulate(sc, o)
 	fmt.Println(r.Headline)
+	printAllConnected(r)
 	fmt.Printf("prefetch: %d requests, peak %.0f/s, mean %.0f/s, refresh peak %.0f/s", r.Prefetch.Requests, r.Prefetch.PeakRPS, r.Prefetch.MeanRPS, r.Prefetch.RefreshPeakRPS)
 	if r.NoJitter != nil {
 		fmt.Printf("; without jitter refreshes would peak at %.0f/s (%.1fx)", r.NoJitter.RefreshPeakRPS, r.NoJitter.Ratio)
@@ -334,6 +335,7 @@ func runMerge(args []string) error {
 
 func printLiveReport(r *loadgen.Report, out string) error {
 	fmt.Println(r.Headline)
+	printAllConnected(r)
 	for _, b := range r.Broadcasts {
 		fmt.Printf("  v%-3d %-16s 50%% %6.0f ms  99%% %6.0f ms  100%% %6.0f ms  missed %d\n", b.V, b.Stage, b.T50MS, b.T99MS, b.T100MS, b.Missed)
 	}
@@ -395,6 +397,19 @@ func startLocalFleet(ctx context.Context, cfg *loadgen.LiveConfig) (stop func(),
 		cancel()
 		<-done
 		return nil, ctx.Err()
+	}
+}
+
+// printAllConnected says how long until every device was connected (a
+// connect storm's figure: live, measured; simulated, the admission model's).
+func printAllConnected(r *loadgen.Report) {
+	switch {
+	case r.AllConnectedS > 0 && r.Mode == "simulate":
+		fmt.Printf("connect storm: every device connected %.1f s after the connect start (the admission model)\n", r.AllConnectedS)
+	case r.AllConnectedS > 0:
+		fmt.Printf("every device connected %.1f s after the connect start\n", r.AllConnectedS)
+	case r.AllConnectedS < 0:
+		fmt.Println("NOT every device was connected at once during the run")
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -184,6 +186,10 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 			d = Backoff(attempt, c.cfg.BackoffBase, c.cfg.BackoffCap, c.cfg.Rand.Float64())
 			attempt++
+			var re *refusedError
+			if errors.As(err, &re) {
+				d = max(d, re.after)
+			}
 		}
 		c.mu.Lock()
 		c.urlIdx = (c.urlIdx + 1) % len(c.cfg.URLs)
@@ -195,6 +201,33 @@ func (c *Client) Run(ctx context.Context) error {
 }
 
 var errUnauthorized = errors.New("device: credentials rejected")
+
+// refusedError is an upgrade refused with 503 or 429 and a Retry-After.
+type refusedError struct {
+	after time.Duration
+	err   error
+}
+
+func (e *refusedError) Error() string {
+	return fmt.Sprintf("device dial: refused, retry after %v: %v", e.after, e.err)
+}
+func (e *refusedError) Unwrap() error { return e.err }
+
+// maxRetryAfter bounds the wait a refusal may ask for (a hostile or broken
+// proxy must not park a device for hours).
+const maxRetryAfter = 5 * time.Minute
+
+// refusedRetryAfter is the Retry-After of a 503 or 429 upgrade refusal, or 0.
+func refusedRetryAfter(resp *http.Response) time.Duration {
+	if resp == nil || (resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode != http.StatusTooManyRequests) {
+		return 0
+	}
+	s, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After")))
+	if err != nil || s <= 0 {
+		return 0
+	}
+	return min(time.Duration(s)*time.Second, maxRetryAfter)
+}
 
 func (c *Client) dialURL() string {
 	c.mu.Lock()
@@ -227,6 +260,12 @@ func (c *Client) session(ctx context.Context) (hint time.Duration, established b
 	if derr != nil {
 		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
 			return -1, false, errUnauthorized
+		}
+		if ra := refusedRetryAfter(resp); ra > 0 {
+			// A refusal with the proxy's (already jittered) wait: the
+			// contract says retry after it; the backoff goes on growing for
+			// the next failure without one.
+			return -1, false, &refusedError{after: ra, err: derr}
 		}
 		return -1, false, fmt.Errorf("device dial: %w", derr)
 	}
