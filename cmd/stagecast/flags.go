@@ -88,6 +88,7 @@ func proxyFlags(fs *flag.FlagSet, c *proxy.Config) {
 	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", d.MaxSubscriptions, "most events per device connection")
 	fs.Float64Var(&c.AdmitRate, "admit-rate", d.AdmitRate, "new connections per second admitted (503 + Retry-After above)")
 	fs.IntVar(&c.AdmitBurst, "admit-burst", d.AdmitBurst, "burst of new connections admitted")
+	fs.DurationVar(&c.RetryAfter, "retry-after", d.RetryAfter, "a refused upgrade (503, 429) carries Retry-After U(this, 2x this), rounded to seconds: how soon a connect storm's refused devices come back")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", d.WriteTimeout, "a device that cannot take a frame this long is closed (4000)")
 	fs.DurationVar(&c.PingInterval, "ping-interval", d.PingInterval, "WebSocket ping interval")
 	fs.DurationVar(&c.PongTimeout, "pong-timeout", d.PongTimeout, "close devices that do not answer a ping in this time (4001)")
