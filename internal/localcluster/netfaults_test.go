@@ -32,27 +32,12 @@ import (
 // startLinkedFleet starts a fleet with every link through a relay.
 func startLinkedFleet(t *testing.T, edit func(*localcluster.Config)) (localcluster.Config, localcluster.Info, *loadgen.FleetControl) {
 	t.Helper()
-	cfg := localcluster.Config{Stagecast: buildStagecast(t), Dir: t.TempDir(), Token: "network-game-day-0123456789abcdef", Links: true}
-	if edit != nil {
-		edit(&cfg)
-	}
-	if err := localcluster.FreePorts(&cfg); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan localcluster.Info, 1)
-	cfg.Ready = func(i localcluster.Info) { ready <- i }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- localcluster.Run(ctx, cfg) }()
-	t.Cleanup(func() { cancel(); <-done })
-	var info localcluster.Info
-	select {
-	case info = <-ready:
-	case err := <-done:
-		t.Fatalf("fleet did not start: %v", err)
-	case <-time.After(90 * time.Second):
-		t.Fatal("fleet not ready within 90 s")
-	}
+	cfg, info, _ := startCluster(t, func(c *localcluster.Config) {
+		c.Links = true
+		if edit != nil {
+			edit(c)
+		}
+	})
 	// 6 servers x 6 Redis nodes, the devices' way in to 5 of them, and the
 	// way in to each Redis node (client port, bus) for its peers.
 	if info.Links != 6*6+5+6*2 {
