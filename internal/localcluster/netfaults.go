@@ -1,6 +1,7 @@
 package localcluster
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	mrand "math/rand/v2"
@@ -168,16 +169,9 @@ func (c *control) linksOf(m *member, which string) ([]*netfault.Link, error) {
 		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("%s has no %s link", m.name, cmpOr(which, "redis"))
+		return nil, fmt.Errorf("%s has no %s link", m.name, cmp.Or(which, "redis"))
 	}
 	return out, nil
-}
-
-func cmpOr(a, b string) string {
-	if a == "" {
-		return b
-	}
-	return a
 }
 
 // redisMasters lists the running Redis masters' addresses, in address order.

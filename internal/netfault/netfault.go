@@ -93,9 +93,7 @@ func (f Fault) Validate() error {
 // dialing member sends, downstream what it receives.
 func (f Fault) streams() []string {
 	switch {
-	case f.Kind == Blackhole:
-		return []string{"downstream"}
-	case f.Kind == Reset:
+	case f.Kind == Blackhole, f.Kind == Reset:
 		return []string{"downstream"}
 	case f.Direction == Out:
 		return []string{"upstream"}
