@@ -45,7 +45,10 @@ func TestLeaversReleaseTheirFiles(t *testing.T) {
 		conns = append(conns, ws)
 	}
 	eventually(t, 5*time.Second, "100 devices connected", func() bool { return p.Connections() == n })
-	if open := openFiles(t); open < before+2*n {
+	// Both ends of every connection are counted (so the check below means
+	// something); the same slack of 5 as below, for files the runtime or an
+	// ended test opens and closes meanwhile.
+	if open := openFiles(t); open < before+2*n-5 {
 		t.Fatalf("%d files open with %d connections (both ends), %d before", open, n, before)
 	}
 	for _, ws := range conns {
