@@ -699,7 +699,15 @@ func (s *Server) Close() {
 // Frames larger than the buffers are still read and written whole.
 type smallBuffers struct{ http.ResponseWriter }
 
-const connBufSize = 512
+// readBufSize holds a whole typical device frame (a sub, an ack: tens of
+// bytes); a larger one, up to Config.ReadLimit, is read in more than one
+// read. writeBufSize holds a whole stage frame, so each is one write(2).
+// Halving the read buffer from 512 took 0.3 KiB off each device
+// (docs/benchmarks.md, issue 22 item 2).
+const (
+	readBufSize  = 256
+	writeBufSize = 512
+)
 
 func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
@@ -716,7 +724,7 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		b, _ := brw.Reader.Peek(n)
 		rc = &prefixConn{Conn: nc, prefix: bytes.Clone(b)}
 	}
-	return rc, bufio.NewReadWriter(bufio.NewReaderSize(rc, connBufSize), bufio.NewWriterSize(nc, connBufSize)), nil
+	return rc, bufio.NewReadWriter(bufio.NewReaderSize(rc, readBufSize), bufio.NewWriterSize(nc, writeBufSize)), nil
 }
 
 // prefixConn returns prefix before reading from the connection.

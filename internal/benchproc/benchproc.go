@@ -121,6 +121,48 @@ func RSS(pid int) int64 {
 	return 0
 }
 
+// KernelTCPKiB returns the kernel's memory for TCP sockets in KiB: the "mem"
+// pages of /proc/net/sockstat's TCP line (this network namespace, every
+// socket of both ends on loopback), which a process's RSS does not show.
+func KernelTCPKiB() int64 {
+	b, err := os.ReadFile("/proc/net/sockstat")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "TCP:") {
+			continue
+		}
+		f := strings.Fields(line)
+		for i := 1; i+1 < len(f); i += 2 {
+			if f[i] == "mem" {
+				pages, _ := strconv.ParseInt(f[i+1], 10, 64)
+				return pages * int64(os.Getpagesize()) / 1024
+			}
+		}
+	}
+	return 0
+}
+
+// SlabKiB returns the kernel's slab memory in KiB (/proc/meminfo's Slab:):
+// where socket, inode, file and epoll structures live. Its growth over a
+// connect phase, halved for loopback (both ends are on this machine), is
+// the kernel's own cost per socket, which sockstat's "mem" (buffered bytes
+// only) leaves out.
+func SlabKiB() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "Slab:") {
+			n, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
 // StartRedis starts redis-server on a free loopback port, nothing persisted,
 // and waits until it answers PING (ping checks an address).
 func StartRedis(logDir string, ping func(addr string) error) (*Proc, string, error) {

@@ -62,8 +62,20 @@ type Result struct {
 	DeliveriesSec float64 // devices / p50 time to last device
 	ServerUSPer   float64 // server CPU microseconds per delivery
 	ClientUSPer   float64 // client CPU microseconds per delivery (connect phase excluded)
-	RSSKiBPer     float64 // server RSS growth per connected device
-	Missed        int64   // deliveries that never arrived
+	RSSKiBPer     float64 // server RSS growth per connected device, idle (2 s after the connects)
+	// RSSAfterKiBPer is the same after the broadcasts (and 2 s of quiet).
+	RSSAfterKiBPer float64
+	// StackKiBPer and HeapKiBPer split the idle proxy's memory per device
+	// (go_memstats_stack_inuse_bytes and go_memstats_heap_inuse_bytes growth,
+	// from its /metrics); KernelKiBPer is the kernel's TCP memory growth per
+	// device (/proc/net/sockstat, both ends of every loopback socket), beside
+	// RSS, which does not hold it.
+	StackKiBPer, HeapKiBPer, KernelKiBPer float64
+	// SlabKiBPer is the kernel slab growth per device over the connects,
+	// halved (both ends of each loopback connection are on this machine):
+	// the socket, inode, file and epoll structures of one server socket.
+	SlabKiBPer float64
+	Missed     int64 // deliveries that never arrived
 	// With Analytics: records the proxies emitted, the brokers acknowledged and
 	// dropped, and the proxies' RSS growth from before to after the broadcasts.
 	AnalyticsEmitted, AnalyticsSent, AnalyticsDropped float64
@@ -73,10 +85,12 @@ type Result struct {
 type proc = benchproc.Proc
 
 var (
-	start    = benchproc.Start
-	freeAddr = benchproc.FreeAddr
-	procCPU  = benchproc.CPU
-	procRSS  = benchproc.RSS
+	start     = benchproc.Start
+	freeAddr  = benchproc.FreeAddr
+	procCPU   = benchproc.CPU
+	procRSS   = benchproc.RSS
+	kernelKiB = benchproc.KernelTCPKiB
+	slabKiB   = benchproc.SlabKiB
 )
 
 func (c *Config) logf(format string, args ...any) {
@@ -140,7 +154,15 @@ func (r Result) String() string {
 	}
 	return fmt.Sprintf("%-8s %-14s devices=%d proxies=%d  last-device p50=%.1fms p99=%.1fms  %.0f deliveries/s  server %.2fus/delivery  client %.2fus/delivery  RSS %.1f KiB/device  missed=%d",
 		r.Scenario.Name, kind, r.Scenario.Devices, r.Scenario.Proxies, r.P50MS, r.P99MS, r.DeliveriesSec, r.ServerUSPer, r.ClientUSPer, r.RSSKiBPer, r.Missed) +
-		r.analytics()
+		r.memory() + r.analytics()
+}
+
+func (r Result) memory() string {
+	if r.Floor {
+		return ""
+	}
+	return fmt.Sprintf("\n  memory per device: RSS idle %.1f KiB (stacks %.1f, heap in use %.1f), after the broadcasts %.1f KiB; kernel: TCP buffers %.1f KiB (sockstat mem), slab %.1f KiB per socket",
+		r.RSSKiBPer, r.StackKiBPer, r.HeapKiBPer, r.RSSAfterKiBPer, r.KernelKiBPer, r.SlabKiBPer)
 }
 
 func (r Result) analytics() string {
@@ -274,9 +296,12 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	}
 	time.Sleep(300 * time.Millisecond) // proxies listening
 	rss0 := make([]int64, len(proxies))
+	mem0 := make([]map[string]float64, len(proxies))
 	for i, p := range proxies {
 		rss0[i] = procRSS(p.Cmd.Process.Pid)
+		mem0[i] = scrape("http://" + paddrs[i] + "/metrics")
 	}
+	kern0, slab0 := kernelKiB(), slabKiB()
 	clients, err := startClients(cfg, logDir, urls, sc.Devices/sc.Proxies, false, event)
 	all = append(all, clients...)
 	if err != nil {
@@ -291,7 +316,22 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 		rss += procRSS(p.Cmd.Process.Pid) - rss0[i]
 	}
 	res.RSSKiBPer = float64(rss) / float64(sc.Devices)
+	res.KernelKiBPer = float64(kernelKiB()-kern0) / float64(sc.Devices)
+	res.SlabKiBPer = float64(slabKiB()-slab0) / 2 / float64(sc.Devices)
+	for i := range proxies {
+		m := scrape("http://" + paddrs[i] + "/metrics")
+		res.StackKiBPer += (m["go_memstats_stack_inuse_bytes"] - mem0[i]["go_memstats_stack_inuse_bytes"]) / 1024 / float64(sc.Devices)
+		res.HeapKiBPer += (m["go_memstats_heap_inuse_bytes"] - mem0[i]["go_memstats_heap_inuse_bytes"]) / 1024 / float64(sc.Devices)
+	}
 
+	if cfg.PprofAddr != "" {
+		// after the idle figures: ?gc=1 collects first, which would lower them
+		saveProfile(cfg, "http://"+cfg.PprofAddr+"/debug/pprof/heap?gc=1", filepath.Join(logDir, "proxy-0.idle.heap.pprof"))
+		m := scrape("http://" + paddrs[0] + "/metrics")
+		cfg.logf("  proxy-0 after a collection: heap in use %.1f KiB/device, live %.1f KiB/device",
+			(m["go_memstats_heap_inuse_bytes"]-mem0[0]["go_memstats_heap_inuse_bytes"])/1024/float64(sc.Devices/sc.Proxies),
+			(m["go_memstats_heap_alloc_bytes"]-mem0[0]["go_memstats_heap_alloc_bytes"])/1024/float64(sc.Devices/sc.Proxies))
+	}
 	cpu0 := make([]time.Duration, len(proxies))
 	for i, p := range proxies {
 		cpu0[i] = procCPU(p.Cmd.Process.Pid)
@@ -305,17 +345,7 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 		go func() {
 			defer close(profDone)
 			secs := max(1, cfg.Broadcasts/10)
-			resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", cfg.PprofAddr, secs))
-			if err != nil {
-				cfg.logf("profile: %v", err)
-				return
-			}
-			defer resp.Body.Close()
-			f, err := os.Create(filepath.Join(logDir, "proxy-0.cpu.pprof"))
-			if err == nil {
-				_, _ = io.Copy(f, resp.Body)
-				f.Close()
-			}
+			saveProfile(cfg, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", cfg.PprofAddr, secs), filepath.Join(logDir, "proxy-0.cpu.pprof"))
 		}()
 	} else {
 		close(profDone)
@@ -356,8 +386,13 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	for i, c := range clients {
 		ccpu += procCPU(c.Cmd.Process.Pid) - cl0[i]
 	}
+	time.Sleep(2 * time.Second) // quiet, as before the idle figure (and the analytics' last records' linger)
+	var rssAfter int64
+	for i, p := range proxies {
+		rssAfter += procRSS(p.Cmd.Process.Pid) - rss0[i]
+	}
+	res.RSSAfterKiBPer = float64(rssAfter) / float64(sc.Devices)
 	if cfg.Analytics {
-		time.Sleep(2 * time.Second) // the last records' linger and settle
 		for i, p := range proxies {
 			res.RSSGrowthKiB += float64(procRSS(p.Cmd.Process.Pid)-rss0[i]) / 1024
 			m := scrape("http://" + paddrs[i] + "/metrics")
@@ -445,6 +480,26 @@ func runFloor(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	res.ServerUSPer = float64(cpu.Microseconds()) / deliveries
 	res.ClientUSPer = float64(ccpu.Microseconds()) / deliveries
 	return res, nil
+}
+
+// saveProfile writes the pprof answer at url to path (a failure is logged: a
+// profile is extra, not a figure).
+func saveProfile(cfg Config, url, path string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		cfg.logf("profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		cfg.logf("profile: %v", err)
+		return
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		cfg.logf("profile: %v", err)
+	}
 }
 
 // scrape reads a Prometheus text page into name -> value (series of one name summed).
