@@ -31,7 +31,8 @@ type Config struct {
 	// WriteTimeout bounds one write to a device; a device that cannot take a frame in
 	// this time is closed as a slow consumer (4000). Default 5s.
 	WriteTimeout time.Duration
-	// PingInterval between WebSocket pings (the first is jittered). Default 25s.
+	// PingInterval between WebSocket pings (the first comes at a random moment
+	// of the first interval: the ping wheel's slot). Default 25s.
 	PingInterval time.Duration
 	// PongTimeout: a device that does not answer a ping in this time is closed (4001). Default 10s.
 	PongTimeout time.Duration

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -38,8 +39,12 @@ type conn struct {
 	subCount, errCount, inboxCount int
 	errored                        bool // the frame being processed earned an error frame
 
+	// The ping wheel's place for c (pinger.go), guarded by Server.pings.mu;
+	// pinging is set while a ping waits for its pong.
+	pingSlot, pingIdx int32
+	pinging           atomic.Bool
+
 	mu        sync.Mutex                     // guards the fields below
-	pingTimer *time.Timer                    // runtime timer; fires ping() in its own short goroutine
 	expTimer  *time.Timer                    // closes with 4003 at the token's exp (nil without a token)
 	subs      []subEntry                     // one per subscribed event; small, scanned linearly
 	inboxes   [2]*connInbox                  // member and device inbox (nil: none)
@@ -240,8 +245,9 @@ func (c *conn) write(slot *writerSlot, frame []byte) bool {
 	return false
 }
 
-// ping runs from pingTimer in its own goroutine.
+// ping runs from the ping wheel in its own goroutine (c.pinging set).
 func (c *conn) ping() {
+	defer c.pinging.Store(false)
 	c.mu.Lock()
 	live := c.state.live()
 	c.mu.Unlock()
@@ -251,17 +257,11 @@ func (c *conn) ping() {
 	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.cfg.PongTimeout)
 	err := c.ws.Ping(ctx)
 	cancel()
-	if err != nil {
-		if c.s.ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
-			c.s.metrics.pingTimeouts.Inc()
-			c.s.log.Debug("ping timeout", "device", c.device, "err", err)
-			c.closeWith(wire.ClosePingTimeout, "ping timeout")
-		}
-		return
+	if err != nil && c.s.ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+		c.s.metrics.pingTimeouts.Inc()
+		c.s.log.Debug("ping timeout", "device", c.device, "err", err)
+		c.closeWith(wire.ClosePingTimeout, "ping timeout")
 	}
-	c.mu.Lock()
-	c.pingTimer.Reset(c.s.cfg.PingInterval)
-	c.mu.Unlock()
 }
 
 // abort closes the TCP connection now (no handshake) and unregisters.
@@ -305,11 +305,11 @@ func (c *conn) closeWith(status wire.CloseCode, reason string) {
 	}
 }
 
-// stopTimers stops the ping and expiry timers.
+// stopTimers takes c off the ping wheel and stops its expiry timer.
 func (c *conn) stopTimers() {
+	c.s.pings.remove(c)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.pingTimer.Stop()
 	if c.expTimer != nil {
 		c.expTimer.Stop()
 	}

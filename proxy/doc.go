@@ -53,8 +53,10 @@
 //     engine lookups moves from the frame handler to a goroutine of its own; the
 //     reader still waits, so at most one goroutine processes a conn's frames at a
 //     time, and the conn's budget fields (subWin, errWin, errored) are touched by
-//     that one only. Pings and the token's expiry run from runtime timers in
-//     short-lived goroutines; writes borrow a pool goroutine.
+//     that one only. Pings come from one ping wheel for the whole proxy
+//     (pinger.go: one ticker, no timer per conn, at most one ping in flight
+//     per conn) and the token's expiry from a runtime timer, each in a
+//     short-lived goroutine; writes borrow a pool goroutine.
 //   - Closing with a close frame (drain, 4001, 4003, 1008) unregisters the conn
 //     first, then does the handshake in a goroutine holding one of maxClosing
 //     slots; with no slot free the TCP connection is dropped instead.

@@ -67,6 +67,7 @@ type Server struct {
 	// act counts connects, disconnects and refusals between reports (activity.go)
 	act     *activity
 	writers *writerPool
+	pings   pingWheel     // every conn's pings (pinger.go)
 	frames  chan frameJob // device frames to the frame handlers (see readLoop)
 	admit   *rate.Limiter
 	ips     *ipLimits
@@ -139,8 +140,9 @@ func New(cfg Config, eng Engine) (*Server, error) {
 	s.wg.Add(2)
 	go s.reportLoop()
 	go s.loadLoop()
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.skewLoop()
+	go s.pingLoop()
 	return s, nil
 }
 
@@ -313,7 +315,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if platform == "" {
 		platform = "unknown"
 	}
-	c := &conn{s: s, device: device, platform: platform, segment: segment, label: platformLabel(platform), plat: platformIndex(platformLabel(platform)),
+	c := &conn{s: s, pingSlot: -1, device: device, platform: platform, segment: segment, label: platformLabel(platform), plat: platformIndex(platformLabel(platform)),
 		ip: ip, ipLimit: limitIP && s.cfg.MaxConnsPerIP > 0, events: claims.Events}
 	c.setInboxes(claims.Member, device, claims.Device != "")
 	c.sampled = s.cfg.SampleDevice != nil && s.cfg.OnDeviceSample != nil && s.cfg.SampleDevice(device)
@@ -344,10 +346,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// Everything the conn needs is set before it is published (publish takes
 	// connsMu: a happens-before edge to every later reader of the fields).
 	c.ws = ws
-	// The timers are set under c.mu: their callbacks (and unregister) read them
-	// under it, however soon they fire.
+	// The expiry timer is set under c.mu: its callback (and unregister) read
+	// it under it, however soon it fires.
 	c.mu.Lock()
-	c.pingTimer = time.AfterFunc(s.jitterBetween(s.cfg.PingInterval/2, s.cfg.PingInterval), c.ping)
 	if !claims.Expiry.IsZero() {
 		c.expTimer = time.AfterFunc(claims.Expiry.Sub(s.cfg.Now()), func() {
 			s.metrics.tokenExpired.Inc()
@@ -355,8 +356,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		})
 	}
 	c.mu.Unlock()
-	// Inboxes join before the conn is published, so an unregister (drain,
-	// close) always finds them to leave.
+	// The ping wheel and the inboxes take c before it is published, so an
+	// unregister (drain, close) always finds it there to leave.
+	s.pings.add(s, c)
 	for _, ci := range c.inboxes {
 		if ci != nil {
 			s.notes.join(c, ci.ib)

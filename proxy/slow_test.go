@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stagecast/stagecast/internal/device"
@@ -219,5 +220,35 @@ func TestPingTimeout(t *testing.T) {
 	time.Sleep(600 * time.Millisecond)
 	if c := p.Connections(); c != 1 {
 		t.Fatalf("the answering device was closed too (%d connections)", c)
+	}
+}
+
+// TestPingsKeepComing: the ping wheel pings a connected device once per
+// PingInterval, round after round (never more than one round's worth).
+func TestPingsKeepComing(t *testing.T) {
+	eng := memEngine(t)
+	_, url := startProxy(t, eng, proxy.Config{PingInterval: 100 * time.Millisecond, PongTimeout: 200 * time.Millisecond})
+	var pings atomic.Int64
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, url+"?device=pinged", &websocket.DialOptions{
+		OnPingReceived: func(context.Context, []byte) bool { pings.Add(1); return true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	go func() { // reading answers the pings
+		for {
+			if _, _, err := ws.Read(context.Background()); err != nil {
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	eventually(t, 5*time.Second, "five pings", func() bool { return pings.Load() >= 5 })
+	// One per interval, the first at a random moment of the first interval:
+	// five pings take more than four intervals.
+	if el := time.Since(start); el < 400*time.Millisecond {
+		t.Fatalf("five pings in %v: faster than one per 100 ms interval", el)
 	}
 }
