@@ -26,11 +26,9 @@ type pingWheel struct {
 	due   []*conn // the tick's copy of its slot (run goroutine only)
 }
 
-// add puts c in a random slot: its first ping comes within one PingInterval.
-func (w *pingWheel) add(s *Server, c *conn) {
-	s.randMu.Lock()
-	slot := s.cfg.Rand.IntN(pingSlots)
-	s.randMu.Unlock()
+// add puts c in slot (0 <= slot < pingSlots; the caller draws it at random,
+// so c's first ping comes at a random moment of one PingInterval).
+func (w *pingWheel) add(c *conn, slot int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if c.pingSlot >= 0 {

@@ -8,13 +8,13 @@ import (
 // The ping wheel's slots hold each conn once, at the place the conn records,
 // through any order of adds and removes; a second add or remove is a no-op.
 func TestPingWheelPlaces(t *testing.T) {
-	s := &Server{cfg: Config{Rand: rand.New(rand.NewPCG(1, 2))}}
-	w := &s.pings
+	w := &pingWheel{}
+	slots := rand.New(rand.NewPCG(1, 2))
 	conns := make([]*conn, 1000)
 	for i := range conns {
 		conns[i] = &conn{pingSlot: -1}
-		w.add(s, conns[i])
-		w.add(s, conns[i])
+		w.add(conns[i], slots.IntN(pingSlots))
+		w.add(conns[i], slots.IntN(pingSlots))
 	}
 	r := rand.New(rand.NewPCG(3, 4))
 	in := map[*conn]bool{}

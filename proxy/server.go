@@ -358,7 +358,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	c.mu.Unlock()
 	// The ping wheel and the inboxes take c before it is published, so an
 	// unregister (drain, close) always finds it there to leave.
-	s.pings.add(s, c)
+	s.randMu.Lock()
+	slot := s.cfg.Rand.IntN(pingSlots)
+	s.randMu.Unlock()
+	s.pings.add(c, slot)
 	for _, ci := range c.inboxes {
 		if ci != nil {
 			s.notes.join(c, ci.ib)

@@ -108,37 +108,42 @@ func CPU(pid int) time.Duration {
 
 // RSS returns VmRSS of pid in KiB.
 func RSS(pid int) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	return kiBField(procLine("/proc/"+strconv.Itoa(pid)+"/status", "VmRSS:"))
+}
+
+// procLine returns the fields of the first line of the file at path that
+// starts with prefix (nil: no file, no such line).
+func procLine(path, prefix string) []string {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0
+		return nil
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			n, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
-			return n
+		if strings.HasPrefix(line, prefix) {
+			return strings.Fields(line)
 		}
 	}
-	return 0
+	return nil
+}
+
+// kiBField is a "Name: N kB" line's N (0 when absent).
+func kiBField(f []string) int64 {
+	if len(f) < 2 {
+		return 0
+	}
+	n, _ := strconv.ParseInt(f[1], 10, 64)
+	return n
 }
 
 // KernelTCPKiB returns the kernel's memory for TCP sockets in KiB: the "mem"
 // pages of /proc/net/sockstat's TCP line (this network namespace, every
 // socket of both ends on loopback), which a process's RSS does not show.
 func KernelTCPKiB() int64 {
-	b, err := os.ReadFile("/proc/net/sockstat")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(line, "TCP:") {
-			continue
-		}
-		f := strings.Fields(line)
-		for i := 1; i+1 < len(f); i += 2 {
-			if f[i] == "mem" {
-				pages, _ := strconv.ParseInt(f[i+1], 10, 64)
-				return pages * int64(os.Getpagesize()) / 1024
-			}
+	f := procLine("/proc/net/sockstat", "TCP:")
+	for i := 1; i+1 < len(f); i += 2 {
+		if f[i] == "mem" {
+			pages, _ := strconv.ParseInt(f[i+1], 10, 64)
+			return pages * int64(os.Getpagesize()) / 1024
 		}
 	}
 	return 0
@@ -150,17 +155,7 @@ func KernelTCPKiB() int64 {
 // the kernel's own cost per socket, which sockstat's "mem" (buffered bytes
 // only) leaves out.
 func SlabKiB() int64 {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "Slab:") {
-			n, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
-			return n
-		}
-	}
-	return 0
+	return kiBField(procLine("/proc/meminfo", "Slab:"))
 }
 
 // StartRedis starts redis-server on a free loopback port, nothing persisted,

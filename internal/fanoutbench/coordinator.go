@@ -320,17 +320,17 @@ func runScenario(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	res.SlabKiBPer = float64(slabKiB()-slab0) / 2 / float64(sc.Devices)
 	for i := range proxies {
 		m := scrape("http://" + paddrs[i] + "/metrics")
-		res.StackKiBPer += (m["go_memstats_stack_inuse_bytes"] - mem0[i]["go_memstats_stack_inuse_bytes"]) / 1024 / float64(sc.Devices)
-		res.HeapKiBPer += (m["go_memstats_heap_inuse_bytes"] - mem0[i]["go_memstats_heap_inuse_bytes"]) / 1024 / float64(sc.Devices)
+		res.StackKiBPer += grownKiB(m, mem0[i], "go_memstats_stack_inuse_bytes", sc.Devices)
+		res.HeapKiBPer += grownKiB(m, mem0[i], "go_memstats_heap_inuse_bytes", sc.Devices)
 	}
 
 	if cfg.PprofAddr != "" {
 		// after the idle figures: ?gc=1 collects first, which would lower them
 		saveProfile(cfg, "http://"+cfg.PprofAddr+"/debug/pprof/heap?gc=1", filepath.Join(logDir, "proxy-0.idle.heap.pprof"))
 		m := scrape("http://" + paddrs[0] + "/metrics")
+		n := sc.Devices / sc.Proxies // proxy 0's devices
 		cfg.logf("  proxy-0 after a collection: heap in use %.1f KiB/device, live %.1f KiB/device",
-			(m["go_memstats_heap_inuse_bytes"]-mem0[0]["go_memstats_heap_inuse_bytes"])/1024/float64(sc.Devices/sc.Proxies),
-			(m["go_memstats_heap_alloc_bytes"]-mem0[0]["go_memstats_heap_alloc_bytes"])/1024/float64(sc.Devices/sc.Proxies))
+			grownKiB(m, mem0[0], "go_memstats_heap_inuse_bytes", n), grownKiB(m, mem0[0], "go_memstats_heap_alloc_bytes", n))
 	}
 	cpu0 := make([]time.Duration, len(proxies))
 	for i, p := range proxies {
@@ -480,6 +480,12 @@ func runFloor(ctx context.Context, cfg Config, sc Scenario) (Result, error) {
 	res.ServerUSPer = float64(cpu.Microseconds()) / deliveries
 	res.ClientUSPer = float64(ccpu.Microseconds()) / deliveries
 	return res, nil
+}
+
+// grownKiB is how much metric name (bytes) grew from m0 to m, in KiB per
+// device of n.
+func grownKiB(m, m0 map[string]float64, name string, n int) float64 {
+	return (m[name] - m0[name]) / 1024 / float64(n)
 }
 
 // saveProfile writes the pprof answer at url to path (a failure is logged: a
