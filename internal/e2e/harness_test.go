@@ -27,10 +27,26 @@ type fleet struct {
 	redis   *redistest.Server
 	bc      *producer.Client
 	proxies []*proxy.Server
+	https   []*http.Server // proxies[i] is served by https[i]
 	urls    []string
 }
 
+// kill stops proxy i as a dying process would: its port stops answering
+// (devices dialing it are refused by the kernel, not told 503 and a
+// Retry-After by a proxy that is only shutting down) and its devices lose
+// their connections.
+func (f *fleet) kill(i int) {
+	f.https[i].Close()
+	f.proxies[i].Close()
+}
+
 func serveHTTP(t *testing.T, h http.Handler) string {
+	addr, _ := serveHTTPServer(t, h)
+	return addr
+}
+
+// serveHTTPServer is serveHTTP with the server, for a test that kills it.
+func serveHTTPServer(t *testing.T, h http.Handler) (string, *http.Server) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +54,7 @@ func serveHTTP(t *testing.T, h http.Handler) string {
 	hs := &http.Server{Handler: h}
 	go hs.Serve(l)
 	t.Cleanup(func() { hs.Close() })
-	return l.Addr().String()
+	return l.Addr().String(), hs
 }
 
 // newEngine is one process's engine client on Redis (one node, or any nodes of
@@ -89,8 +105,10 @@ func startFleetOn(t *testing.T, n int, addrs []string, pcfg proxy.Config) *fleet
 			t.Fatal(err)
 		}
 		t.Cleanup(p.Close)
+		addr, hs := serveHTTPServer(t, p.Handler())
 		f.proxies = append(f.proxies, p)
-		f.urls = append(f.urls, "ws://"+serveHTTP(t, p.Handler())+"/v1/ws")
+		f.https = append(f.https, hs)
+		f.urls = append(f.urls, "ws://"+addr+"/v1/ws")
 	}
 	return f
 }
