@@ -1,6 +1,7 @@
 package notifybench
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -82,6 +83,18 @@ type Step struct {
 	// CPUPerNote is each process's CPU per accepted note, microseconds
 	// ("producers" is this coordinator).
 	CPUPerNote map[string]float64 `json:"cpu_us_per_note"`
+	// RedisPerNote is Redis's own account of the step (INFO commandstats,
+	// reset at the step's start, read after the proxies' next report flush):
+	// per command, calls and microseconds inside Redis per accepted note.
+	// Inside a script, its commands count both under their own names and
+	// under evalsha; Redis's I/O and parsing are in neither.
+	RedisPerNote map[string]RedisCmd `json:"redis_per_note,omitempty"`
+}
+
+// RedisCmd is one Redis command's calls and time per note.
+type RedisCmd struct {
+	Calls float64 `json:"calls"`
+	Usec  float64 `json:"usec"`
 }
 
 // Results are a run's figures.
@@ -212,6 +225,7 @@ func Run(ctx context.Context, cfg Config) (Results, error) {
 		cfg.logf("rate %6d/s: achieved %7.0f/s  refused %d  lost %d of %d  POST->device p50 %.1f ms p99 %.1f ms max %.1f ms  POST p99 %.1f ms  %s",
 			st.Rate, st.Achieved, st.Refused, st.Lost, st.Expected, st.P50MS, st.P99MS, st.MaxMS, st.PostP99MS, map[bool]string{true: "PASS", false: "FAIL"}[st.Pass])
 		cfg.logf("  CPU per note (us): %s", formatCPU(st.CPUPerNote))
+		cfg.logf("  inside Redis per note (calls, us): %s", formatRedis(st.RedisPerNote))
 		if st.Pass {
 			res.BestRate = max(res.BestRate, st.Achieved)
 		} else {
@@ -256,14 +270,61 @@ func waitReady(url string) error {
 	return fmt.Errorf("%s never ready", url)
 }
 
+func redisCLI(addr string, args ...string) string {
+	host, port, _ := net.SplitHostPort(addr)
+	out, err := exec.Command("redis-cli", append([]string{"-h", host, "-p", port}, args...)...).Output()
+	if err != nil {
+		return ""
+	}
+	return string(out)
+}
+
+// redisCommands reads INFO commandstats per note (lines like
+// "cmdstat_xadd:calls=10,usec=25,usec_per_call=2.50,...").
+func redisCommands(addr string, notes int64) map[string]RedisCmd {
+	out := map[string]RedisCmd{}
+	for _, line := range strings.Split(redisCLI(addr, "info", "commandstats"), "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		name, isCmd := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !isCmd {
+			continue
+		}
+		var c RedisCmd
+		for _, kv := range strings.Split(rest, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			f, _ := strconv.ParseFloat(v, 64)
+			switch k {
+			case "calls":
+				c.Calls = f / float64(notes)
+			case "usec":
+				c.Usec = f / float64(notes)
+			}
+		}
+		out[name] = c
+	}
+	return out
+}
+
+// formatRedis lists the commands by time per note, the costliest first.
+func formatRedis(m map[string]RedisCmd) string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(m[b].Usec, m[a].Usec) })
+	var b strings.Builder
+	for i, n := range names {
+		if i == 12 {
+			break
+		}
+		fmt.Fprintf(&b, "%s %.2fx %.1f us  ", n, m[n].Calls, m[n].Usec)
+	}
+	return b.String()
+}
+
 // redisMemory is Redis's used_memory in bytes.
 func redisMemory(addr string) int64 {
-	host, port, _ := net.SplitHostPort(addr)
-	out, err := exec.Command("redis-cli", "-h", host, "-p", port, "info", "memory").Output()
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(out), "\n") {
+	for _, line := range strings.Split(redisCLI(addr, "info", "memory"), "\n") {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
 			n, _ := strconv.ParseInt(v, 10, 64)
 			return n
@@ -437,6 +498,7 @@ func (r *run) steady(ctx context.Context, rate int) (Step, error) {
 	}
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.Duration)
 	p := &noteSender{r: r, prio: "normal", rate: rate, workers: 256, batch: r.cfg.Batch}
+	redisCLI(r.redis, "config", "resetstat")
 	cpu0 := r.cpu()
 	start := time.Now()
 	if r.cfg.Pprof != "" && rate == r.cfg.Rates[0] {
@@ -457,6 +519,10 @@ func (r *run) steady(ctx context.Context, rate int) (Step, error) {
 	rec, hist, err := r.settle(wire.PriorityNormal, st.Expected)
 	if err != nil {
 		return st, err
+	}
+	time.Sleep(1500 * time.Millisecond) // the proxies' counts and read marks of the last notes (a 1 s report)
+	if n := p.accepted.Load(); n > 0 {
+		st.RedisPerNote = redisCommands(r.redis, n)
 	}
 	h := hist[wire.PriorityNormal]
 	st.Received = rec[wire.PriorityNormal]

@@ -88,7 +88,7 @@ func refusal(err error) error {
 
 // runDurable runs a script, and with WaitReplicas WAIT on the same dedicated
 // connection (an acknowledged arm or cancel is on the replicas too).
-func (e *Engine) runDurable(ctx context.Context, lua *rueidis.Lua, src string, keys, args []string) (rueidis.RedisMessage, error) {
+func (e *Engine) runDurable(ctx context.Context, lua luaScript, src string, keys, args []string) (rueidis.RedisMessage, error) {
 	if e.cfg.WaitReplicas <= 0 {
 		return lua.Exec(ctx, e.fast, keys, args).ToMessage()
 	}

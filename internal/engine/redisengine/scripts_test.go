@@ -355,3 +355,63 @@ func TestScheduleScripts(t *testing.T) {
 		t.Fatalf("a schedule behind the log: code %d, want 2 (superseded)", code)
 	}
 }
+
+// commandCalls is INFO commandstats' call count of one command ("evalsha",
+// "script|load"), 0 when it was never called.
+func commandCalls(t *testing.T, c rueidis.Client, name string) int {
+	t.Helper()
+	info, err := c.Do(context.Background(), c.B().Info().Section("commandstats").Build()).ToString()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_"+name+":calls="); ok {
+			n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+			return n
+		}
+	}
+	return 0
+}
+
+// ExecMulti pipelines EVALSHA without loading the script on every call (as
+// rueidis's ExecMulti does), and a Redis that lost its scripts (SCRIPT FLUSH,
+// a restart, a promoted replica) still runs every exec, by EVAL.
+func TestExecMultiNeitherLoadsNorFails(t *testing.T) {
+	c := scriptClient(t)
+	ctx := context.Background()
+	execs := func(round int) []rueidis.LuaExec {
+		out := make([]rueidis.LuaExec, 5)
+		for i := range out {
+			out[i] = rueidis.LuaExec{Keys: []string{fmt.Sprintf("t:{em%d}:at", i)}, Args: []string{fmt.Sprintf("proxy-%d", round), "60000"}}
+		}
+		return out
+	}
+	check := func(round int) {
+		for i, r := range registerLua.ExecMulti(ctx, c, execs(round)...) {
+			if err := r.Error(); err != nil {
+				t.Fatalf("round %d exec %d: %v", round, i, err)
+			}
+		}
+		for i := range 5 {
+			n, err := c.Do(ctx, c.B().Hexists().Key(fmt.Sprintf("t:{em%d}:at", i)).Field(fmt.Sprintf("proxy-%d", round)).Build()).AsBool()
+			if err != nil || !n {
+				t.Fatalf("round %d: exec %d did not run (%v)", round, i, err)
+			}
+		}
+	}
+	c.Do(ctx, c.B().ConfigResetstat().Build())
+	check(0) // the first call: NOSCRIPT, then EVAL
+	check(1)
+	check(2)
+	if n := commandCalls(t, c, "script|load"); n != 0 {
+		t.Fatalf("%d SCRIPT LOADs for 3 calls, want none", n)
+	}
+	if n := commandCalls(t, c, "evalsha"); n != 15 {
+		t.Fatalf("%d EVALSHAs, want 15 (5 execs x 3 calls)", n)
+	}
+	if err := c.Do(ctx, c.B().ScriptFlush().Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	check(3)
+	check(4)
+}
