@@ -2,6 +2,7 @@ package broadcaster
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -96,29 +97,115 @@ func (s *Server) startLanes(ctx context.Context) *lanes {
 	return l
 }
 
+// noteGroup is the most notes a lane worker hands the engine in one call. A
+// worker takes what its queue holds, up to this: one note when the lane is
+// quiet, groups when notes queue, so the engine's round trips (and Redis's
+// reads and writes) stop growing with the rate (docs/benchmarks.md, issue 22
+// item 4).
+const noteGroup = 64
+
 func (s *Server) laneWorker(ctx context.Context, q chan *noteJob) {
+	group := make([]*noteJob, 0, noteGroup)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case j := <-q:
+			group = append(group[:0], j)
+		}
+	fill:
+		for len(group) < noteGroup {
+			select {
+			case j := <-q:
+				group = append(group, j)
+			default:
+				break fill
+			}
+		}
+		live := group[:0]
+		for _, j := range group {
 			if err := j.ctx.Err(); err != nil {
 				j.done <- noteOut{err: err} // the producer left: nothing stored
 				continue
 			}
-			res, err := s.notifyRetry(j.ctx, j.w)
-			s.nm.latency.WithLabelValues(j.w.Note.Priority.String()).Observe(time.Since(j.enq).Seconds())
-			j.done <- noteOut{res, err}
+			live = append(live, j)
 		}
+		if len(live) == 0 {
+			continue
+		}
+		s.notifyRetry(ctx, live)
+		clear(group)
 	}
 }
 
-// notifyRetry runs one Notify through the notes breaker, retrying a failing
-// engine under the same note id and idempotency key (a retry stores nothing
-// twice) until StageBudget is spent.
-func (s *Server) notifyRetry(ctx context.Context, w engine.NoteWrite) (engine.NoteResult, error) {
-	return retrying(s, ctx, s.breakers.notes, "notification", []any{"id", w.ID},
-		func(ctx context.Context) (engine.NoteResult, error) { return s.eng.Notify(ctx, w) })
+// notifyRetry runs a group's NotifyMany through the notes breaker, retrying
+// the notes the engine failed, under the same note ids and idempotency keys
+// (a retry stores nothing twice), until StageBudget is spent. Each note is
+// answered (its job's done) as soon as its outcome is final: a note stored,
+// or refused as an idempotency conflict, is answered after the attempt that
+// stored it, never held back by another note's retries. ctx is the lane's: a
+// producer that leaves does not cut the call for the group.
+func (s *Server) notifyRetry(ctx context.Context, jobs []*noteJob) {
+	answer := func(j *noteJob, o noteOut) {
+		s.nm.latency.WithLabelValues(j.w.Note.Priority.String()).Observe(time.Since(j.enq).Seconds())
+		j.done <- o
+	}
+	pending := jobs
+	var last []noteOut // pending's errors, after an attempt
+	deadline := s.cfg.Now().Add(s.cfg.StageBudget)
+	_, err := s.breakers.notes.Execute(func() (any, error) {
+		for attempt := 0; ; attempt++ {
+			ws := make([]engine.NoteWrite, len(pending))
+			for k, j := range pending {
+				ws[k] = j.w
+			}
+			actx, cancel := context.WithTimeout(ctx, min(s.cfg.EngineTimeout, deadline.Sub(s.cfg.Now())))
+			res, err := withinDeadline(actx, func(ctx context.Context) ([]engine.NoteOutcome, error) {
+				return s.eng.NotifyMany(ctx, ws), nil
+			})
+			cancel()
+			var failed []*noteJob
+			var firstErr error
+			last = last[:0]
+			for k, j := range pending {
+				o := engine.NoteOutcome{Err: err} // err: abandoned at the deadline
+				if err == nil {
+					o = res[k]
+				}
+				if o.Err != nil && !errors.Is(o.Err, engine.ErrIdempotencyConflict) {
+					failed = append(failed, j)
+					last = append(last, noteOut{o.Res, o.Err})
+					firstErr = cmp.Or(firstErr, o.Err)
+					continue
+				}
+				answer(j, noteOut{o.Res, o.Err})
+			}
+			if pending = failed; len(pending) == 0 || ctx.Err() != nil {
+				return nil, firstErr
+			}
+			s.m.engErr.Inc()
+			wait, ok := retryWait(attempt, deadline.Sub(s.cfg.Now()))
+			if !ok {
+				return nil, firstErr
+			}
+			s.log.Warn("notifications failed; retrying with the same ids", "notes", len(pending), "first", pending[0].w.ID,
+				"attempt", attempt+1, "in", wait.String(), "err", firstErr)
+			select {
+			case <-ctx.Done():
+				return nil, firstErr
+			case <-time.After(wait):
+			}
+		}
+	})
+	// What is left failed until the budget ran out (each with its last
+	// error), or the breaker refused the call and nothing was tried.
+	for k, j := range pending {
+		o := noteOut{err: err}
+		if k < len(last) {
+			o = last[k]
+		}
+		answer(j, o)
+	}
 }
 
 // NotifyReply is producer.NotifyReply: the API's types are the public client's.

@@ -3,12 +3,14 @@ package broadcaster_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -121,16 +123,20 @@ type gate struct {
 	entered chan struct{}
 }
 
-func (g *gate) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteResult, error) {
-	if w.Note.Priority == g.prio {
+func (g *gate) NotifyMany(ctx context.Context, ws []engine.NoteWrite) []engine.NoteOutcome {
+	if ws[0].Note.Priority == g.prio { // a lane's group shares a priority
 		g.entered <- struct{}{}
 		select {
 		case <-g.release:
 		case <-ctx.Done():
-			return engine.NoteResult{}, ctx.Err()
+			out := make([]engine.NoteOutcome, len(ws))
+			for i := range out {
+				out[i].Err = ctx.Err()
+			}
+			return out
 		}
 	}
-	return g.Engine.Notify(ctx, w)
+	return g.Engine.NotifyMany(ctx, ws)
 }
 
 // A flood of low notes fills the low lane (then 503, nothing stored) while a
@@ -229,4 +235,121 @@ func TestNotifyKeysPerProducer(t *testing.T) {
 	ev := &producer.Client{BaseURL: url, Token: tokEv}
 	_, err = ev.NoteReport(ctx, ra.ID)
 	apiErr(t, err, 403, "forbidden")
+}
+
+// failingNotes fails each write of type "flaky" its first fails times, and the
+// writes of type "down" always; it counts the writes it is handed, by id, and
+// the largest group.
+type failingNotes struct {
+	*memengine.Engine
+	fails    int
+	mu       sync.Mutex
+	calls    map[string]int
+	maxGroup int
+}
+
+func (f *failingNotes) NotifyMany(ctx context.Context, ws []engine.NoteWrite) []engine.NoteOutcome {
+	f.mu.Lock()
+	f.maxGroup = max(f.maxGroup, len(ws))
+	out := make([]engine.NoteOutcome, len(ws))
+	var ok []int
+	for i, w := range ws {
+		f.calls[w.ID]++
+		switch {
+		case w.Note.Type == "down" || (w.Note.Type == "flaky" && f.calls[w.ID] <= f.fails):
+			out[i].Err = errors.New("shard unreachable")
+		default:
+			ok = append(ok, i)
+		}
+	}
+	f.mu.Unlock()
+	for _, i := range ok {
+		out[i].Res, out[i].Err = f.Engine.Notify(ctx, ws[i])
+	}
+	return out
+}
+
+func startFailingNotes(t *testing.T, fails int, cfg broadcaster.Config) (*failingNotes, *producer.Client) {
+	f := &failingNotes{Engine: memengine.New(memengine.Config{}), fails: fails, calls: map[string]int{}}
+	cfg.Token, cfg.Logger = token, slog.New(slog.NewTextHandler(io.Discard, nil))
+	s, err := broadcaster.New(cfg, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	ts := httptest.NewServer(s.Handler())
+	t.Cleanup(ts.Close)
+	return f, &producer.Client{BaseURL: ts.URL, Token: token}
+}
+
+// A lane hands the engine its queued notes as one group; a note the engine
+// fails is retried on its own (under its id), and the notes it stored are
+// never sent again.
+func TestNotifyGroupRetriesOnlyTheFailed(t *testing.T) {
+	var lanes [wire.NumPriorities]broadcaster.LaneConfig
+	lanes[wire.PriorityNormal] = broadcaster.LaneConfig{Queue: 1000, Workers: 1}
+	f, c := startFailingNotes(t, 2, broadcaster.Config{Lanes: lanes, StageBudget: 5 * time.Second, EngineTimeout: time.Second, BreakerFailures: 100})
+	notes := make([]producer.BatchNote, 200)
+	for i := range notes {
+		typ := "t"
+		if i == 7 {
+			typ = "flaky"
+		}
+		notes[i].Notification = producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{fmt.Sprintf("m%d", i)}}, Type: typ}
+	}
+	res, err := c.NotifyBatch(context.Background(), notes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r.Status != 202 || r.Reply == nil || r.Reply.Stored != 1 {
+			t.Fatalf("note %d: %+v", i, r)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.maxGroup < 2 {
+		t.Fatalf("the largest group held %d notes: 200 queued notes never went to the engine together", f.maxGroup)
+	}
+	for id, n := range f.calls {
+		if id == res[7].Reply.ID {
+			if n != 3 {
+				t.Fatalf("the failingNotes note was tried %d times, want 3 (two failures, then stored)", n)
+			}
+		} else if n != 1 {
+			t.Fatalf("note %s was sent to the engine %d times, want once", id, n)
+		}
+	}
+	if len(f.calls) != 200 {
+		t.Fatalf("%d notes reached the engine, want 200", len(f.calls))
+	}
+}
+
+// Notes the engine keeps failing are answered 503 at the budget, each on its
+// own; once the notes breaker is open, a note is refused without reaching the
+// engine, never answered as stored.
+func TestNotifyGroupFailsWhole(t *testing.T) {
+	f, c := startFailingNotes(t, 0, broadcaster.Config{StageBudget: 300 * time.Millisecond, EngineTimeout: 100 * time.Millisecond,
+		BreakerFailures: 1, BreakerOpenFor: time.Minute})
+	down := producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m1"}}, Type: "down"}
+	_, err := c.Notify(context.Background(), down, "")
+	apiErr(t, err, 503, "outcome_unknown")
+	f.mu.Lock()
+	tried := len(f.calls)
+	f.mu.Unlock()
+	res, err := c.NotifyBatch(context.Background(), []producer.BatchNote{{Notification: down},
+		{Notification: producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m2"}}, Type: "t"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r.Status != 503 || r.Error == nil || r.Reply != nil {
+			t.Fatalf("note %d with the breaker open: %+v, want 503", i, r)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.calls) != tried {
+		t.Fatalf("the engine was handed %d notes with the breaker open", len(f.calls)-tried)
+	}
 }

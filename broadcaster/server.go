@@ -24,7 +24,7 @@ type Engine interface {
 	PutStageMap(ctx context.Context, event string, raw []byte, updatedMS int64) (uint64, error)
 	SetLive(ctx context.Context, event string, live bool) error
 	Snapshot(ctx context.Context, event string) (engine.Snapshot, error)
-	Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteResult, error)
+	NotifyMany(ctx context.Context, ws []engine.NoteWrite) []engine.NoteOutcome
 	NoteReport(ctx context.Context, id string) (engine.NoteReport, error)
 	// The console's reads.
 	Events(ctx context.Context, limit int) ([]engine.EventSummary, error)

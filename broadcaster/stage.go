@@ -114,8 +114,8 @@ func retrying[T any](s *Server, ctx context.Context, cb *gobreaker.CircuitBreake
 				return res, err
 			}
 			s.m.engErr.Inc()
-			wait := time.Duration(rand.Int64N(int64(min(400*time.Millisecond, 50*time.Millisecond<<min(attempt, 4))) + 1))
-			if left = deadline.Sub(s.cfg.Now()); wait+50*time.Millisecond > left {
+			wait, ok := retryWait(attempt, deadline.Sub(s.cfg.Now()))
+			if !ok {
 				return res, err
 			}
 			s.log.Warn(what+" failed; retrying with the same key", append(attrs, "attempt", attempt+1, "in", wait.String(), "err", err)...)
@@ -131,6 +131,13 @@ func retrying[T any](s *Server, ctx context.Context, cb *gobreaker.CircuitBreake
 		return zero, err
 	}
 	return out.(T), err
+}
+
+// retryWait is the jittered wait before retry attempt+1 (50 ms doubling, at
+// most 400 ms), and false when it would not leave 50 ms of the budget left.
+func retryWait(attempt int, left time.Duration) (time.Duration, bool) {
+	wait := time.Duration(rand.Int64N(int64(min(400*time.Millisecond, 50*time.Millisecond<<min(attempt, 4))) + 1))
+	return wait, wait+50*time.Millisecond <= left
 }
 
 // withinDeadline runs f(ctx) and returns when it does or when ctx ends,

@@ -76,6 +76,12 @@ type NoteResult struct {
 	Pushes   int  // push messages sent to proxies
 }
 
+// NoteOutcome is one write's result in a NotifyMany.
+type NoteOutcome struct {
+	Res NoteResult
+	Err error
+}
+
 // StoredNote is one note of an inbox.
 type StoredNote struct {
 	Pos   wire.Pos

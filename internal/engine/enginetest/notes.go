@@ -16,6 +16,7 @@ import (
 // NoteEngine is the notification surface the suite checks.
 type NoteEngine interface {
 	Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteResult, error)
+	NotifyMany(ctx context.Context, ws []engine.NoteWrite) []engine.NoteOutcome
 	Register(ctx context.Context, proxy string, add, remove []engine.Inbox) error
 	SubscribeNotes(ctx context.Context, proxy string, onPush func(engine.NotePush), onSubscribed func(shard int)) error
 	ReadInbox(ctx context.Context, ib engine.Inbox, after wire.Pos, limit int) ([]engine.StoredNote, error)
@@ -35,6 +36,7 @@ func RunNotes(t *testing.T, newEngine func(t *testing.T) NoteEngine) {
 	t.Run("PushToRegistered", func(t *testing.T) { testPushRegistered(t, newEngine(t)) })
 	t.Run("RegistryLosesNothing", func(t *testing.T) { testRegistryLosesNothing(t, newEngine(t)) })
 	t.Run("Idempotency", func(t *testing.T) { testNoteIdempotency(t, newEngine(t)) })
+	t.Run("Many", func(t *testing.T) { testNotifyMany(t, newEngine(t)) })
 	t.Run("Report", func(t *testing.T) { testNoteReport(t, newEngine(t)) })
 	t.Run("IndexBounded", func(t *testing.T) { testIndexBounded(t, newEngine(t)) })
 	t.Run("ReplayOfReplaced", func(t *testing.T) { testReplayOfReplaced(t, newEngine(t)) })
@@ -399,6 +401,69 @@ func testNoteIdempotency(t *testing.T, e NoteEngine) {
 	other.IdempotencyKey, other.BodyHash = "idem-1", "hash-b"
 	if _, err := e.Notify(ctx(t), other); !errors.Is(err, engine.ErrIdempotencyConflict) {
 		t.Fatalf("another body under the same key: %v, want ErrIdempotencyConflict", err)
+	}
+}
+
+// testNotifyMany: a batch of writes, each with its own outcome, as if each
+// were sent alone: stored, replayed, in conflict, stored in several inboxes
+// and pushed to a registered proxy; a repeat of the batch stores nothing new.
+func testNotifyMany(t *testing.T, e NoteEngine) {
+	keyed := func(key, hash string) func(*engine.NoteWrite) {
+		return func(w *engine.NoteWrite) { w.IdempotencyKey, w.BodyHash = key, hash }
+	}
+	held := note([]string{"mm-c"}, nil, "t", keyed("mk-held", "h1"))
+	notify(t, e, held)
+	if err := e.Register(ctx(t), "px-1", []engine.Inbox{{Kind: wire.InboxMember, ID: "mm-a"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ws := []engine.NoteWrite{
+		note([]string{"mm-a", "mm-b"}, []string{"md-a"}, "t"),
+		note([]string{"mm-b"}, nil, "t", keyed("mk-new", "h2")),
+		note([]string{"mm-c"}, nil, "t", keyed("mk-held", "h1")),    // a retry of held
+		note([]string{"mm-c"}, nil, "t", keyed("mk-held", "other")), // another body, same key
+		note([]string{"mm-b"}, nil, "t", func(w *engine.NoteWrite) { w.Note.DedupKey = "score" }),
+	}
+	out := e.NotifyMany(ctx(t), ws)
+	if len(out) != len(ws) {
+		t.Fatalf("%d outcomes for %d writes", len(out), len(ws))
+	}
+	want := []engine.NoteResult{
+		{ID: ws[0].ID, Stored: 3, Pushes: 1},
+		{ID: ws[1].ID, Stored: 1},
+		{ID: held.ID, Replayed: true, Stored: 1},
+		{},
+		{ID: ws[4].ID, Stored: 1},
+	}
+	for i, o := range out {
+		if i == 3 {
+			if !errors.Is(o.Err, engine.ErrIdempotencyConflict) || o.Res.ID != held.ID {
+				t.Fatalf("write 3: %+v, %v; want a conflict naming %s", o.Res, o.Err, held.ID)
+			}
+			continue
+		}
+		if o.Err != nil || o.Res != want[i] {
+			t.Fatalf("write %d: %+v, %v; want %+v", i, o.Res, o.Err, want[i])
+		}
+	}
+	count := func() [3]int {
+		return [3]int{len(readAll(t, e, engine.Inbox{Kind: wire.InboxMember, ID: "mm-a"}, wire.Pos{})),
+			len(readAll(t, e, engine.Inbox{Kind: wire.InboxMember, ID: "mm-b"}, wire.Pos{})),
+			len(readAll(t, e, engine.Inbox{Kind: wire.InboxMember, ID: "mm-c"}, wire.Pos{}))}
+	}
+	if got := count(); got != [3]int{1, 3, 1} {
+		t.Fatalf("inboxes mm-a, mm-b, mm-c hold %v notes, want [1 3 1]", got)
+	}
+	if rep, err := e.NoteReport(ctx(t), ws[0].ID); err != nil || rep.Members != 2 || rep.Devices != 1 || rep.Pending != 3 {
+		t.Fatalf("report of a batched note: %+v, %v", rep, err)
+	}
+	again := e.NotifyMany(ctx(t), ws[:2]) // the same ids: a lane's retry
+	for i, o := range again {
+		if o.Err != nil || o.Res.Stored != want[i].Stored {
+			t.Fatalf("retry of write %d: %+v, %v", i, o.Res, o.Err)
+		}
+	}
+	if got := count(); got != [3]int{1, 3, 1} {
+		t.Fatalf("after the retry, inboxes hold %v notes, want [1 3 1]", got)
 	}
 }
 

@@ -114,6 +114,15 @@ func (b *memInbox) find(p wire.Pos) int {
 	return -1
 }
 
+// NotifyMany is Notify for each of ws, in order, each with its own outcome.
+func (m *Engine) NotifyMany(ctx context.Context, ws []engine.NoteWrite) []engine.NoteOutcome {
+	out := make([]engine.NoteOutcome, len(ws))
+	for i := range ws {
+		out[i].Res, out[i].Err = m.Notify(ctx, ws[i])
+	}
+	return out
+}
+
 // Notify stores the notification in every target's inbox and pushes it to the
 // proxies registered for each inbox, each inbox in one step.
 func (m *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteResult, error) {

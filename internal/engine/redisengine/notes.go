@@ -62,6 +62,16 @@ func NewNoteID() string {
 // Notify stores the notification in every target inbox and pushes it to the
 // proxies registered there (one script per inbox, pipelined).
 func (e *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteResult, error) {
+	o := e.NotifyMany(ctx, []engine.NoteWrite{w})[0]
+	return o.Res, o.Err
+}
+
+// NotifyMany is Notify for each of ws, in at most two round trips to each
+// shard whatever their number: the idempotency keys (SET NX GET) if any have
+// one, then every record and inbox script in one pipeline. Each write has its
+// own outcome; one failing never fails another. With WaitReplicas, each write
+// waits for its replicas on a connection of its own (notifyDurable).
+func (e *Engine) NotifyMany(ctx context.Context, ws []engine.NoteWrite) []engine.NoteOutcome {
 	var cancel context.CancelFunc
 	if _, ok := ctx.Deadline(); !ok {
 		ctx, cancel = context.WithTimeout(ctx, e.cfg.OpTimeout+e.waitTimeout())
@@ -69,61 +79,169 @@ func (e *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteRes
 		cancel = func() {}
 	}
 	defer cancel()
-	res := engine.NoteResult{ID: w.ID}
+	out := make([]engine.NoteOutcome, len(ws))
+	if len(ws) == 0 {
+		return out
+	}
 	c := e.client
-	if w.Note.Priority >= wire.PriorityHigh {
+	if ws[0].Note.Priority >= wire.PriorityHigh { // a lane's writes share a priority
 		c = e.fast
 	}
-	if w.IdempotencyKey != "" {
-		prev, err := c.Do(ctx, c.B().Set().Key(idemKey(w.IdempotencyKey)).Value(w.ID+"\n"+w.BodyHash).
-			Nx().Get().Ex(e.cfg.IdempotencyTTL).Build()).ToString()
+	for i := range ws {
+		out[i].Res.ID = ws[i].ID
+	}
+	e.claimIdempotency(ctx, c, ws, out)
+	// One pipeline: per write its record (HSETNX, PEXPIRE), then its inboxes'
+	// scripts. at[i] is where write i's scripts start in cmds.
+	var cmds rueidis.Commands
+	var execs []rueidis.LuaExec
+	var durable [][]rueidis.LuaExec
+	at := make([]int, len(ws))
+	for i := range ws {
+		w, o := &ws[i], &out[i]
+		at[i] = -1
+		if o.Err != nil {
+			continue
+		}
+		meta, err := json.Marshal(engine.NoteMeta(w))
+		if err != nil {
+			o.Err = fmt.Errorf("notify: %w", err)
+			continue
+		}
+		rk := recKey(o.Res.ID)
+		cmds = append(cmds, c.B().Hsetnx().Key(rk).Field("meta").Value(string(meta)).Build(),
+			c.B().Pexpire().Key(rk).Milliseconds(w.Note.TTL.Milliseconds()).Build())
+		x := e.noteExecs(w, o.Res.ID)
+		if e.cfg.WaitReplicas > 0 {
+			at[i] = len(durable)
+			durable = append(durable, x)
+			continue
+		}
+		at[i] = len(execs)
+		execs = append(execs, x...)
+	}
+	// The records first (their replies are checked below); the scripts'
+	// commands follow in the same pipeline.
+	nrec := len(cmds)
+	for _, x := range execs {
+		cmds = append(cmds, notifyLua.evalsha(c, x))
+	}
+	replies := notifyLua.doMulti(ctx, c, cmds, nrec, execs)
+	r := 0
+	for i := range ws {
+		if out[i].Err != nil {
+			continue
+		}
+		for _, rep := range replies[r : r+2] {
+			if err := rep.Error(); err != nil && out[i].Err == nil {
+				out[i].Err = fmt.Errorf("notify %s: record: %w", out[i].Res.ID, err)
+			}
+		}
+		r += 2
+	}
+	var results [][]scriptOut // per write, its inboxes' script replies
+	if e.cfg.WaitReplicas > 0 {
+		results = e.notifyManyDurable(ctx, c, ws, out, at, durable)
+	} else {
+		results = make([][]scriptOut, len(ws))
+		scripts := replies[nrec:]
+		for i := range ws {
+			if at[i] < 0 {
+				continue
+			}
+			for _, rep := range scripts[at[i] : at[i]+len(engine.NoteTargets(&ws[i]))] {
+				vals, err := rep.ToArray()
+				results[i] = append(results[i], scriptOut{vals, err})
+			}
+		}
+	}
+	for i := range ws {
+		if o := &out[i]; at[i] >= 0 && o.Err == nil {
+			// (A failed record fails the write, to be retried under the same
+			// id, even where its inboxes were written.)
+			o.Err = tallyNote(&o.Res, engine.NoteTargets(&ws[i]), results[i])
+		}
+	}
+	return out
+}
+
+// notifyManyDurable runs, for each write whose record was stored, its inbox
+// scripts with WAIT (notifyDurable), up to 8 writes at once.
+func (e *Engine) notifyManyDurable(ctx context.Context, c rueidis.Client, ws []engine.NoteWrite, out []engine.NoteOutcome, at []int, durable [][]rueidis.LuaExec) [][]scriptOut {
+	results := make([][]scriptOut, len(ws))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range ws {
+		if at[i] < 0 || out[i].Err != nil {
+			continue // the record failed: nothing is written before a retry
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			results[i] = e.notifyDurable(ctx, c, durable[at[i]])
+		}()
+	}
+	wg.Wait()
+	return results
+}
+
+// claimIdempotency takes each keyed write's idempotency key (SET NX GET, one
+// pipeline): a key already held makes the write a replay of the note that
+// holds it, or a conflict (a different body).
+func (e *Engine) claimIdempotency(ctx context.Context, c rueidis.Client, ws []engine.NoteWrite, out []engine.NoteOutcome) {
+	var cmds rueidis.Commands
+	var idx []int
+	for i := range ws {
+		if w := &ws[i]; w.IdempotencyKey != "" {
+			cmds = append(cmds, c.B().Set().Key(idemKey(w.IdempotencyKey)).Value(w.ID+"\n"+w.BodyHash).
+				Nx().Get().Ex(e.cfg.IdempotencyTTL).Build())
+			idx = append(idx, i)
+		}
+	}
+	if len(cmds) == 0 {
+		return
+	}
+	for k, r := range c.DoMulti(ctx, cmds...) {
+		i := idx[k]
+		prev, err := r.ToString()
 		switch {
 		case rueidis.IsRedisNil(err):
 		case err != nil:
-			return res, fmt.Errorf("notify: idempotency key: %w", err)
+			out[i].Err = fmt.Errorf("notify: idempotency key: %w", err)
 		default:
 			id, hash, _ := strings.Cut(prev, "\n")
-			res.ID = id
-			if hash != w.BodyHash {
-				return res, engine.ErrIdempotencyConflict
+			out[i].Res.ID = id
+			if hash != ws[i].BodyHash {
+				out[i].Err = engine.ErrIdempotencyConflict
+				continue
 			}
-			res.Replayed = true
+			out[i].Res.Replayed = true
 		}
 	}
-	meta, err := json.Marshal(engine.NoteMeta(&w))
-	if err != nil {
-		return res, fmt.Errorf("notify: %w", err)
-	}
-	ttl := w.Note.TTL
-	rk := recKey(res.ID)
-	for _, r := range c.DoMulti(ctx,
-		c.B().Hsetnx().Key(rk).Field("meta").Value(string(meta)).Build(),
-		c.B().Pexpire().Key(rk).Milliseconds(ttl.Milliseconds()).Build()) {
-		if err := r.Error(); err != nil {
-			return res, fmt.Errorf("notify %s: record: %w", res.ID, err)
-		}
-	}
-	body := string(wire.AppendNoteBody(nil, res.ID, &w.Note, w.TS))
-	targets := engine.NoteTargets(&w)
+}
+
+// noteExecs is one script exec per target inbox of w, stored as note id.
+func (e *Engine) noteExecs(w *engine.NoteWrite, id string) []rueidis.LuaExec {
+	body := string(wire.AppendNoteBody(nil, id, &w.Note, w.TS))
+	ttl := strconv.FormatInt(w.Note.TTL.Milliseconds(), 10)
+	targets := engine.NoteTargets(w)
 	execs := make([]rueidis.LuaExec, len(targets))
 	for i, ib := range targets {
 		k := ib.Shard()
 		execs[i] = rueidis.LuaExec{
 			Keys: []string{inboxKey(ib, "ib"), inboxKey(ib, "ix"), inboxKey(ib, "at")},
-			Args: []string{body, strconv.FormatInt(ttl.Milliseconds(), 10), w.Note.DedupKey, res.ID,
+			Args: []string{body, ttl, w.Note.DedupKey, id,
 				strconv.Itoa(e.cfg.InboxLen), strconv.FormatInt(wire.MaxNoteTTL.Milliseconds(), 10),
 				strconv.Itoa(int(w.Note.Priority)) + ib.String(), shardTag(k) + "px:", strconv.Itoa(engine.GoneRing)},
 		}
 	}
-	var results []scriptOut
-	if e.cfg.WaitReplicas > 0 {
-		results = e.notifyDurable(ctx, c, execs)
-	} else {
-		for _, r := range notifyLua.ExecMulti(ctx, c, execs...) {
-			vals, err := r.ToArray()
-			results = append(results, scriptOut{vals, err})
-		}
-	}
+	return execs
+}
+
+// tallyNote counts one write's stored copies and pushes from its inboxes'
+// script replies, and returns the first inbox's error.
+func tallyNote(res *engine.NoteResult, targets []engine.Inbox, results []scriptOut) error {
 	var firstErr error
 	for i, r := range results {
 		vals, err := r.vals, r.err
@@ -143,7 +261,7 @@ func (e *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteRes
 		res.Stored++
 		res.Pushes += int(n)
 	}
-	return res, firstErr
+	return firstErr
 }
 
 // notifyDurable runs each inbox's script and then WAIT on one dedicated

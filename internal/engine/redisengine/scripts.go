@@ -87,24 +87,38 @@ func (s luaScript) ExecMulti(ctx context.Context, c rueidis.Client, execs ...rue
 	}
 	cmds := make(rueidis.Commands, len(execs))
 	for i, x := range execs {
-		cmds[i] = c.B().Evalsha().Sha1(s.sha1).Numkeys(int64(len(x.Keys))).Key(x.Keys...).Arg(x.Args...).Build()
+		cmds[i] = s.evalsha(c, x)
+	}
+	return s.doMulti(ctx, c, cmds, 0, execs)
+}
+
+func (s luaScript) evalsha(c rueidis.Client, x rueidis.LuaExec) rueidis.Completed {
+	return c.B().Evalsha().Sha1(s.sha1).Numkeys(int64(len(x.Keys))).Key(x.Keys...).Arg(x.Args...).Build()
+}
+
+// doMulti sends cmds in one pipeline, where cmds[from+i] is the EVALSHA of
+// execs[i] (the commands before from are others), and runs EVAL for each
+// exec whose reply was NOSCRIPT. Replies are in the order of cmds.
+func (s luaScript) doMulti(ctx context.Context, c rueidis.Client, cmds rueidis.Commands, from int, execs []rueidis.LuaExec) []rueidis.RedisResult {
+	if len(cmds) == 0 {
+		return nil
 	}
 	out := c.DoMulti(ctx, cmds...)
 	var again []int
-	for i, r := range out {
-		if err, ok := rueidis.IsRedisErr(r.Error()); ok && err.IsNoScript() {
+	for i := from; i < len(out); i++ {
+		if err, ok := rueidis.IsRedisErr(out[i].Error()); ok && err.IsNoScript() {
 			again = append(again, i)
 		}
 	}
 	if len(again) == 0 {
 		return out
 	}
-	cmds = cmds[:0]
-	for _, i := range again {
-		x := execs[i]
-		cmds = append(cmds, c.B().Eval().Script(s.src).Numkeys(int64(len(x.Keys))).Key(x.Keys...).Arg(x.Args...).Build())
+	evals := make(rueidis.Commands, len(again))
+	for j, i := range again {
+		x := execs[i-from]
+		evals[j] = c.B().Eval().Script(s.src).Numkeys(int64(len(x.Keys))).Key(x.Keys...).Arg(x.Args...).Build()
 	}
-	for j, r := range c.DoMulti(ctx, cmds...) {
+	for j, r := range c.DoMulti(ctx, evals...) {
 		out[again[j]] = r
 	}
 	return out

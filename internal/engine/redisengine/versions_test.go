@@ -3,6 +3,7 @@ package redisengine_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/stagecast/stagecast/internal/engine/redisengine"
 	"github.com/stagecast/stagecast/internal/redistest"
 	"github.com/stagecast/stagecast/internal/waitfor"
+	"github.com/stagecast/stagecast/internal/wire"
 )
 
 func newEngine(t *testing.T, cfg redisengine.Config) *redisengine.Engine {
@@ -148,10 +150,26 @@ func TestWaitReplicas(t *testing.T) {
 	if r, err := e.SetStage(ctx, req); !errors.Is(err, engine.ErrNotDurable) {
 		t.Fatalf("a retry with no replica: %+v %v, want ErrNotDurable", r, err)
 	}
+	// A batch of notes: each one not durable, on its own.
+	notes := make([]engine.NoteWrite, 3)
+	for i := range notes {
+		notes[i] = engine.NoteWrite{ID: fmt.Sprintf("nw%d", i), TS: 1, Note: wire.Notification{Members: []string{fmt.Sprintf("m%d", i)},
+			Type: "t", Payload: []byte(`{}`), TTL: time.Hour}}
+	}
+	for i, o := range e.NotifyMany(ctx, notes) {
+		if !errors.Is(o.Err, engine.ErrNotDurable) {
+			t.Fatalf("note %d with no replica: %+v %v, want ErrNotDurable", i, o.Res, o.Err)
+		}
+	}
 	replica := redistest.Start(t, redistest.Options{Args: []string{"--replicaof", "127.0.0.1", master.Addr()[strings.LastIndex(master.Addr(), ":")+1:]}})
 	waitfor.True(t, 20*time.Second, "the replica in sync", func() bool {
 		return strings.Contains(cli(t, replica, "INFO", "replication"), "master_link_status:up")
 	})
+	for i, o := range e.NotifyMany(ctx, notes) { // the lane's retry: same ids
+		if o.Err != nil || o.Res.Stored != 1 {
+			t.Fatalf("note %d with a replica: %+v %v, want stored once", i, o.Res, o.Err)
+		}
+	}
 	r, err := e.SetStage(ctx, req)
 	if err != nil || !r.Replayed {
 		t.Fatalf("retry with the same key: %+v %v, want the first change replayed", r, err)
