@@ -78,7 +78,7 @@ bench-fanout: build deps ## loopback fanout: 1 proxy x 10k and 19k, 3 proxies x 
 
 bench-notify: build deps ## notifications on loopback: Redis, broadcaster, 2 proxies, 20k devices of 10k members in 2 client processes
 	$(GO) build -o bin/notifybench ./cmd/notifybench
-	./bin/notifybench --stagecast $(BIN) --out out/bench/notify
+	./bin/notifybench --stagecast $(BIN) --batch 100 --out out/bench/notify
 
 bench-sdk: build ## the TypeScript SDK: 1,000 clients in one Node process on a real stagecast dev
 	cd sdk/js && npm ci --no-audit --no-fund --loglevel=error && npm run bench
