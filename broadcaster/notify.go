@@ -152,18 +152,15 @@ func (s *Server) notifyRetry(ctx context.Context, jobs []*noteJob) {
 	}
 	pending := jobs
 	var last []noteOut // pending's errors, after an attempt
-	deadline := s.cfg.Now().Add(s.cfg.StageBudget)
-	_, err := s.breakers.notes.Execute(func() (any, error) {
-		for attempt := 0; ; attempt++ {
+	err := s.attempts(ctx, s.breakers.notes, "notifications failed; retrying with the same ids",
+		[]any{"notes", len(jobs), "first", jobs[0].w.ID}, func(actx context.Context) (bool, error) {
 			ws := make([]engine.NoteWrite, len(pending))
 			for k, j := range pending {
 				ws[k] = j.w
 			}
-			actx, cancel := context.WithTimeout(ctx, min(s.cfg.EngineTimeout, deadline.Sub(s.cfg.Now())))
 			res, err := withinDeadline(actx, func(ctx context.Context) ([]engine.NoteOutcome, error) {
 				return s.eng.NotifyMany(ctx, ws), nil
 			})
-			cancel()
 			var failed []*noteJob
 			var firstErr error
 			last = last[:0]
@@ -180,23 +177,9 @@ func (s *Server) notifyRetry(ctx context.Context, jobs []*noteJob) {
 				}
 				answer(j, noteOut{o.Res, o.Err})
 			}
-			if pending = failed; len(pending) == 0 || ctx.Err() != nil {
-				return nil, firstErr
-			}
-			s.m.engErr.Inc()
-			wait, ok := retryWait(attempt, deadline.Sub(s.cfg.Now()))
-			if !ok {
-				return nil, firstErr
-			}
-			s.log.Warn("notifications failed; retrying with the same ids", "notes", len(pending), "first", pending[0].w.ID,
-				"attempt", attempt+1, "in", wait.String(), "err", firstErr)
-			select {
-			case <-ctx.Done():
-				return nil, firstErr
-			case <-time.After(wait):
-			}
-		}
-	})
+			pending = failed
+			return len(pending) > 0, firstErr
+		})
 	// What is left failed until the budget ran out (each with its last
 	// error), or the breaker refused the call and nothing was tried.
 	for k, j := range pending {

@@ -271,15 +271,9 @@ func (f *failingNotes) NotifyMany(ctx context.Context, ws []engine.NoteWrite) []
 
 func startFailingNotes(t *testing.T, fails int, cfg broadcaster.Config) (*failingNotes, *producer.Client) {
 	f := &failingNotes{Engine: memengine.New(memengine.Config{}), fails: fails, calls: map[string]int{}}
-	cfg.Token, cfg.Logger = token, slog.New(slog.NewTextHandler(io.Discard, nil))
-	s, err := broadcaster.New(cfg, f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	ts := httptest.NewServer(s.Handler())
-	t.Cleanup(ts.Close)
-	return f, &producer.Client{BaseURL: ts.URL, Token: token}
+	cfg.Token = token
+	_, url := serve(t, cfg, f)
+	return f, &producer.Client{BaseURL: url, Token: token}
 }
 
 // A lane hands the engine its queued notes as one group; a note the engine

@@ -95,49 +95,49 @@ func (s *Server) changeStage(ctx context.Context, req engine.SetRequest) (engine
 		func(ctx context.Context) (engine.SetResult, error) { return s.eng.SetStage(ctx, req) })
 }
 
-// retrying runs f through breaker cb, retrying a failing engine with
-// full-jitter backoff (50 ms x 2^attempt, capped by what is left, at most
-// 400 ms) until StageBudget is spent. f must be safe to repeat (an idempotency
-// key, a note id). The retries are one outcome for the breaker, so a master
-// failing over does not open it.
+// retrying runs f through breaker cb, retrying a failing engine (attempts)
+// until StageBudget is spent. f must be safe to repeat (an idempotency key, a
+// note id). It returns f's last result.
 func retrying[T any](s *Server, ctx context.Context, cb *gobreaker.CircuitBreaker[any], what string, attrs []any, f func(context.Context) (T, error)) (T, error) {
-	deadline := s.cfg.Now().Add(s.cfg.StageBudget)
-	out, err := cb.Execute(func() (any, error) {
-		var res T
+	var res T
+	err := s.attempts(ctx, cb, what+" failed; retrying with the same key", attrs, func(actx context.Context) (bool, error) {
 		var err error
+		res, err = withinDeadline(actx, f)
+		return err != nil && !errors.Is(err, engine.ErrIdempotencyConflict), err
+	})
+	return res, err
+}
+
+// attempts runs step through breaker cb until it needs no retry (again
+// false), with full-jitter backoff between attempts (50 ms x 2^attempt, at
+// most 400 ms) until StageBudget is spent; each attempt's ctx ends after
+// EngineTimeout or with the budget. The attempts are one outcome for the
+// breaker, so a master failing over does not open it. It returns the last
+// attempt's error, or the breaker's refusal (then step never ran).
+func (s *Server) attempts(ctx context.Context, cb *gobreaker.CircuitBreaker[any], msg string, attrs []any, step func(context.Context) (again bool, err error)) error {
+	deadline := s.cfg.Now().Add(s.cfg.StageBudget)
+	_, err := cb.Execute(func() (any, error) {
 		for attempt := 0; ; attempt++ {
-			left := deadline.Sub(s.cfg.Now())
-			actx, cancel := context.WithTimeout(ctx, min(s.cfg.EngineTimeout, left))
-			res, err = withinDeadline(actx, f)
+			actx, cancel := context.WithTimeout(ctx, min(s.cfg.EngineTimeout, deadline.Sub(s.cfg.Now())))
+			again, err := step(actx)
 			cancel()
-			if err == nil || errors.Is(err, engine.ErrIdempotencyConflict) || ctx.Err() != nil {
-				return res, err
+			if !again || ctx.Err() != nil {
+				return nil, err
 			}
 			s.m.engErr.Inc()
-			wait, ok := retryWait(attempt, deadline.Sub(s.cfg.Now()))
-			if !ok {
-				return res, err
+			wait := time.Duration(rand.Int64N(int64(min(400*time.Millisecond, 50*time.Millisecond<<min(attempt, 4))) + 1))
+			if wait+50*time.Millisecond > deadline.Sub(s.cfg.Now()) {
+				return nil, err
 			}
-			s.log.Warn(what+" failed; retrying with the same key", append(attrs, "attempt", attempt+1, "in", wait.String(), "err", err)...)
+			s.log.Warn(msg, append(attrs, "attempt", attempt+1, "in", wait.String(), "err", err)...)
 			select {
 			case <-ctx.Done():
-				return res, err
+				return nil, err
 			case <-time.After(wait):
 			}
 		}
 	})
-	if out == nil {
-		var zero T
-		return zero, err
-	}
-	return out.(T), err
-}
-
-// retryWait is the jittered wait before retry attempt+1 (50 ms doubling, at
-// most 400 ms), and false when it would not leave 50 ms of the budget left.
-func retryWait(attempt int, left time.Duration) (time.Duration, bool) {
-	wait := time.Duration(rand.Int64N(int64(min(400*time.Millisecond, 50*time.Millisecond<<min(attempt, 4))) + 1))
-	return wait, wait+50*time.Millisecond <= left
+	return err
 }
 
 // withinDeadline runs f(ctx) and returns when it does or when ctx ends,

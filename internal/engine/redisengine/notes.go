@@ -66,9 +66,10 @@ func (e *Engine) Notify(ctx context.Context, w engine.NoteWrite) (engine.NoteRes
 	return o.Res, o.Err
 }
 
-// NotifyMany is Notify for each of ws, in at most two round trips to each
-// shard whatever their number: the idempotency keys (SET NX GET) if any have
-// one, then every record and inbox script in one pipeline. Each write has its
+// NotifyMany is Notify for each of ws, in two pipelines whatever their
+// number: the idempotency keys (SET NX GET) if any have one, then every
+// record and inbox script (and an EVAL pipeline for a node that answered
+// NOSCRIPT). Each write has its
 // own outcome; one failing never fails another. With WaitReplicas, each write
 // waits for its replicas on a connection of its own (notifyDurable).
 func (e *Engine) NotifyMany(ctx context.Context, ws []engine.NoteWrite) []engine.NoteOutcome {
@@ -91,12 +92,14 @@ func (e *Engine) NotifyMany(ctx context.Context, ws []engine.NoteWrite) []engine
 		out[i].Res.ID = ws[i].ID
 	}
 	e.claimIdempotency(ctx, c, ws, out)
-	// One pipeline: per write its record (HSETNX, PEXPIRE), then its inboxes'
-	// scripts. at[i] is where write i's scripts start in cmds.
+	// One pipeline: every write's record (HSETNX, PEXPIRE), then the inbox
+	// scripts. A write has a record in cmds iff at[i] >= 0: where its
+	// scripts start in execs (or, with WaitReplicas, its index in durable).
 	var cmds rueidis.Commands
 	var execs []rueidis.LuaExec
 	var durable [][]rueidis.LuaExec
 	at := make([]int, len(ws))
+	targets := make([][]engine.Inbox, len(ws))
 	for i := range ws {
 		w, o := &ws[i], &out[i]
 		at[i] = -1
@@ -111,7 +114,8 @@ func (e *Engine) NotifyMany(ctx context.Context, ws []engine.NoteWrite) []engine
 		rk := recKey(o.Res.ID)
 		cmds = append(cmds, c.B().Hsetnx().Key(rk).Field("meta").Value(string(meta)).Build(),
 			c.B().Pexpire().Key(rk).Milliseconds(w.Note.TTL.Milliseconds()).Build())
-		x := e.noteExecs(w, o.Res.ID)
+		targets[i] = engine.NoteTargets(w)
+		x := e.noteExecs(w, o.Res.ID, targets[i])
 		if e.cfg.WaitReplicas > 0 {
 			at[i] = len(durable)
 			durable = append(durable, x)
@@ -129,7 +133,7 @@ func (e *Engine) NotifyMany(ctx context.Context, ws []engine.NoteWrite) []engine
 	replies := notifyLua.doMulti(ctx, c, cmds, nrec, execs)
 	r := 0
 	for i := range ws {
-		if out[i].Err != nil {
+		if at[i] < 0 {
 			continue
 		}
 		for _, rep := range replies[r : r+2] {
@@ -149,7 +153,7 @@ func (e *Engine) NotifyMany(ctx context.Context, ws []engine.NoteWrite) []engine
 			if at[i] < 0 {
 				continue
 			}
-			for _, rep := range scripts[at[i] : at[i]+len(engine.NoteTargets(&ws[i]))] {
+			for _, rep := range scripts[at[i] : at[i]+len(targets[i])] {
 				vals, err := rep.ToArray()
 				results[i] = append(results[i], scriptOut{vals, err})
 			}
@@ -159,7 +163,7 @@ func (e *Engine) NotifyMany(ctx context.Context, ws []engine.NoteWrite) []engine
 		if o := &out[i]; at[i] >= 0 && o.Err == nil {
 			// (A failed record fails the write, to be retried under the same
 			// id, even where its inboxes were written.)
-			o.Err = tallyNote(&o.Res, engine.NoteTargets(&ws[i]), results[i])
+			o.Err = tallyNote(&o.Res, targets[i], results[i])
 		}
 	}
 	return out
@@ -222,10 +226,9 @@ func (e *Engine) claimIdempotency(ctx context.Context, c rueidis.Client, ws []en
 }
 
 // noteExecs is one script exec per target inbox of w, stored as note id.
-func (e *Engine) noteExecs(w *engine.NoteWrite, id string) []rueidis.LuaExec {
+func (e *Engine) noteExecs(w *engine.NoteWrite, id string, targets []engine.Inbox) []rueidis.LuaExec {
 	body := string(wire.AppendNoteBody(nil, id, &w.Note, w.TS))
 	ttl := strconv.FormatInt(w.Note.TTL.Milliseconds(), 10)
-	targets := engine.NoteTargets(w)
 	execs := make([]rueidis.LuaExec, len(targets))
 	for i, ib := range targets {
 		k := ib.Shard()
