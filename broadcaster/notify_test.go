@@ -347,3 +347,23 @@ func TestNotifyGroupFailsWhole(t *testing.T) {
 		t.Fatalf("the engine was handed %d notes with the breaker open", len(f.calls)-tried)
 	}
 }
+
+// notification_engine_seconds counts each engine attempt of a lane's group
+// (a note retried twice is three attempts), beside notification_seconds,
+// which counts the note once: the two split a note's time between the lane
+// and the engine.
+func TestNotifyEngineAttemptsHaveTheirOwnHistogram(t *testing.T) {
+	_, c := startFailingNotes(t, 2, broadcaster.Config{StageBudget: 5 * time.Second, EngineTimeout: time.Second, BreakerFailures: 100})
+	if _, err := c.Notify(context.Background(), producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m1"}}, Type: "flaky"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	m := scrape(t, c.BaseURL)
+	for _, want := range []string{
+		`stagecast_broadcaster_notification_engine_seconds_count{priority="normal"} 3`,
+		`stagecast_broadcaster_notification_seconds_count{priority="normal"} 1`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}

@@ -108,16 +108,24 @@ type Results struct {
 	// The same notes' POST p99 (until the 202: stored and pushed).
 	CriticalAlonePostP99MS float64 `json:"critical_alone_post_p99_ms"`
 	CriticalFloodPostP99MS float64 `json:"critical_flood_post_p99_ms"`
-	FloodRatio             float64 `json:"flood_ratio"`
-	FloodSeconds           float64 `json:"flood_seconds"`
-	LowAccepted            int64   `json:"low_accepted"`
-	LowRefused             int64   `json:"low_refused"`
-	LowReceived            int64   `json:"low_received"`
-	CriticalLost           int64   `json:"critical_lost"`
-	RedisBytesPerNote      float64 `json:"redis_bytes_per_note"`
-	PullsPerSec            float64 `json:"inbox_pulls_per_s"`
-	PullP50MS              float64 `json:"inbox_pull_p50_ms"`
-	PullP99MS              float64 `json:"inbox_pull_p99_ms"`
+	// The broadcaster's own p99 for the same notes, from lane arrival to
+	// stored and pushed (its notification_seconds histogram: a bucket's upper
+	// bound, buckets doubling from 0.5 ms).
+	CriticalAloneLaneP99MS float64 `json:"critical_alone_lane_p99_ms"`
+	CriticalFloodLaneP99MS float64 `json:"critical_flood_lane_p99_ms"`
+	// The part of it in engine calls (notification_engine_seconds).
+	CriticalAloneEngineP99MS float64 `json:"critical_alone_engine_p99_ms"`
+	CriticalFloodEngineP99MS float64 `json:"critical_flood_engine_p99_ms"`
+	FloodRatio               float64 `json:"flood_ratio"`
+	FloodSeconds             float64 `json:"flood_seconds"`
+	LowAccepted              int64   `json:"low_accepted"`
+	LowRefused               int64   `json:"low_refused"`
+	LowReceived              int64   `json:"low_received"`
+	CriticalLost             int64   `json:"critical_lost"`
+	RedisBytesPerNote        float64 `json:"redis_bytes_per_note"`
+	PullsPerSec              float64 `json:"inbox_pulls_per_s"`
+	PullP50MS                float64 `json:"inbox_pull_p50_ms"`
+	PullP99MS                float64 `json:"inbox_pull_p99_ms"`
 }
 
 const benchToken = "notifybench-token-0123456789"
@@ -244,6 +252,8 @@ func Run(ctx context.Context, cfg Config) (Results, error) {
 	cfg.logf("critical p99 alone %.1f ms, during a flood of %d low %.1f ms (x%.2f); flood took %.1f s: %d low accepted, %d refused (503), %d delivered; critical lost %d",
 		res.CriticalAloneP99MS, cfg.Flood, res.CriticalFloodP99MS, res.FloodRatio, res.FloodSeconds, res.LowAccepted, res.LowRefused, res.LowReceived, res.CriticalLost)
 	cfg.logf("  critical POST p99 (to the 202) alone %.1f ms, during the flood %.1f ms", res.CriticalAlonePostP99MS, res.CriticalFloodPostP99MS)
+	cfg.logf("  critical p99 inside the broadcaster (lane to stored and pushed, bucket bound) alone <= %.1f ms, during the flood <= %.1f ms", res.CriticalAloneLaneP99MS, res.CriticalFloodLaneP99MS)
+	cfg.logf("  of which the engine calls (Redis round trips) alone <= %.1f ms, during the flood <= %.1f ms", res.CriticalAloneEngineP99MS, res.CriticalFloodEngineP99MS)
 	cfg.logf("Redis memory per stored note: %.0f bytes", res.RedisBytesPerNote)
 	if err := r.pulls(ctx, &res); err != nil {
 		return res, err
@@ -555,15 +565,36 @@ func (r *run) steady(ctx context.Context, rate int) (Step, error) {
 	return st, nil
 }
 
+// criticalHists snapshots the broadcaster's critical-lane histograms: from
+// lane arrival to stored and pushed, and the engine calls alone.
+func (r *run) criticalHists(ctx context.Context) ([2]laneHist, error) {
+	var h [2]laneHist
+	var err error
+	if h[0], err = scrapeLane(ctx, r.bc.BaseURL, "critical"); err != nil {
+		return h, err
+	}
+	h[1], err = scrapeHist(ctx, r.bc.BaseURL, "stagecast_broadcaster_notification_engine_seconds", "critical")
+	return h, err
+}
+
 // priorities measures critical latency alone, then during a flood of low notes.
 func (r *run) priorities(ctx context.Context, res *Results) error {
 	if err := r.reset(); err != nil {
+		return err
+	}
+	lane0, err := r.criticalHists(ctx)
+	if err != nil {
 		return err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	crit := &noteSender{r: r, prio: "critical", rate: r.cfg.Critical, workers: 16}
 	crit.run(cctx)
 	cancel()
+	lane1, err := r.criticalHists(ctx)
+	if err != nil {
+		return err
+	}
+	res.CriticalAloneLaneP99MS, res.CriticalAloneEngineP99MS = lane1[0].p99Since(lane0[0]), lane1[1].p99Since(lane0[1])
 	_, hist, err := r.settle(wire.PriorityCritical, 2*crit.accepted.Load())
 	if err != nil {
 		return err
@@ -585,6 +616,11 @@ func (r *run) priorities(ctx context.Context, res *Results) error {
 	res.FloodSeconds = time.Since(start).Seconds()
 	stopCrit()
 	wg.Wait()
+	lane2, err := r.criticalHists(ctx)
+	if err != nil {
+		return err
+	}
+	res.CriticalFloodLaneP99MS, res.CriticalFloodEngineP99MS = lane2[0].p99Since(lane1[0]), lane2[1].p99Since(lane1[1])
 	rec, hist, err := r.settle(wire.PriorityCritical, 2*crit.accepted.Load())
 	if err != nil {
 		return err
