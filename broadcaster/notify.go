@@ -34,9 +34,13 @@ type LaneConfig struct {
 	Workers int // engine calls in flight
 }
 
-// DefaultLanes are the lanes' defaults, by wire.Priority (low first).
+// DefaultLanes are the lanes' defaults, by wire.Priority (low first). The low
+// lane has 2 workers: with groups of up to 64 notes that still stores
+// thousands of low notes a second, and it keeps at most 2 low pipelines at
+// Redis ahead of a critical note's. With 8, a flood sent in batches doubled
+// critical notes' p99 (docs/benchmarks.md, issue 22 session 9).
 var DefaultLanes = [wire.NumPriorities]LaneConfig{
-	wire.PriorityLow:      {Queue: 2048, Workers: 8},
+	wire.PriorityLow:      {Queue: 2048, Workers: 2},
 	wire.PriorityNormal:   {Queue: 4096, Workers: 32},
 	wire.PriorityHigh:     {Queue: 4096, Workers: 32},
 	wire.PriorityCritical: {Queue: 4096, Workers: 32},

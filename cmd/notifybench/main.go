@@ -49,6 +49,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.P99Budget, "p99", d.P99Budget, "p99 budget from POST to device")
 	fs.IntVar(&cfg.Flood, "flood", d.Flood, "low notes flooded while critical ones go out")
 	fs.IntVar(&cfg.Batch, "batch", 0, "send the steady rates' notes in batches of up to this many (POST /v1/notifications:batch); 0: one per request")
+	fs.IntVar(&cfg.FloodBatch, "flood-batch", 0, "send the flood's low notes in batches of up to this many; 0: one per request")
 	fs.IntVar(&cfg.Critical, "critical-rate", d.Critical, "critical notes/s in the priority phase")
 	fs.StringVar(&cfg.Pprof, "pprof", "", "profile the broadcaster during the first rate (its --debug-addr, e.g. 127.0.0.1:6061)")
 	_ = fs.Parse(args)

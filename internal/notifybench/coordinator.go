@@ -46,6 +46,9 @@ type Config struct {
 	// Batch > 1 sends the steady rates' notes in batches of up to Batch
 	// (POST /v1/notifications:batch); 0 or 1: one note per request.
 	Batch int
+	// FloodBatch > 1 sends the flood's low notes in batches of up to
+	// FloodBatch; 0 or 1: one note per request (the default).
+	FloodBatch int
 	// Pprof, if set (e.g. 127.0.0.1:6061), is the broadcaster's --debug-addr, and
 	// a 10 s CPU profile of the first rate is written to OutDir/broadcaster.cpu.pprof.
 	Pprof string
@@ -605,7 +608,7 @@ func (r *run) priorities(ctx context.Context, res *Results) error {
 	if err := r.reset(); err != nil {
 		return err
 	}
-	low := &noteSender{r: r, prio: "low", n: int64(r.cfg.Flood), workers: 256}
+	low := &noteSender{r: r, prio: "low", n: int64(r.cfg.Flood), workers: 256, batch: r.cfg.FloodBatch}
 	crit = &noteSender{r: r, prio: "critical", rate: r.cfg.Critical, workers: 16}
 	fctx, stopCrit := context.WithCancel(ctx)
 	var wg sync.WaitGroup
