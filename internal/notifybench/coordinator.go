@@ -568,18 +568,6 @@ func (r *run) steady(ctx context.Context, rate int) (Step, error) {
 	return st, nil
 }
 
-// criticalHists snapshots the broadcaster's critical-lane histograms: from
-// lane arrival to stored and pushed, and the engine calls alone.
-func (r *run) criticalHists(ctx context.Context) ([2]laneHist, error) {
-	var h [2]laneHist
-	var err error
-	if h[0], err = scrapeLane(ctx, r.bc.BaseURL, "critical"); err != nil {
-		return h, err
-	}
-	h[1], err = scrapeHist(ctx, r.bc.BaseURL, "stagecast_broadcaster_notification_engine_seconds", "critical")
-	return h, err
-}
-
 // priorities measures critical latency alone, then during a flood of low notes.
 func (r *run) priorities(ctx context.Context, res *Results) error {
 	if err := r.reset(); err != nil {
@@ -597,7 +585,7 @@ func (r *run) priorities(ctx context.Context, res *Results) error {
 	if err != nil {
 		return err
 	}
-	res.CriticalAloneLaneP99MS, res.CriticalAloneEngineP99MS = lane1[0].p99Since(lane0[0]), lane1[1].p99Since(lane0[1])
+	res.CriticalAloneLaneP99MS, res.CriticalAloneEngineP99MS = lane1.lane.p99Since(lane0.lane), lane1.engine.p99Since(lane0.engine)
 	_, hist, err := r.settle(wire.PriorityCritical, 2*crit.accepted.Load())
 	if err != nil {
 		return err
@@ -623,7 +611,7 @@ func (r *run) priorities(ctx context.Context, res *Results) error {
 	if err != nil {
 		return err
 	}
-	res.CriticalFloodLaneP99MS, res.CriticalFloodEngineP99MS = lane2[0].p99Since(lane1[0]), lane2[1].p99Since(lane1[1])
+	res.CriticalFloodLaneP99MS, res.CriticalFloodEngineP99MS = lane2.lane.p99Since(lane1.lane), lane2.engine.p99Since(lane1.engine)
 	rec, hist, err := r.settle(wire.PriorityCritical, 2*crit.accepted.Load())
 	if err != nil {
 		return err

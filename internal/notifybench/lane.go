@@ -4,56 +4,56 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"net/http"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+
+	"github.com/stagecast/stagecast/internal/hostile"
 )
 
-// laneHist is a snapshot of the broadcaster's notification_seconds histogram
-// for one priority: the time from a note's arrival in its lane to stored and
-// pushed, as the broadcaster itself measures it. The difference of two
-// snapshots says how much of a POST's time was spent inside the broadcaster's
-// lane and engine, and so how much before it (HTTP, scheduling).
-type laneHist struct {
+// histSnap is a snapshot of one priority's series of a broadcaster
+// histogram. The difference of two snapshots is what was observed between
+// them.
+type histSnap struct {
 	bounds []float64 // upper bounds, seconds
 	counts []uint64  // cumulative
 	total  uint64
 }
 
-func scrapeLane(ctx context.Context, base, prio string) (laneHist, error) {
-	return scrapeHist(ctx, base, "stagecast_broadcaster_notification_seconds", prio)
-}
+// criticalSnap holds the broadcaster's two histograms for critical notes:
+// lane is notification_seconds (lane arrival to stored and pushed), engine
+// notification_engine_seconds (the engine calls alone). Between two
+// snapshots, lane less engine is the wait in the lane; a POST's time beyond
+// lane was spent before it (HTTP, scheduling).
+type criticalSnap struct{ lane, engine histSnap }
 
-// scrapeHist snapshots one priority's series of a broadcaster histogram.
-func scrapeHist(ctx context.Context, base, name, prio string) (laneHist, error) {
+func (r *run) criticalHists(ctx context.Context) (criticalSnap, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
+	mfs, err := hostile.Metrics(ctx, r.bc.BaseURL+"/metrics")
 	if err != nil {
-		return laneHist{}, err
+		return criticalSnap{}, err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return laneHist{}, fmt.Errorf("scrape %s: %w", base, err)
+	var s criticalSnap
+	if s.lane, err = histOf(mfs, "stagecast_broadcaster_notification_seconds", "critical"); err != nil {
+		return s, err
 	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		return laneHist{}, fmt.Errorf("scrape %s: %w", base, err)
-	}
+	s.engine, err = histOf(mfs, "stagecast_broadcaster_notification_engine_seconds", "critical")
+	return s, err
+}
+
+// histOf reads one priority's series of the histogram name; empty when no
+// note of that priority was observed yet.
+func histOf(mfs map[string]*dto.MetricFamily, name, prio string) (histSnap, error) {
 	mf := mfs[name]
 	if mf == nil {
-		return laneHist{}, fmt.Errorf("scrape %s: no %s", base, name)
+		return histSnap{}, fmt.Errorf("the broadcaster's metrics have no %s", name)
 	}
 	for _, m := range mf.Metric {
 		if label(m, "priority") != prio || m.Histogram == nil {
 			continue
 		}
-		var h laneHist
+		var h histSnap
 		for _, b := range m.Histogram.Bucket {
 			h.bounds = append(h.bounds, b.GetUpperBound())
 			h.counts = append(h.counts, b.GetCumulativeCount())
@@ -61,7 +61,7 @@ func scrapeHist(ctx context.Context, base, name, prio string) (laneHist, error) 
 		h.total = m.Histogram.GetSampleCount()
 		return h, nil
 	}
-	return laneHist{}, nil // no note of this priority yet
+	return histSnap{}, nil
 }
 
 func label(m *dto.Metric, name string) string {
@@ -77,7 +77,7 @@ func label(m *dto.Metric, name string) string {
 // of the notes observed between prev and h; +Inf past the last bucket, 0 when
 // none was observed. Buckets double from 0.5 ms, so it is an upper bound
 // within a factor of 2.
-func (h laneHist) p99Since(prev laneHist) float64 {
+func (h histSnap) p99Since(prev histSnap) float64 {
 	n := h.total - prev.total
 	if n == 0 || len(h.counts) == 0 {
 		return 0
