@@ -228,15 +228,39 @@ func wsClient(ctx context.Context, hc *http.Client, cfg ClientConfig, i int, t *
 		return err
 	}
 	established.Add(1)
+	stop := context.AfterFunc(ctx, func() { ws.CloseNow() })
+	defer stop()
+	if err := readVersions(ws, t.record); err != nil && ctx.Err() == nil {
+		fmt.Fprintf(os.Stderr, "connection %d ended: %v\n", i, err)
+	}
+	return nil
+}
+
+// readVersions reads ws until it fails (the caller closes ws to stop it),
+// passing each message's version to record, without garbage per message:
+//   - one buffer per connection, reused for every message: ws.Read would
+//     io.ReadAll each message into a fresh slice;
+//   - reads under context.Background(), as the proxy's reader does: for a
+//     context that can be cancelled, coder/websocket registers a
+//     context.AfterFunc on every frame read (about 150 bytes each).
+//
+// At 10,000 connections x 20 broadcasts, that garbage made this process
+// collect (90 ms of wall time, its CPU in assists) during one broadcast and
+// made that broadcast look slow (docs/benchmarks.md, issue 22 session 10).
+func readVersions(ws *websocket.Conn, record func(uint64)) error {
+	ctx := context.Background()
+	var frame bytes.Buffer
+	frame.Grow(1024)
 	for {
-		_, b, err := ws.Read(ctx)
+		_, r, err := ws.Reader(ctx)
 		if err != nil {
-			if ctx.Err() == nil {
-				fmt.Fprintf(os.Stderr, "connection %d ended: %v\n", i, err)
-			}
-			return nil
+			return err
 		}
-		t.record(versionOf(b))
+		frame.Reset()
+		if _, err := frame.ReadFrom(r); err != nil {
+			return err
+		}
+		record(versionOf(frame.Bytes()))
 	}
 }
 
