@@ -230,14 +230,15 @@ func wsClient(ctx context.Context, hc *http.Client, cfg ClientConfig, i int, t *
 	established.Add(1)
 	stop := context.AfterFunc(ctx, func() { ws.CloseNow() })
 	defer stop()
-	if err := readVersions(ws, t.record); err != nil && ctx.Err() == nil {
+	if err := readVersions(ws, t.record); ctx.Err() == nil {
 		fmt.Fprintf(os.Stderr, "connection %d ended: %v\n", i, err)
 	}
 	return nil
 }
 
-// readVersions reads ws until it fails (the caller closes ws to stop it),
-// passing each message's version to record, without garbage per message:
+// readVersions reads ws until a read fails (the caller closes ws to stop it)
+// and returns that error. It passes each message's version to record, and
+// makes no garbage per message:
 //   - one buffer per connection, reused for every message: ws.Read would
 //     io.ReadAll each message into a fresh slice;
 //   - reads under context.Background(), as the proxy's reader does: for a
