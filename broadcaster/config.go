@@ -50,6 +50,9 @@ type Config struct {
 	// Lanes size the notification lanes, by wire.Priority; zero fields take
 	// DefaultLanes.
 	Lanes [wire.NumPriorities]LaneConfig
+	// LowYield is how the low lane gives way to high and critical notes;
+	// zero fields take DefaultLowYield's, field by field.
+	LowYield LowYield
 	// OnAudit, when set, is called with every audit entry (stage changes,
 	// schedules, map and window writes, notifications accepted; event "" for
 	// notifications): the analytics stream. It must not block.
@@ -78,6 +81,7 @@ func DefaultConfig() Config {
 		ProducerRate:     DefaultProducerRate,
 		ProducerBurst:    int(2 * DefaultProducerRate),
 		Lanes:            DefaultLanes,
+		LowYield:         DefaultLowYield,
 		Logger:           slog.Default(),
 		Now:              time.Now,
 	}
@@ -90,12 +94,13 @@ func (c *Config) fill() {
 		c.Producers = append(append([]Producer(nil), c.Producers...), Producer{Name: "default", Token: c.Token})
 		c.Token = ""
 	}
-	lanes := c.Lanes
+	lanes, ly := c.Lanes, c.LowYield
 	defaults.Fill(c, DefaultConfig())
 	for p := range lanes {
 		defaults.Fill(&lanes[p], DefaultLanes[p])
 	}
-	c.Lanes = lanes
+	defaults.Fill(&ly, DefaultLowYield)
+	c.Lanes, c.LowYield = lanes, ly
 }
 
 // Validate checks a filled Config (see DefaultConfig) and changes nothing.
@@ -121,6 +126,9 @@ func (c *Config) Validate() error {
 			c.BreakerFailures, c.MaxMapBytes, c.ProducerBurst, c.ProducerRate))
 	}
 	if err := validateLanes(&c.Lanes); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.LowYield.validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if c.Logger == nil || c.Now == nil {

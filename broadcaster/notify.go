@@ -13,6 +13,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,6 +47,42 @@ var DefaultLanes = [wire.NumPriorities]LaneConfig{
 	wire.PriorityCritical: {Queue: 4096, Workers: 32},
 }
 
+// LowYield is how the low lane gives way to high and critical notes. While a
+// high or critical note has been queued within the last Window, low notes go
+// to the engine one group at a time (across the lane's workers), at most
+// Group notes a call, and each call is followed by a pause Pause times as long
+// as the call took. So low notes hold at most 1/(1+Pause) of this
+// broadcaster's engine time, in calls short enough that a critical note's
+// commands wait behind little at Redis. Low notes still queue (and, past the
+// queue, get 503 overloaded); nothing is dropped.
+//
+// Without it, a flood of low notes kept Redis's one core busy from the low
+// lane alone, and a critical note's POST-to-device p99 during the flood was
+// about 25x its unloaded p99; with the defaults, about 2.4x, while the flood
+// took about 5x as long (docs/benchmarks.md, issue 22 session 10).
+type LowYield struct {
+	// Window: how long after a high or critical note is queued the low lane
+	// yields. Default 2s; negative: never.
+	Window time.Duration
+	// Group: the most low notes in one engine call while yielding, 1 to 64.
+	// Default 8.
+	Group int
+	// Pause after each low call while yielding, in multiples of the call's
+	// time; > 0. Default 3.
+	Pause float64
+}
+
+// DefaultLowYield is LowYield's defaults.
+var DefaultLowYield = LowYield{Window: 2 * time.Second, Group: 8, Pause: 3}
+
+func (y LowYield) validate() error {
+	if y.Window == 0 || y.Group < 1 || y.Group > noteGroup || !(y.Pause > 0) || math.IsInf(y.Pause, 1) {
+		return fmt.Errorf("broadcaster: LowYield: window %v must not be 0 (negative: off), group %d must be 1-%d, pause %v must be > 0 and finite",
+			y.Window, y.Group, noteGroup, y.Pause)
+	}
+	return nil
+}
+
 type noteJob struct {
 	ctx  context.Context
 	w    engine.NoteWrite
@@ -61,12 +98,18 @@ type noteOut struct {
 type lanes struct {
 	q   [wire.NumPriorities]chan *noteJob
 	ctx context.Context
+	// urgentAt is when (Config.Now, unix ns) a high or critical note was last
+	// queued; lowGate (capacity 1) is held by the low worker whose group is at
+	// the engine, or pausing after it, while the low lane yields.
+	urgentAt atomic.Int64
+	lowGate  chan struct{}
 }
 
 type noteMetrics struct {
-	notes   *prometheus.CounterVec
-	latency *prometheus.HistogramVec
-	engine  *prometheus.HistogramVec
+	notes    *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	engine   *prometheus.HistogramVec
+	lowYield prometheus.Counter
 }
 
 func newNoteMetrics(reg prometheus.Registerer, l *lanes) noteMetrics {
@@ -81,7 +124,9 @@ func newNoteMetrics(reg prometheus.Registerer, l *lanes) noteMetrics {
 			Name: "notification_engine_seconds", Help: "Time of one engine call for a lane's group of notifications (each attempt), by priority: notification_seconds less this is the wait in the lane.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"priority"}),
 	}
-	reg.MustRegister(m.notes, m.latency, m.engine)
+	m.lowYield = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "stagecast", Subsystem: "broadcaster",
+		Name: "notification_low_yield_seconds_total", Help: "Time the low lane paused to give the engine to high and critical notes (LowYield)."})
+	reg.MustRegister(m.notes, m.latency, m.engine, m.lowYield)
 	for p := range wire.NumPriorities {
 		q := l.q[p]
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "stagecast", Subsystem: "broadcaster",
@@ -94,15 +139,21 @@ func newNoteMetrics(reg prometheus.Registerer, l *lanes) noteMetrics {
 
 // startLanes starts each lane's workers; they end with ctx.
 func (s *Server) startLanes(ctx context.Context) *lanes {
-	l := &lanes{ctx: ctx}
+	l := &lanes{ctx: ctx, lowGate: make(chan struct{}, 1)}
 	for p := range wire.NumPriorities {
 		lc := s.cfg.Lanes[p]
 		l.q[p] = make(chan *noteJob, lc.Queue)
 		for range lc.Workers {
-			go s.laneWorker(ctx, l.q[p])
+			go s.laneWorker(ctx, wire.Priority(p), l.q[p])
 		}
 	}
 	return l
+}
+
+// lowYields tells whether the low lane gives way now (LowYield).
+func (s *Server) lowYields() bool {
+	w := s.cfg.LowYield.Window
+	return w > 0 && s.cfg.Now().UnixNano()-s.lanes.urgentAt.Load() < int64(w)
 }
 
 // noteGroup is the most notes a lane worker hands the engine in one call. A
@@ -112,7 +163,7 @@ func (s *Server) startLanes(ctx context.Context) *lanes {
 // item 4).
 const noteGroup = 64
 
-func (s *Server) laneWorker(ctx context.Context, q chan *noteJob) {
+func (s *Server) laneWorker(ctx context.Context, p wire.Priority, q chan *noteJob) {
 	group := make([]*noteJob, 0, noteGroup)
 	for {
 		select {
@@ -121,8 +172,13 @@ func (s *Server) laneWorker(ctx context.Context, q chan *noteJob) {
 		case j := <-q:
 			group = append(group[:0], j)
 		}
+		limit := noteGroup
+		yield := p == wire.PriorityLow && s.lowYields()
+		if yield {
+			limit = s.cfg.LowYield.Group
+		}
 	fill:
-		for len(group) < noteGroup {
+		for len(group) < limit {
 			select {
 			case j := <-q:
 				group = append(group, j)
@@ -141,9 +197,37 @@ func (s *Server) laneWorker(ctx context.Context, q chan *noteJob) {
 		if len(live) == 0 {
 			continue
 		}
-		s.notifyRetry(ctx, live)
+		if yield {
+			s.yieldingCall(ctx, live)
+		} else {
+			s.notifyRetry(ctx, live)
+		}
 		clear(group)
 	}
+}
+
+// yieldingCall is a low group's engine call while the low lane yields: under
+// the lane's gate, then a pause LowYield.Pause times the call's length, still
+// under the gate. When the lane ends while the group waits for the gate, the
+// group still goes through notifyRetry, which answers each note.
+func (s *Server) yieldingCall(ctx context.Context, jobs []*noteJob) {
+	select {
+	case s.lanes.lowGate <- struct{}{}:
+	case <-ctx.Done():
+		s.notifyRetry(ctx, jobs)
+		return
+	}
+	defer func() { <-s.lanes.lowGate }()
+	t0 := time.Now()
+	s.notifyRetry(ctx, jobs)
+	pause := time.Duration(float64(time.Since(t0)) * s.cfg.LowYield.Pause)
+	t := time.NewTimer(pause)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	s.nm.lowYield.Add(pause.Seconds())
 }
 
 // notifyRetry runs a group's NotifyMany through the notes breaker, retrying
@@ -278,6 +362,9 @@ func (s *Server) queueNote(r *http.Request, p *producerEntry, raw []byte, idem s
 		t := time.NewTimer(wait)
 		defer t.Stop()
 		room = t.C
+	}
+	if n.Priority >= wire.PriorityHigh {
+		s.lanes.urgentAt.Store(s.cfg.Now().UnixNano()) // the low lane yields (LowYield)
 	}
 	select {
 	case s.lanes.q[n.Priority] <- j:
