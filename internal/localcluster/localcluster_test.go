@@ -122,11 +122,27 @@ func startCluster(t *testing.T, edit func(*localcluster.Config)) (cfg localclust
 	case info = <-ready:
 		return cfg, info, stop
 	case err := <-done:
+		logTails(t, cfg.Dir)
 		t.Fatalf("cluster did not start: %v", err)
 	case <-time.After(90 * time.Second):
+		logTails(t, cfg.Dir)
 		t.Fatal("cluster not ready within 90s")
 	}
 	return cfg, info, stop
+}
+
+// logTails logs the last lines of each member's log in dir: the test's
+// temporary directory is gone once it fails, and with it what a member said.
+func logTails(t *testing.T, dir string) {
+	t.Helper()
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		t.Logf("%s, last lines:\n%s", filepath.Base(l), lastLines(string(b), 15))
+	}
 }
 
 func TestLocalCluster(t *testing.T) {
