@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -141,7 +142,8 @@ func logTails(t *testing.T, dir string) {
 		if err != nil {
 			continue
 		}
-		t.Logf("%s, last lines:\n%s", filepath.Base(l), lastLines(string(b), 15))
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		t.Logf("%s, last lines:\n%s", filepath.Base(l), strings.Join(lines[max(0, len(lines)-15):], "\n"))
 	}
 }
 
