@@ -172,3 +172,30 @@ func TestLowYieldValidation(t *testing.T) {
 	}
 	s.Close()
 }
+
+// A pause never exceeds Window: a long engine call (a failing Redis, retried
+// up to StageBudget) must not stop the low lane for Pause times that.
+func TestLowYieldPauseIsAtMostTheWindow(t *testing.T) {
+	l := &lowCalls{Engine: memengine.New(memengine.Config{})}
+	// Each low call takes >= 10 ms, so Pause 100 would pause >= 1 s uncapped.
+	ly := broadcaster.LowYield{Window: 300 * time.Millisecond, Group: 4, Pause: 100}
+	_, url := serve(t, broadcaster.Config{Token: token, LowYield: ly, StageBudget: 5 * time.Second, EngineTimeout: time.Second}, l)
+	c := &producer.Client{BaseURL: url, Token: token}
+	if _, err := c.Notify(context.Background(), producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m1"}}, Type: "goal", Priority: "high"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	sendLow(t, c, 2*ly.Group)
+	calls := len(l.recorded())
+	time.Sleep(2 * ly.Window) // the last call's pause ends
+	got := regexp.MustCompile(`(?m)^stagecast_broadcaster_notification_low_yield_seconds_total (\S+)$`).FindStringSubmatch(scrape(t, url))
+	if got == nil {
+		t.Fatal("no stagecast_broadcaster_notification_low_yield_seconds_total")
+	}
+	v, err := strconv.ParseFloat(got[1], 64)
+	// At least the first call yielded (the high note was just queued); every
+	// pause is at most Window, where uncapped each would be >= 1 s.
+	if most := float64(calls) * ly.Window.Seconds(); err != nil || v < ly.Window.Seconds()-1e-9 || v > most+1e-9 {
+		t.Fatalf("low_yield_seconds_total %s (%v) after %d low calls, want between %v and %v: each pause capped at Window (uncapped >= %v each)",
+			got[1], err, calls, ly.Window, time.Duration(most*float64(time.Second)), time.Duration(ly.Pause*float64(lowCallTime)))
+	}
+}

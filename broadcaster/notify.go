@@ -50,11 +50,11 @@ var DefaultLanes = [wire.NumPriorities]LaneConfig{
 // LowYield is how the low lane gives way to high and critical notes. While a
 // high or critical note has been queued within the last Window, low notes go
 // to the engine one group at a time (across the lane's workers), at most
-// Group notes a call, and each call is followed by a pause Pause times as long
-// as the call took. So low notes hold at most 1/(1+Pause) of this
-// broadcaster's engine time, in calls short enough that a critical note's
-// commands wait behind little at Redis. Low notes still queue (and, past the
-// queue, get 503 overloaded); nothing is dropped.
+// Group notes a call, and each call is followed by a pause Pause times as
+// long as the call took (at most Window). So low notes hold at most
+// 1/(1+Pause) of this broadcaster's engine time, in calls short enough that a
+// critical note's commands wait behind little at Redis. Low notes still
+// queue (and, past the queue, get 503 overloaded); nothing is dropped.
 //
 // Without it, a flood of low notes kept Redis's one core busy from the low
 // lane alone, and a critical note's POST-to-device p99 during the flood was
@@ -68,7 +68,7 @@ type LowYield struct {
 	// Default 8.
 	Group int
 	// Pause after each low call while yielding, in multiples of the call's
-	// time; > 0. Default 3.
+	// time, and at most Window; > 0. Default 3.
 	Pause float64
 }
 
@@ -220,7 +220,10 @@ func (s *Server) yieldingCall(ctx context.Context, jobs []*noteJob) {
 	defer func() { <-s.lanes.lowGate }()
 	t0 := time.Now()
 	s.notifyRetry(ctx, jobs)
-	pause := time.Duration(float64(time.Since(t0)) * s.cfg.LowYield.Pause)
+	// At most Window: a call that took long because the engine failed and
+	// was retried (up to StageBudget) says nothing about Redis's load, and
+	// must not stop the low lane for three budgets after Redis is back.
+	pause := min(time.Duration(float64(time.Since(t0))*s.cfg.LowYield.Pause), s.cfg.LowYield.Window)
 	t := time.NewTimer(pause)
 	defer t.Stop()
 	select {
