@@ -3,8 +3,6 @@ package broadcaster_test
 import (
 	"context"
 	"fmt"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +12,7 @@ import (
 	"github.com/stagecast/stagecast/broadcaster/producer"
 	"github.com/stagecast/stagecast/internal/engine"
 	"github.com/stagecast/stagecast/internal/engine/memengine"
+	"github.com/stagecast/stagecast/internal/hostile"
 	"github.com/stagecast/stagecast/internal/wire"
 )
 
@@ -84,8 +83,8 @@ func TestLowLaneYieldsToCriticalNotes(t *testing.T) {
 	if most := maxNotes(calm); most <= ly.Group {
 		t.Fatalf("before any urgent note the low lane's calls held at most %d notes, want groups above %d (no yielding)", most, ly.Group)
 	}
-	if m := scrape(t, url); !strings.Contains(m, "stagecast_broadcaster_notification_low_yield_seconds_total 0\n") {
-		t.Fatalf("the low lane paused before any urgent note:\n%s", grepLines(m, "low_yield"))
+	if v := lowYieldSeconds(t, url); v != 0 {
+		t.Fatalf("the low lane paused %v s before any urgent note", v)
 	}
 
 	if _, err := c.Notify(context.Background(), producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m1"}}, Type: "goal", Priority: "critical"}, ""); err != nil {
@@ -115,15 +114,9 @@ func TestLowLaneYieldsToCriticalNotes(t *testing.T) {
 	if total != 40 {
 		t.Fatalf("the low lane's calls carried %d notes, want 40", total)
 	}
-	m := scrape(t, url)
-	got := regexp.MustCompile(`(?m)^stagecast_broadcaster_notification_low_yield_seconds_total (\S+)$`).FindStringSubmatch(m)
-	if got == nil {
-		t.Fatal("no stagecast_broadcaster_notification_low_yield_seconds_total")
-	}
 	// Every call's pause but the last has ended (the next call waited for it).
-	v, err := strconv.ParseFloat(got[1], 64)
-	if want := float64(len(calls)-1) * ly.Pause * lowCallTime.Seconds(); err != nil || v < want {
-		t.Fatalf("low_yield_seconds_total %s (%v) after %d yielding calls of >= %v, want >= %v", got[1], err, len(calls), lowCallTime, want)
+	if v, want := lowYieldSeconds(t, url), float64(len(calls)-1)*ly.Pause*lowCallTime.Seconds(); v < want {
+		t.Fatalf("low_yield_seconds_total %v after %d yielding calls of >= %v, want >= %v", v, len(calls), lowCallTime, want)
 	}
 }
 
@@ -135,14 +128,19 @@ func maxNotes(calls []lowCall) int {
 	return most
 }
 
-func grepLines(s, sub string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			out = append(out, l)
-		}
+// lowYieldSeconds reads notification_low_yield_seconds_total from url's
+// /metrics; a missing series fails the test.
+func lowYieldSeconds(t *testing.T, url string) float64 {
+	t.Helper()
+	const name = "stagecast_broadcaster_notification_low_yield_seconds_total"
+	mfs, err := hostile.Metrics(context.Background(), url+"/metrics")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return strings.Join(out, "\n")
+	if mfs[name] == nil {
+		t.Fatalf("no %s", name)
+	}
+	return hostile.Value(mfs, name)
 }
 
 func TestLowYieldValidation(t *testing.T) {
@@ -163,14 +161,25 @@ func TestLowYieldValidation(t *testing.T) {
 			t.Errorf("LowYield %+v: %v, want a LowYield error", cfg.LowYield, err)
 		}
 	}
-	cfg := broadcaster.DefaultConfig()
-	cfg.Token = token
-	cfg.LowYield.Window = -1 // off
-	s, err := broadcaster.New(cfg, memengine.New(memengine.Config{}))
-	if err != nil {
-		t.Fatalf("LowYield off (negative window): %v", err)
+}
+
+// A negative Window turns yielding off: after a critical note the low lane
+// still groups what has queued, and never pauses.
+func TestLowYieldOff(t *testing.T) {
+	l := &lowCalls{Engine: memengine.New(memengine.Config{})}
+	ly := broadcaster.LowYield{Window: -1, Group: 4, Pause: 2}
+	_, url := serve(t, broadcaster.Config{Token: token, LowYield: ly, StageBudget: 5 * time.Second, EngineTimeout: time.Second}, l)
+	c := &producer.Client{BaseURL: url, Token: token}
+	if _, err := c.Notify(context.Background(), producer.NotifyRequest{To: producer.NotifyTargets{Members: []string{"m1"}}, Type: "goal", Priority: "critical"}, ""); err != nil {
+		t.Fatal(err)
 	}
-	s.Close()
+	sendLow(t, c, 40)
+	if most := maxNotes(l.recorded()); most <= ly.Group {
+		t.Fatalf("with yielding off the low lane's calls held at most %d notes after a critical one, want groups above %d", most, ly.Group)
+	}
+	if v := lowYieldSeconds(t, url); v != 0 {
+		t.Fatalf("with yielding off the low lane paused %v s", v)
+	}
 }
 
 // A pause never exceeds Window: a long engine call (a failing Redis, retried
@@ -187,15 +196,11 @@ func TestLowYieldPauseIsAtMostTheWindow(t *testing.T) {
 	sendLow(t, c, 2*ly.Group)
 	calls := len(l.recorded())
 	time.Sleep(2 * ly.Window) // the last call's pause ends
-	got := regexp.MustCompile(`(?m)^stagecast_broadcaster_notification_low_yield_seconds_total (\S+)$`).FindStringSubmatch(scrape(t, url))
-	if got == nil {
-		t.Fatal("no stagecast_broadcaster_notification_low_yield_seconds_total")
-	}
-	v, err := strconv.ParseFloat(got[1], 64)
+	v := lowYieldSeconds(t, url)
 	// At least the first call yielded (the high note was just queued); every
 	// pause is at most Window, where uncapped each would be >= 1 s.
-	if most := float64(calls) * ly.Window.Seconds(); err != nil || v < ly.Window.Seconds()-1e-9 || v > most+1e-9 {
-		t.Fatalf("low_yield_seconds_total %s (%v) after %d low calls, want between %v and %v: each pause capped at Window (uncapped >= %v each)",
-			got[1], err, calls, ly.Window, time.Duration(most*float64(time.Second)), time.Duration(ly.Pause*float64(lowCallTime)))
+	if most := float64(calls) * ly.Window.Seconds(); v < ly.Window.Seconds()-1e-9 || v > most+1e-9 {
+		t.Fatalf("low_yield_seconds_total %v after %d low calls, want between %v and %v: each pause capped at Window (uncapped >= %v each)",
+			v, calls, ly.Window, time.Duration(most*float64(time.Second)), time.Duration(ly.Pause*float64(lowCallTime)))
 	}
 }

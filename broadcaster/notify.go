@@ -27,7 +27,8 @@ import (
 // workers. A flood of low notes fills the low lane (and is refused with 503
 // once it is full) while critical ones keep their queue and workers. A request
 // is answered 202 only after its note is stored in every target inbox; its
-// worker holds no lock while it waits on the engine.
+// worker holds no lock while it waits on the engine, except the low lane's
+// gate while it yields (LowYield), which only low workers take.
 
 // LaneConfig sizes one priority's lane.
 type LaneConfig struct {

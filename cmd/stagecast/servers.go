@@ -240,7 +240,7 @@ func runBroadcaster(args []string) error {
 	bd := broadcaster.DefaultConfig() // the defaults, typed once
 	maxMap := fs.Int64("max-map-bytes", bd.MaxMapBytes, "largest stage map accepted (413 above)")
 	producerRate := fs.Float64("producer-rate", bd.ProducerRate, "requests per second each producer token may send (429 above; burst twice that); negative: no limit")
-	lowYield := fs.Duration("low-yield-window", bd.LowYield.Window, "after a high or critical note is queued, the low lane gives way this long (groups of 8, pausing 3x each call); negative: never")
+	lowYield := fs.Duration("low-yield-window", bd.LowYield.Window, fmt.Sprintf("after a high or critical note is queued, the low lane gives way this long (groups of %d, pausing %gx each call); negative: never", bd.LowYield.Group, bd.LowYield.Pause))
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	ko := kafkaFlags(fs)
 	var rc redisengine.Config

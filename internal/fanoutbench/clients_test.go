@@ -47,8 +47,7 @@ func TestCoderClientReadsWithoutGarbagePerMessage(t *testing.T) {
 	}
 	defer ws.CloseNow()
 
-	var got []uint64
-	got = make([]uint64, 0, n)
+	got := make([]uint64, 0, n)
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
@@ -67,7 +66,9 @@ func TestCoderClientReadsWithoutGarbagePerMessage(t *testing.T) {
 		}
 	}
 	// Both ends run in this process, so the bound includes the server's
-	// writes. ws.Read under a cancellable context costs about 450 bytes.
+	// writes. Measured: 1 byte a message; ws.Read 513 (its ReadAll slice);
+	// this reader under a cancellable context 457 (a context.AfterFunc per
+	// frame read).
 	per := (after.TotalAlloc - before.TotalAlloc) / n
 	t.Logf("%d bytes allocated per message (client and server together)", per)
 	if per > 64 {

@@ -142,9 +142,15 @@ func logTails(t *testing.T, dir string) {
 		if err != nil {
 			continue
 		}
-		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-		t.Logf("%s, last lines:\n%s", filepath.Base(l), strings.Join(lines[max(0, len(lines)-15):], "\n"))
+		t.Logf("%s, last lines:\n%s", filepath.Base(l), lastLines(string(b), 15))
 	}
+}
+
+// lastLines is the last n lines of s (this file has no build tag, so the
+// race-free fault tests use it too).
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 func TestLocalCluster(t *testing.T) {

@@ -50,11 +50,6 @@ func startLinkedFleet(t *testing.T, edit func(*localcluster.Config)) (localclust
 	return cfg, info, fleet
 }
 
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
 // masterIndexOf is the index, in address order, of the Redis master that
 // holds event's keys.
 func masterIndexOf(t *testing.T, ctx context.Context, fleet *loadgen.FleetControl, event string) int {
